@@ -1,0 +1,113 @@
+"""Worker-side key-value stores for rendezvous.
+
+``from_env()`` builds a connected store from the environment the etha operator injects into every
+worker container. Backends are imported lazily, so importing this package needs no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from etha import constants as c
+from etha.kvstore.base import KVStore
+from etha.kvstore.errors import (
+    InvalidArgumentError,
+    KVStoreError,
+    StoreConfigError,
+    StoreConnectionError,
+    StoreLimitError,
+    StoreTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from etha.kvstore.tcp import TorchTCPStore
+
+__all__ = [
+    "InvalidArgumentError",
+    "KVStore",
+    "KVStoreError",
+    "StoreConfigError",
+    "StoreConnectionError",
+    "StoreLimitError",
+    "StoreTimeoutError",
+    "from_env",
+]
+
+
+def from_env(environ: Mapping[str, str] | None = None, *, component: str = "tensorbus") -> TorchTCPStore:
+    """Connect to the job's rendezvous store described by the injected environment.
+
+    Reads ``ETHA_KVSTORE_HOST``, ``ETHA_KVSTORE_PORT``, ``ETHA_WORLD_SIZE``, ``ETHA_RANK`` and
+    ``ETHA_JOB_NAME`` (the key namespace), falling back to torch's ``MASTER_ADDR``,
+    ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``; ``ETHA_KVSTORE_TIMEOUT`` (seconds) bounds the wait
+    for the master. Records this rank as joined, so the master can log who arrived.
+
+    Raises:
+        StoreConfigError: a variable is missing or malformed; the message names it.
+        StoreConnectionError: the master was not reachable within the timeout.
+    """
+    env = os.environ if environ is None else environ
+    host = _require(env, c.ENV_KVSTORE_HOST, c.ENV_MASTER_ADDR)
+    port = _require_int(env, c.ENV_KVSTORE_PORT, c.ENV_MASTER_PORT, low=1, high=65535)
+    world_size = _require_int(env, c.ENV_WORLD_SIZE_ETHA, c.ENV_WORLD_SIZE, low=1)
+    rank = _require_int(env, c.ENV_RANK_ETHA, c.ENV_RANK, low=0, high=world_size - 1)
+    namespace = env.get(c.ENV_JOB_NAME) or "default"
+    timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
+
+    from etha.kvstore.tcp import TorchTCPStore
+
+    store = TorchTCPStore(
+        host,
+        port,
+        world_size,
+        is_master=False,
+        timeout=timeout,
+        wait_for_workers=False,
+        namespace=namespace,
+        component=component,
+    )
+    store.rank = rank
+    store.register_join(rank)
+    return store
+
+
+def _require(env: Mapping[str, str], name: str, fallback: str) -> str:
+    value = env.get(name) or env.get(fallback)
+    if not value:
+        raise StoreConfigError(
+            f"Environment variable {name} (or {fallback}) is not set; the etha operator injects it "
+            "into every worker container. Set it to the rendezvous master's address to run by hand."
+        )
+    return value
+
+
+def _require_int(
+    env: Mapping[str, str], name: str, fallback: str, *, low: int, high: int | None = None
+) -> int:
+    raw = _require(env, name, fallback)
+    source = name if env.get(name) else fallback
+    try:
+        value = int(raw)
+    except ValueError:
+        raise StoreConfigError(f"Environment variable {source} ({raw!r}) must be an integer.") from None
+    if value < low or (high is not None and value > high):
+        bound = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise StoreConfigError(f"Environment variable {source} ({value}) must be {bound}.")
+    return value
+
+
+def _optional_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreConfigError(
+            f"Environment variable {name} ({raw!r}) must be a number of seconds."
+        ) from None
+    if not value > 0:
+        raise StoreConfigError(f"Environment variable {name} ({raw!r}) must be a number of seconds > 0.")
+    return value

@@ -1,0 +1,187 @@
+"""torch TCPStore client plumbing: connections served by threads of their own, and batched reads.
+
+Private to :mod:`etha.kvstore.tcp`. Everything here takes a raw ``torch.distributed.TCPStore``
+(``conn``) and does no scoping or validation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from etha.kvstore.errors import KVStoreError, StoreConnectionError, StoreTimeoutError
+
+T = TypeVar("T")
+
+# torch's libuv server resets a connection sent more than 131,072 keys at once; stay well under.
+KEYS_PER_REQUEST = 65_536
+# Client-side bound on reading keys just seen present (only a concurrent delete makes it wait).
+READ_PRESENT_TIMEOUT = timedelta(seconds=2)
+LISTEN_BACKLOG = 4096
+
+
+def get_if_present(conn: Any, key: str) -> bytes | None:
+    if not conn.check([key]):
+        return None
+    return multi_get_present(conn, [key])[0]
+
+
+def wait_keys(conn: Any, keys: list[str], wait: timedelta) -> None:
+    conn.wait(keys, wait)
+
+
+def present_flags(conn: Any, keys: Sequence[str]) -> list[bool]:
+    """Which of ``keys`` exist; ``check`` answers for a whole list, so bisect down to the keys."""
+    out: list[bool] = []
+    for start in range(0, len(keys), KEYS_PER_REQUEST):
+        chunk = list(keys[start : start + KEYS_PER_REQUEST])
+        out.extend(_flags(conn, chunk))
+    return out
+
+
+def _flags(conn: Any, keys: list[str]) -> list[bool]:
+    if not keys:
+        return []
+    if conn.check(keys):
+        return [True] * len(keys)
+    if len(keys) == 1:
+        return [False]
+    mid = len(keys) // 2
+    return _flags(conn, keys[:mid]) + _flags(conn, keys[mid:])
+
+
+def multi_get_present(conn: Any, keys: Sequence[str]) -> list[bytes]:
+    """Read keys that were present a moment ago, without waiting long for a missing one.
+
+    torch's ``multi_get`` waits for a missing key, so a key deleted since it was seen would
+    block: read with a short client-side timeout and raise :class:`KeyVanished` instead (the
+    caller's ``_run`` then drops the connection, whose server-side wait is still pending).
+    """
+    conn.set_timeout(READ_PRESENT_TIMEOUT)
+    out: list[bytes] = []
+    try:
+        for start in range(0, len(keys), KEYS_PER_REQUEST):
+            chunk = list(keys[start : start + KEYS_PER_REQUEST])
+            out.extend(bytes(v) for v in conn.multi_get(chunk))
+    except RuntimeError as exc:
+        if "timeout" in str(exc).lower():
+            raise KeyVanished(str(exc)) from exc
+        raise
+    return out
+
+
+class KeyVanished(KVStoreError):
+    """A key seen present was deleted before its value could be read."""
+
+
+def call_with_deadline(fn: Callable[[], T], limit: float, what: str) -> T:
+    """Run ``fn`` in a one-off daemon thread and give up after ``limit`` seconds (for connecting)."""
+    conn = Conn(None)
+    try:
+        return conn.call(lambda _: fn(), limit, what)
+    finally:
+        conn.retire()
+
+
+class Conn:
+    """A torch client connection served by a thread of its own.
+
+    torch's client ignores its own timeouts when the server stops reading (SIGSTOP, a frozen
+    node), so callers wait on the thread, not on torch, and abandon the connection (thread
+    included) when it overruns. A long-lived thread per connection costs far less per call than
+    a thread per call.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Reply] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="etha-store-conn", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, reply = job
+            try:
+                reply.ok(fn(self.store))
+            except BaseException as exc:
+                reply.fail(exc)
+        self.store = None
+
+    def call(self, fn: Callable[[Any], T], limit: float, what: str) -> T:
+        reply = Reply()
+        self._jobs.put((fn, reply))
+        return reply.wait(limit, what)  # type: ignore[no-any-return]
+
+    def retire(self) -> None:
+        """Stop the thread once its current call (if any) returns; drops the connection."""
+        self._jobs.put(None)
+
+
+class Reply:
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def ok(self, value: Any) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._done.set()
+
+    def wait(self, limit: float, what: str) -> Any:
+        if not self._done.wait(limit):
+            raise StoreTimeoutError(f"{what} did not finish within {limit:g}s.")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def ipv4_listener(host: str, port: int) -> socket.socket | None:
+    """Bind and listen on an IPv4 socket for the master, or return None for IPv6 hosts."""
+    try:
+        if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+            return None
+        addr = host
+    except ValueError:
+        try:
+            addr = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+        except OSError as exc:
+            raise StoreConnectionError(
+                f"Master host {host!r} does not resolve to an IPv4 address: {exc}."
+            ) from exc
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise StoreConnectionError(f"Could not listen on {host}:{port}: {exc}.") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def probe(host: str, port: int, timeout: float) -> None:
+    """Resolve ``host`` and open (then close) a TCP connection to it; raise OSError if either fails."""
+    with socket.create_connection((host, port), timeout=timeout):
+        pass
+
+
+def describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"name does not resolve ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "connection timed out"
+    return exc.strerror or str(exc)

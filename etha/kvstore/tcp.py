@@ -1,0 +1,610 @@
+"""TorchTCPStore implementation wrapping torch.distributed.TCPStore.
+
+See :class:`etha.kvstore.base.KVStore` for the contract. What this backend does beyond the
+seed's description, behind the same API:
+
+- ``get``/``get_bytes``/``exists`` never wait for a missing key (torch's ``get`` would).
+- ``delete`` really deletes the key.
+- Waits run on the server (torch ``wait`` over every key in one request) and read values in
+  batches (``multi_get``); only matching a *value* still polls, starting at :data:`POLL_INTERVAL`
+  and backing off.
+- Every call runs on a connection of its own, taken from a small pool (``clone()``), under a
+  deadline of its own: a blocked wait never stalls another thread's calls, and a hung server
+  (e.g. a SIGSTOPped master, which makes torch's client ignore its own timeouts) gives a
+  :class:`TimeoutError` within the timeout plus :data:`DEADLINE_MARGIN`.
+- A client keeps retrying a master that is not reachable yet, including a host name that does
+  not resolve yet, until ``timeout``; then it raises a ConnectionError naming host and port.
+- A master listens through an IPv4 socket it binds itself (torch's ``master_listen_fd``), which
+  avoids torch's blocking reverse-DNS lookups of IPv6-mapped peers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from etha.constants import JOINED_KEY_PREFIX
+from etha.kvstore import _conn, base
+from etha.kvstore import _shared_wait as _shared
+from etha.kvstore.base import KVStore
+from etha.kvstore.errors import (
+    InvalidArgumentError,
+    KVStoreError,
+    StoreConnectionError,
+    StoreTimeoutError,
+)
+
+__all__ = ["DEADLINE_MARGIN", "POLL_INTERVAL", "TorchTCPStore", "logger"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between polls where polling remains (waiting for a *value*); backs off to 64x.
+POLL_INTERVAL = 0.001
+#: Seconds a call may overrun its timeout before the store gives up on the server.
+DEADLINE_MARGIN = 0.25
+
+_MAX_POLL = 64 * POLL_INTERVAL
+# Shared waits: a follower re-reads the generation after this long (doubling up to the max) ...
+_FOLLOW_SLICE = 0.5
+_FOLLOW_SLICE_MAX = 5.0
+# ... and checks the keys itself after this long (doubling up to the max), in case the verifier died.
+_DIRECT_FALLBACK = 10.0
+_DIRECT_FALLBACK_MAX = 60.0
+# A verifier that saw enough keys but overlapping writes retries this long to publish a stable result.
+_STABILISE_FOR = 1.0
+
+
+@dataclass(frozen=True)
+class _KeysRequest:
+    what: str
+    root: str  # "namespace/component/"
+    keys: list[str]  # the matching candidates, unscoped
+    count: int
+    want: bytes
+    deadline: float
+    group: _shared.Group
+
+
+T = TypeVar("T")
+
+
+def _torch_dist() -> Any:
+    try:
+        import torch.distributed as dist
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise ImportError(
+            "etha.kvstore.tcp needs torch: install the 'store' extra (pip install 'etha[store]')."
+        ) from exc
+    return dist
+
+
+class TorchTCPStore(KVStore):
+    """KVStore implementation backed by torch.distributed.TCPStore.
+
+    See base class. Args as in the seed:
+
+    Args:
+        host: The master's host. The master binds it (``0.0.0.0`` for every interface).
+        port: The master's port; ``0`` lets a master pick a free one (read it back from ``port``).
+        world_size: Total number of processes, master included when it waits for workers.
+        is_master: Whether this process hosts the server.
+        timeout: Seconds to wait for the master (clients) or for the workers (master), and the
+            bound on calls that have no timeout of their own.
+        wait_for_workers: Master: block until ``world_size`` processes connected. Clients pass
+            the same value so that they are counted.
+        namespace: Namespace for key isolation (one per job).
+        component: Default component name.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        world_size: int,
+        is_master: bool,
+        timeout: float = 3600.0,
+        wait_for_workers: bool = True,
+        namespace: str = "default",
+        component: str = "tensorbus",
+    ) -> None:
+        super().__init__(namespace=namespace, component=component)
+        _check_endpoint(host, port, is_master)
+        if world_size is not None and (
+            isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1
+        ):
+            raise InvalidArgumentError(f"world_size ({world_size!r}) must be an integer >= 1.")
+        self._timeout = base.check_timeout(timeout)
+        self.host = host
+        self.port = port
+        self.world_size = world_size
+        self.is_master = is_master
+        #: This process's rank, when known (``from_env()`` sets it).
+        self.rank: int | None = None
+        self._dist = _torch_dist()
+        self._lock = threading.Lock()
+        self._idle: list[_conn.Conn] = []
+        self._closed = False
+        self._server: Any = None
+        if is_master:
+            self._server = self._start_server(wait_for_workers)
+            primary = self._server
+        else:
+            primary = self._connect(wait_for_workers)
+        self._idle.append(_conn.Conn(primary))
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _start_server(self, wait_for_workers: bool) -> Any:
+        listener = _conn.ipv4_listener(self.host, self.port)
+        if listener is not None:
+            self.port = listener.getsockname()[1]
+        try:
+            server = self._dist.TCPStore(
+                self.host,
+                self.port,
+                self.world_size,
+                True,
+                timedelta(seconds=self._timeout),
+                wait_for_workers=wait_for_workers,
+                master_listen_fd=None if listener is None else listener.fileno(),
+                use_libuv=True,
+            )
+        except RuntimeError as exc:
+            if listener is not None:
+                _close_if_open(listener)
+            if "timeout" in str(exc).lower() or "timed out" in str(exc).lower():
+                raise StoreTimeoutError(
+                    f"Master at {self.host}:{self.port}: {self.world_size} workers did not all connect "
+                    f"within {self._timeout:g}s."
+                ) from exc
+            raise StoreConnectionError(
+                f"Could not start the store server on {self.host}:{self.port}: {exc}"
+            ) from exc
+        if listener is not None:
+            listener.detach()  # torch owns the descriptor now and closes it with the server
+        self.port = int(server.port)
+        logger.info("store server listening on %s:%d", self.host, self.port)
+        return server
+
+    def _connect(self, wait_for_workers: bool, limit: float | None = None) -> Any:
+        """Connect to the master, retrying until the store's timeout.
+
+        torch's client neither retries name resolution nor keeps to its own timeout, so this
+        first waits, with backoff, until the master's name resolves and its port accepts a TCP
+        connection, and only then hands the remaining time to torch.
+        """
+        budget = self._timeout if limit is None else min(limit, self._timeout)
+        deadline = time.monotonic() + budget
+        delay = 0.02
+        reason = "not tried"
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = deadline - time.monotonic()
+            try:
+                _conn.probe(self.host, self.port, max(0.01, min(remaining, 2.0)))
+            except OSError as exc:
+                reason = _conn.describe_os_error(exc)
+            else:
+                try:
+                    budget = max(remaining, 0.01)
+                    store = _conn.call_with_deadline(
+                        functools.partial(
+                            self._dist.TCPStore,
+                            self.host,
+                            self.port,
+                            self.world_size,
+                            False,
+                            timedelta(seconds=budget),
+                            wait_for_workers=wait_for_workers,
+                        ),
+                        budget + DEADLINE_MARGIN,
+                        f"connect to {self.host}:{self.port}",
+                    )
+                except (RuntimeError, StoreTimeoutError) as exc:
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                else:
+                    store.set_timeout(timedelta(seconds=self._timeout))
+                    if attempts > 1:
+                        logger.info("connected to %s:%d after %d attempts", self.host, self.port, attempts)
+                    return store
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreConnectionError(
+                    f"Could not reach the store at {self.host}:{self.port} within {budget:g}s "
+                    f"({attempts} attempts); last error: {reason}."
+                )
+            if attempts == 1 or attempts % 20 == 0:
+                logger.info("store at %s:%d not reachable yet (%s); retrying", self.host, self.port, reason)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    def _acquire(self, limit: float) -> _conn.Conn:
+        """An idle connection, or a new one made within ``limit`` seconds."""
+        with self._lock:
+            if self._closed:
+                raise KVStoreError(f"The store for {self.host}:{self.port} is closed.")
+            if self._idle:
+                return self._idle.pop()
+            source = self._server
+        if source is None:
+            return _conn.Conn(self._connect(wait_for_workers=False, limit=limit))
+        return _conn.Conn(source.clone())
+
+    def _release(self, conn: _conn.Conn) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.retire()
+
+    def _run(self, what: str, fn: Callable[[Any], T], timeout: float | None = None) -> T:
+        """Run ``fn(connection)`` on a pooled connection within ``timeout`` (default: the store's).
+
+        A connection whose call failed or overran is dropped, never reused: a late reply would
+        otherwise be read as the answer to the next request.
+        """
+        limit = self._timeout if timeout is None else timeout
+        try:
+            conn = self._acquire(limit)
+        except StoreConnectionError as exc:
+            if timeout is not None:  # the call's own timeout ran out while reconnecting
+                raise StoreTimeoutError(f"{what}: {exc}") from exc
+            raise
+        try:
+            result = conn.call(fn, limit + DEADLINE_MARGIN, what)
+        except StoreTimeoutError:
+            conn.retire()
+            raise StoreTimeoutError(
+                f"{what} on the store at {self.host}:{self.port} did not finish within {limit:g}s "
+                "(the server is not answering)."
+            ) from None
+        except RuntimeError as exc:
+            conn.retire()
+            raise self._translate(what, exc, limit) from exc
+        except BaseException:
+            conn.retire()
+            raise
+        self._release(conn)
+        return result
+
+    def _translate(self, what: str, exc: RuntimeError, limit: float) -> KVStoreError:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, self._dist.DistStoreError) and "timeout" in text.lower():
+            return StoreTimeoutError(f"{what} timed out after {limit:g}s.")
+        return StoreConnectionError(f"{what} failed: lost the store at {self.host}:{self.port} ({text}).")
+
+    # --- plain operations ---------------------------------------------------------------
+
+    def set(self, key: str, value: str, *, component: str | None = None) -> None:
+        """See base class."""
+        base.check_str("value", value)
+        self._set(key, value.encode("utf-8"), component)
+
+    def set_bytes(self, key: str, data: bytes, *, component: str | None = None) -> None:
+        """See base class. Stored raw: torch's store takes bytes, so no base64 is needed."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidArgumentError(f"data must be bytes, got {type(data).__name__}.")
+        self._set(key, bytes(data), component)
+
+    def _set(self, key: str, data: bytes, component: str | None) -> None:
+        scoped = self._scoped(key, component)
+        self._check_value(key, data)
+        self._write(f"set({key!r})", component, lambda c: c.set(scoped, data))
+
+    def _write(self, what: str, component: str | None, op: Callable[[Any], T]) -> T:
+        """Run a write between the generation bumps that shared waits rely on."""
+        begin, end = _shared.generation_keys(
+            self.namespace, self.component if component is None else component
+        )
+        return self._run(what, lambda c: _shared.bracketed(c, begin, end, op))  # type: ignore[no-any-return]
+
+    def get(self, key: str, *, component: str | None = None) -> bytes | None:
+        """See base class."""
+        scoped = self._scoped(key, component)
+        return self._read(f"get({key!r})", scoped, None)
+
+    def _read(self, what: str, scoped: str, timeout: float | None) -> bytes | None:
+        """The value of ``scoped``, or None if it is missing (or was deleted while being read)."""
+        try:
+            return self._run(what, lambda c: _conn.get_if_present(c, scoped), timeout)
+        except _conn.KeyVanished:
+            return None
+
+    def get_bytes(self, key: str, *, component: str | None = None) -> bytes | None:
+        """See base class."""
+        return self.get(key, component=component)
+
+    def exists(self, key: str, *, component: str | None = None) -> bool:
+        """See base class."""
+        scoped = self._scoped(key, component)
+        return bool(self._run(f"exists({key!r})", lambda c: c.check([scoped])))
+
+    def delete(self, key: str, *, component: str | None = None) -> bool:
+        """See base class."""
+        scoped = self._scoped(key, component)
+        return bool(self._write(f"delete({key!r})", component, lambda c: c.delete_key(scoped)))
+
+    # --- waits ----------------------------------------------------------------------------
+
+    def wait_for_key(self, key: str, timeout: float = 3600.0, *, component: str | None = None) -> bytes:
+        """See base class. The server wakes the waiter; nothing polls."""
+        scoped = self._scoped(key, component)
+        deadline = _deadline(timeout)
+        while True:
+            what = f"wait_for_key({key!r}, timeout={timeout:g})"
+            self._wait_present([scoped], deadline, what)
+            value = self._read(what, scoped, _left(deadline))
+            if value is not None:  # None: deleted between the wake-up and the read
+                return value
+
+    def wait_for_value(
+        self, key: str, expected: str, timeout: float = 3600.0, *, component: str | None = None
+    ) -> bytes:
+        """See base class. Waits for the key on the server, then polls its value with backoff."""
+        base.check_str("expected", expected)
+        scoped = self._scoped(key, component)
+        want = expected.encode("utf-8")
+        deadline = _deadline(timeout)
+        interval = POLL_INTERVAL
+        what = f"wait_for_value({key!r}, {expected!r}, timeout={timeout:g})"
+        value: bytes | None = None
+        try:
+            while True:
+                self._wait_present([scoped], deadline, what)
+                value = self._read(what, scoped, _left(deadline))
+                if value == want:
+                    return value
+                interval = _sleep_or_timeout(deadline, interval, what, f"last value {value!r}")
+        except StoreTimeoutError:
+            last = "the key never appeared" if value is None else f"last value {value!r}"
+            raise StoreTimeoutError(f"{what} timed out ({last}).") from None
+
+    def wait_for_keys(
+        self,
+        key_pattern: str,
+        expected_count: int,
+        value: str = "1",
+        timeout: float = 3600.0,
+        candidate_keys: list[str] | None = None,
+        *,
+        component: str | None = None,
+    ) -> list[str]:
+        """See base class. ``candidate_keys`` is required (TCPStore cannot list by prefix).
+
+        Few keys: each waiter checks them itself (one server-side wait, one batched read).
+        Many keys: the waiters of the same keys elect one verifier and wait server-side on one
+        result key, so N waiters on N keys cost O(N), not O(N^2); see ``_shared_wait``.
+        """
+        prefix, suffix = base.split_pattern(key_pattern)
+        base.check_count(expected_count)
+        base.check_str("value", value)
+        deadline = _deadline(timeout)
+        matching = base.select(base.check_keys(candidate_keys), prefix, suffix)
+        if len(matching) < expected_count:
+            raise InvalidArgumentError(
+                f"expected_count ({expected_count}) exceeds the {len(matching)} candidate keys "
+                f"matching {key_pattern!r}; it could never be reached."
+            )
+        comp = self.component if component is None else component
+        root = self._root(comp)
+        self._check_keys_fit(root, matching)
+        want = value.encode("utf-8")
+        req = _KeysRequest(
+            what=f"wait_for_keys({key_pattern!r}, {expected_count}, timeout={timeout:g})",
+            root=root,
+            keys=matching,
+            count=expected_count,
+            want=want,
+            deadline=deadline,
+            group=_shared.Group.of(
+                root, matching, want, expected_count, _shared.generation_keys(self.namespace, comp)
+            ),
+        )
+        shared = len(matching) >= _shared.SHARED_MIN_KEYS
+        hits = self._wait_shared(req) if shared else self._verify(req)
+        if len(hits) == len(matching):
+            return list(matching)
+        return [matching[i] for i in hits]
+
+    def _wait_shared(self, req: _KeysRequest) -> list[int]:
+        """Become the group's verifier, or wait for its result; check directly now and then."""
+        direct_every = _DIRECT_FALLBACK
+        direct_at = time.monotonic() + direct_every
+        follow = _FOLLOW_SLICE
+        while True:
+            left = _left(req.deadline)
+            slice_ = min(follow, left, max(0.0, direct_at - time.monotonic()))
+            step = functools.partial(_shared.join_and_follow, group=req.group, follow=slice_)
+            try:
+                joined: _shared.Joined | None = self._run(req.what, step, slice_)
+            except StoreTimeoutError:
+                joined = None
+            if joined is not None and joined.payload is not None:
+                return _shared.decode(joined.payload, len(req.keys))
+            if joined is not None and joined.verifier:
+                try:
+                    return self._verify(req, low=joined.generation)
+                finally:
+                    self._release_role(req)
+            if time.monotonic() >= direct_at:
+                hits = self._verify(req, once=True)
+                if len(hits) >= req.count:
+                    return hits
+                direct_every = min(direct_every * 2, _DIRECT_FALLBACK_MAX)
+                direct_at = time.monotonic() + direct_every
+            elif _left(req.deadline) <= 0:
+                raise StoreTimeoutError(f"{req.what} timed out (no result from the verifying worker).")
+            follow = min(follow * 2, _FOLLOW_SLICE_MAX)
+
+    def _verify(self, req: _KeysRequest, *, low: int | None = None, once: bool = False) -> list[int]:
+        """Wait until enough keys hold the value, reading them directly.
+
+        As the group's verifier (``low`` given: its join generation), publish a stable result.
+        With ``once``, look a single time and return what matched.
+        """
+        if low is not None:
+            payload = self._run(
+                req.what, functools.partial(_shared.published, group=req.group, generation=low)
+            )
+            if payload is not None:
+                return _shared.decode(payload, len(req.keys))
+        scoped = [req.root + k for k in req.keys]
+        full = req.count == len(scoped) and not once
+        interval = POLL_INTERVAL
+        unstable_since: float | None = None
+        while True:
+            if full:
+                self._wait_present(scoped, req.deadline, req.what)
+            look = functools.partial(_shared.snapshot, group=req.group, scoped=scoped, all_present=full)
+            try:
+                snap: _shared.Snapshot | None = self._run(req.what, look, _left(req.deadline))
+            except _conn.KeyVanished:
+                snap = None
+            hits = (
+                []
+                if snap is None
+                else [i for i, v in zip(snap.present, snap.values, strict=True) if v == req.want]
+            )
+            if len(hits) >= req.count:
+                if low is None:
+                    return hits
+                if snap is not None and snap.stable_generation is not None:
+                    publication = functools.partial(
+                        _shared.publish,
+                        group=req.group,
+                        low=low,
+                        generation=snap.stable_generation,
+                        payload=_shared.encode(hits, len(scoped)),
+                    )
+                    self._run(req.what, publication)
+                    return hits
+                # Writes overlapped the read: the result is ours, but not publishable. Retry a
+                # while so the other waiters need not each verify on their own.
+                unstable_since = unstable_since or time.monotonic()
+                if time.monotonic() - unstable_since > _STABILISE_FOR:
+                    return hits
+            elif once:
+                return hits
+            interval = _sleep_or_timeout(
+                req.deadline, interval, req.what, f"{len(hits)} of {req.count} matched"
+            )
+
+    def _release_role(self, req: _KeysRequest) -> None:
+        try:
+            self._run(req.what, lambda c: c.delete_key(req.group.verifier))
+        except KVStoreError as exc:  # the next waiter takes over after its fallback delay
+            logger.warning("%s: could not release the verifier role: %s", req.what, exc)
+
+    def _read_when_present(self, scoped: str, timeout: float, what: str) -> bytes | None:
+        """Wait server-side up to ``timeout`` for ``scoped``; its value, or None on timeout."""
+        try:
+            self._run(
+                what,
+                functools.partial(
+                    _conn.wait_keys, keys=[scoped], wait=timedelta(seconds=max(timeout, 0.001))
+                ),
+                timeout,
+            )
+        except StoreTimeoutError:
+            return None
+        return self._read(what, scoped, None)
+
+    def _wait_present(self, scoped: Sequence[str], deadline: float, what: str) -> None:
+        """Block on the server until every key in ``scoped`` exists."""
+        for start in range(0, len(scoped), _conn.KEYS_PER_REQUEST):
+            chunk = list(scoped[start : start + _conn.KEYS_PER_REQUEST])
+            left = _left(deadline)
+            try:
+                wait = timedelta(seconds=max(left, 0.001))
+                self._run(what, functools.partial(_conn.wait_keys, keys=chunk, wait=wait), left)
+            except StoreTimeoutError:
+                raise StoreTimeoutError(f"{what} timed out.") from None
+
+    # --- rendezvous bookkeeping -----------------------------------------------------------
+
+    def register_join(self, rank: int) -> None:
+        """Record that ``rank`` has joined, for the master's log (``python -m etha.kvstore.server``)."""
+        key = f"{JOINED_KEY_PREFIX}{rank}"
+        host = socket.gethostname().encode("utf-8")
+        self._run(f"register_join({rank})", lambda c: c.set(key, host))
+
+    def joined_ranks(self, ranks: Sequence[int]) -> dict[int, str]:
+        """Which of ``ranks`` have registered, with the host each registered from."""
+        keys = [f"{JOINED_KEY_PREFIX}{r}" for r in ranks]
+        flags = self._run("joined_ranks", lambda c: _conn.present_flags(c, keys))
+        present = [r for r, ok in zip(ranks, flags, strict=True) if ok]
+        if not present:
+            return {}
+        try:
+            values = self._run(
+                "joined_ranks",
+                lambda c: _conn.multi_get_present(c, [f"{JOINED_KEY_PREFIX}{r}" for r in present]),
+            )
+        except _conn.KeyVanished:
+            return {}
+        return {r: v.decode("utf-8", "replace") for r, v in zip(present, values, strict=True)}
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def close(self, cleanup: bool = True) -> None:
+        """See base class. ``cleanup`` is ignored: the server keeps no state on disk. On the
+        master, closing stops the server."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._server = None
+        for conn in idle:
+            conn.retire()
+
+    def __repr__(self) -> str:
+        role = "master" if self.is_master else "client"
+        return f"TorchTCPStore({self.host}:{self.port}, {role}, namespace={self.namespace!r})"
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _close_if_open(sock: socket.socket) -> None:
+    """Close a listener torch may already have closed (it does on some failures)."""
+    try:
+        os.fstat(sock.fileno())
+    except OSError:
+        sock.detach()
+        return
+    sock.close()
+
+
+def _check_endpoint(host: object, port: object, is_master: bool) -> None:
+    if not isinstance(host, str) or not host:
+        raise InvalidArgumentError(f"host must be a non-empty string, got {host!r}.")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidArgumentError(f"port ({port!r}) must be an integer in 0..65535.")
+    if port == 0 and not is_master:
+        raise InvalidArgumentError("port 0 is only valid for a master (it picks a free port).")
+
+
+def _deadline(timeout: float) -> float:
+    return time.monotonic() + base.check_timeout(timeout)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _sleep_or_timeout(deadline: float, interval: float, what: str, progress: str) -> float:
+    left = _left(deadline)
+    if left <= 0:
+        raise StoreTimeoutError(f"{what} timed out ({progress}).")
+    time.sleep(min(interval, left))
+    return min(interval * 2, _MAX_POLL)
