@@ -1,0 +1,79 @@
+"""Helpers shared by the test tiers: real master processes, deadlines instead of sleeps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# The resolver here drops ~1 query in 50 for 5 s; fail fast instead in tests that connect a lot.
+TEST_ENV = {**os.environ, "RES_OPTIONS": "timeout:1 attempts:1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MasterProcess:
+    """``python -m etha.kvstore.server`` on 127.0.0.1, started and stopped by a test."""
+
+    def __init__(self, tmp: Path, port: int = 0, world_size: int | None = None) -> None:
+        self.port_file = tmp / f"master-{time.monotonic_ns()}.port"
+        self.log_file = tmp / f"master-{time.monotonic_ns()}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "etha.kvstore.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-file",
+            str(self.port_file),
+        ]
+        if world_size is not None:
+            args += ["--world-size", str(world_size)]
+        self._log = self.log_file.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=TEST_ENV)
+        wait_until(
+            lambda: self.port_file.exists() or self.proc.poll() is not None, 60, "the master to listen"
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(f"master exited with {self.proc.returncode}: {self.log()}")
+        self.port = int(self.port_file.read_text())
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_file.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import MasterProcess
+
+pytest.importorskip("torch", reason="the store tests need torch: install the 'store' extra")
+os.environ.setdefault("RES_OPTIONS", "timeout:1 attempts:1")
+
+from etha.kvstore.tcp import TorchTCPStore
+
+
+@pytest.fixture(scope="module")
+def shared_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
+    """One real master process per test module; tests isolate themselves by namespace."""
+    proc = MasterProcess(Path(tmp_path_factory.mktemp("master")))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def make_tcp_store(shared_master: MasterProcess) -> Iterator[Callable[..., TorchTCPStore]]:
+    """Clients of the module's master, in namespaces no other test uses; closed after the test."""
+    made: list[TorchTCPStore] = []
+    token = uuid.uuid4().hex[:8]
+
+    def make(namespace: str = "job", component: str = "tensorbus", timeout: float = 30.0) -> TorchTCPStore:
+        store = TorchTCPStore(
+            "127.0.0.1",
+            shared_master.port,
+            1,
+            False,
+            timeout=timeout,
+            wait_for_workers=False,
+            namespace=f"{namespace}-{token}",
+            component=component,
+        )
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()

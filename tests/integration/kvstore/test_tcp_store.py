@@ -1,0 +1,248 @@
+"""TorchTCPStore against a real master process: the contract suite, then what only TCP has."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from etha.kvstore import StoreConnectionError, StoreTimeoutError
+from etha.kvstore.tcp import DEADLINE_MARGIN, POLL_INTERVAL, TorchTCPStore
+from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, wait_until
+from tests.integration.kvstore.contract import MARGIN, KVStoreContract
+
+
+class TestTorchTCPStoreContract(KVStoreContract):
+    @pytest.fixture
+    def make_store(self, make_tcp_store: Callable[..., TorchTCPStore]) -> Callable[..., TorchTCPStore]:
+        return make_tcp_store
+
+
+def test_seed_module_attributes() -> None:
+    import logging
+
+    from etha.kvstore import tcp
+
+    assert POLL_INTERVAL == 0.001
+    assert isinstance(tcp.logger, logging.Logger)
+    store_attrs = ("host", "port", "world_size", "is_master")
+    master = TorchTCPStore("127.0.0.1", 0, 1, True, timeout=10, wait_for_workers=False)
+    try:
+        assert all(hasattr(master, a) for a in store_attrs)
+        assert master.is_master and master.port > 0 and master.world_size == 1
+    finally:
+        master.close()
+
+
+def test_in_process_master_serves_clients_and_stops_on_close() -> None:
+    master = TorchTCPStore("127.0.0.1", 0, 1, True, timeout=10, wait_for_workers=False, namespace="j")
+    client = TorchTCPStore(
+        "127.0.0.1", master.port, 1, False, timeout=10, wait_for_workers=False, namespace="j"
+    )
+    master.set("from-master", "1")
+    assert client.get("from-master") == b"1"
+    client.close()
+    master.close()
+    with pytest.raises(StoreConnectionError, match=f"127.0.0.1:{master.port}"):
+        TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=1, wait_for_workers=False)
+
+
+def test_master_waits_for_workers() -> None:
+    """wait_for_workers=True: the master's constructor returns once world_size processes connected."""
+    port = free_port()
+    box: list[TorchTCPStore] = []
+    t = threading.Thread(target=lambda: box.append(TorchTCPStore("127.0.0.1", port, 2, True, timeout=20)))
+    t.start()
+    client = TorchTCPStore("127.0.0.1", port, 2, False, timeout=20)
+    t.join(20)
+    assert box and box[0].is_master
+    client.close()
+    box[0].close()
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from etha.kvstore import from_env
+    store = from_env()
+    rank, world = store.rank, store.world_size
+    store.set(f"rank/{rank}", "1")
+    got = store.wait_for_keys("rank/*", world, timeout=60, candidate_keys=[f"rank/{i}" for i in range(world)])
+    if rank == 0:
+        store.set("config", json.dumps({"lr": 0.1}))
+    config = json.loads(store.wait_for_key("config", timeout=60))
+    print(json.dumps({"rank": rank, "seen": len(got), "lr": config["lr"]}))
+    store.close()
+    """
+)
+
+
+def test_multi_process_rendezvous_through_from_env(tmp_path: Path) -> None:
+    world = 4
+    master = MasterProcess(tmp_path, world_size=world)
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER],
+                env={
+                    **TEST_ENV,
+                    "ETHA_KVSTORE_HOST": "127.0.0.1",
+                    "ETHA_KVSTORE_PORT": str(master.port),
+                    "ETHA_WORLD_SIZE": str(world),
+                    "ETHA_RANK": str(rank),
+                    "ETHA_JOB_NAME": "demo",
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+            for rank in range(world)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        lines = sorted(out.strip() for out, _ in outs)
+        assert lines == [f'{{"rank": {r}, "seen": {world}, "lr": 0.1}}' for r in range(world)]
+        wait_until(lambda: f"all {world} ranks joined" in master.log(), 10, "the master to log all joins")
+        for rank in range(world):
+            assert f"rank {rank} joined" in master.log()
+    finally:
+        assert master.stop() == 0
+
+
+def test_client_started_before_master_connects_once_it_appears(tmp_path: Path) -> None:
+    port = free_port()
+    box: list[object] = []
+
+    def connect() -> None:
+        try:
+            box.append(TorchTCPStore("127.0.0.1", port, 1, False, timeout=30, wait_for_workers=False))
+        except BaseException as exc:
+            box.append(exc)
+
+    t = threading.Thread(target=connect)
+    t.start()
+    time.sleep(1.0)  # the client is retrying now; the master appears late, as pods do
+    master = MasterProcess(tmp_path, port=port)
+    try:
+        t.join(30)
+        assert box and isinstance(box[0], TorchTCPStore), box
+        box[0].set("k", "v")
+        assert box[0].get("k") == b"v"
+        box[0].close()
+    finally:
+        master.stop()
+
+
+def test_unresolvable_host_retries_until_timeout_then_names_host_and_port() -> None:
+    start = time.monotonic()
+    with pytest.raises(
+        StoreConnectionError, match=r"no-such-master\.invalid:29511 within 2s.*does not resolve"
+    ):
+        TorchTCPStore("no-such-master.invalid", 29511, 1, False, timeout=2, wait_for_workers=False)
+    assert 2 <= time.monotonic() - start < 2 + 3
+
+
+def test_refused_port_retries_until_timeout() -> None:
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(StoreConnectionError, match=f"127.0.0.1:{port}.*connection refused"):
+        TorchTCPStore("127.0.0.1", port, 1, False, timeout=1, wait_for_workers=False)
+    assert time.monotonic() - start < 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "match"),
+    [
+        ("127.0.0.1", 70000, r"port \(70000\) must be an integer in 0..65535"),
+        ("127.0.0.1", -1, r"port \(-1\)"),
+        ("127.0.0.1", 0, "port 0 is only valid for a master"),
+        ("", 29500, "host must be a non-empty string"),
+    ],
+    ids=["port-too-big", "port-negative", "client-port-0", "empty-host"],
+)
+def test_bad_endpoint(host: str, port: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TorchTCPStore(host, port, 1, False, timeout=1, wait_for_workers=False)
+
+
+def test_bad_constructor_timeout_and_world_size() -> None:
+    with pytest.raises(ValueError, match=r"timeout \(-5\)"):
+        TorchTCPStore("127.0.0.1", 1, 1, False, timeout=-5)
+    with pytest.raises(ValueError, match=r"world_size \(0\)"):
+        TorchTCPStore("127.0.0.1", 1, 0, False, timeout=1)
+
+
+def test_master_killed_mid_wait_gives_clear_error_within_timeout(tmp_path: Path) -> None:
+    master = MasterProcess(tmp_path)
+    store = TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=5, wait_for_workers=False)
+    threading.Timer(0.5, master.proc.kill).start()
+    start = time.monotonic()
+    with pytest.raises((StoreConnectionError, StoreTimeoutError), match=f"127.0.0.1:{master.port}|timed out"):
+        store.wait_for_key("never", timeout=5)
+    assert time.monotonic() - start < 5 + MARGIN
+    master.stop()
+    store.close()
+
+
+def test_master_stopped_mid_wait_times_out_within_timeout(tmp_path: Path) -> None:
+    """A SIGSTOPped master makes torch's client ignore its timeouts; ours still holds."""
+    master = MasterProcess(tmp_path)
+    store = TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=30, wait_for_workers=False)
+    store.set("k", "v")
+    try:
+        master.signal(signal.SIGSTOP)
+        for call in (
+            lambda: store.wait_for_key("never", timeout=1.0),
+            lambda: store.wait_for_keys("r/*", 1, timeout=1.0, candidate_keys=["r/0"]),
+            lambda: store.wait_for_value("k", "w", timeout=1.0),
+        ):
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                call()
+            assert time.monotonic() - start < 1.0 + DEADLINE_MARGIN + MARGIN
+    finally:
+        master.signal(signal.SIGCONT)
+        assert master.stop() == 0  # resumed, it still shuts down cleanly on SIGTERM
+        store.close()
+
+
+def test_server_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    master = MasterProcess(tmp_path)
+    master.signal(signal.SIGTERM)
+    master.proc.wait(15)
+    assert master.proc.returncode == 0
+    assert "received SIGTERM" in master.log() and "stopped" in master.log()
+    master.stop()
+
+
+def test_server_help_explains_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "etha.kvstore.server", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=TEST_ENV,
+    ).stdout
+    for flag in ("--host", "--port", "--world-size", "--job", "--port-file", "--log-level"):
+        assert flag in out
+
+
+def test_server_refuses_bad_port() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "etha.kvstore.server", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        env=TEST_ENV,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "--port (70000) must be in 0..65535" in res.stderr
