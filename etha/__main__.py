@@ -1,0 +1,5 @@
+import sys
+
+from etha.cli import main
+
+sys.exit(main())

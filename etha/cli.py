@@ -1,0 +1,42 @@
+"""The ``etha`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from etha import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="etha", description="Kubernetes-native rendezvous for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"etha {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run-local",
+        help="Run a TrainingJob manifest on this machine, without a cluster.",
+        description="Run the rendezvous master and every worker of a TrainingJob as local processes, "
+        "with the environment the operator injects (the master's name mapped to 127.0.0.1).",
+    )
+    run.add_argument("file", type=Path, help="A TrainingJob manifest (YAML).")
+    run.add_argument("--timeout", type=float, default=None, help="Give up after this many seconds.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run-local":
+        from etha.local import LocalRunError, run_local
+
+        try:
+            return run_local(args.file, timeout=args.timeout)
+        except LocalRunError as exc:
+            print(f"etha run-local: {exc}", file=sys.stderr)
+            return 2
+    return 2  # pragma: no cover - argparse enforces the sub-command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The environment every worker container gets: pure functions, shared by the operator and
+``etha run-local``. No I/O, no clock; importing it needs neither torch nor kubernetes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from etha import constants as c
+
+
+def worker_env(
+    *, job_name: str, master_addr: str, port: int, world_size: int, rank: int, attempt: int = 0
+) -> dict[str, str]:
+    """The contract's variables for one worker, in a stable order."""
+    return {
+        c.ENV_MASTER_ADDR: master_addr,
+        c.ENV_MASTER_PORT: str(port),
+        c.ENV_WORLD_SIZE: str(world_size),
+        c.ENV_RANK: str(rank),
+        c.ENV_LOCAL_RANK: "0",
+        c.ENV_TORCHELASTIC_USE_AGENT_STORE: "True",
+        c.ENV_TORCHELASTIC_RESTART_COUNT: str(attempt),
+        c.ENV_KVSTORE_HOST: master_addr,
+        c.ENV_KVSTORE_PORT: str(port),
+        c.ENV_WORLD_SIZE_ETHA: str(world_size),
+        c.ENV_RANK_ETHA: str(rank),
+        c.ENV_JOB_NAME: job_name,
+        c.ENV_ATTEMPT: str(attempt),
+    }
+
+
+def merge_env(user: Mapping[str, str], injected: Mapping[str, str]) -> dict[str, str]:
+    """``injected`` under ``user``: what the user set always wins."""
+    return {**injected, **user}

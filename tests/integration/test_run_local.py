@@ -1,0 +1,104 @@
+"""``etha run-local``: the real command, real processes, real torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, TEST_ENV
+
+pytest.importorskip("torch")
+
+
+def run_local(manifest: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etha", "run-local", str(manifest), "--timeout", "150"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=TEST_ENV,
+        timeout=timeout,
+    )
+
+
+def test_kvstore_example_succeeds_with_prefixed_logs() -> None:
+    res = run_local(REPO / "examples" / "kvstore-barrier.yaml")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for rank in range(3):
+        assert f"[rank {rank}] rank {rank}: 3 ranks ready, config {{'lr': 0.01, 'seed': 1234}}" in res.stdout
+    assert "[etha] TrainingJob kvstore-barrier succeeded: 3 workers finished" in res.stdout
+    assert "rank 2 joined" in res.stdout  # the master's log, prefixed [master]
+
+
+def test_failing_worker_stops_the_rest_and_names_rank_and_code(tmp_path: Path) -> None:
+    manifest = tmp_path / "fail.yaml"
+    manifest.write_text(
+        """
+apiVersion: etha.io/v1alpha1
+kind: TrainingJob
+metadata: {name: fails}
+spec:
+  replicas: 3
+  template:
+    spec:
+      containers:
+        - name: w
+          command: ["python", "-c"]
+          args: ["import os, sys, time; r = int(os.environ['RANK']); sys.exit(7) if r == 1 else time.sleep(120)"]
+"""
+    )
+    res = run_local(manifest, timeout=60)
+    assert res.returncode == 1
+    assert "[etha] rank 1 failed with exit code 7; stopping the other processes" in res.stdout
+
+
+def test_user_env_wins_over_injected(tmp_path: Path) -> None:
+    manifest = tmp_path / "env.yaml"
+    manifest.write_text(
+        """
+apiVersion: etha.io/v1alpha1
+kind: TrainingJob
+metadata: {name: env}
+spec:
+  replicas: 2
+  template:
+    spec:
+      containers:
+        - name: w
+          command: ["python", "-c", "import os; print('LR', os.environ['LOCAL_RANK'], os.environ['RANK'], os.environ['TORCHELASTIC_USE_AGENT_STORE'])"]
+          env: [{name: LOCAL_RANK, value: "5"}]
+"""
+    )
+    res = run_local(manifest, timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert "[rank 0] LR 5 0 True" in res.stdout and "[rank 1] LR 5 1 True" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("kind: Pod\nmetadata: {name: x}", "kind ('Pod') must be 'TrainingJob'"),
+        (
+            "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 0}",
+            "spec.replicas (0) must be an integer >= 1",
+        ),
+        (
+            "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 1, rendezvous: {port: 70000}}",
+            "spec.rendezvous.port (70000) must be an integer in 1..65535",
+        ),
+        (
+            "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 1, template: {spec: {containers: []}}}",
+            "spec.template.spec.containers must hold at least one container",
+        ),
+    ],
+    ids=["wrong-kind", "zero-replicas", "bad-port", "no-containers"],
+)
+def test_bad_manifest_is_refused_with_a_clear_message(tmp_path: Path, body: str, message: str) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(body)
+    res = run_local(manifest, timeout=60)
+    assert res.returncode == 2
+    assert message in res.stderr
