@@ -20,6 +20,7 @@ seed's description, behind the same API:
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -60,6 +61,19 @@ _DIRECT_FALLBACK = 10.0
 _DIRECT_FALLBACK_MAX = 60.0
 # A verifier that saw enough keys but overlapping writes retries this long to publish a stable result.
 _STABILISE_FOR = 1.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    root: str
+    keys: list[str]  # never mutated: shared by every caller that finds this plan
+    want: bytes
+    group: _shared.Group
+
+
+# Recent wait_for_keys plans of this process: (signature, candidate keys, plan).
+_PLANS: collections.deque[tuple[tuple[object, ...], list[str], _Plan]] = collections.deque(maxlen=16)
+_PLANS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -384,36 +398,56 @@ class TorchTCPStore(KVStore):
         Many keys: the waiters of the same keys elect one verifier and wait server-side on one
         result key, so N waiters on N keys cost O(N), not O(N^2); see ``_shared_wait``.
         """
-        prefix, suffix = base.split_pattern(key_pattern)
-        base.check_count(expected_count)
-        base.check_str("value", value)
         deadline = _deadline(timeout)
-        matching = base.select(base.check_keys(candidate_keys), prefix, suffix)
-        if len(matching) < expected_count:
-            raise InvalidArgumentError(
-                f"expected_count ({expected_count}) exceeds the {len(matching)} candidate keys "
-                f"matching {key_pattern!r}; it could never be reached."
-            )
         comp = self.component if component is None else component
-        root = self._root(comp)
-        self._check_keys_fit(root, matching)
-        want = value.encode("utf-8")
+        plan = self._plan(key_pattern, expected_count, value, comp, base.check_keys(candidate_keys))
+        matching = plan.keys
         req = _KeysRequest(
             what=f"wait_for_keys({key_pattern!r}, {expected_count}, timeout={timeout:g})",
-            root=root,
+            root=plan.root,
             keys=matching,
             count=expected_count,
-            want=want,
+            want=plan.want,
             deadline=deadline,
-            group=_shared.Group.of(
-                root, matching, want, expected_count, _shared.generation_keys(self.namespace, comp)
-            ),
+            group=plan.group,
         )
         shared = len(matching) >= _shared.SHARED_MIN_KEYS
         hits = self._wait_shared(req) if shared else self._verify(req)
         if len(hits) == len(matching):
             return list(matching)
         return [matching[i] for i in hits]
+
+    def _plan(self, pattern: str, count: int, value: str, component: str, candidates: list[str]) -> _Plan:
+        """Validate a wait_for_keys request and derive what it waits on (pure; memoised).
+
+        Deriving the plan costs a pass over every candidate; N workers waiting on the same N keys
+        would pay N^2 of them, so plans are kept per process and found again by comparing the
+        candidate list (one C-level comparison).
+        """
+        sig = (pattern, count, value, self.namespace, component, self.max_key_bytes, len(candidates))
+        with _PLANS_LOCK:
+            for known_sig, known_candidates, plan in _PLANS:
+                if known_sig == sig and known_candidates == candidates:
+                    return plan
+        prefix, suffix = base.split_pattern(pattern)
+        base.check_count(count)
+        base.check_str("value", value)
+        matching = base.select(candidates, prefix, suffix)
+        if len(matching) < count:
+            raise InvalidArgumentError(
+                f"expected_count ({count}) exceeds the {len(matching)} candidate keys "
+                f"matching {pattern!r}; it could never be reached."
+            )
+        root = self._root(component)
+        self._check_keys_fit(root, matching)
+        want = value.encode("utf-8")
+        group = _shared.Group.of(
+            root, matching, want, count, _shared.generation_keys(self.namespace, component)
+        )
+        plan = _Plan(root, matching, want, group)
+        with _PLANS_LOCK:
+            _PLANS.appendleft((sig, list(candidates), plan))
+        return plan
 
     def _wait_shared(self, req: _KeysRequest) -> list[int]:
         """Become the group's verifier, or wait for its result; check directly now and then."""

@@ -60,3 +60,23 @@ def test_check_timeout_rejects(value: object, match: str) -> None:
 @pytest.mark.parametrize("value", [0, 0.5, 3600, float("inf")], ids=["zero", "half", "hour", "inf"])
 def test_check_timeout_accepts(value: float) -> None:
     assert check_timeout(value) == float(value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "prefix", "suffix", "expected"),
+    [
+        (["r/1", "x/r/2", "r/", "r/3/x"], "r/", "", ["r/1", "r/", "r/3/x"]),
+        (["a/ready", "b/ready", "ready", "b/ready/no"], "", "/ready", ["a/ready", "b/ready"]),
+        (["aa", "a", "aaa"], "a", "a", ["aa", "aaa"]),
+        (["p.1", "pX1", "p.2"], "p.", "", ["p.1", "p.2"]),
+        (["r/\x001", "r/2", "x\x00r/3"], "r/", "", ["r/\x001", "r/2"]),
+        (["r/2", "r/1", "r/2"], "r/", "", ["r/2", "r/1"]),
+        ([], "r/", "", []),
+    ],
+    ids=["prefix", "suffix", "overlap", "regex-chars-escaped", "nul-in-key", "dedupe", "empty"],
+)
+def test_select_matches_like_the_pattern(
+    keys: list[str], prefix: str, suffix: str, expected: list[str]
+) -> None:
+    assert select(keys, prefix, suffix) == expected
+    assert expected == [k for k in dict.fromkeys(keys) if matches(prefix, suffix, k)]
