@@ -1,0 +1,1 @@
+"""The etha operator: a kopf controller that runs TrainingJobs. Never imports torch."""

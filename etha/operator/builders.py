@@ -1,0 +1,153 @@
+"""Build a TrainingJob's children as plain manifests. Pure: no I/O, no clock, no randomness."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from etha.operator import constants as c
+from etha.operator.names import master_address, master_name, service_name, worker_name
+from etha.operator.spec import JobSpec
+from etha.rendezvous_env import worker_env
+
+Manifest = dict[str, Any]
+
+
+def child_labels(job: str, role: str, attempt: int | None = None, rank: int | None = None) -> dict[str, str]:
+    labels = {c.LABEL_JOB: job, c.LABEL_ROLE: role, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+    if attempt is not None:
+        labels[c.LABEL_ATTEMPT] = str(attempt)
+    if rank is not None:
+        labels[c.LABEL_RANK] = str(rank)
+    return labels
+
+
+def owner_reference(job: JobSpec) -> dict[str, Any]:
+    """Makes the TrainingJob the controller of a child: deleting the job deletes its children."""
+    return {
+        "apiVersion": f"{c.GROUP}/{c.VERSION}",
+        "kind": c.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_service(job: JobSpec) -> Manifest:
+    """The headless Service: DNS names for the job's pods, published before they are Ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(job.name),
+            "namespace": job.namespace,
+            "labels": {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {c.LABEL_JOB: job.name},
+            "ports": [{"name": "rendezvous", "port": job.port, "targetPort": job.port, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
+    """The rendezvous master of one attempt: ``python -m etha.kvstore.server``."""
+    name = master_name(job.name, attempt)
+    container: dict[str, Any] = {
+        "name": c.MASTER_CONTAINER,
+        "image": job.image,
+        "command": [
+            "python",
+            "-m",
+            "etha.kvstore.server",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(job.port),
+            "--world-size",
+            str(job.replicas),
+            "--job",
+            job.name,
+        ],
+        "ports": [{"name": "rendezvous", "containerPort": job.port, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": job.port}, "periodSeconds": 2},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if job.master_resources:
+        container["resources"] = copy.deepcopy(job.master_resources)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": child_labels(job.name, c.ROLE_MASTER, attempt),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "hostname": name,
+            "subdomain": service_name(job.name),
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+        },
+    }
+
+
+def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
+    """Worker ``rank`` of one attempt: the user's template plus the rendezvous environment."""
+    name = worker_name(job.name, attempt, rank)
+    template = copy.deepcopy(job.template)
+    meta = template.get("metadata") or {}
+    spec = template["spec"]
+    injected = worker_env(
+        job_name=job.name,
+        master_addr=master_address(job.name, job.namespace, attempt),
+        port=job.port,
+        world_size=job.replicas,
+        rank=rank,
+        attempt=attempt,
+    )
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            container["env"] = inject_env(container.get("env") or [], injected)
+    spec["hostname"] = name
+    spec["subdomain"] = service_name(job.name)
+    spec.setdefault("restartPolicy", "Never")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": {**(meta.get("labels") or {}), **child_labels(job.name, c.ROLE_WORKER, attempt, rank)},
+            "annotations": dict(meta.get("annotations") or {}),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
+
+
+def inject_env(user: list[dict[str, Any]], injected: dict[str, str]) -> list[dict[str, Any]]:
+    """The user's env entries, then every injected variable the user did not set (by name)."""
+    taken = {item.get("name") for item in user}
+    return [*user, *({"name": k, "value": v} for k, v in injected.items() if k not in taken)]
+
+
+def build_children(job: JobSpec, attempt: int) -> list[Manifest]:
+    """Every pod of one attempt, master first."""
+    return [build_master_pod(job, attempt), *(build_worker_pod(job, attempt, r) for r in range(job.replicas))]

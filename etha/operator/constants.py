@@ -1,0 +1,76 @@
+"""Names the operator writes on objects: labels, annotations, conditions, reasons, defaults."""
+
+from typing import Final
+
+# --- The resource ------------------------------------------------------------------------------
+# API group of the TrainingJob resource.
+GROUP: Final = "etha.io"
+# API version of the TrainingJob resource.
+VERSION: Final = "v1alpha1"
+# Plural name of the TrainingJob resource.
+PLURAL: Final = "trainingjobs"
+# Kind of the TrainingJob resource.
+KIND: Final = "TrainingJob"
+
+# --- Labels on every child ---------------------------------------------------------------------
+# The TrainingJob a child belongs to.
+LABEL_JOB: Final = "etha.io/job-name"
+# "master" or "worker".
+LABEL_ROLE: Final = "etha.io/role"
+# A worker's rank.
+LABEL_RANK: Final = "etha.io/rank"
+# The whole-job attempt a pod belongs to.
+LABEL_ATTEMPT: Final = "etha.io/attempt"
+# Who manages the object (kubernetes' recommended label).
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+# Value of LABEL_MANAGED_BY.
+MANAGED_BY: Final = "etha-operator"
+# Value of LABEL_ROLE on the rendezvous master.
+ROLE_MASTER: Final = "master"
+# Value of LABEL_ROLE on workers.
+ROLE_WORKER: Final = "worker"
+
+# --- Phases and conditions ---------------------------------------------------------------------
+PHASE_PENDING: Final = "Pending"
+PHASE_RUNNING: Final = "Running"
+PHASE_RESTARTING: Final = "Restarting"
+PHASE_SUSPENDED: Final = "Suspended"
+PHASE_SUCCEEDED: Final = "Succeeded"
+PHASE_FAILED: Final = "Failed"
+# Phases a job never leaves.
+FINISHED_PHASES: Final = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
+
+# Condition: every pod of the current attempt exists.
+COND_CREATED: Final = "Created"
+# Condition: every worker of the current attempt is running.
+COND_RUNNING: Final = "Running"
+# Condition: the job is suspended.
+COND_SUSPENDED: Final = "Suspended"
+# Condition: the job finished successfully.
+COND_SUCCEEDED: Final = "Succeeded"
+# Condition: the job failed for good.
+COND_FAILED: Final = "Failed"
+
+# --- Reasons (conditions and events) -----------------------------------------------------------
+# The spec is invalid; the message names the field and what was expected.
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+# activeDeadlineSeconds passed.
+REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+# A pod failed and no restarts remain.
+REASON_BACKOFF_LIMIT: Final = "RestartLimitExceeded"
+# A pod failed and a new attempt starts.
+REASON_RESTARTING: Final = "Restarting"
+# Every worker succeeded.
+REASON_SUCCEEDED: Final = "AllWorkersSucceeded"
+# A child was created.
+REASON_CREATED: Final = "Created"
+
+# --- Defaults ----------------------------------------------------------------------------------
+# Image the master runs unless spec.rendezvous.image or the operator's settings say otherwise.
+DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/etha-io/etha-runtime:0.1.0"
+# Seconds workers have to reach the master unless spec.rendezvous.timeoutSeconds says otherwise.
+DEFAULT_RENDEZVOUS_TIMEOUT: Final = 900
+# Longest DNS label (pod hostname, service name).
+MAX_DNS_LABEL: Final = 63
+# Name of the container in the master pod.
+MASTER_CONTAINER: Final = "rendezvous"

@@ -1,0 +1,27 @@
+"""Deterministic names of a TrainingJob's children. Pure."""
+
+from __future__ import annotations
+
+
+def service_name(job: str) -> str:
+    """The headless Service that gives the job's pods DNS names."""
+    return job
+
+
+def master_name(job: str, attempt: int) -> str:
+    """The rendezvous master pod of one attempt (also its hostname under the Service)."""
+    return f"{job}-master-{attempt}"
+
+
+def worker_name(job: str, attempt: int, rank: int) -> str:
+    """Worker ``rank`` of one attempt (also its hostname under the Service)."""
+    return f"{job}-worker-{attempt}-{rank}"
+
+
+def master_address(job: str, namespace: str, attempt: int) -> str:
+    """The DNS name workers use to reach the master: hostname.subdomain.namespace.svc."""
+    return f"{master_name(job, attempt)}.{service_name(job)}.{namespace}.svc"
+
+
+def longest_child_name(job: str, replicas: int, max_restarts: int) -> str:
+    return max((master_name(job, max_restarts), worker_name(job, max_restarts, replicas - 1)), key=len)

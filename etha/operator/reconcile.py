@@ -1,0 +1,270 @@
+"""Decide what a TrainingJob needs next: compare the desired state with the pods that exist.
+
+Pure: it takes the job, its status, the pods that exist and the time, and returns the actions
+(objects to create, pods to delete, the status patch, events). The kopf handlers apply them.
+Level-triggered: the same inputs give the same actions, so an operator restarted at any point
+converges, and applying an action twice is harmless (creation tolerates "already exists").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from etha.operator import constants as c
+from etha.operator.builders import Manifest, build_master_pod, build_service, build_worker_pod
+from etha.operator.names import master_address, master_name, worker_name
+from etha.operator.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+@dataclass
+class Actions:
+    create: list[Manifest] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    # Seconds after which the job should be looked at again (deadline, TTL), if any.
+    requeue_after: float | None = None
+
+
+def timestamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def condition(kind: str, status: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": timestamp(now),
+    }
+
+
+def set_condition(conditions: list[dict[str, str]], new: dict[str, str]) -> list[dict[str, str]]:
+    """Replace the condition of the same type, keeping its transition time if the status is unchanged."""
+    out = []
+    for cond in conditions:
+        if cond.get("type") == new["type"]:
+            if cond.get("status") == new["status"]:
+                new = {**new, "lastTransitionTime": cond.get("lastTransitionTime", new["lastTransitionTime"])}
+            continue
+        out.append(cond)
+    return [*out, new]
+
+
+def pod_phase(pod: dict[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def failure_detail(pod: dict[str, Any]) -> str:
+    """'exit code 3 (Error)' from the first terminated container, or the pod's own reason."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode", 0) != 0:
+            reason = term.get("reason") or "Error"
+            return f"container {cs.get('name')} exit code {term.get('exitCode')} ({reason})"
+    reason = status.get("reason") or "Failed"
+    message = status.get("message")
+    return f"{reason}: {message}" if message else str(reason)
+
+
+def reconcile(
+    job: JobSpec, status: dict[str, Any], pods: list[dict[str, Any]], service_exists: bool, now: datetime
+) -> Actions:
+    """What to do next for ``job``; ``pods`` are every pod labelled with the job's name."""
+    acts = Actions()
+    phase = status.get("phase")
+    conditions: list[dict[str, str]] = list(status.get("conditions") or [])
+    attempt = int(status.get("attempt") or 0)
+    restarts = int(status.get("restarts") or 0)
+    by_name = {p["metadata"]["name"]: p for p in pods}
+
+    def finish(new_phase: str, cond: str, reason: str, message: str, keep_workers: bool) -> Actions:
+        for name, pod in by_name.items():
+            is_master = pod["metadata"].get("labels", {}).get(c.LABEL_ROLE) == c.ROLE_MASTER
+            if (is_master or not keep_workers) and pod_phase(pod) not in ("Succeeded", "Failed"):
+                acts.delete_pods.append(name)
+        acts.status.update(
+            phase=new_phase,
+            completionTime=timestamp(now),
+            conditions=set_condition(conditions, condition(cond, True, reason, message, now)),
+        )
+        acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
+        if job.ttl_seconds_after_finished is not None:
+            acts.requeue_after = float(job.ttl_seconds_after_finished)
+        return acts
+
+    # Finished: clean up what is left and honour the TTL.
+    if phase in c.FINISHED_PHASES:
+        for name, pod in by_name.items():
+            if pod["metadata"].get("labels", {}).get(c.LABEL_ROLE) == c.ROLE_MASTER and pod_phase(
+                pod
+            ) not in (
+                "Succeeded",
+                "Failed",
+            ):
+                acts.delete_pods.append(name)
+        done = parse_time(status.get("completionTime"))
+        if job.ttl_seconds_after_finished is not None and done is not None:
+            left = (done + timedelta(seconds=job.ttl_seconds_after_finished) - now).total_seconds()
+            if left <= 0:
+                acts.delete_job = True
+            else:
+                acts.requeue_after = left
+        return acts
+
+    # Suspended: no pods; resuming starts the current attempt afresh.
+    if job.suspend:
+        acts.delete_pods.extend(by_name)
+        if phase != c.PHASE_SUSPENDED:
+            acts.status.update(
+                phase=c.PHASE_SUSPENDED,
+                conditions=set_condition(
+                    conditions, condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", now)
+                ),
+            )
+            acts.events.append(Event("Normal", "Suspended", "Job suspended; its pods are deleted."))
+        return acts
+
+    start = parse_time(status.get("startTime"))
+    if start is None:
+        acts.status["startTime"] = timestamp(now)
+        start = now
+    if phase == c.PHASE_SUSPENDED:
+        conditions = set_condition(
+            conditions, condition(c.COND_SUSPENDED, False, "Resumed", "spec.suspend is false.", now)
+        )
+        acts.status["conditions"] = conditions
+        acts.events.append(Event("Normal", "Resumed", "Job resumed."))
+
+    # Deadline.
+    if job.active_deadline_seconds is not None:
+        left = (start + timedelta(seconds=job.active_deadline_seconds) - now).total_seconds()
+        if left <= 0:
+            return finish(
+                c.PHASE_FAILED,
+                c.COND_FAILED,
+                c.REASON_DEADLINE_EXCEEDED,
+                f"The job ran longer than spec.activeDeadlineSeconds ({job.active_deadline_seconds}s).",
+                keep_workers=False,
+            )
+        acts.requeue_after = left
+
+    # Leftovers of earlier attempts go.
+    current = {}
+    for name, pod in by_name.items():
+        if pod["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT) == str(attempt):
+            current[name] = pod
+        else:
+            acts.delete_pods.append(name)
+
+    master = current.get(master_name(job.name, attempt))
+    workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
+
+    failed = [p for p in (master, *workers.values()) if p is not None and pod_phase(p) == "Failed"]
+    if failed:
+        pod = failed[0]
+        what = f"pod {pod['metadata']['name']} failed: {failure_detail(pod)}"
+        if restarts < job.max_restarts:
+            acts.delete_pods.extend(current)
+            acts.status.update(
+                phase=c.PHASE_RESTARTING,
+                attempt=attempt + 1,
+                restarts=restarts + 1,
+                conditions=set_condition(
+                    conditions,
+                    condition(
+                        c.COND_RUNNING,
+                        False,
+                        c.REASON_RESTARTING,
+                        f"{what}; restart {restarts + 1} of {job.max_restarts}.",
+                        now,
+                    ),
+                ),
+            )
+            acts.events.append(
+                Event("Warning", c.REASON_RESTARTING, f"{what}; starting attempt {attempt + 1}.")
+            )
+            return acts
+        return finish(
+            c.PHASE_FAILED,
+            c.COND_FAILED,
+            c.REASON_BACKOFF_LIMIT,
+            f"{what}; no restarts left (spec.maxRestarts={job.max_restarts}).",
+            keep_workers=True,
+        )
+
+    if all(p is not None and pod_phase(p) == "Succeeded" for p in workers.values()):
+        return finish(
+            c.PHASE_SUCCEEDED,
+            c.COND_SUCCEEDED,
+            c.REASON_SUCCEEDED,
+            f"All {job.replicas} workers succeeded.",
+            keep_workers=True,
+        )
+
+    # Create what is missing.
+    if not service_exists:
+        acts.create.append(build_service(job))
+    if master is None:
+        acts.create.append(build_master_pod(job, attempt))
+    for rank, worker in workers.items():
+        if worker is None:
+            acts.create.append(build_worker_pod(job, attempt, rank))
+
+    counts = {"Pending": 0, "Running": 0, "Succeeded": 0, "Failed": 0}
+    for worker in workers.values():
+        counts[pod_phase(worker) if worker is not None else "Pending"] += 1
+    active = counts["Running"] + counts["Succeeded"]
+    running = active == job.replicas and master is not None and pod_phase(master) == "Running"
+    new_phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
+    if phase == c.PHASE_RESTARTING and not running:
+        new_phase = c.PHASE_RESTARTING
+    acts.status.update(
+        phase=new_phase,
+        attempt=attempt,
+        restarts=restarts,
+        masterAddress=f"{master_address(job.name, job.namespace, attempt)}:{job.port}",
+        workers={
+            "total": job.replicas,
+            "running": counts["Running"],
+            "succeeded": counts["Succeeded"],
+            "failed": counts["Failed"],
+            "pending": counts["Pending"],
+            "readyText": f"{counts['Running']}/{job.replicas}",
+        },
+    )
+    if running and phase != c.PHASE_RUNNING:
+        acts.status["conditions"] = set_condition(
+            conditions,
+            condition(
+                c.COND_RUNNING,
+                True,
+                "AllWorkersRunning",
+                f"All {job.replicas} workers and the master are running.",
+                now,
+            ),
+        )
+        acts.events.append(Event("Normal", "Running", f"All {job.replicas} workers are running."))
+    for manifest in acts.create:
+        acts.events.append(
+            Event("Normal", c.REASON_CREATED, f"Created {manifest['kind']} {manifest['metadata']['name']}.")
+        )
+    return acts

@@ -1,0 +1,161 @@
+"""Read a TrainingJob's spec into a typed value, or say exactly what is wrong with it. Pure."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from etha import constants as env_names
+from etha.operator import constants as c
+from etha.operator.names import longest_child_name
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
+_RENDEZVOUS_VARS = (
+    env_names.ENV_WORLD_SIZE,
+    env_names.ENV_RANK,
+    env_names.ENV_WORLD_SIZE_ETHA,
+    env_names.ENV_RANK_ETHA,
+)
+
+
+class InvalidSpec(ValueError):
+    """A TrainingJob that cannot run; ``field`` is the path of the bad field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    namespace: str
+    uid: str
+    replicas: int
+    template: dict[str, Any]
+    port: int
+    image: str
+    master_resources: dict[str, Any] | None
+    rendezvous_timeout: int
+    max_restarts: int
+    active_deadline_seconds: int | None
+    ttl_seconds_after_finished: int | None
+    suspend: bool
+
+
+def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) -> JobSpec:
+    """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        raise InvalidSpec("spec", "spec must be an object with replicas and template.")
+    replicas = _int(spec, "replicas", "spec.replicas", required=True, low=1)
+    assert replicas is not None
+    template = spec.get("template")
+    if not isinstance(template, dict):
+        raise InvalidSpec(
+            "spec.template", "spec.template must be a pod template (an object with spec.containers)."
+        )
+    containers = (template.get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise InvalidSpec(
+            "spec.template.spec.containers", "spec.template.spec.containers must hold at least one container."
+        )
+    for i, container in enumerate(containers):
+        if not isinstance(container, dict) or not container.get("image"):
+            raise InvalidSpec(
+                f"spec.template.spec.containers[{i}].image",
+                f"spec.template.spec.containers[{i}].image must be set.",
+            )
+        for item in container.get("env") or []:
+            if isinstance(item, dict) and item.get("name") in _RENDEZVOUS_VARS:
+                raise InvalidSpec(
+                    f"spec.template.spec.containers[{i}].env",
+                    f"spec.template.spec.containers[{i}].env sets {item['name']}, which the operator sets "
+                    "per worker (from spec.replicas and the worker's index); remove it.",
+                )
+    policy = (template.get("spec") or {}).get("restartPolicy", "Never")
+    if policy not in ("Never", "OnFailure"):
+        raise InvalidSpec(
+            "spec.template.spec.restartPolicy",
+            f"spec.template.spec.restartPolicy ({policy!r}) must be Never or OnFailure: "
+            "the operator restarts the whole job (spec.maxRestarts).",
+        )
+    rdzv = spec.get("rendezvous") or {}
+    if not isinstance(rdzv, dict):
+        raise InvalidSpec("spec.rendezvous", "spec.rendezvous must be an object.")
+    port = _int(
+        rdzv, "port", "spec.rendezvous.port", low=1, high=65535, default=env_names.DEFAULT_MASTER_PORT
+    )
+    timeout = _int(
+        rdzv, "timeoutSeconds", "spec.rendezvous.timeoutSeconds", low=1, default=c.DEFAULT_RENDEZVOUS_TIMEOUT
+    )
+    max_restarts = _int(spec, "maxRestarts", "spec.maxRestarts", low=0, default=0)
+    deadline = _int(spec, "activeDeadlineSeconds", "spec.activeDeadlineSeconds", low=1)
+    ttl = _int(spec, "ttlSecondsAfterFinished", "spec.ttlSecondsAfterFinished", low=0)
+    suspend = spec.get("suspend", False)
+    if not isinstance(suspend, bool):
+        raise InvalidSpec("spec.suspend", f"spec.suspend ({suspend!r}) must be true or false.")
+    assert port is not None and timeout is not None and max_restarts is not None
+    check_name(name, replicas, max_restarts)
+    image = rdzv.get("image") or default_image
+    resources = rdzv.get("resources")
+    return JobSpec(
+        name=name,
+        namespace=str(meta.get("namespace") or "default"),
+        uid=str(meta.get("uid") or ""),
+        replicas=replicas,
+        template=copy.deepcopy(template),
+        port=port,
+        image=str(image),
+        master_resources=copy.deepcopy(resources) if isinstance(resources, dict) else None,
+        rendezvous_timeout=timeout,
+        max_restarts=max_restarts,
+        active_deadline_seconds=deadline,
+        ttl_seconds_after_finished=ttl,
+        suspend=suspend,
+    )
+
+
+def check_name(name: str, replicas: int, max_restarts: int) -> None:
+    """The job's name must leave room for every derived name (pods are DNS labels)."""
+    if not _DNS_LABEL.match(name):
+        raise InvalidSpec(
+            "metadata.name", f"metadata.name ({name!r}) must be a DNS label: lowercase letters, digits, '-'."
+        )
+    longest = longest_child_name(name, replicas, max_restarts)
+    if len(longest) > c.MAX_DNS_LABEL:
+        room = c.MAX_DNS_LABEL - (len(longest) - len(name))
+        raise InvalidSpec(
+            "metadata.name",
+            f"metadata.name ({name!r}, {len(name)} characters) is too long: derived pod names such as "
+            f"{longest!r} ({len(longest)} characters) must fit in {c.MAX_DNS_LABEL}; "
+            f"use at most {room} characters.",
+        )
+
+
+def _int(
+    obj: dict[str, Any],
+    key: str,
+    path: str,
+    *,
+    required: bool = False,
+    low: int | None = None,
+    high: int | None = None,
+    default: int | None = None,
+) -> int | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise InvalidSpec(path, f"{path} is required.")
+        return default
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(path, f"{path} ({value!r}) must be an integer.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"in {low}..{high}" if high is not None else f"at least {low}"
+        raise InvalidSpec(path, f"{path} ({value}) must be {bound}.")
+    return value

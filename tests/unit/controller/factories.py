@@ -1,0 +1,55 @@
+"""Builders for test objects: make_trainingjob(replicas=4) instead of literal dicts everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_trainingjob(
+    name: str = "mnist",
+    namespace: str = "research",
+    replicas: int = 2,
+    *,
+    env: list[dict[str, Any]] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": "example/trainer:1",
+        "command": ["python", "train.py"],
+    }
+    if env is not None:
+        container["env"] = env
+    return {
+        "apiVersion": "etha.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": namespace, "uid": "uid-1"},
+        "spec": {
+            "replicas": replicas,
+            "template": {"metadata": {"labels": {"team": "vision"}}, "spec": {"containers": [container]}},
+            **spec,
+        },
+    }
+
+
+def make_pod(
+    name: str,
+    phase: str,
+    *,
+    role: str = "worker",
+    attempt: int = 0,
+    job: str = "mnist",
+    exit_code: int | None = None,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
+        ]
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"etha.io/job-name": job, "etha.io/role": role, "etha.io/attempt": str(attempt)},
+        },
+        "status": status,
+    }

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+
+from etha.operator.builders import build_master_pod, build_service, build_worker_pod, inject_env
+from etha.operator.spec import parse
+from tests.unit.controller.factories import make_trainingjob
+
+
+def env_of(pod: dict, container: int = 0) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][container]["env"]}
+
+
+def test_service_is_headless_and_publishes_not_ready() -> None:
+    svc = build_service(parse(make_trainingjob(rendezvous={"port": 23456})))
+    assert svc["metadata"]["name"] == "mnist"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"etha.io/job-name": "mnist"}
+    assert svc["spec"]["ports"][0]["port"] == 23456
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_master_pod_runs_the_server() -> None:
+    pod = build_master_pod(parse(make_trainingjob(replicas=4, rendezvous={"image": "rt:2"})), attempt=1)
+    assert pod["metadata"]["name"] == "mnist-master-1"
+    assert pod["spec"]["hostname"] == "mnist-master-1" and pod["spec"]["subdomain"] == "mnist"
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "rt:2"
+    assert container["command"][:3] == ["python", "-m", "etha.kvstore.server"]
+    assert "--world-size" in container["command"] and "4" in container["command"]
+    assert pod["metadata"]["labels"]["etha.io/role"] == "master"
+    assert pod["metadata"]["labels"]["etha.io/attempt"] == "1"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize(("rank", "attempt"), [(0, 0), (3, 0), (2, 5)], ids=["rank0", "rank3", "attempt5"])
+def test_worker_pod_env_and_identity(rank: int, attempt: int) -> None:
+    job = parse(make_trainingjob(replicas=4))
+    pod = build_worker_pod(job, attempt, rank)
+    name = f"mnist-worker-{attempt}-{rank}"
+    assert pod["metadata"]["name"] == name and pod["spec"]["hostname"] == name
+    assert pod["metadata"]["labels"] == {
+        "team": "vision",
+        "etha.io/job-name": "mnist",
+        "etha.io/role": "worker",
+        "app.kubernetes.io/managed-by": "etha-operator",
+        "etha.io/attempt": str(attempt),
+        "etha.io/rank": str(rank),
+    }
+    env = env_of(pod)
+    addr = f"mnist-master-{attempt}.mnist.research.svc"
+    assert env["MASTER_ADDR"] == addr and env["ETHA_KVSTORE_HOST"] == addr
+    assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "4" and env["MASTER_PORT"] == "29500"
+    assert env["TORCHELASTIC_USE_AGENT_STORE"] == "True"
+    assert env["TORCHELASTIC_RESTART_COUNT"] == str(attempt) and env["ETHA_ATTEMPT"] == str(attempt)
+    assert env["ETHA_JOB_NAME"] == "mnist" and env["LOCAL_RANK"] == "0"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_user_env_is_never_overridden_and_template_untouched() -> None:
+    body = make_trainingjob(env=[{"name": "MASTER_PORT", "value": "1"}, {"name": "LR", "value": "0.1"}])
+    job = parse(body)
+    pod = build_worker_pod(job, 0, 1)
+    env = env_of(pod)
+    assert env["MASTER_PORT"] == "1" and env["LR"] == "0.1" and env["RANK"] == "1"
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]][:2] == ["MASTER_PORT", "LR"]
+    assert "RANK" not in {e["name"] for e in job.template["spec"]["containers"][0]["env"]}
+
+
+def test_every_container_gets_the_env() -> None:
+    body = make_trainingjob()
+    body["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "s:1"})
+    body["spec"]["template"]["spec"]["initContainers"] = [{"name": "init", "image": "i:1"}]
+    pod = build_worker_pod(parse(body), 0, 0)
+    assert env_of(pod, 1)["RANK"] == "0"
+    assert {e["name"] for e in pod["spec"]["initContainers"][0]["env"]} >= {"MASTER_ADDR", "RANK"}
+
+
+def test_inject_env_keeps_value_from_entries() -> None:
+    user = [{"name": "RANK_FILE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert inject_env(user, {"RANK_FILE": "x", "A": "1"}) == [*user, {"name": "A", "value": "1"}]

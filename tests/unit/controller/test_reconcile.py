@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from etha.operator.reconcile import reconcile
+from etha.operator.spec import parse
+from tests.unit.controller.factories import make_pod, make_trainingjob
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def names(manifests: list[dict]) -> list[str]:
+    return [m["metadata"]["name"] for m in manifests]
+
+
+def test_new_job_creates_service_master_and_workers() -> None:
+    acts = reconcile(parse(make_trainingjob(replicas=3)), {}, [], False, NOW)
+    assert names(acts.create) == [
+        "mnist",
+        "mnist-master-0",
+        "mnist-worker-0-0",
+        "mnist-worker-0-1",
+        "mnist-worker-0-2",
+    ]
+    assert acts.status["phase"] == "Pending" and acts.status["startTime"] == "2026-01-01T12:00:00Z"
+    assert acts.status["masterAddress"] == "mnist-master-0.mnist.research.svc:29500"
+    assert len([e for e in acts.events if e.reason == "Created"]) == 5
+
+
+def test_partially_created_job_creates_only_whats_missing() -> None:
+    """An operator restarted mid-creation converges without duplicates."""
+    pods = [make_pod("mnist-master-0", "Pending", role="master"), make_pod("mnist-worker-0-1", "Pending")]
+    acts = reconcile(
+        parse(make_trainingjob(replicas=3)), {"startTime": "2026-01-01T11:59:00Z"}, pods, True, NOW
+    )
+    assert names(acts.create) == ["mnist-worker-0-0", "mnist-worker-0-2"]
+    assert acts.delete_pods == []
+
+
+def test_all_running_is_running() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master")] + [
+        make_pod(f"mnist-worker-0-{r}", "Running") for r in range(2)
+    ]
+    acts = reconcile(parse(make_trainingjob()), {"phase": "Pending"}, pods, True, NOW)
+    assert acts.status["phase"] == "Running" and acts.create == []
+    assert acts.status["workers"]["readyText"] == "2/2"
+    assert any(c["type"] == "Running" and c["status"] == "True" for c in acts.status["conditions"])
+
+
+def test_all_workers_succeeded_is_succeeded_and_master_removed() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master")] + [
+        make_pod(f"mnist-worker-0-{r}", "Succeeded") for r in range(2)
+    ]
+    acts = reconcile(parse(make_trainingjob()), {"phase": "Running"}, pods, True, NOW)
+    assert acts.status["phase"] == "Succeeded" and acts.delete_pods == ["mnist-master-0"]
+    assert acts.status["completionTime"] == "2026-01-01T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("restarts", "max_restarts", "phase"),
+    [(0, 1, "Restarting"), (1, 1, "Failed"), (0, 0, "Failed")],
+    ids=["restart-left", "limit-reached", "no-restarts"],
+)
+def test_failed_worker_restarts_or_fails(restarts: int, max_restarts: int, phase: str) -> None:
+    pods = [
+        make_pod("mnist-master-0", "Running", role="master"),
+        make_pod("mnist-worker-0-0", "Running"),
+        make_pod("mnist-worker-0-1", "Failed", exit_code=3),
+    ]
+    status = {"phase": "Running", "restarts": restarts, "attempt": 0}
+    acts = reconcile(parse(make_trainingjob(maxRestarts=max_restarts)), status, pods, True, NOW)
+    assert acts.status["phase"] == phase
+    if phase == "Restarting":
+        assert acts.status["attempt"] == 1 and acts.status["restarts"] == 1
+        assert sorted(acts.delete_pods) == ["mnist-master-0", "mnist-worker-0-0", "mnist-worker-0-1"]
+    else:
+        failed = next(c for c in acts.status["conditions"] if c["type"] == "Failed")
+        assert "pod mnist-worker-0-1 failed: container trainer exit code 3 (Error)" in failed["message"]
+        assert failed["reason"] == "RestartLimitExceeded"
+
+
+def test_next_attempt_deletes_leftovers_and_creates_new_pods() -> None:
+    pods = [make_pod("mnist-worker-0-0", "Running")]  # still terminating from attempt 0
+    acts = reconcile(
+        parse(make_trainingjob(maxRestarts=2)),
+        {"phase": "Restarting", "attempt": 1, "restarts": 1},
+        pods,
+        True,
+        NOW,
+    )
+    assert acts.delete_pods == ["mnist-worker-0-0"]
+    assert names(acts.create) == ["mnist-master-1", "mnist-worker-1-0", "mnist-worker-1-1"]
+    env = {e["name"]: e["value"] for e in acts.create[1]["spec"]["containers"][0]["env"]}
+    assert env["TORCHELASTIC_RESTART_COUNT"] == "1" and env["MASTER_ADDR"].startswith("mnist-master-1.")
+
+
+def test_failed_master_counts_as_failure() -> None:
+    pods = [make_pod("mnist-master-0", "Failed", role="master", exit_code=1)]
+    acts = reconcile(parse(make_trainingjob()), {"phase": "Running"}, pods, True, NOW)
+    assert acts.status["phase"] == "Failed"
+    assert "mnist-master-0" in acts.status["conditions"][-1]["message"]
+
+
+def test_suspend_deletes_pods_and_resume_recreates() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Running")]
+    acts = reconcile(parse(make_trainingjob(suspend=True)), {"phase": "Running"}, pods, True, NOW)
+    assert acts.status["phase"] == "Suspended" and sorted(acts.delete_pods) == [
+        "mnist-master-0",
+        "mnist-worker-0-0",
+    ]
+    acts = reconcile(
+        parse(make_trainingjob()), {"phase": "Suspended", "startTime": "2026-01-01T11:00:00Z"}, [], True, NOW
+    )
+    assert names(acts.create) == ["mnist-master-0", "mnist-worker-0-0", "mnist-worker-0-1"]
+    assert any(c["type"] == "Suspended" and c["status"] == "False" for c in acts.status["conditions"])
+
+
+def test_deadline_exceeded_fails_and_deletes_pods() -> None:
+    start = (NOW - timedelta(seconds=61)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Running")]
+    acts = reconcile(
+        parse(make_trainingjob(activeDeadlineSeconds=60)),
+        {"phase": "Running", "startTime": start},
+        pods,
+        True,
+        NOW,
+    )
+    assert acts.status["phase"] == "Failed"
+    assert acts.status["conditions"][-1]["reason"] == "DeadlineExceeded"
+    assert sorted(acts.delete_pods) == ["mnist-master-0", "mnist-worker-0-0"]
+
+
+def test_deadline_pending_requeues() -> None:
+    acts = reconcile(
+        parse(make_trainingjob(activeDeadlineSeconds=60)),
+        {"startTime": "2026-01-01T11:59:30Z"},
+        [],
+        True,
+        NOW,
+    )
+    assert acts.requeue_after == 30
+
+
+@pytest.mark.parametrize(
+    ("finished_ago", "delete"), [(30, False), (120, True)], ids=["ttl-pending", "ttl-passed"]
+)
+def test_ttl_after_finished(finished_ago: int, delete: bool) -> None:
+    done = (NOW - timedelta(seconds=finished_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    acts = reconcile(
+        parse(make_trainingjob(ttlSecondsAfterFinished=60)),
+        {"phase": "Succeeded", "completionTime": done},
+        [],
+        True,
+        NOW,
+    )
+    assert acts.delete_job is delete
+    assert acts.create == []
+
+
+def test_reconcile_is_idempotent() -> None:
+    job = parse(make_trainingjob(replicas=2))
+    first = reconcile(job, {}, [], False, NOW)
+    again = reconcile(job, {}, [], False, NOW)
+    assert first.create == again.create and first.status == again.status

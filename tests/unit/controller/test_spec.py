@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from etha.operator.spec import InvalidSpec, parse
+from tests.unit.controller.factories import make_trainingjob
+
+
+def test_defaults() -> None:
+    job = parse(make_trainingjob(replicas=3))
+    assert (job.replicas, job.port, job.max_restarts, job.suspend, job.rendezvous_timeout) == (
+        3,
+        29500,
+        0,
+        False,
+        900,
+    )
+    assert job.image == "ghcr.io/etha-io/etha-runtime:0.1.0"
+    assert parse(make_trainingjob(), default_image="mine:1").image == "mine:1"
+
+
+def _without_containers() -> dict[str, Any]:
+    body = make_trainingjob()
+    body["spec"]["template"]["spec"]["containers"] = []
+    return body
+
+
+def _with_policy(policy: str) -> dict[str, Any]:
+    body = make_trainingjob()
+    body["spec"]["template"]["spec"]["restartPolicy"] = policy
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (make_trainingjob(replicas=0), "spec.replicas", r"spec.replicas \(0\) must be at least 1."),
+        (make_trainingjob(replicas="4"), "spec.replicas", r"spec.replicas \('4'\) must be an integer."),
+        (_without_containers(), "spec.template.spec.containers", "must hold at least one container"),
+        (
+            make_trainingjob(rendezvous={"port": 70000}),
+            "spec.rendezvous.port",
+            r"\(70000\) must be in 1..65535",
+        ),
+        (make_trainingjob(rendezvous={"port": 0}), "spec.rendezvous.port", r"\(0\) must be in 1..65535"),
+        (make_trainingjob(maxRestarts=-1), "spec.maxRestarts", r"spec.maxRestarts \(-1\) must be at least 0"),
+        (make_trainingjob(activeDeadlineSeconds=0), "spec.activeDeadlineSeconds", "must be at least 1"),
+        (make_trainingjob(suspend="yes"), "spec.suspend", "must be true or false"),
+        (
+            make_trainingjob(name="x" * 60),
+            "metadata.name",
+            "is too long: derived pod names such as .* must fit in 63",
+        ),
+        (make_trainingjob(name="Bad_Name"), "metadata.name", "must be a DNS label"),
+        (
+            make_trainingjob(env=[{"name": "RANK", "value": "3"}]),
+            "spec.template.spec.containers[0].env",
+            "sets RANK, which the operator sets per worker",
+        ),
+        (
+            make_trainingjob(env=[{"name": "WORLD_SIZE", "value": "9"}]),
+            "spec.template.spec.containers[0].env",
+            "sets WORLD_SIZE",
+        ),
+        (
+            _with_policy("Always"),
+            "spec.template.spec.restartPolicy",
+            r"\('Always'\) must be Never or OnFailure",
+        ),
+        ({"metadata": {"name": "x"}}, "spec", "spec must be an object"),
+    ],
+    ids=[
+        "zero-replicas",
+        "string-replicas",
+        "no-containers",
+        "port-too-big",
+        "port-zero",
+        "negative-restarts",
+        "zero-deadline",
+        "suspend-not-bool",
+        "name-too-long",
+        "name-not-dns",
+        "env-rank",
+        "env-world-size",
+        "restart-always",
+        "no-spec",
+    ],
+)
+def test_invalid_spec_names_field_and_expectation(body: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(body)
+    assert err.value.field == field
+
+
+def test_longest_name_that_fits() -> None:
+    # "-worker-0-9" is 11 characters: a 52-character name is the most that fits for 10 replicas.
+    parse(make_trainingjob(name="a" * 52, replicas=10))
+    with pytest.raises(InvalidSpec, match="use at most 52 characters"):
+        parse(make_trainingjob(name="a" * 53, replicas=10))
