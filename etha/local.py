@@ -23,8 +23,10 @@ from typing import IO
 
 import yaml
 
-from etha import constants as c
-from etha.rendezvous_env import merge_env, worker_env
+from etha import constants as env_names
+from etha.operator.builders import build_worker_pod
+from etha.operator.names import master_address
+from etha.operator.spec import InvalidSpec, JobSpec, parse
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +40,21 @@ class LocalRunError(Exception):
 
 @dataclass(frozen=True)
 class LocalJob:
-    name: str
-    replicas: int
-    port: int
+    spec: JobSpec
     command: list[str]
-    env: dict[str, str]
     working_dir: str | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def replicas(self) -> int:
+        return self.spec.replicas
 
 
 def load_job(path: Path) -> LocalJob:
-    """Read a TrainingJob manifest and keep what a local run needs (its first container)."""
+    """Read and validate a TrainingJob manifest exactly as the operator does."""
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -55,31 +62,37 @@ def load_job(path: Path) -> LocalJob:
     if not isinstance(doc, dict) or doc.get("kind") != "TrainingJob":
         kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
         raise LocalRunError(f"{path}: kind ({kind!r}) must be 'TrainingJob'.")
-    name = str((doc.get("metadata") or {}).get("name") or "")
-    if not name:
-        raise LocalRunError(f"{path}: metadata.name must be set.")
-    spec = doc.get("spec") or {}
-    replicas = spec.get("replicas", 1)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise LocalRunError(f"{path}: spec.replicas ({replicas!r}) must be an integer >= 1.")
-    port = (spec.get("rendezvous") or {}).get("port", c.DEFAULT_MASTER_PORT)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise LocalRunError(f"{path}: spec.rendezvous.port ({port!r}) must be an integer in 1..65535.")
-    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
-    if not containers:
-        raise LocalRunError(f"{path}: spec.template.spec.containers must hold at least one container.")
-    main = containers[0]
+    try:
+        spec = parse(doc)
+    except InvalidSpec as exc:
+        raise LocalRunError(f"{path}: {exc}") from exc
+    main = spec.template["spec"]["containers"][0]
     command = [str(x) for x in (main.get("command") or []) + (main.get("args") or [])]
     if not command:
         raise LocalRunError(
             f"{path}: spec.template.spec.containers[0] needs a command (or args) to run locally; "
             "the image's entrypoint is not known here."
         )
-    env = {}
-    for item in main.get("env") or []:
-        if "value" in item:
-            env[str(item["name"])] = str(item["value"])
-    return LocalJob(name, replicas, port, command, env, main.get("workingDir"))
+    return LocalJob(spec, command, main.get("workingDir"))
+
+
+def local_env(job: LocalJob, rank: int, port: int, host: str) -> dict[str, str]:
+    """Worker ``rank``'s environment as the operator builds it, the master's name mapped to ``host``."""
+    pod = build_worker_pod(job.spec, attempt=0, rank=rank)
+    remote = master_address(job.spec.name, job.spec.namespace, 0)
+    env: dict[str, str] = {}
+    for item in pod["spec"]["containers"][0]["env"]:
+        if "value" not in item:
+            continue  # valueFrom (downward API, secrets) has no meaning off-cluster
+        value = str(item["value"])
+        if value == remote:
+            value = host
+        elif item["name"] in (env_names.ENV_MASTER_PORT, env_names.ENV_KVSTORE_PORT) and value == str(
+            job.spec.port
+        ):
+            value = str(port)
+        env[str(item["name"])] = value
+    return env
 
 
 def local_command(command: Sequence[str]) -> list[str]:
@@ -180,11 +193,8 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
             port = int(port_file.read_text())
             cwd = job.working_dir if job.working_dir and Path(job.working_dir).is_dir() else None
             for rank in range(job.replicas):
-                injected = worker_env(
-                    job_name=job.name, master_addr=host, port=port, world_size=job.replicas, rank=rank
-                )
-                # The shell's environment under the contract's, under the manifest's own env.
-                env = {**base_env, **merge_env(job.env, injected)}
+                # The shell's environment under the pod's (the contract's, under the manifest's own).
+                env = {**base_env, **local_env(job, rank, port, host)}
                 runner.spawn(f"rank {rank}", local_command(job.command), env, cwd)
             return _supervise(runner, job, started, timeout)
         except KeyboardInterrupt:

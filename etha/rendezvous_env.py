@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from etha import constants as c
 
 
@@ -27,8 +25,3 @@ def worker_env(
         c.ENV_JOB_NAME: job_name,
         c.ENV_ATTEMPT: str(attempt),
     }
-
-
-def merge_env(user: Mapping[str, str], injected: Mapping[str, str]) -> dict[str, str]:
-    """``injected`` under ``user``: what the user set always wins."""
-    return {**injected, **user}

@@ -46,6 +46,7 @@ spec:
     spec:
       containers:
         - name: w
+          image: local
           command: ["python", "-c"]
           args: ["import os, sys, time; r = int(os.environ['RANK']); sys.exit(7) if r == 1 else time.sleep(120)"]
 """
@@ -68,6 +69,7 @@ spec:
     spec:
       containers:
         - name: w
+          image: local
           command: ["python", "-c", "import os; print('LR', os.environ['LOCAL_RANK'], os.environ['RANK'], os.environ['TORCHELASTIC_USE_AGENT_STORE'])"]
           env: [{name: LOCAL_RANK, value: "5"}]
 """
@@ -77,24 +79,37 @@ spec:
     assert "[rank 0] LR 5 0 True" in res.stdout and "[rank 1] LR 5 1 True" in res.stdout
 
 
+VALID = (
+    "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 1, template: {spec: {containers: [CONTAINER]}}}"
+)
+RUNNABLE = "{name: a, image: i, command: [python, -c, pass]}"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         ("kind: Pod\nmetadata: {name: x}", "kind ('Pod') must be 'TrainingJob'"),
         (
-            "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 0}",
-            "spec.replicas (0) must be an integer >= 1",
+            VALID.replace("replicas: 1", "replicas: 0").replace("CONTAINER", RUNNABLE),
+            "spec.replicas (0) must be at least 1.",
         ),
         (
-            "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 1, rendezvous: {port: 70000}}",
-            "spec.rendezvous.port (70000) must be an integer in 1..65535",
+            VALID.replace("replicas: 1", "replicas: 1, rendezvous: {port: 70000}").replace(
+                "CONTAINER", RUNNABLE
+            ),
+            "spec.rendezvous.port (70000) must be in 1..65535.",
         ),
         (
-            "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 1, template: {spec: {containers: []}}}",
+            VALID.replace("[CONTAINER]", "[]"),
             "spec.template.spec.containers must hold at least one container",
         ),
+        (VALID.replace("CONTAINER", "{name: a, image: i}"), "needs a command (or args) to run locally"),
+        (
+            VALID.replace("CONTAINER", "{name: a, image: i, command: [x], env: [{name: RANK, value: '3'}]}"),
+            "sets RANK, which the operator sets per worker",
+        ),
     ],
-    ids=["wrong-kind", "zero-replicas", "bad-port", "no-containers"],
+    ids=["wrong-kind", "zero-replicas", "bad-port", "no-containers", "no-command", "user-sets-rank"],
 )
 def test_bad_manifest_is_refused_with_a_clear_message(tmp_path: Path, body: str, message: str) -> None:
     manifest = tmp_path / "bad.yaml"

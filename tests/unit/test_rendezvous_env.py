@@ -1,4 +1,4 @@
-from etha.rendezvous_env import merge_env, worker_env
+from etha.rendezvous_env import worker_env
 
 
 def test_worker_env_carries_the_contract() -> None:
@@ -18,8 +18,3 @@ def test_worker_env_carries_the_contract() -> None:
         "ETHA_JOB_NAME": "j",
         "ETHA_ATTEMPT": "1",
     }
-
-
-def test_user_values_are_never_overridden() -> None:
-    merged = merge_env({"MASTER_PORT": "1234", "EXTRA": "x"}, {"MASTER_PORT": "29500", "RANK": "0"})
-    assert merged == {"MASTER_PORT": "1234", "RANK": "0", "EXTRA": "x"}
