@@ -36,7 +36,15 @@ def wait_keys(conn: Any, keys: list[str], wait: timedelta) -> None:
 
 
 def present_flags(conn: Any, keys: Sequence[str]) -> list[bool]:
-    """Which of ``keys`` exist; ``check`` answers for a whole list, so bisect down to the keys."""
+    """Which of ``keys`` exist, in a few requests whatever their number.
+
+    torch's ``list_keys`` (one request) when the client has it; otherwise bisect with ``check``,
+    which answers only "are all of these present" (cheap when most are, one request per key at
+    worst).
+    """
+    if hasattr(conn, "list_keys"):
+        existing = set(conn.list_keys())
+        return [k in existing for k in keys]
     out: list[bool] = []
     for start in range(0, len(keys), KEYS_PER_REQUEST):
         chunk = list(keys[start : start + KEYS_PER_REQUEST])

@@ -246,3 +246,50 @@ def test_server_refuses_bad_port() -> None:
     )
     assert res.returncode == 2
     assert "--port (70000) must be in 0..65535" in res.stderr
+
+
+def test_candidate_list_over_torchs_per_request_limit(make_tcp_store: Callable[..., TorchTCPStore]) -> None:
+    """torch's server resets a connection sent over 131,072 keys at once; such a list still works."""
+    store = make_tcp_store()
+    cands = [f"k/{i}" for i in range(140_000)]
+    store.set("k/123456", "1")
+    assert store.wait_for_keys("k/*", 1, timeout=60, candidate_keys=cands) == ["k/123456"]
+    store.set("after", "ok")
+    assert store.get("after") == b"ok"
+
+
+def test_waits_and_reads_are_split_into_requests_of_bounded_size(
+    make_tcp_store: Callable[..., TorchTCPStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same chunking, at a size that keeps the test fast: 2,500 keys in requests of 1,000."""
+    from etha.kvstore import _conn
+
+    monkeypatch.setattr(_conn, "KEYS_PER_REQUEST", 1000)
+    store = make_tcp_store()
+    cands = [f"k/{i}" for i in range(2500)]
+    for key in cands[:-1]:
+        store.set(key, "1")
+    sizes: list[int] = []
+
+    class Spy:  # records how many keys each multi-key request carries
+        def __init__(self, conn: object) -> None:
+            self._conn = conn
+
+        def __getattr__(self, name: str) -> object:
+            attr = getattr(self._conn, name)
+            if name not in ("wait", "multi_get", "check"):
+                return attr
+
+            def counted(keys: list[str], *args: object) -> object:
+                sizes.append(len(keys))
+                return attr(keys, *args)
+
+            return counted
+
+    run = store._pool.run
+    monkeypatch.setattr(
+        store._pool, "run", lambda what, fn, timeout=None: run(what, lambda c: fn(Spy(c)), timeout)
+    )
+    threading.Timer(0.3, lambda: store.set(cands[-1], "1")).start()
+    assert store.wait_for_keys("k/*", 2500, timeout=60, candidate_keys=cands) == cands
+    assert max(sizes) == 1000  # the 2,500 keys went out in requests of at most 1,000
