@@ -10,10 +10,12 @@ import ipaddress
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from etha.kvstore.base import check_timeout
 from etha.kvstore.errors import KVStoreError, StoreConnectionError, StoreTimeoutError
 
 T = TypeVar("T")
@@ -23,6 +25,8 @@ KEYS_PER_REQUEST = 65_536
 # Client-side bound on reading keys just seen present (only a concurrent delete makes it wait).
 READ_PRESENT_TIMEOUT = timedelta(seconds=2)
 LISTEN_BACKLOG = 4096
+# Polling (where it remains) backs off up to this interval: 64 x tcp.POLL_INTERVAL.
+MAX_POLL_INTERVAL = 0.064
 
 
 def get_if_present(conn: Any, key: str) -> bytes | None:
@@ -193,3 +197,22 @@ def describe_os_error(exc: OSError) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "connection timed out"
     return exc.strerror or str(exc)
+
+
+# --- deadlines ----------------------------------------------------------------------------
+
+
+def deadline_in(timeout: float) -> float:
+    return time.monotonic() + check_timeout(timeout)
+
+
+def left_of(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def sleep_or_timeout(deadline: float, interval: float, what: str, progress: str) -> float:
+    left = left_of(deadline)
+    if left <= 0:
+        raise StoreTimeoutError(f"{what} timed out ({progress}).")
+    time.sleep(min(interval, left))
+    return min(interval * 2, MAX_POLL_INTERVAL)

@@ -22,13 +22,27 @@ do not bump the generation; wait for such keys with few candidates (below
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from etha.kvstore import _conn
+from etha.kvstore.errors import KVStoreError, StoreTimeoutError
+
+# Shared waits: a follower re-reads the generation after this long (doubling up to the max) ...
+FOLLOW_SLICE = 0.5
+FOLLOW_SLICE_MAX = 5.0
+# ... and checks the keys itself after this long (doubling up to the max), in case the verifier died.
+DIRECT_FALLBACK = 10.0
+DIRECT_FALLBACK_MAX = 60.0
+# A verifier that saw enough keys but overlapping writes retries this long to publish a stable result.
+STABILISE_FOR = 1.0
+
 
 #: Groups with fewer matching keys than this are checked directly by each waiter.
 SHARED_MIN_KEYS = 32
@@ -141,3 +155,123 @@ def decode(payload: bytes, total: int) -> list[int]:
     if payload == ALL:
         return list(range(total))
     return [int(i) for i in payload.split(b",")] if payload else []
+
+
+# --- one wait_for_keys call, over a store's ``run(what, fn, timeout)`` ---------------------
+
+logger = logging.getLogger("etha.kvstore.tcp")
+Run = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class KeysRequest:
+    what: str
+    root: str  # "namespace/component/"
+    keys: list[str]  # the matching candidates, unscoped
+    count: int
+    want: bytes
+    deadline: float
+    group: Group
+    poll: float  # first polling interval where polling remains
+
+
+def wait_shared(run: Run, req: KeysRequest) -> list[int]:
+    """Become the group's verifier, or wait for its result; check directly now and then."""
+    direct_every = DIRECT_FALLBACK
+    direct_at = time.monotonic() + direct_every
+    follow = FOLLOW_SLICE
+    while True:
+        left = _conn.left_of(req.deadline)
+        slice_ = min(follow, left, max(0.0, direct_at - time.monotonic()))
+        step = functools.partial(join_and_follow, group=req.group, follow=slice_)
+        try:
+            joined: Joined | None = run(req.what, step, slice_)
+        except StoreTimeoutError:
+            joined = None
+        if joined is not None and joined.payload is not None:
+            return decode(joined.payload, len(req.keys))
+        if joined is not None and joined.verifier:
+            try:
+                return verify(run, req, low=joined.generation)
+            finally:
+                _release_role(run, req)
+        if time.monotonic() >= direct_at:
+            hits = verify(run, req, once=True)
+            if len(hits) >= req.count:
+                return hits
+            direct_every = min(direct_every * 2, DIRECT_FALLBACK_MAX)
+            direct_at = time.monotonic() + direct_every
+        elif _conn.left_of(req.deadline) <= 0:
+            raise StoreTimeoutError(f"{req.what} timed out (no result from the verifying worker).")
+        follow = min(follow * 2, FOLLOW_SLICE_MAX)
+
+
+def verify(run: Run, req: KeysRequest, *, low: int | None = None, once: bool = False) -> list[int]:
+    """Wait until enough keys hold the value, reading them directly.
+
+    As the group's verifier (``low`` given: its join generation), publish a stable result.
+    With ``once``, look a single time and return what matched.
+    """
+    if low is not None:
+        payload = run(req.what, functools.partial(published, group=req.group, generation=low))
+        if payload is not None:
+            return decode(payload, len(req.keys))
+    scoped = [req.root + k for k in req.keys]
+    full = req.count == len(scoped) and not once
+    interval = req.poll
+    unstable_since: float | None = None
+    while True:
+        if full:
+            wait_present(run, scoped, req.deadline, req.what)
+        look = functools.partial(snapshot, group=req.group, scoped=scoped, all_present=full)
+        try:
+            snap: Snapshot | None = run(req.what, look, _conn.left_of(req.deadline))
+        except _conn.KeyVanished:
+            snap = None
+        hits = (
+            []
+            if snap is None
+            else [i for i, v in zip(snap.present, snap.values, strict=True) if v == req.want]
+        )
+        if len(hits) >= req.count:
+            if low is None:
+                return hits
+            if snap is not None and snap.stable_generation is not None:
+                publication = functools.partial(
+                    publish,
+                    group=req.group,
+                    low=low,
+                    generation=snap.stable_generation,
+                    payload=encode(hits, len(scoped)),
+                )
+                run(req.what, publication)
+                return hits
+            # Writes overlapped the read: the result is ours, but not publishable. Retry a
+            # while so the other waiters need not each verify on their own.
+            unstable_since = unstable_since or time.monotonic()
+            if time.monotonic() - unstable_since > STABILISE_FOR:
+                return hits
+        elif once:
+            return hits
+        interval = _conn.sleep_or_timeout(
+            req.deadline, interval, req.what, f"{len(hits)} of {req.count} matched"
+        )
+
+
+def _release_role(run: Run, req: KeysRequest) -> None:
+    try:
+        run(req.what, lambda c: c.delete_key(req.group.verifier))
+    except KVStoreError as exc:  # the next waiter takes over after its fallback delay
+        logger.warning("%s: could not release the verifier role: %s", req.what, exc)
+
+
+def wait_present(run: Run, scoped: Sequence[str], deadline: float, what: str) -> None:
+    """Block on the server until every key in ``scoped`` exists."""
+    for start in range(0, len(scoped), _conn.KEYS_PER_REQUEST):
+        chunk = list(scoped[start : start + _conn.KEYS_PER_REQUEST])
+        left = _conn.left_of(deadline)
+        try:
+            wait = timedelta(seconds=max(left, 0.001))
+            run(what, functools.partial(_conn.wait_keys, keys=chunk, wait=wait), left)
+        except StoreTimeoutError:
+            raise StoreTimeoutError(f"{what} timed out.") from None

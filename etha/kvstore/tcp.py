@@ -21,14 +21,11 @@ seed's description, behind the same API:
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from etha.constants import JOINED_KEY_PREFIX
@@ -38,7 +35,6 @@ from etha.kvstore._pool import DEADLINE_MARGIN, Pool
 from etha.kvstore.base import KVStore
 from etha.kvstore.errors import (
     InvalidArgumentError,
-    KVStoreError,
     StoreTimeoutError,
 )
 
@@ -48,15 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between polls where polling remains (waiting for a *value*); backs off to 64x.
 POLL_INTERVAL = 0.001
-_MAX_POLL = 64 * POLL_INTERVAL
-# Shared waits: a follower re-reads the generation after this long (doubling up to the max) ...
-_FOLLOW_SLICE = 0.5
-_FOLLOW_SLICE_MAX = 5.0
-# ... and checks the keys itself after this long (doubling up to the max), in case the verifier died.
-_DIRECT_FALLBACK = 10.0
-_DIRECT_FALLBACK_MAX = 60.0
-# A verifier that saw enough keys but overlapping writes retries this long to publish a stable result.
-_STABILISE_FOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,17 +57,6 @@ class _Plan:
 # Recent wait_for_keys plans of this process: (signature, candidate keys, plan).
 _PLANS: collections.deque[tuple[tuple[object, ...], list[str], _Plan]] = collections.deque(maxlen=16)
 _PLANS_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _KeysRequest:
-    what: str
-    root: str  # "namespace/component/"
-    keys: list[str]  # the matching candidates, unscoped
-    count: int
-    want: bytes
-    deadline: float
-    group: _shared.Group
 
 
 T = TypeVar("T")
@@ -200,11 +176,11 @@ class TorchTCPStore(KVStore):
     def wait_for_key(self, key: str, timeout: float = 3600.0, *, component: str | None = None) -> bytes:
         """See base class. The server wakes the waiter; nothing polls."""
         scoped = self._scoped(key, component)
-        deadline = _deadline(timeout)
+        deadline = _conn.deadline_in(timeout)
         while True:
             what = f"wait_for_key({key!r}, timeout={timeout:g})"
-            self._wait_present([scoped], deadline, what)
-            value = self._read(what, scoped, _left(deadline))
+            _shared.wait_present(self._run, [scoped], deadline, what)
+            value = self._read(what, scoped, _conn.left_of(deadline))
             if value is not None:  # None: deleted between the wake-up and the read
                 return value
 
@@ -215,17 +191,17 @@ class TorchTCPStore(KVStore):
         base.check_str("expected", expected)
         scoped = self._scoped(key, component)
         want = expected.encode("utf-8")
-        deadline = _deadline(timeout)
+        deadline = _conn.deadline_in(timeout)
         interval = POLL_INTERVAL
         what = f"wait_for_value({key!r}, {expected!r}, timeout={timeout:g})"
         value: bytes | None = None
         try:
             while True:
-                self._wait_present([scoped], deadline, what)
-                value = self._read(what, scoped, _left(deadline))
+                _shared.wait_present(self._run, [scoped], deadline, what)
+                value = self._read(what, scoped, _conn.left_of(deadline))
                 if value == want:
                     return value
-                interval = _sleep_or_timeout(deadline, interval, what, f"last value {value!r}")
+                interval = _conn.sleep_or_timeout(deadline, interval, what, f"last value {value!r}")
         except StoreTimeoutError:
             last = "the key never appeared" if value is None else f"last value {value!r}"
             raise StoreTimeoutError(f"{what} timed out ({last}).") from None
@@ -246,11 +222,11 @@ class TorchTCPStore(KVStore):
         Many keys: the waiters of the same keys elect one verifier and wait server-side on one
         result key, so N waiters on N keys cost O(N), not O(N^2); see ``_shared_wait``.
         """
-        deadline = _deadline(timeout)
+        deadline = _conn.deadline_in(timeout)
         comp = self.component if component is None else component
         plan = self._plan(key_pattern, expected_count, value, comp, base.check_keys(candidate_keys))
         matching = plan.keys
-        req = _KeysRequest(
+        req = _shared.KeysRequest(
             what=f"wait_for_keys({key_pattern!r}, {expected_count}, timeout={timeout:g})",
             root=plan.root,
             keys=matching,
@@ -258,9 +234,10 @@ class TorchTCPStore(KVStore):
             want=plan.want,
             deadline=deadline,
             group=plan.group,
+            poll=POLL_INTERVAL,
         )
         shared = len(matching) >= _shared.SHARED_MIN_KEYS
-        hits = self._wait_shared(req) if shared else self._verify(req)
+        hits = _shared.wait_shared(self._run, req) if shared else _shared.verify(self._run, req)
         if len(hits) == len(matching):
             return list(matching)
         return [matching[i] for i in hits]
@@ -296,120 +273,6 @@ class TorchTCPStore(KVStore):
         with _PLANS_LOCK:
             _PLANS.appendleft((sig, list(candidates), plan))
         return plan
-
-    def _wait_shared(self, req: _KeysRequest) -> list[int]:
-        """Become the group's verifier, or wait for its result; check directly now and then."""
-        direct_every = _DIRECT_FALLBACK
-        direct_at = time.monotonic() + direct_every
-        follow = _FOLLOW_SLICE
-        while True:
-            left = _left(req.deadline)
-            slice_ = min(follow, left, max(0.0, direct_at - time.monotonic()))
-            step = functools.partial(_shared.join_and_follow, group=req.group, follow=slice_)
-            try:
-                joined: _shared.Joined | None = self._run(req.what, step, slice_)
-            except StoreTimeoutError:
-                joined = None
-            if joined is not None and joined.payload is not None:
-                return _shared.decode(joined.payload, len(req.keys))
-            if joined is not None and joined.verifier:
-                try:
-                    return self._verify(req, low=joined.generation)
-                finally:
-                    self._release_role(req)
-            if time.monotonic() >= direct_at:
-                hits = self._verify(req, once=True)
-                if len(hits) >= req.count:
-                    return hits
-                direct_every = min(direct_every * 2, _DIRECT_FALLBACK_MAX)
-                direct_at = time.monotonic() + direct_every
-            elif _left(req.deadline) <= 0:
-                raise StoreTimeoutError(f"{req.what} timed out (no result from the verifying worker).")
-            follow = min(follow * 2, _FOLLOW_SLICE_MAX)
-
-    def _verify(self, req: _KeysRequest, *, low: int | None = None, once: bool = False) -> list[int]:
-        """Wait until enough keys hold the value, reading them directly.
-
-        As the group's verifier (``low`` given: its join generation), publish a stable result.
-        With ``once``, look a single time and return what matched.
-        """
-        if low is not None:
-            payload = self._run(
-                req.what, functools.partial(_shared.published, group=req.group, generation=low)
-            )
-            if payload is not None:
-                return _shared.decode(payload, len(req.keys))
-        scoped = [req.root + k for k in req.keys]
-        full = req.count == len(scoped) and not once
-        interval = POLL_INTERVAL
-        unstable_since: float | None = None
-        while True:
-            if full:
-                self._wait_present(scoped, req.deadline, req.what)
-            look = functools.partial(_shared.snapshot, group=req.group, scoped=scoped, all_present=full)
-            try:
-                snap: _shared.Snapshot | None = self._run(req.what, look, _left(req.deadline))
-            except _conn.KeyVanished:
-                snap = None
-            hits = (
-                []
-                if snap is None
-                else [i for i, v in zip(snap.present, snap.values, strict=True) if v == req.want]
-            )
-            if len(hits) >= req.count:
-                if low is None:
-                    return hits
-                if snap is not None and snap.stable_generation is not None:
-                    publication = functools.partial(
-                        _shared.publish,
-                        group=req.group,
-                        low=low,
-                        generation=snap.stable_generation,
-                        payload=_shared.encode(hits, len(scoped)),
-                    )
-                    self._run(req.what, publication)
-                    return hits
-                # Writes overlapped the read: the result is ours, but not publishable. Retry a
-                # while so the other waiters need not each verify on their own.
-                unstable_since = unstable_since or time.monotonic()
-                if time.monotonic() - unstable_since > _STABILISE_FOR:
-                    return hits
-            elif once:
-                return hits
-            interval = _sleep_or_timeout(
-                req.deadline, interval, req.what, f"{len(hits)} of {req.count} matched"
-            )
-
-    def _release_role(self, req: _KeysRequest) -> None:
-        try:
-            self._run(req.what, lambda c: c.delete_key(req.group.verifier))
-        except KVStoreError as exc:  # the next waiter takes over after its fallback delay
-            logger.warning("%s: could not release the verifier role: %s", req.what, exc)
-
-    def _read_when_present(self, scoped: str, timeout: float, what: str) -> bytes | None:
-        """Wait server-side up to ``timeout`` for ``scoped``; its value, or None on timeout."""
-        try:
-            self._run(
-                what,
-                functools.partial(
-                    _conn.wait_keys, keys=[scoped], wait=timedelta(seconds=max(timeout, 0.001))
-                ),
-                timeout,
-            )
-        except StoreTimeoutError:
-            return None
-        return self._read(what, scoped, None)
-
-    def _wait_present(self, scoped: Sequence[str], deadline: float, what: str) -> None:
-        """Block on the server until every key in ``scoped`` exists."""
-        for start in range(0, len(scoped), _conn.KEYS_PER_REQUEST):
-            chunk = list(scoped[start : start + _conn.KEYS_PER_REQUEST])
-            left = _left(deadline)
-            try:
-                wait = timedelta(seconds=max(left, 0.001))
-                self._run(what, functools.partial(_conn.wait_keys, keys=chunk, wait=wait), left)
-            except StoreTimeoutError:
-                raise StoreTimeoutError(f"{what} timed out.") from None
 
     # --- rendezvous bookkeeping -----------------------------------------------------------
 
@@ -457,19 +320,3 @@ def _check_endpoint(host: object, port: object, is_master: bool) -> None:
         raise InvalidArgumentError(f"port ({port!r}) must be an integer in 0..65535.")
     if port == 0 and not is_master:
         raise InvalidArgumentError("port 0 is only valid for a master (it picks a free port).")
-
-
-def _deadline(timeout: float) -> float:
-    return time.monotonic() + base.check_timeout(timeout)
-
-
-def _left(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
-
-
-def _sleep_or_timeout(deadline: float, interval: float, what: str, progress: str) -> float:
-    left = _left(deadline)
-    if left <= 0:
-        raise StoreTimeoutError(f"{what} timed out ({progress}).")
-    time.sleep(min(interval, left))
-    return min(interval * 2, _MAX_POLL)
