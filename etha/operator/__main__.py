@@ -1,0 +1,59 @@
+"""``python -m etha.operator``: run the operator (kopf) against the cluster.
+
+Uses in-cluster config when running in a pod, else ``KUBECONFIG`` (or ~/.kube/config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+from kubernetes import client, config
+
+from etha.operator import handlers
+from etha.operator.k8s import Api
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m etha.operator", description="Run the etha operator.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="Watch this namespace (repeatable)."
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="Watch every namespace (the default)."
+    )
+    parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Liveness endpoint URL.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
+    return parser
+
+
+def load_api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    handlers.configure(Api(load_api_client()))
+    clusterwide = args.all_namespaces or not args.namespace
+    asyncio.run(
+        kopf.operator(
+            clusterwide=clusterwide,
+            namespaces=() if clusterwide else list(args.namespace),
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

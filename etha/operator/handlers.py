@@ -1,0 +1,98 @@
+"""kopf handlers: thin. Validate, reconcile (pure), apply the actions, patch the status."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from etha.operator import constants as c
+from etha.operator.k8s import Api
+from etha.operator.reconcile import condition, reconcile, set_condition
+from etha.operator.spec import InvalidSpec, parse
+
+#: Seconds between two looks at every running TrainingJob (pods change without telling the job).
+RECONCILE_INTERVAL = float(os.environ.get("ETHA_RECONCILE_INTERVAL", "2"))
+#: At most this many API calls in flight while creating one job's pods.
+CREATE_CONCURRENCY = int(os.environ.get("ETHA_CREATE_CONCURRENCY", "32"))
+#: The master's image unless spec.rendezvous.image says otherwise.
+RUNTIME_IMAGE = os.environ.get("ETHA_RUNTIME_IMAGE", c.DEFAULT_RUNTIME_IMAGE)
+
+_api: Api | None = None
+
+
+def configure(api: Api) -> None:
+    """Give the handlers their API module (``python -m etha.operator`` and tests do)."""
+    global _api
+    _api = api
+
+
+def api() -> Api:
+    if _api is None:
+        raise kopf.PermanentError("The operator's API client is not configured.")
+    return _api
+
+
+@kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
+@kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
+@kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
+@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=RECONCILE_INTERVAL)
+async def reconcile_job(
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    name, namespace = body["metadata"]["name"], body["metadata"].get("namespace") or "default"
+    # Decide from the object as it is now, not from the body kopf hands over: a handler may run
+    # on a body older than its own last status patch (a replayed event), and acting on it would
+    # undo that decision (e.g. recreate the attempt a restart just replaced).
+    fresh = await api().get_job(namespace, name)
+    if fresh is None:
+        return
+    current = dict(fresh.get("status") or {})
+    try:
+        job = parse(fresh, default_image=RUNTIME_IMAGE)
+    except InvalidSpec as exc:
+        if current.get("phase") != c.PHASE_FAILED:
+            now = datetime.datetime.now(datetime.UTC)
+            patch.status["phase"] = c.PHASE_FAILED
+            patch.status["conditions"] = set_condition(
+                list(current.get("conditions") or []),
+                condition(c.COND_FAILED, True, c.REASON_INVALID_SPEC, str(exc), now),
+            )
+            kopf.warn(body, reason=c.REASON_INVALID_SPEC, message=str(exc))
+            logger.error("invalid TrainingJob: %s", exc)
+        return
+    pods = await api().list_job_pods(namespace, name)
+    has_service = await api().service_exists(namespace, name)
+    acts = reconcile(job, current, pods, has_service, datetime.datetime.now(datetime.UTC))
+
+    gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+    async def create(manifest: dict[str, Any]) -> None:
+        async with gate:
+            if await api().create(manifest):
+                logger.info("created %s %s", manifest["kind"], manifest["metadata"]["name"])
+
+    async def delete(pod: str) -> None:
+        async with gate:
+            if await api().delete_pod(namespace, pod):
+                logger.info("deleted Pod %s", pod)
+
+    await asyncio.gather(*(create(m) for m in acts.create), *(delete(p) for p in acts.delete_pods))
+    for key, value in acts.status.items():
+        patch.status[key] = value
+    for event in acts.events:
+        if event.type == "Warning":
+            kopf.warn(body, reason=event.reason, message=event.message)
+        else:
+            kopf.info(body, reason=event.reason, message=event.message)
+    if acts.delete_job:
+        logger.info("ttlSecondsAfterFinished passed; deleting the TrainingJob")
+        await api().delete_job(namespace, name)
