@@ -32,25 +32,49 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(server=_current["url"], scheme="Bearer", token="test", insecure=True)
 
 
+class Operator:
+    """The real kopf operator in a thread and event loop of its own; restartable."""
+
+    def __init__(self) -> None:
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        ready, self._stop = threading.Event(), threading.Event()
+        stop = self._stop
+
+        def run() -> None:
+            asyncio.run(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready, stop_flag=stop))
+
+        self._thread = threading.Thread(target=run, name="operator", daemon=True)
+        self._thread.start()
+        assert ready.wait(30), "the operator did not start"
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread is not None:
+            self._stop.set()
+            self._thread.join(20)
+            assert not self._thread.is_alive(), "the operator did not stop"
+
+
 @pytest.fixture
-def cluster() -> Iterator[Emulator]:
+def operator() -> Iterator[Operator]:
+    op = Operator()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def cluster(operator: Operator) -> Iterator[Emulator]:
     """The emulator plus the operator running against it, each in its own thread and loop."""
     emu = Emulator().start()
     _current["url"] = emu.url
     handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))))
-    ready, stop = threading.Event(), threading.Event()
-
-    def run() -> None:
-        asyncio.run(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready, stop_flag=stop))
-
-    thread = threading.Thread(target=run, name="operator", daemon=True)
-    thread.start()
-    assert ready.wait(30), "the operator did not start"
+    operator.start()
     try:
         yield emu
     finally:
-        stop.set()
-        thread.join(20)
+        operator.stop()
         emu.stop()
 
 
@@ -104,3 +128,46 @@ def test_invalid_job_fails_with_a_clear_condition_and_no_pods(cluster: Emulator)
         lambda: "good-worker-0-0" in cluster.pods(NS), 20, "the good job's pods (operator still serving)"
     )
     assert not [p for p in cluster.pods(NS) if p.startswith("bad-")]
+
+
+def patch_spec(emu: Emulator, name: str, spec: dict[str, Any]) -> None:
+    emu.request(
+        "PATCH",
+        f"/apis/etha.io/v1alpha1/namespaces/{NS}/trainingjobs/{name}",
+        {"spec": spec},
+        content_type="application/merge-patch+json",
+    )
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them(cluster: Emulator) -> None:
+    cluster.submit(make_trainingjob(name="paused", namespace=NS, replicas=2))
+    wait_until(lambda: len(cluster.pods(NS)) == 3, 20, "the pods")
+    patch_spec(cluster, "paused", {"suspend": True})
+    wait_until(lambda: phase(cluster, "paused") == "Suspended", 20, "phase Suspended")
+    wait_until(lambda: not cluster.pods(NS), 20, "every pod deleted")
+    patch_spec(cluster, "paused", {"suspend": False})
+    wait_until(lambda: len(cluster.pods(NS)) == 3, 20, "the pods again")
+    wait_until(lambda: phase(cluster, "paused") == "Pending", 20, "phase Pending")
+
+
+def test_active_deadline_fails_the_job_and_removes_its_pods(cluster: Emulator) -> None:
+    cluster.submit(make_trainingjob(name="slow", namespace=NS, replicas=1, activeDeadlineSeconds=1))
+    wait_until(lambda: phase(cluster, "slow") == "Failed", 20, "phase Failed")
+    cond = next(c for c in cluster.job(NS, "slow")["status"]["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "DeadlineExceeded"
+    wait_until(lambda: not cluster.pods(NS), 20, "its pods deleted")
+
+
+def test_operator_restarted_mid_creation_converges_without_duplicates(
+    cluster: Emulator, operator: Operator
+) -> None:
+    cluster.submit(make_trainingjob(name="big", namespace=NS, replicas=30))
+    wait_until(lambda: len(cluster.pods(NS)) >= 1, 20, "creation to start")
+    operator.stop()  # killed halfway (or not: either way it must converge)
+    operator.start()
+    expected = {"big-master-0", *(f"big-worker-0-{r}" for r in range(30))}
+    wait_until(lambda: set(cluster.pods(NS)) == expected, 30, "exactly the job's pods")
+    for name in expected:
+        cluster.set_pod_phase(NS, name, "Running")
+    wait_until(lambda: phase(cluster, "big") == "Running", 20, "phase Running")
+    assert set(cluster.pods(NS)) == expected
