@@ -171,3 +171,19 @@ def test_operator_restarted_mid_creation_converges_without_duplicates(
         cluster.set_pod_phase(NS, name, "Running")
     wait_until(lambda: phase(cluster, "big") == "Running", 20, "phase Running")
     assert set(cluster.pods(NS)) == expected
+
+
+def test_worker_fails_once_then_the_job_succeeds(cluster: Emulator) -> None:
+    cluster.submit(make_trainingjob(name="retry", namespace=NS, replicas=2, maxRestarts=2))
+    wait_until(lambda: "retry-worker-0-1" in cluster.pods(NS), 20, "attempt 0")
+    cluster.set_pod_phase(NS, "retry-worker-0-1", "Failed", exit_code=137)
+    attempt1 = {"retry-master-1", "retry-worker-1-0", "retry-worker-1-1"}
+    wait_until(lambda: set(cluster.pods(NS)) == attempt1, 20, "exactly attempt 1's pods")
+    env = {
+        e["name"]: e["value"] for e in cluster.pods(NS)["retry-worker-1-0"]["spec"]["containers"][0]["env"]
+    }
+    assert env["TORCHELASTIC_RESTART_COUNT"] == "1" and env["MASTER_ADDR"].startswith("retry-master-1.")
+    for pod in ("retry-worker-1-0", "retry-worker-1-1"):
+        cluster.set_pod_phase(NS, pod, "Succeeded", exit_code=0)
+    wait_until(lambda: phase(cluster, "retry") == "Succeeded", 20, "phase Succeeded")
+    assert cluster.job(NS, "retry")["status"]["restarts"] == 1

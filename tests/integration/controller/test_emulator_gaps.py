@@ -1,0 +1,88 @@
+"""Pins of kmock 0.8's gaps that tests/integration/controller/emulator.py works around.
+
+Each test asserts the upstream behaviour as it is today. When an upgrade closes a gap, its test
+fails: delete the test and the workaround it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+kmock = pytest.importorskip("kmock")
+
+from tests.integration.controller.emulator import RESOURCES  # noqa: E402
+
+
+@pytest.fixture
+def plain() -> Iterator[str]:
+    """Plain kmock (no shim), serving the same resources; yields its URL."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    ready, url = threading.Event(), []
+    stop: list[asyncio.Event] = []
+
+    async def serve() -> None:
+        stop.append(asyncio.Event())
+        async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+            for key, info in RESOURCES.items():
+                emu.resources[key] = info
+            url.append(str(server.url).rstrip("/"))
+            ready.set()
+            await stop[0].wait()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield url[0]
+    loop.call_soon_threadsafe(stop[0].set)
+    thread.join(10)
+
+
+def call(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "labels": {"a": "1"}}}
+
+
+def test_gap_no_resource_version_or_uid_on_create(plain: str) -> None:
+    """Workarounds: _VersionedEmulator (resourceVersion) and Emulator.submit (uid)."""
+    status, obj = call(plain, "POST", "/api/v1/namespaces/ns/pods", POD)
+    assert status == 200  # a real API server answers 201
+    assert "resourceVersion" not in obj["metadata"] and "uid" not in obj["metadata"]
+
+
+def test_gap_label_selectors_are_ignored(plain: str) -> None:
+    """Workaround: etha.operator.k8s.Api.list_job_pods filters by label itself."""
+    call(plain, "POST", "/api/v1/namespaces/ns/pods", POD)
+    _, listing = call(plain, "GET", "/api/v1/namespaces/ns/pods?labelSelector=a%3D2")
+    assert [p["metadata"]["name"] for p in listing["items"]] == ["p"]
+
+
+def test_gap_cluster_scoped_core_list_fails(plain: str) -> None:
+    """Workaround: the operator under test runs cluster-wide, so kopf never lists namespaces."""
+    status, _ = call(plain, "GET", "/api/v1/namespaces")
+    assert status == 500
+
+
+def test_gap_no_generate_name(plain: str) -> None:
+    """Consequence: kopf's Events after the first conflict (409); kopf logs it and goes on."""
+    event = {"metadata": {"generateName": "e-", "namespace": "ns"}, "reason": "X"}
+    assert call(plain, "POST", "/api/v1/namespaces/ns/events", event)[0] == 200
+    assert call(plain, "POST", "/api/v1/namespaces/ns/events", event)[0] == 409
