@@ -6,7 +6,7 @@ Known gaps of kmock 0.8 this works around (delete a workaround when an upgrade c
 - label selectors are ignored on list (the operator filters by label itself);
 - resources must be declared for discovery (below), v1/namespaces included;
 - no resourceVersion bumps (``_VersionedEmulator`` adds them) and no uids (``submit`` sets one);
-- no generateName, so kopf's Events after the first one conflict (kopf logs and goes on).
+- no generateName (``_VersionedEmulator`` names such objects; kopf's Events use it).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ RESOURCES = {
 
 
 class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
-    """kmock's emulator, plus a new metadata.resourceVersion on every create and patch.
+    """kmock's emulator, plus a new metadata.resourceVersion on every create and patch, and a
+    name for objects created with generateName (kopf's Events).
 
     kopf skips bodies older than its own last patch by their resourceVersion; without bumps it
     cannot, and a stale replayed body undoes a restart it just made (seen here).
@@ -51,6 +52,14 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     async def _handle(self, request: Any) -> Any:
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
+            meta = request.data.get("metadata") if isinstance(request.data, dict) else None
+            if (
+                request.action == kmock.action.CREATE
+                and meta
+                and meta.get("generateName")
+                and not meta.get("name")
+            ):
+                meta["name"] = f"{meta['generateName']}{version}"
             if isinstance(request.data, dict):
                 request.data.setdefault("metadata", {})["resourceVersion"] = version
             elif isinstance(request.data, list):  # a JSON patch

@@ -82,7 +82,7 @@ def test_gap_cluster_scoped_core_list_fails(plain: str) -> None:
 
 
 def test_gap_no_generate_name(plain: str) -> None:
-    """Consequence: kopf's Events after the first conflict (409); kopf logs it and goes on."""
+    """Workaround: _VersionedEmulator names objects created with generateName (kopf's Events)."""
     event = {"metadata": {"generateName": "e-", "namespace": "ns"}, "reason": "X"}
     assert call(plain, "POST", "/api/v1/namespaces/ns/events", event)[0] == 200
     assert call(plain, "POST", "/api/v1/namespaces/ns/events", event)[0] == 409
