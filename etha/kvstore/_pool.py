@@ -109,7 +109,7 @@ class Pool:
                 reason = describe_os_error(exc)
             else:
                 try:
-                    budget = max(remaining, 0.01)
+                    attempt_budget = max(remaining, 0.01)
                     store = call_with_deadline(
                         functools.partial(
                             self._dist.TCPStore,
@@ -117,10 +117,10 @@ class Pool:
                             self.port,
                             self.world_size,
                             False,
-                            timedelta(seconds=budget),
+                            timedelta(seconds=attempt_budget),
                             wait_for_workers=wait_for_workers,
                         ),
-                        budget + DEADLINE_MARGIN,
+                        attempt_budget + DEADLINE_MARGIN,
                         f"connect to {self.host}:{self.port}",
                     )
                 except (RuntimeError, StoreTimeoutError) as exc:

@@ -293,3 +293,17 @@ def test_waits_and_reads_are_split_into_requests_of_bounded_size(
     threading.Timer(0.3, lambda: store.set(cands[-1], "1")).start()
     assert store.wait_for_keys("k/*", 2500, timeout=60, candidate_keys=cands) == cands
     assert max(sizes) == 1000  # the 2,500 keys went out in requests of at most 1,000
+
+
+def test_connect_error_names_the_whole_timeout_when_torch_fails_after_the_probe() -> None:
+    """A port that accepts TCP but is no store: the probe passes, torch's handshake never does."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(StoreConnectionError, match=rf"127\.0\.0\.1:{port} within 1s \("):
+            TorchTCPStore("127.0.0.1", port, 1, False, timeout=1, wait_for_workers=False)
+        assert time.monotonic() - start < 1 + 3
