@@ -16,9 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from etha.constants import DEFAULT_MASTER_PORT
 from etha.kvstore.errors import KVStoreError
+
+if TYPE_CHECKING:  # torch is imported only once the server starts
+    from etha.kvstore.tcp import TorchTCPStore
 
 logger = logging.getLogger("etha.kvstore.server")
 
@@ -111,13 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def watch_joins(store: object, world_size: int | None, stop: threading.Event) -> None:
+def watch_joins(store: TorchTCPStore, world_size: int | None, stop: threading.Event) -> None:
     """Log each rank as it joins, until all have joined or ``stop`` is set."""
     if world_size is None:
         return
-    from etha.kvstore.tcp import TorchTCPStore
-
-    assert isinstance(store, TorchTCPStore)
     started = time.monotonic()
     missing = list(range(world_size))
     while missing and not stop.wait(JOIN_POLL_INTERVAL):

@@ -177,8 +177,8 @@ class TorchTCPStore(KVStore):
         """See base class. The server wakes the waiter; nothing polls."""
         scoped = self._scoped(key, component)
         deadline = _conn.deadline_in(timeout)
+        what = f"wait_for_key({key!r}, timeout={timeout:g})"
         while True:
-            what = f"wait_for_key({key!r}, timeout={timeout:g})"
             _shared.wait_present(self._run, [scoped], deadline, what)
             value = self._read(what, scoped, _conn.left_of(deadline))
             if value is not None:  # None: deleted between the wake-up and the read

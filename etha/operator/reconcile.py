@@ -72,6 +72,15 @@ def pod_phase(pod: dict[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
 
 
+def is_master(pod: dict[str, Any]) -> bool:
+    return (pod["metadata"].get("labels") or {}).get(c.LABEL_ROLE) == c.ROLE_MASTER
+
+
+def still_running(pod: dict[str, Any]) -> bool:
+    """Not yet Succeeded or Failed: the pod would go on using resources."""
+    return pod_phase(pod) not in ("Succeeded", "Failed")
+
+
 def failure_detail(pod: dict[str, Any]) -> str:
     """'exit code 3 (Error)' from the first terminated container, or the pod's own reason."""
     status = pod.get("status") or {}
@@ -98,8 +107,7 @@ def reconcile(
 
     def finish(new_phase: str, cond: str, reason: str, message: str, keep_workers: bool) -> Actions:
         for name, pod in by_name.items():
-            is_master = pod["metadata"].get("labels", {}).get(c.LABEL_ROLE) == c.ROLE_MASTER
-            if (is_master or not keep_workers) and pod_phase(pod) not in ("Succeeded", "Failed"):
+            if (is_master(pod) or not keep_workers) and still_running(pod):
                 acts.delete_pods.append(name)
         acts.status.update(
             phase=new_phase,
@@ -113,14 +121,9 @@ def reconcile(
 
     # Finished: clean up what is left and honour the TTL.
     if phase in c.FINISHED_PHASES:
-        for name, pod in by_name.items():
-            if pod["metadata"].get("labels", {}).get(c.LABEL_ROLE) == c.ROLE_MASTER and pod_phase(
-                pod
-            ) not in (
-                "Succeeded",
-                "Failed",
-            ):
-                acts.delete_pods.append(name)
+        acts.delete_pods.extend(
+            name for name, pod in by_name.items() if is_master(pod) and still_running(pod)
+        )
         done = parse_time(status.get("completionTime"))
         if job.ttl_seconds_after_finished is not None and done is not None:
             left = (done + timedelta(seconds=job.ttl_seconds_after_finished) - now).total_seconds()
