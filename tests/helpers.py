@@ -60,7 +60,8 @@ class MasterProcess:
         self.port = int(self.port_file.read_text())
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_file.read_text(errors="replace")
 
     def signal(self, sig: signal.Signals) -> None:

@@ -133,6 +133,9 @@ class Conn:
         """Stop the thread once its current call (if any) returns; drops the connection."""
         self._jobs.put(None)
 
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
 
 class Reply:
     __slots__ = ("_done", "_error", "_value")

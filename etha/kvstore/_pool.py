@@ -23,6 +23,8 @@ logger = logging.getLogger("etha.kvstore.tcp")
 
 #: Seconds a call may overrun its timeout before the store gives up on the server.
 DEADLINE_MARGIN = 0.25
+#: Seconds close() waits for idle connections to close.
+CLOSE_GRACE = 1.0
 
 T = TypeVar("T")
 
@@ -50,8 +52,10 @@ class Pool:
         self._closed = False
         self._server: Any = None
         if is_master:
+            # Calls go through a clone, never the server object itself: only this pool holds the
+            # server, so close() stops it at once instead of whenever a connection thread lets go.
             self._server = self._start_server(wait_for_workers)
-            primary = self._server
+            primary = self._server.clone()
         else:
             primary = self._connect(wait_for_workers)
         self._idle.append(Conn(primary))
@@ -203,9 +207,13 @@ class Pool:
                 return
             self._closed = True
             idle, self._idle = self._idle, []
-            self._server = None
+            server, self._server = self._server, None
         for conn in idle:
             conn.retire()
+        deadline = time.monotonic() + CLOSE_GRACE
+        for conn in idle:  # idle threads exit at once; their connections close with them
+            conn.join(max(0.0, deadline - time.monotonic()))
+        del server  # the last reference: torch stops the server here, before close() returns
 
 
 def _close_if_open(sock: socket.socket) -> None:

@@ -115,7 +115,7 @@ def test_multi_process_rendezvous_through_from_env(tmp_path: Path) -> None:
         for rank in range(world):
             assert f"rank {rank} joined" in master.log()
     finally:
-        assert master.stop() == 0
+        assert master.stop() == 0, master.log()
 
 
 def test_client_started_before_master_connects_once_it_appears(tmp_path: Path) -> None:
@@ -211,7 +211,8 @@ def test_master_stopped_mid_wait_times_out_within_timeout(tmp_path: Path) -> Non
             assert time.monotonic() - start < 1.0 + DEADLINE_MARGIN + MARGIN
     finally:
         master.signal(signal.SIGCONT)
-        assert master.stop() == 0  # resumed, it still shuts down cleanly on SIGTERM
+        # resumed, it still shuts down cleanly on SIGTERM
+        assert master.stop() == 0, master.log()
         store.close()
 
 
