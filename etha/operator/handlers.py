@@ -87,7 +87,8 @@ async def reconcile_job(
 
     await asyncio.gather(*(create(m) for m in acts.create), *(delete(p) for p in acts.delete_pods))
     for key, value in acts.status.items():
-        patch.status[key] = value
+        if current.get(key) != value:  # no write (and no new resourceVersion) for no change
+            patch.status[key] = value
     for event in acts.events:
         if event.type == "Warning":
             kopf.warn(body, reason=event.reason, message=event.message)

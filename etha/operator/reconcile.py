@@ -57,15 +57,20 @@ def condition(kind: str, status: bool, reason: str, message: str, now: datetime)
 
 
 def set_condition(conditions: list[dict[str, str]], new: dict[str, str]) -> list[dict[str, str]]:
-    """Replace the condition of the same type, keeping its transition time if the status is unchanged."""
+    """Set the condition of ``new``'s type in place (appended if absent), keeping its transition
+    time if its status is unchanged. Order is stable, so an unchanged list compares equal."""
     out = []
+    found = False
     for cond in conditions:
-        if cond.get("type") == new["type"]:
+        if cond.get("type") != new["type"]:
+            out.append(cond)
+            continue
+        if not found:
             if cond.get("status") == new["status"]:
                 new = {**new, "lastTransitionTime": cond.get("lastTransitionTime", new["lastTransitionTime"])}
-            continue
-        out.append(cond)
-    return [*out, new]
+            out.append(new)
+            found = True
+    return out if found else [*out, new]
 
 
 def pod_phase(pod: dict[str, Any]) -> str:

@@ -5,19 +5,28 @@ Known gaps of kmock 0.8 this works around (delete a workaround when an upgrade c
   operator under test runs cluster-wide (kopf then never lists namespaces);
 - label selectors are ignored on list (the operator filters by label itself);
 - resources must be declared for discovery (below), v1/namespaces included;
-- no resourceVersion bumps (``_VersionedEmulator`` adds them) and no uids (``submit`` sets one);
-- no generateName (``_VersionedEmulator`` names such objects; kopf's Events use it).
+- no resourceVersion bumps, uids or creationTimestamps (``_VersionedEmulator`` adds them);
+- no generateName (``_VersionedEmulator`` names such objects; kopf's Events use it);
+- a JSON patch whose ``test`` op fails answers 500, not 422 (kopf then retries the same stale
+  patch instead of re-reading; ``_VersionedEmulator`` answers 422);
+- no garbage collection of dependents (``_VersionedEmulator`` deletes the objects whose
+  ownerReferences name a deleted object, as kube-controller-manager's collector does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import json
 import threading
 import urllib.request
+import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp.web
+import jsonpatch
 import kmock
 
 RESOURCES = {
@@ -40,8 +49,9 @@ RESOURCES = {
 
 
 class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
-    """kmock's emulator, plus a new metadata.resourceVersion on every create and patch, and a
-    name for objects created with generateName (kopf's Events).
+    """kmock's emulator, plus what an API server adds: a new metadata.resourceVersion on every
+    create and patch, a uid and creationTimestamp on create, a name for objects created with
+    generateName (kopf's Events), and garbage collection of dependents on delete.
 
     kopf skips bodies older than its own last patch by their resourceVersion; without bumps it
     cannot, and a stale replayed body undoes a restart it just made (seen here).
@@ -61,10 +71,71 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             ):
                 meta["name"] = f"{meta['generateName']}{version}"
             if isinstance(request.data, dict):
-                request.data.setdefault("metadata", {})["resourceVersion"] = version
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if request.action == kmock.action.CREATE:
+                    meta["uid"] = str(uuid.uuid4())  # a server ignores a client's uid
+                    meta["creationTimestamp"] = _now()
             elif isinstance(request.data, list):  # a JSON patch
                 request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-        return await super()._handle(request)
+        # A delete, or a patch that removes the last finalizer, may remove the object: collect
+        # its dependents once it is gone.
+        key = self._key_of(request)
+        uid = self._live_uid(key)
+        try:
+            response = await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:  # kopf's optimistic concurrency: 422, not 500
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "Invalid",
+                    "code": 422,
+                    "message": f"the JSON patch test failed: {exc}",
+                },
+                status=422,
+            )
+        if uid is not None and self._live_uid(key) is None:
+            await self._collect(uid)
+        return response
+
+    @staticmethod
+    def _key_of(request: Any) -> Any:
+        if request.resource is None or request.name is None:
+            return None
+        if request.action not in (kmock.action.DELETE, kmock.action.UPDATE):
+            return None
+        return (request.resource, request.namespace, request.name)
+
+    def _live_uid(self, key: Any) -> str | None:
+        if key is None or key not in self.objects or self.objects[key].deleted:
+            return None
+        uid: str | None = self.objects[key].get("metadata", {}).get("uid")
+        return uid
+
+    async def _collect(self, owner_uid: str) -> None:
+        """Delete, depth first, every object owned by ``owner_uid`` (background propagation)."""
+        async with self._lock:
+            dependents = [
+                (key, obj)
+                for key, obj in self.objects.items()
+                if not obj.deleted
+                and any(
+                    ref.get("uid") == owner_uid for ref in obj.get("metadata", {}).get("ownerReferences", [])
+                )
+            ]
+            for (resource, _, _), obj in dependents:
+                obj.delete()
+                await self._buses[resource].put({"type": "DELETED", "object": obj.last.raw})
+        for _, obj in dependents:
+            uid = obj.last.raw.get("metadata", {}).get("uid")
+            if uid:
+                await self._collect(uid)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Emulator:
@@ -117,13 +188,26 @@ class Emulator:
         return json.loads(text) if text else None
 
     def submit(self, body: dict[str, Any]) -> None:
-        """Create a TrainingJob as an API server would store it: with a unique uid.
+        """Create a TrainingJob."""
+        namespace = body["metadata"]["namespace"]
+        self.request("POST", f"/apis/etha.io/v1alpha1/namespaces/{namespace}/trainingjobs", body)
 
-        kmock 0.8 assigns none, and kopf keys its streams by uid.
-        """
-        meta = body["metadata"]
-        meta["uid"] = f"uid-{meta['namespace']}-{meta['name']}"
-        self.request("POST", f"/apis/etha.io/v1alpha1/namespaces/{meta['namespace']}/trainingjobs", body)
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.request("DELETE", f"/apis/etha.io/v1alpha1/namespaces/{namespace}/trainingjobs/{name}")
+
+    def services(self, namespace: str) -> dict[str, dict[str, Any]]:
+        items = self.request("GET", f"/api/v1/namespaces/{namespace}/services").get("items") or []
+        return {s["metadata"]["name"]: s for s in items}
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig for kubectl that points at this emulator."""
+        path.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters: [{{name: emulator, cluster: {{server: '{self.url}'}}}}]\n"
+            "contexts: [{name: emulator, context: {cluster: emulator, user: test, namespace: default}}]\n"
+            "users: [{name: test, user: {token: test}}]\ncurrent-context: emulator\n"
+        )
+        return path
 
     def pods(self, namespace: str) -> dict[str, dict[str, Any]]:
         items = self.request("GET", f"/api/v1/namespaces/{namespace}/pods").get("items") or []

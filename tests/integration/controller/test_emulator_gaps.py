@@ -62,10 +62,10 @@ POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace":
 
 
 def test_gap_no_resource_version_or_uid_on_create(plain: str) -> None:
-    """Workarounds: _VersionedEmulator (resourceVersion) and Emulator.submit (uid)."""
+    """Workaround: _VersionedEmulator (resourceVersion, uid, creationTimestamp)."""
     status, obj = call(plain, "POST", "/api/v1/namespaces/ns/pods", POD)
     assert status == 200  # a real API server answers 201
-    assert "resourceVersion" not in obj["metadata"] and "uid" not in obj["metadata"]
+    assert not {"resourceVersion", "uid", "creationTimestamp"} & obj["metadata"].keys()
 
 
 def test_gap_label_selectors_are_ignored(plain: str) -> None:
@@ -86,3 +86,33 @@ def test_gap_no_generate_name(plain: str) -> None:
     event = {"metadata": {"generateName": "e-", "namespace": "ns"}, "reason": "X"}
     assert call(plain, "POST", "/api/v1/namespaces/ns/events", event)[0] == 200
     assert call(plain, "POST", "/api/v1/namespaces/ns/events", event)[0] == 409
+
+
+def test_gap_no_garbage_collection_of_dependents(plain: str) -> None:
+    """Workaround: _VersionedEmulator._collect deletes what a deleted object owned."""
+    owner = {"metadata": {"name": "o", "namespace": "ns", "uid": "u1"}}
+    call(plain, "POST", "/api/v1/namespaces/ns/services", owner)
+    owned = {**POD, "metadata": {**POD["metadata"], "ownerReferences": [{"uid": "u1", "name": "o"}]}}
+    call(plain, "POST", "/api/v1/namespaces/ns/pods", owned)
+    assert call(plain, "DELETE", "/api/v1/namespaces/ns/services/o")[0] == 200
+    assert call(plain, "GET", "/api/v1/namespaces/ns/pods/p")[0] == 200  # a real cluster deletes it
+
+
+def test_gap_failed_json_patch_test_is_a_server_error(plain: str) -> None:
+    """Workaround: _VersionedEmulator answers 422 (kopf re-reads and retries on its next cycle)."""
+    call(
+        plain,
+        "POST",
+        "/api/v1/namespaces/ns/pods",
+        {**POD, "metadata": {**POD["metadata"], "resourceVersion": "1"}},
+    )
+    ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"}]
+    req = urllib.request.Request(
+        plain + "/api/v1/namespaces/ns/pods/p",
+        data=json.dumps(ops).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 500  # a real API server answers 422

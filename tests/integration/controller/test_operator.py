@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from kubernetes import client
 
 from etha.operator import handlers
 from etha.operator.k8s import Api
-from tests.helpers import wait_until
+from tests.helpers import REPO, tool, wait_until
 from tests.integration.controller.emulator import Emulator
 from tests.unit.controller.factories import make_trainingjob
 
@@ -187,3 +189,62 @@ def test_worker_fails_once_then_the_job_succeeds(cluster: Emulator) -> None:
         cluster.set_pod_phase(NS, pod, "Succeeded", exit_code=0)
     wait_until(lambda: phase(cluster, "retry") == "Succeeded", 20, "phase Succeeded")
     assert cluster.job(NS, "retry")["status"]["restarts"] == 1
+
+
+def test_deleting_the_job_removes_its_children(cluster: Emulator) -> None:
+    cluster.submit(make_trainingjob(name="gone", namespace=NS, replicas=2))
+    wait_until(lambda: len(cluster.pods(NS)) == 3 and "gone" in cluster.services(NS), 20, "the children")
+    uid = cluster.job(NS, "gone")["metadata"]["uid"]
+    children = [*cluster.pods(NS).values(), cluster.services(NS)["gone"]]
+    for child in children:
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["uid"] == uid and ref["controller"] is True and ref["blockOwnerDeletion"] is True
+    cluster.delete_job(NS, "gone")
+    wait_until(lambda: not cluster.pods(NS) and not cluster.services(NS), 20, "every child deleted")
+
+
+def test_invalid_jobs_each_fail_naming_the_field(cluster: Emulator) -> None:
+    """Specs that slip past the schema: Failed, a message naming field and expectation, no pods."""
+    no_containers = make_trainingjob(name="empty", namespace=NS)
+    no_containers["spec"]["template"]["spec"]["containers"] = []
+    long_name = "x" * 60
+    contradiction = make_trainingjob(name="contra", namespace=NS, replicas=2)
+    contradiction["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "WORLD_SIZE", "value": "3"}]
+    bad_port = make_trainingjob(name="port", namespace=NS)
+    bad_port["spec"]["rendezvous"] = {"port": 70000}
+    cases = {
+        "empty": (no_containers, "spec.template.spec.containers"),
+        long_name: (make_trainingjob(name=long_name, namespace=NS), "63"),
+        "contra": (contradiction, "WORLD_SIZE"),
+        "port": (bad_port, "spec.rendezvous.port (70000)"),
+    }
+    for body, _ in cases.values():
+        cluster.submit(body)
+    for name, (_, needle) in cases.items():
+        wait_until(lambda name=name: phase(cluster, name) == "Failed", 20, f"{name[:10]} to fail")  # type: ignore[misc]
+        cond = cluster.job(NS, name)["status"]["conditions"][-1]
+        assert cond["reason"] == "InvalidSpec" and needle in cond["message"], cond
+    assert not cluster.pods(NS)
+
+
+def test_kubectl_apply_an_example(cluster: Emulator, tmp_path: Path) -> None:
+    """What the user types: kubectl apply -f examples/... (schema validation is the CRD tests')."""
+    kubectl = [tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig(tmp_path / "kubeconfig")), "-n", NS]
+    example = str(REPO / "examples" / "allreduce.yaml")
+    out = subprocess.run(
+        [*kubectl, "apply", "--validate=false", "-f", example], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "trainingjob.etha.io/allreduce created" in out.stdout, out.stderr
+    expected = {"allreduce-master-0", *(f"allreduce-worker-0-{r}" for r in range(4))}
+    wait_until(lambda: set(cluster.pods(NS)) == expected, 20, "the example's pods")
+    env = {
+        e["name"]: e["value"]
+        for e in cluster.pods(NS)["allreduce-worker-0-3"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RANK"] == "3" and env["WORLD_SIZE"] == "4" and env["MASTER_PORT"] == "29500"
+    # --wait=false: kubectl waits through a watch, and kmock replays no DELETED event it already sent.
+    out = subprocess.run(
+        [*kubectl, "delete", "--wait=false", "-f", example], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: not cluster.pods(NS), 20, "the example's pods deleted")

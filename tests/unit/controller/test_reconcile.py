@@ -164,3 +164,33 @@ def test_reconcile_is_idempotent() -> None:
     first = reconcile(job, {}, [], False, NOW)
     again = reconcile(job, {}, [], False, NOW)
     assert first.create == again.create and first.status == again.status
+
+
+@pytest.mark.parametrize("phases", [("Pending", "Pending"), ("Running", "Running"), ("Running", "Pending")])
+def test_a_second_reconcile_of_an_unchanged_job_changes_no_status(phases: tuple[str, str]) -> None:
+    """Level-triggered and quiet: once its status is written, the same world yields the same
+    status (the handler then writes nothing, and a real API server bumps no resourceVersion)."""
+    master, worker = phases
+    pods = [make_pod("mnist-master-0", master, role="master")] + [
+        make_pod(f"mnist-worker-0-{r}", worker) for r in range(2)
+    ]
+    job = parse(make_trainingjob())
+    first = reconcile(job, {}, pods, True, NOW)
+    second = reconcile(job, dict(first.status), pods, True, NOW + timedelta(seconds=5))
+    assert {k: v for k, v in second.status.items() if first.status.get(k) != v} == {}
+    assert second.events == [] and second.create == [] and second.delete_pods == []
+
+
+def test_set_condition_keeps_order_and_transition_time() -> None:
+    from etha.operator.reconcile import condition, set_condition
+
+    a = condition("A", True, "r", "m", NOW)
+    b = condition("B", False, "r", "m", NOW)
+    later = NOW + timedelta(minutes=1)
+    same = set_condition([a, b], condition("A", True, "r2", "m2", later))
+    assert [c["type"] for c in same] == ["A", "B"] and same[0]["lastTransitionTime"] == a[
+        "lastTransitionTime"
+    ]
+    flipped = set_condition([a, b], condition("A", False, "r", "m", later))
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T12:01:00Z"
+    assert [c["type"] for c in set_condition([a], b)] == ["A", "B"]
