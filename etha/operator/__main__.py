@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             clusterwide=clusterwide,
             namespaces=() if clusterwide else list(args.namespace),
             liveness_endpoint=args.liveness,
+            # One active replica (the chart's Deployment uses the Recreate strategy): no peering,
+            # so no KopfPeering resources and no RBAC for them.
+            standalone=True,
         )
     )
     return 0

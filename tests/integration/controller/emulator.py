@@ -58,8 +58,11 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """
 
     _versions = itertools.count(1)
+    #: (user agent, apiGroup, resource[/subresource], RBAC verb) of every API request served.
+    seen: set[tuple[str, str, str, str]]
 
     async def _handle(self, request: Any) -> Any:
+        self._record(request)
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
             meta = request.data.get("metadata") if isinstance(request.data, dict) else None
@@ -100,6 +103,16 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             await self._collect(uid)
         return response
 
+    def _record(self, request: Any) -> None:
+        if request.resource is None or request.action is None or not request.resource.plural:
+            return  # discovery, not a resource request
+        verb = _VERBS[request.action.name]
+        if request.action == kmock.action.UPDATE and request.method.name == "PUT":
+            verb = "update"
+        plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        agent = request.headers.get("User-Agent", "")
+        self.__dict__.setdefault("seen", set()).add((agent, request.resource.group or "", plural, verb))
+
     @staticmethod
     def _key_of(request: Any) -> Any:
         if request.resource is None or request.name is None:
@@ -132,6 +145,11 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             uid = obj.last.raw.get("metadata", {}).get("uid")
             if uid:
                 await self._collect(uid)
+
+
+_VERBS = {
+    "LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch", "DELETE": "delete",
+}  # fmt: skip
 
 
 def _now() -> str:
@@ -168,6 +186,13 @@ class Emulator:
             self.url = str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
+
+    def operator_requests(self) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource, verb) of every request the operator (kopf or the kubernetes
+        client, not the test's urllib or kubectl) sent: what its RBAC must grant."""
+        seen = getattr(self.emulator, "seen", set())
+        clients = ("kopf/", "OpenAPI-Generator/")
+        return {(g, r, v) for agent, g, r, v in seen if agent.startswith(clients)}
 
     def stop(self) -> None:
         if self._stop is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pytest.importorskip("kopf")
 pytest.importorskip("kmock")
@@ -23,6 +25,7 @@ from etha.operator import handlers
 from etha.operator.k8s import Api
 from tests.helpers import REPO, tool, wait_until
 from tests.integration.controller.emulator import Emulator
+from tests.rbac import deploy_docs, grants, roles_in
 from tests.unit.controller.factories import make_trainingjob
 
 NS = "research"
@@ -78,6 +81,26 @@ def cluster(operator: Operator) -> Iterator[Emulator]:
     finally:
         operator.stop()
         emu.stop()
+    # RBAC sufficiency: every request the operator sent is granted by the chart's and deploy/'s roles.
+    used = emu.operator_requests()
+    assert used, "no operator request was recorded"
+    for where, granted in rbac_grants().items():
+        assert used <= granted, f"{where} lacks {sorted(used - granted)}"
+
+
+@functools.cache
+def rbac_grants() -> dict[str, set[tuple[str, str, str]]]:
+    chart = subprocess.run(
+        [tool("helm"), "template", "etha", str(REPO / "charts" / "etha-operator")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = {}
+    for where, docs in (("the chart", list(yaml.safe_load_all(chart))), ("deploy/", deploy_docs(REPO))):
+        (role,) = roles_in([d for d in docs if d])
+        out[where] = grants(role["rules"])
+    return out
 
 
 def phase(emu: Emulator, name: str) -> str | None:
