@@ -2,64 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 pytest.importorskip("kopf")
 pytest.importorskip("kmock")
-os.environ["ETHA_RECONCILE_INTERVAL"] = "0.3"
 
-import kopf
-from kubernetes import client
-
-from etha.operator import handlers
-from etha.operator.k8s import Api
 from tests.helpers import REPO, tool, wait_until
 from tests.integration.controller.emulator import Emulator
-from tests.rbac import deploy_docs, grants, roles_in
+from tests.integration.controller.harness import Operator, operated_emulator
 from tests.unit.controller.factories import make_trainingjob
 
 NS = "research"
-_current: dict[str, str] = {}
-
-
-@kopf.on.login()
-def _login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=_current["url"], scheme="Bearer", token="test", insecure=True)
-
-
-class Operator:
-    """The real kopf operator in a thread and event loop of its own; restartable."""
-
-    def __init__(self) -> None:
-        self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        ready, self._stop = threading.Event(), threading.Event()
-        stop = self._stop
-
-        def run() -> None:
-            asyncio.run(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready, stop_flag=stop))
-
-        self._thread = threading.Thread(target=run, name="operator", daemon=True)
-        self._thread.start()
-        assert ready.wait(30), "the operator did not start"
-
-    def stop(self) -> None:
-        if self._stop is not None and self._thread is not None:
-            self._stop.set()
-            self._thread.join(20)
-            assert not self._thread.is_alive(), "the operator did not stop"
 
 
 @pytest.fixture
@@ -71,36 +29,8 @@ def operator() -> Iterator[Operator]:
 
 @pytest.fixture
 def cluster(operator: Operator) -> Iterator[Emulator]:
-    """The emulator plus the operator running against it, each in its own thread and loop."""
-    emu = Emulator().start()
-    _current["url"] = emu.url
-    handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))))
-    operator.start()
-    try:
+    with operated_emulator(operator) as emu:
         yield emu
-    finally:
-        operator.stop()
-        emu.stop()
-    # RBAC sufficiency: every request the operator sent is granted by the chart's and deploy/'s roles.
-    used = emu.operator_requests()
-    assert used, "no operator request was recorded"
-    for where, granted in rbac_grants().items():
-        assert used <= granted, f"{where} lacks {sorted(used - granted)}"
-
-
-@functools.cache
-def rbac_grants() -> dict[str, set[tuple[str, str, str]]]:
-    chart = subprocess.run(
-        [tool("helm"), "template", "etha", str(REPO / "charts" / "etha-operator")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    out = {}
-    for where, docs in (("the chart", list(yaml.safe_load_all(chart))), ("deploy/", deploy_docs(REPO))):
-        (role,) = roles_in([d for d in docs if d])
-        out[where] = grants(role["rules"])
-    return out
 
 
 def phase(emu: Emulator, name: str) -> str | None:
