@@ -10,10 +10,10 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools manifests demo test lint typecheck unit integration bench clean
+.PHONY: help venv tools manifests demo test lint typecheck unit integration e2e e2e-kind bench clean
 
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ unit: venv ## Unit tests only (pure functions, fast).
 
 integration: venv tools ## Integration tests only (real master processes).
 	$(PY) -m pytest tests/integration
+
+e2e: venv tools ## End-to-end scenarios on the emulated cluster (API emulator + operator + local node).
+	$(PY) -m pytest tests/e2e -k emulated
+
+e2e-kind: venv tools ## The same scenarios on a kind cluster (needs Docker and kind; builds both images).
+	ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
 
 test: lint typecheck tools ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ converges, and applying an action twice is harmless (creation tolerates "already
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +74,22 @@ def set_condition(conditions: list[dict[str, str]], new: dict[str, str]) -> list
     return out if found else [*out, new]
 
 
+def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
+    """status.workers: the current attempt's workers by phase (a missing pod counts as pending)."""
+    by_phase = {"Pending": 0, "Running": 0, "Succeeded": 0, "Failed": 0}
+    for worker in workers:
+        phase = pod_phase(worker) if worker is not None else "Pending"
+        by_phase[phase if phase in by_phase else "Pending"] += 1  # "Unknown" (a lost node) too
+    return {
+        "total": replicas,
+        "running": by_phase["Running"],
+        "succeeded": by_phase["Succeeded"],
+        "failed": by_phase["Failed"],
+        "pending": by_phase["Pending"],
+        "readyText": f"{by_phase['Running']}/{replicas}",
+    }
+
+
 def pod_phase(pod: dict[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
 
@@ -110,15 +127,26 @@ def reconcile(
     restarts = int(status.get("restarts") or 0)
     by_name = {p["metadata"]["name"]: p for p in pods}
 
-    def finish(new_phase: str, cond: str, reason: str, message: str, keep_workers: bool) -> Actions:
+    def finish(
+        new_phase: str,
+        cond: str,
+        reason: str,
+        message: str,
+        keep_workers: bool,
+        counts: dict[str, Any] | None = None,
+    ) -> Actions:
         for name, pod in by_name.items():
             if (is_master(pod) or not keep_workers) and still_running(pod):
                 acts.delete_pods.append(name)
-        acts.status.update(
-            phase=new_phase,
-            completionTime=timestamp(now),
-            conditions=set_condition(conditions, condition(cond, True, reason, message, now)),
-        )
+        finished = set_condition(conditions, condition(cond, True, reason, message, now))
+        if any(x.get("type") == c.COND_RUNNING and x.get("status") == "True" for x in finished):
+            finished = set_condition(
+                finished,
+                condition(c.COND_RUNNING, False, new_phase, f"The job has {new_phase.lower()}.", now),
+            )
+        acts.status.update(phase=new_phase, completionTime=timestamp(now), conditions=finished)
+        if counts is not None:
+            acts.status["workers"] = counts
         acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
         if job.ttl_seconds_after_finished is not None:
             acts.requeue_after = float(job.ttl_seconds_after_finished)
@@ -186,6 +214,8 @@ def reconcile(
     master = current.get(master_name(job.name, attempt))
     workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
 
+    counts = worker_counts(workers.values(), job.replicas)
+
     failed = [p for p in (master, *workers.values()) if p is not None and pod_phase(p) == "Failed"]
     if failed:
         pod = failed[0]
@@ -217,6 +247,7 @@ def reconcile(
             c.REASON_BACKOFF_LIMIT,
             f"{what}; no restarts left (spec.maxRestarts={job.max_restarts}).",
             keep_workers=True,
+            counts=counts,
         )
 
     if all(p is not None and pod_phase(p) == "Succeeded" for p in workers.values()):
@@ -226,6 +257,7 @@ def reconcile(
             c.REASON_SUCCEEDED,
             f"All {job.replicas} workers succeeded.",
             keep_workers=True,
+            counts=counts,
         )
 
     # Create what is missing.
@@ -237,10 +269,7 @@ def reconcile(
         if worker is None:
             acts.create.append(build_worker_pod(job, attempt, rank))
 
-    counts = {"Pending": 0, "Running": 0, "Succeeded": 0, "Failed": 0}
-    for worker in workers.values():
-        counts[pod_phase(worker) if worker is not None else "Pending"] += 1
-    active = counts["Running"] + counts["Succeeded"]
+    active = counts["running"] + counts["succeeded"]
     running = active == job.replicas and master is not None and pod_phase(master) == "Running"
     new_phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
     if phase == c.PHASE_RESTARTING and not running:
@@ -250,14 +279,7 @@ def reconcile(
         attempt=attempt,
         restarts=restarts,
         masterAddress=f"{master_address(job.name, job.namespace, attempt)}:{job.port}",
-        workers={
-            "total": job.replicas,
-            "running": counts["Running"],
-            "succeeded": counts["Succeeded"],
-            "failed": counts["Failed"],
-            "pending": counts["Pending"],
-            "readyText": f"{counts['Running']}/{job.replicas}",
-        },
+        workers=counts,
     )
     if running and phase != c.PHASE_RUNNING:
         acts.status["conditions"] = set_condition(

@@ -244,12 +244,22 @@ class Emulator:
         )
         return result
 
-    def set_pod_phase(self, namespace: str, name: str, phase: str, exit_code: int | None = None) -> None:
+    def set_pod_phase(
+        self, namespace: str, name: str, phase: str, exit_code: int | None = None, container: str = "trainer"
+    ) -> None:
         """Play the kubelet: report a pod's phase (and a container's exit code)."""
         status: dict[str, Any] = {"phase": phase}
         if exit_code is not None:
             status["containerStatuses"] = [
-                {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
+                {
+                    "name": container,
+                    "state": {
+                        "terminated": {
+                            "exitCode": exit_code,
+                            "reason": "Completed" if exit_code == 0 else "Error",
+                        }
+                    },
+                }
             ]
         self.request(
             "PATCH",

@@ -194,3 +194,27 @@ def test_set_condition_keeps_order_and_transition_time() -> None:
     flipped = set_condition([a, b], condition("A", False, "r", "m", later))
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T12:01:00Z"
     assert [c["type"] for c in set_condition([a], b)] == ["A", "B"]
+
+
+def test_a_finished_job_reports_its_final_worker_counts_and_is_no_longer_running() -> None:
+    """Found by the e2e suite: status.workers froze at the last running counts."""
+    pods = [make_pod("mnist-master-0", "Running", role="master")] + [
+        make_pod(f"mnist-worker-0-{r}", "Succeeded") for r in range(2)
+    ]
+    running = reconcile(
+        parse(make_trainingjob()),
+        {},
+        [*pods[:1], *(make_pod(f"mnist-worker-0-{r}", "Running") for r in range(2))],
+        True,
+        NOW,
+    )
+    done = reconcile(parse(make_trainingjob()), dict(running.status), pods, True, NOW)
+    assert done.status["workers"]["succeeded"] == 2 and done.status["workers"]["running"] == 0
+    by_type = {c["type"]: c for c in done.status["conditions"]}
+    assert by_type["Succeeded"]["status"] == "True" and by_type["Running"]["status"] == "False"
+
+
+def test_a_worker_in_an_unknown_phase_counts_as_pending() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Unknown")]
+    acts = reconcile(parse(make_trainingjob()), {}, pods, True, NOW)
+    assert acts.status["workers"]["pending"] == 2 and acts.status["phase"] == "Pending"

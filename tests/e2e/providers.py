@@ -1,0 +1,149 @@
+"""Where the end-to-end scenarios run: ``emulated`` (CI) or ``kind`` (anyone with Docker and kind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from tests.helpers import REPO, tool
+
+NAMESPACE = "e2e"
+
+
+class Provider(Protocol):
+    name: str
+
+    def apply(self, manifest: dict[str, Any]) -> None: ...
+    def status(self, job: str) -> dict[str, Any]: ...
+    def dump(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class Emulated:
+    """The API emulator, the real operator, and a local node that runs the pods as processes."""
+
+    name = "emulated"
+
+    def __init__(self) -> None:
+        from tests.e2e.local_node import LocalNode
+        from tests.integration.controller.harness import Operator, operated_emulator
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="etha-e2e-")
+        self._operator = Operator()
+        self._cm = operated_emulator(self._operator)
+        self.emu = self._cm.__enter__()
+        self.node = LocalNode(self.emu, Path(self._tmp.name)).start()
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        body = json.loads(json.dumps(manifest))
+        body["metadata"]["namespace"] = NAMESPACE
+        self.emu.submit(body)
+
+    def status(self, job: str) -> dict[str, Any]:
+        return dict(self.emu.job(NAMESPACE, job).get("status") or {})
+
+    def dump(self) -> str:
+        pods = {n: (p.get("status") or {}).get("phase") for n, p in self.emu.pods(NAMESPACE).items()}
+        return f"pods: {pods}\n{self.node.logs()}"
+
+    def close(self) -> None:
+        try:
+            self.node.stop()
+        finally:
+            try:
+                self._cm.__exit__(None, None, None)  # stops operator and emulator, checks RBAC
+            finally:
+                self._tmp.cleanup()
+
+
+def kind_missing() -> str | None:
+    """Why the kind provider cannot run here (one line), or None."""
+    for binary in ("docker", "kind"):
+        if shutil.which(binary) is None:
+            return f"{binary} is not installed"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        return "the Docker daemon is not reachable (docker info failed)"
+    return None
+
+
+class Kind:
+    """A kind cluster: both images built and loaded, the chart installed, examples applied.
+
+    ``ETHA_E2E_KIND_CLUSTER`` names the cluster (default etha-e2e); an existing one is reused and
+    kept, a created one is deleted at the end unless ``ETHA_E2E_KEEP=1``.
+    """
+
+    name = "kind"
+    TAG = "0.1.0"
+
+    def __init__(self) -> None:
+        self.cluster = os.environ.get("ETHA_E2E_KIND_CLUSTER", "etha-e2e")
+        existing = self._run("kind", "get", "clusters").stdout.split()
+        self.created = self.cluster not in existing
+        if self.created:
+            self._run("kind", "create", "cluster", "--name", self.cluster, "--wait", "120s", timeout=600)
+        try:
+            self._install()
+        except BaseException:
+            self.close()  # never leak a cluster this run created
+            raise
+
+    def _install(self) -> None:
+        self.kubeconfig = Path(tempfile.mkdtemp(prefix="etha-kind-")) / "kubeconfig"
+        self.kubeconfig.write_text(self._run("kind", "get", "kubeconfig", "--name", self.cluster).stdout)
+        for image, dockerfile in (("etha-operator", "images/operator"), ("etha-runtime", "images/runtime")):
+            ref = f"ghcr.io/etha-io/{image}:{self.TAG}"
+            self._run("docker", "build", "-f", f"{dockerfile}/Dockerfile", "-t", ref, str(REPO), timeout=1800)
+            self._run("kind", "load", "docker-image", ref, "--name", self.cluster, timeout=600)
+        self._run(
+            tool("helm"), "upgrade", "--install", "etha-operator", str(REPO / "charts" / "etha-operator"),
+            "--namespace", "etha-system", "--create-namespace", "--set", "image.pullPolicy=Never",
+            "--wait", "--timeout", "180s", "--kubeconfig", str(self.kubeconfig), timeout=300,
+        )  # fmt: skip
+        self._run(
+            tool("helm"), "test", "etha-operator", "-n", "etha-system", "--kubeconfig", str(self.kubeconfig)
+        )
+        self.kubectl("create", "namespace", NAMESPACE, check=False)
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args, check=check, stdin=stdin
+        )
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifest))
+
+    def status(self, job: str) -> dict[str, Any]:
+        out = self.kubectl("get", "trainingjob", job, "-n", NAMESPACE, "-o", "json")
+        return dict(json.loads(out.stdout).get("status") or {})
+
+    def dump(self) -> str:
+        parts = []
+        for args in (
+            ("get", "trainingjobs,pods,services,events", "-n", NAMESPACE, "-o", "wide"),
+            ("logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/managed-by=etha-operator", "--all-containers", "--prefix", "--tail=100"),
+            ("logs", "-n", "etha-system", "deployment/etha-operator", "--tail=200"),
+        ):  # fmt: skip
+            out = self.kubectl(*args, check=False)
+            parts.append(f"$ kubectl {' '.join(args)}\n{out.stdout}{out.stderr}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        if self.created and os.environ.get("ETHA_E2E_KEEP") != "1":
+            self._run("kind", "delete", "cluster", "--name", self.cluster, check=False)
+
+    @staticmethod
+    def _run(
+        *argv: str, check: bool = True, stdin: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out

@@ -1,0 +1,63 @@
+"""One scenario list for every provider (emulated here, kind where Docker is)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from tests.helpers import REPO
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    manifest: dict[str, Any]
+    phase: str  # the phase the job must end in
+    check: Callable[[dict[str, Any]], None] = field(default=lambda status: None)
+    timeout: float = 240.0
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+
+def example(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+    return doc
+
+
+def _failing() -> dict[str, Any]:
+    """A worker that exits 3 on every attempt: one restart, then Failed naming pod and code."""
+    doc = copy.deepcopy(example("allreduce"))
+    doc["metadata"]["name"] = "always-fails"
+    doc["spec"]["replicas"] = 2
+    doc["spec"]["maxRestarts"] = 1
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["python", "-c", "import os, sys; sys.exit(3 if os.environ['RANK'] == '1' else 0)"]
+    return doc
+
+
+def _check_failed(status: dict[str, Any]) -> None:
+    assert status["restarts"] == 1, status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "always-fails-worker-1-1" in failed["message"] and "exit code 3" in failed["message"], failed
+
+
+def _check_succeeded(replicas: int) -> Callable[[dict[str, Any]], None]:
+    def check(status: dict[str, Any]) -> None:
+        assert status["workers"]["succeeded"] == replicas, status
+        assert status.get("completionTime"), status
+
+    return check
+
+
+SCENARIOS = [
+    Scenario("allreduce", example("allreduce"), "Succeeded", _check_succeeded(4)),
+    Scenario("ddp", example("ddp"), "Succeeded", _check_succeeded(2)),
+    Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
+    Scenario("always-fails", _failing(), "Failed", _check_failed),
+]

@@ -1,0 +1,53 @@
+"""End to end: apply -> operator -> master + workers -> rendezvous -> training -> final status.
+
+The same scenarios run on every provider: ``emulated`` always (the API emulator, the real operator
+and a local node running each pod as a process), ``kind`` with Docker and kind (``make e2e-kind``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.providers import Emulated, Kind, Provider, kind_missing
+from tests.e2e.scenarios import SCENARIOS, Scenario
+
+pytest.importorskip("kopf")
+pytest.importorskip("kmock")
+
+FINISHED = ("Succeeded", "Failed")
+
+
+@pytest.fixture(scope="module", params=["emulated", "kind"])
+def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
+    if request.param == "kind":
+        if os.environ.get("ETHA_E2E_KIND") != "1":
+            pytest.skip("kind e2e is opt-in: run `make e2e-kind` (needs Docker and kind)")
+        reason = kind_missing()
+        if reason:
+            pytest.skip(f"kind e2e needs Docker and kind: {reason}")
+    p: Provider = Emulated() if request.param == "emulated" else Kind()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_scenario(provider: Provider, scenario: Scenario) -> None:
+    provider.apply(scenario.manifest)
+    deadline = time.monotonic() + scenario.timeout
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status = provider.status(scenario.name)
+        if status.get("phase") in FINISHED:
+            break
+        time.sleep(0.5)
+    assert status.get("phase") == scenario.phase, (
+        f"{scenario.name} on {provider.name}: phase {status.get('phase')!r}, expected {scenario.phase}\n"
+        f"status: {status}\n{provider.dump()}"
+    )
+    scenario.check(status)
