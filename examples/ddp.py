@@ -38,7 +38,10 @@ def main() -> None:
     dist.all_gather(gathered, torch.cat([weight.flatten(), bias.flatten()]))
     assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks disagree on the weights"
     assert last < first / 10 and abs(weight.item() - 3) < 0.1 and abs(bias.item() + 2) < 0.1, (
-        first, last, weight.item(), bias.item()
+        first,
+        last,
+        weight.item(),
+        bias.item(),
     )
     print(
         f"rank {rank}/{world}: loss {first:.3f} -> {last:.5f}, "

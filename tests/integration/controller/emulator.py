@@ -267,3 +267,18 @@ class Emulator:
             {"status": status},
             content_type="application/merge-patch+json",
         )
+
+
+def main() -> None:
+    """``python -m tests.integration.controller.emulator``: serve until stdin closes (benchmarks run
+    the emulator in a process of its own, so it does not share a GIL with the operator)."""
+    import sys
+
+    emu = Emulator().start()
+    print(emu.url, flush=True)
+    sys.stdin.read()
+    emu.stop()
+
+
+if __name__ == "__main__":
+    main()
