@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools manifests demo test lint typecheck unit integration e2e e2e-kind bench clean
+.PHONY: help venv tools manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +60,9 @@ test: lint typecheck tools ## Everything CI runs: lint, mypy, and the whole pyte
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py
+
+bench-operator: venv ## Operator benchmark: pods created per job at 16/256/1024 replicas, 50 jobs at once, RSS.
+	$(PY) bench/operator_scale.py
 
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) bin .mypy_cache .ruff_cache .pytest_cache

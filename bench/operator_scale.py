@@ -130,7 +130,7 @@ def main() -> int:
         )
         ratio = f"{serial / bounded:.1f}x" if bounded and serial else "-"
         print(
-            f"  replicas={size:5d}: concurrent {fmt(bounded)}   one-at-a-time {fmt(serial)}   speed-up {ratio}",
+            f"  replicas={size:5d}: concurrent {fmt(bounded)}  one-at-a-time {fmt(serial)}  speed-up {ratio}",
             flush=True,
         )
     many = median([measure(50, 8, default, args.timeout) for _ in range(args.repeat)])

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from etha.operator import constants as c
-from etha.operator.names import master_address, master_name, service_name, worker_name
+from etha.operator.names import master_address, master_name, network_policy_name, service_name, worker_name
 from etha.operator.spec import JobSpec
 from etha.rendezvous_env import worker_env
 
@@ -50,6 +50,31 @@ def build_service(job: JobSpec) -> Manifest:
             "publishNotReadyAddresses": True,
             "selector": {c.LABEL_JOB: job.name},
             "ports": [{"name": "rendezvous", "port": job.port, "targetPort": job.port, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_network_policy(job: JobSpec) -> Manifest:
+    """Only this job's pods may reach its master's port: torch's TCPStore has no authentication,
+    so anyone who reaches it could read or corrupt the rendezvous."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": network_policy_name(job.name),
+            "namespace": job.namespace,
+            "labels": {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_MASTER}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {c.LABEL_JOB: job.name}}}],
+                    "ports": [{"protocol": "TCP", "port": job.port}],
+                }
+            ],
         },
     }
 

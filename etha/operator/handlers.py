@@ -12,6 +12,7 @@ import kopf
 
 from etha.operator import constants as c
 from etha.operator.k8s import Api
+from etha.operator.names import network_policy_name
 from etha.operator.reconcile import condition, reconcile, set_condition
 from etha.operator.spec import InvalidSpec, parse
 
@@ -19,6 +20,8 @@ from etha.operator.spec import InvalidSpec, parse
 RECONCILE_INTERVAL = float(os.environ.get("ETHA_RECONCILE_INTERVAL", "2"))
 #: At most this many API calls in flight while creating one job's pods.
 CREATE_CONCURRENCY = int(os.environ.get("ETHA_CREATE_CONCURRENCY", "32"))
+#: Guard each job's master port with a NetworkPolicy (turn off where no policy engine runs).
+NETWORK_POLICY = os.environ.get("ETHA_NETWORK_POLICY", "true").lower() in ("1", "true", "yes")
 #: The master's image unless spec.rendezvous.image says otherwise.
 RUNTIME_IMAGE = os.environ.get("ETHA_RUNTIME_IMAGE", c.DEFAULT_RUNTIME_IMAGE)
 
@@ -71,13 +74,18 @@ async def reconcile_job(
         return
     pods = await api().list_job_pods(namespace, name)
     has_service = await api().service_exists(namespace, name)
-    acts = reconcile(job, current, pods, has_service, datetime.datetime.now(datetime.UTC))
+    has_policy = (
+        await api().network_policy_exists(namespace, network_policy_name(name)) if NETWORK_POLICY else None
+    )
+    acts = reconcile(job, current, pods, has_service, datetime.datetime.now(datetime.UTC), has_policy)
 
     gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+    created: set[str] = set()
 
     async def create(manifest: dict[str, Any]) -> None:
         async with gate:
             if await api().create(manifest):
+                created.add(manifest["metadata"]["name"])
                 logger.info("created %s %s", manifest["kind"], manifest["metadata"]["name"])
 
     async def delete(pod: str) -> None:
@@ -90,6 +98,8 @@ async def reconcile_job(
         if current.get(key) != value:  # no write (and no new resourceVersion) for no change
             patch.status[key] = value
     for event in acts.events:
+        if event.created is not None and event.created not in created:
+            continue  # it already existed (another reconcile, or an operator restarted midway)
         if event.type == "Warning":
             kopf.warn(body, reason=event.reason, message=event.message)
         else:

@@ -32,6 +32,7 @@ class Api:
     def __init__(self, api_client: client.ApiClient) -> None:
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._net = client.NetworkingV1Api(api_client)
 
     async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         selector = f"{c.LABEL_JOB}={job}"
@@ -49,10 +50,21 @@ class Api:
             return False
         return True
 
+    async def network_policy_exists(self, namespace: str, name: str) -> bool:
+        try:
+            await self._call("read networkpolicy", self._net.read_namespaced_network_policy, name, namespace)
+        except _NotFound:
+            return False
+        return True
+
     async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create a Pod or Service; False if it already existed."""
+        """Create a Pod, Service or NetworkPolicy; False if it already existed."""
         kind, meta = manifest["kind"], manifest["metadata"]
-        fn = {"Pod": self._core.create_namespaced_pod, "Service": self._core.create_namespaced_service}[kind]
+        fn = {
+            "Pod": self._core.create_namespaced_pod,
+            "Service": self._core.create_namespaced_service,
+            "NetworkPolicy": self._net.create_namespaced_network_policy,
+        }[kind]
         try:
             await self._call(f"create {kind} {meta['name']}", fn, meta["namespace"], manifest)
         except _Conflict:

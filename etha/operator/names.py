@@ -25,3 +25,8 @@ def master_address(job: str, namespace: str, attempt: int) -> str:
 
 def longest_child_name(job: str, replicas: int, max_restarts: int) -> str:
     return max((master_name(job, max_restarts), worker_name(job, max_restarts, replicas - 1)), key=len)
+
+
+def network_policy_name(job: str) -> str:
+    """The job's NetworkPolicy that guards its master's port."""
+    return f"{job}-rendezvous"

@@ -14,7 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etha.operator import constants as c
-from etha.operator.builders import Manifest, build_master_pod, build_service, build_worker_pod
+from etha.operator.builders import (
+    Manifest,
+    build_master_pod,
+    build_network_policy,
+    build_service,
+    build_worker_pod,
+)
 from etha.operator.names import master_address, master_name, worker_name
 from etha.operator.spec import JobSpec
 
@@ -24,6 +30,8 @@ class Event:
     type: str  # "Normal" or "Warning"
     reason: str
     message: str
+    #: For a creation event: the child's name (the handler posts it only if it created the child).
+    created: str | None = None
 
 
 @dataclass
@@ -117,9 +125,17 @@ def failure_detail(pod: dict[str, Any]) -> str:
 
 
 def reconcile(
-    job: JobSpec, status: dict[str, Any], pods: list[dict[str, Any]], service_exists: bool, now: datetime
+    job: JobSpec,
+    status: dict[str, Any],
+    pods: list[dict[str, Any]],
+    service_exists: bool,
+    now: datetime,
+    network_policy_exists: bool | None = None,
 ) -> Actions:
-    """What to do next for ``job``; ``pods`` are every pod labelled with the job's name."""
+    """What to do next for ``job``; ``pods`` are every pod labelled with the job's name.
+
+    ``network_policy_exists`` is None when the operator manages no NetworkPolicies.
+    """
     acts = Actions()
     phase = status.get("phase")
     conditions: list[dict[str, str]] = list(status.get("conditions") or [])
@@ -263,6 +279,8 @@ def reconcile(
     # Create what is missing.
     if not service_exists:
         acts.create.append(build_service(job))
+    if network_policy_exists is False:
+        acts.create.append(build_network_policy(job))
     if master is None:
         acts.create.append(build_master_pod(job, attempt))
     for rank, worker in workers.items():
@@ -295,6 +313,11 @@ def reconcile(
         acts.events.append(Event("Normal", "Running", f"All {job.replicas} workers are running."))
     for manifest in acts.create:
         acts.events.append(
-            Event("Normal", c.REASON_CREATED, f"Created {manifest['kind']} {manifest['metadata']['name']}.")
+            Event(
+                "Normal",
+                c.REASON_CREATED,
+                f"Created {manifest['kind']} {manifest['metadata']['name']}.",
+                created=manifest["metadata"]["name"],
+            )
         )
     return acts

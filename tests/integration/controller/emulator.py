@@ -9,6 +9,8 @@ Known gaps of kmock 0.8 this works around (delete a workaround when an upgrade c
 - no generateName (``_VersionedEmulator`` names such objects; kopf's Events use it);
 - a JSON patch whose ``test`` op fails answers 500, not 422 (kopf then retries the same stale
   patch instead of re-reading; ``_VersionedEmulator`` answers 422);
+- every request ever served is kept and matched against each new one, O(N^2) (the shim keeps
+  only the requests in flight);
 - no garbage collection of dependents (``_VersionedEmulator`` deletes the objects whose
   ownerReferences name a deleted object, as kube-controller-manager's collector does).
 """
@@ -42,6 +44,9 @@ RESOURCES = {
     "v1/services": kmock.ResourceInfo(
         namespaced=True, kind="Service", verbs={"list", "get", "create", "delete"}
     ),
+    "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(
+        namespaced=True, kind="NetworkPolicy", verbs={"get", "create", "delete"}
+    ),
     "v1/events": kmock.ResourceInfo(namespaced=True, kind="Event", verbs={"create", "list"}),
     # kopf needs the namespaces resource in discovery, even cluster-wide (it never lists it then).
     "v1/namespaces": kmock.ResourceInfo(namespaced=False, kind="Namespace", verbs={"list", "watch", "get"}),
@@ -62,6 +67,17 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     seen: set[tuple[str, str, str, str]]
 
     async def _handle(self, request: Any) -> Any:
+        inflight = self.__dict__.setdefault("_inflight", set())
+        inflight.add(id(request))
+        try:
+            return await self._handle_one(request)
+        finally:
+            # kmock keeps every request ever served and matches each new one against all of them
+            # (O(N^2); 1,000 pod creations took minutes). Keep only those still being served.
+            inflight.discard(id(request))
+            self._requests[:] = [r for r in self._requests if id(r) in inflight]
+
+    async def _handle_one(self, request: Any) -> Any:
         self._record(request)
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
@@ -219,6 +235,11 @@ class Emulator:
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.request("DELETE", f"/apis/etha.io/v1alpha1/namespaces/{namespace}/trainingjobs/{name}")
+
+    def network_policies(self, namespace: str) -> dict[str, dict[str, Any]]:
+        path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+        items = self.request("GET", path).get("items") or []
+        return {s["metadata"]["name"]: s for s in items}
 
     def services(self, namespace: str) -> dict[str, dict[str, Any]]:
         items = self.request("GET", f"/api/v1/namespaces/{namespace}/services").get("items") or []

@@ -146,14 +146,28 @@ def test_worker_fails_once_then_the_job_succeeds(cluster: Emulator) -> None:
 
 def test_deleting_the_job_removes_its_children(cluster: Emulator) -> None:
     cluster.submit(make_trainingjob(name="gone", namespace=NS, replicas=2))
-    wait_until(lambda: len(cluster.pods(NS)) == 3 and "gone" in cluster.services(NS), 20, "the children")
+    wait_until(
+        lambda: (
+            len(cluster.pods(NS)) == 3 and "gone" in cluster.services(NS) and cluster.network_policies(NS)
+        ),
+        20,
+        "the children",
+    )
     uid = cluster.job(NS, "gone")["metadata"]["uid"]
-    children = [*cluster.pods(NS).values(), cluster.services(NS)["gone"]]
+    children = [
+        *cluster.pods(NS).values(),
+        cluster.services(NS)["gone"],
+        cluster.network_policies(NS)["gone-rendezvous"],
+    ]
     for child in children:
         (ref,) = child["metadata"]["ownerReferences"]
         assert ref["uid"] == uid and ref["controller"] is True and ref["blockOwnerDeletion"] is True
     cluster.delete_job(NS, "gone")
-    wait_until(lambda: not cluster.pods(NS) and not cluster.services(NS), 20, "every child deleted")
+    wait_until(
+        lambda: not cluster.pods(NS) and not cluster.services(NS) and not cluster.network_policies(NS),
+        20,
+        "every child deleted",
+    )
 
 
 def test_invalid_jobs_each_fail_naming_the_field(cluster: Emulator) -> None:

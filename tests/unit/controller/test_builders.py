@@ -80,3 +80,37 @@ def test_every_container_gets_the_env() -> None:
 def test_inject_env_keeps_value_from_entries() -> None:
     user = [{"name": "RANK_FILE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     assert inject_env(user, {"RANK_FILE": "x", "A": "1"}) == [*user, {"name": "A", "value": "1"}]
+
+
+def test_network_policy_admits_only_the_jobs_pods_to_the_master_port() -> None:
+    from etha.operator.builders import build_network_policy
+
+    job = parse(make_trainingjob(replicas=2))
+    policy = build_network_policy(job)
+    assert policy["metadata"]["name"] == "mnist-rendezvous"
+    assert policy["metadata"]["ownerReferences"][0]["controller"] is True
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"etha.io/job-name": "mnist", "etha.io/role": "master"}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"etha.io/job-name": "mnist"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 29500}]
+    # The master pod is selected by it, and the workers are admitted by it.
+    master = build_master_pod(job, 0)["metadata"]["labels"]
+    worker = build_worker_pod(job, 0, 1)["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= master.items()
+    assert rule["from"][0]["podSelector"]["matchLabels"].items() <= worker.items()
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(policy, "1.34.0", strict=True)
+
+
+@pytest.mark.parametrize(("exists", "created"), [(None, False), (True, False), (False, True)])
+def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
+    exists: bool | None, created: bool
+) -> None:
+    from datetime import UTC, datetime
+
+    from etha.operator.reconcile import reconcile
+
+    acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
+    assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created

@@ -39,7 +39,10 @@ OPERATOR_GRANTS = {
     ("", "services", "get"),
     ("", "services", "create"),
     ("", "events", "create"),
+    ("networking.k8s.io", "networkpolicies", "get"),
+    ("networking.k8s.io", "networkpolicies", "create"),
 }
+WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,6 +64,7 @@ VALUE_SETS = {
     "namespaced-list": ("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}"),
     "cluster-some-namespaces": ("watchNamespaces={team-a}",),
     "custom": ("image.tag=dev", "verbose=true", "serviceAccount.name=robot", "priorityClassName=high"),
+    "no-network-policies": ("networkPolicy.enabled=false",),
 }
 
 
@@ -121,9 +125,12 @@ def test_kustomization_lists_everything_in_deploy() -> None:
 def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
     roles = roles_in(render(*VALUE_SETS[name]))
     assert roles
+    expected = (
+        WITHOUT_NETWORK_POLICIES if "networkPolicy.enabled=false" in VALUE_SETS[name] else OPERATOR_GRANTS
+    )
     for role in roles:
         assert not wildcards(role["rules"]), role["metadata"]
-        assert grants(role["rules"]) == OPERATOR_GRANTS
+        assert grants(role["rules"]) == expected
     for role in roles_in(deploy_docs(REPO)):
         assert grants(role["rules"]) == OPERATOR_GRANTS
 
@@ -146,6 +153,7 @@ def test_cluster_scope_without_namespaces_watches_all() -> None:
     assert "--all-namespaces" in container["args"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["ETHA_RUNTIME_IMAGE"] == "ghcr.io/etha-io/etha-runtime:0.1.0"
+    assert env["ETHA_NETWORK_POLICY"] == "true"
     assert container["image"] == "ghcr.io/etha-io/etha-operator:0.1.0"
 
 
