@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from etha.operator import constants as c
-from etha.operator.k8s import Api
+from etha.operator.k8s import Api, ChildRejected
 from etha.operator.names import network_policy_name
 from etha.operator.reconcile import condition, reconcile, set_condition
 from etha.operator.spec import InvalidSpec, parse
@@ -62,15 +62,7 @@ async def reconcile_job(
     try:
         job = parse(fresh, default_image=RUNTIME_IMAGE)
     except InvalidSpec as exc:
-        if current.get("phase") != c.PHASE_FAILED:
-            now = datetime.datetime.now(datetime.UTC)
-            patch.status["phase"] = c.PHASE_FAILED
-            patch.status["conditions"] = set_condition(
-                list(current.get("conditions") or []),
-                condition(c.COND_FAILED, True, c.REASON_INVALID_SPEC, str(exc), now),
-            )
-            kopf.warn(body, reason=c.REASON_INVALID_SPEC, message=str(exc))
-            logger.error("invalid TrainingJob: %s", exc)
+        fail_invalid(body, patch, current, str(exc), logger)
         return
     pods = await api().list_job_pods(namespace, name)
     has_service = await api().service_exists(namespace, name)
@@ -82,11 +74,18 @@ async def reconcile_job(
     gate = asyncio.Semaphore(CREATE_CONCURRENCY)
     created: set[str] = set()
 
+    rejected: list[str] = []
+
     async def create(manifest: dict[str, Any]) -> None:
         async with gate:
-            if await api().create(manifest):
-                created.add(manifest["metadata"]["name"])
-                logger.info("created %s %s", manifest["kind"], manifest["metadata"]["name"])
+            if rejected:
+                return  # the template is invalid: do not create the rest
+            try:
+                if await api().create(manifest):
+                    created.add(manifest["metadata"]["name"])
+                    logger.info("created %s %s", manifest["kind"], manifest["metadata"]["name"])
+            except ChildRejected as exc:
+                rejected.append(str(exc))
 
     async def delete(pod: str) -> None:
         async with gate:
@@ -94,6 +93,12 @@ async def reconcile_job(
                 logger.info("deleted Pod %s", pod)
 
     await asyncio.gather(*(create(m) for m in acts.create), *(delete(p) for p in acts.delete_pods))
+    if rejected:
+        # Nothing lost, nothing left behind: the pods made before the refusal go too.
+        for pod in await api().list_job_pods(namespace, name):
+            await delete(pod["metadata"]["name"])
+        fail_invalid(body, patch, current, rejected[0], logger)
+        return
     for key, value in acts.status.items():
         if current.get(key) != value:  # no write (and no new resourceVersion) for no change
             patch.status[key] = value
@@ -107,3 +112,24 @@ async def reconcile_job(
     if acts.delete_job:
         logger.info("ttlSecondsAfterFinished passed; deleting the TrainingJob")
         await api().delete_job(namespace, name)
+
+
+def fail_invalid(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    current: dict[str, Any],
+    message: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """End the job Failed with an InvalidSpec condition (once), naming what was wrong."""
+    if current.get("phase") == c.PHASE_FAILED:
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    patch.status["phase"] = c.PHASE_FAILED
+    patch.status["completionTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch.status["conditions"] = set_condition(
+        list(current.get("conditions") or []),
+        condition(c.COND_FAILED, True, c.REASON_INVALID_SPEC, message, now),
+    )
+    kopf.warn(body, reason=c.REASON_INVALID_SPEC, message=message)
+    logger.error("invalid TrainingJob: %s", message)

@@ -58,7 +58,11 @@ class Api:
         return True
 
     async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create a Pod, Service or NetworkPolicy; False if it already existed."""
+        """Create a Pod, Service or NetworkPolicy; False if it already existed.
+
+        Raises :class:`ChildRejected` when the API server refuses the object as invalid (400/422):
+        retrying cannot help, the user's template must change.
+        """
         kind, meta = manifest["kind"], manifest["metadata"]
         fn = {
             "Pod": self._core.create_namespaced_pod,
@@ -114,6 +118,8 @@ class Api:
                 raise _NotFound(what) from exc
             if exc.status == 409:
                 raise _Conflict(what) from exc
+            if exc.status in (400, 422):
+                raise ChildRejected(f"{what}: the API server rejected it: {_status_message(exc)}") from exc
             if exc.status in (429, 500, 502, 503, 504):
                 raise kopf.TemporaryError(
                     f"{what}: API answered {exc.status}; retrying.", delay=RETRY_DELAY
@@ -123,6 +129,17 @@ class Api:
             raise kopf.TemporaryError(f"{what}: {exc}; retrying.", delay=RETRY_DELAY) from exc
         data = response.data
         return json.loads(data) if data else {}
+
+
+class ChildRejected(Exception):
+    """The API server refused an object the operator built (400/422): the spec must change."""
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
 
 
 class _NotFound(Exception):

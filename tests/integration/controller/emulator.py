@@ -11,6 +11,8 @@ Known gaps of kmock 0.8 this works around (delete a workaround when an upgrade c
   patch instead of re-reading; ``_VersionedEmulator`` answers 422);
 - every request ever served is kept and matched against each new one, O(N^2) (the shim keeps
   only the requests in flight);
+- no validation: a pod with a bad resource quantity is stored (``_pod_errors`` refuses it with
+  422, as an API server does, for the bad-input tests);
 - no garbage collection of dependents (``_VersionedEmulator`` deletes the objects whose
   ownerReferences name a deleted object, as kube-controller-manager's collector does).
 """
@@ -21,6 +23,7 @@ import asyncio
 import datetime
 import itertools
 import json
+import re
 import threading
 import urllib.request
 import uuid
@@ -79,6 +82,11 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     async def _handle_one(self, request: Any) -> Any:
         self._record(request)
+        if request.action == kmock.action.CREATE and request.resource and request.resource.plural == "pods":
+            invalid = _pod_errors(request.data)
+            if invalid:
+                name = (request.data.get("metadata") or {}).get("name")
+                return _status(422, "Invalid", f'Pod "{name}" is invalid: {"; ".join(invalid)}')
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
             meta = request.data.get("metadata") if isinstance(request.data, dict) else None
@@ -104,17 +112,7 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         try:
             response = await super()._handle(request)
         except jsonpatch.JsonPatchTestFailed as exc:  # kopf's optimistic concurrency: 422, not 500
-            return aiohttp.web.json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "status": "Failure",
-                    "reason": "Invalid",
-                    "code": 422,
-                    "message": f"the JSON patch test failed: {exc}",
-                },
-                status=422,
-            )
+            return _status(422, "Invalid", f"the JSON patch test failed: {exc}")
         if uid is not None and self._live_uid(key) is None:
             await self._collect(uid)
         return response
@@ -161,6 +159,32 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             uid = obj.last.raw.get("metadata", {}).get("uid")
             if uid:
                 await self._collect(uid)
+
+
+_QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkKMGTPE]i?)?$")
+
+
+def _pod_errors(pod: Any) -> list[str]:
+    """A little of the API server's pod validation: containers with images, valid quantities."""
+    spec = (pod or {}).get("spec") or {}
+    errors = []
+    for i, container in enumerate(spec.get("containers") or []):
+        if not container.get("image"):
+            errors.append(f"spec.containers[{i}].image: Required value")
+        for kind in ("requests", "limits"):
+            for key, value in ((container.get("resources") or {}).get(kind) or {}).items():
+                if not _QUANTITY.match(str(value)):
+                    errors.append(
+                        f"spec.containers[{i}].resources.{kind}[{key}]: Invalid value: {value!r}: "
+                        "quantities must match the regular expression "
+                        "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+                    )
+    return errors
+
+
+def _status(code: int, reason: str, message: str) -> Any:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}
+    return aiohttp.web.json_response({**body, "message": message}, status=code)
 
 
 _VERBS = {
