@@ -233,9 +233,21 @@ def reconcile(
     counts = worker_counts(workers.values(), job.replicas)
 
     failed = [p for p in (master, *workers.values()) if p is not None and pod_phase(p) == "Failed"]
-    if failed:
-        pod = failed[0]
-        what = f"pod {pod['metadata']['name']} failed: {failure_detail(pod)}"
+    # Once the attempt ran, a pod that vanished (deleted, evicted, its node gone) broke the gang:
+    # a replacement could not rejoin a rendezvous that already happened, so the attempt failed.
+    vanished = []
+    if phase == c.PHASE_RUNNING:
+        expected = [
+            master_name(job.name, attempt),
+            *(worker_name(job.name, attempt, r) for r in range(job.replicas)),
+        ]
+        vanished = [name for name in expected if name not in current]
+    if failed or vanished:
+        if failed:
+            pod = failed[0]
+            what = f"pod {pod['metadata']['name']} failed: {failure_detail(pod)}"
+        else:
+            what = f"pod {vanished[0]} disappeared while the job was running (deleted or evicted)"
         if restarts < job.max_restarts:
             acts.delete_pods.extend(current)
             acts.status.update(

@@ -62,6 +62,14 @@ class LocalNode:
             _terminate(p.proc)
             p.log.close()
 
+    def kill(self, namespace: str, pod: str) -> None:
+        """SIGKILL a pod's process, as an OOM kill or a crash would."""
+        for p in list(self.procs.values()):  # the node's thread changes the dict
+            if (p.namespace, p.pod) == (namespace, pod) and p.proc.poll() is None:
+                os.killpg(p.proc.pid, signal.SIGKILL)
+                return
+        raise AssertionError(f"no running process for pod {namespace}/{pod}")
+
     def logs(self, limit: int = 4000) -> str:
         out = []
         for path in sorted(self.workdir.glob("*.log")):
@@ -101,6 +109,7 @@ class LocalNode:
         if code is not None and uid not in self._reported:
             self._reported.add(uid)
             phase = "Succeeded" if code == 0 else "Failed"
+            code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
             self.emu.set_pod_phase(p.namespace, p.pod, phase, exit_code=code, container=p.container)
 
     def _start(self, uid: str, pod: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ class Provider(Protocol):
 
     def apply(self, manifest: dict[str, Any]) -> None: ...
     def status(self, job: str) -> dict[str, Any]: ...
+    def kill(self, pod: str) -> None: ...
     def dump(self) -> str: ...
     def close(self) -> None: ...
 
@@ -46,6 +47,9 @@ class Emulated:
 
     def status(self, job: str) -> dict[str, Any]:
         return dict(self.emu.job(NAMESPACE, job).get("status") or {})
+
+    def kill(self, pod: str) -> None:
+        self.node.kill(NAMESPACE, pod)
 
     def dump(self) -> str:
         pods = {n: (p.get("status") or {}).get("phase") for n, p in self.emu.pods(NAMESPACE).items()}
@@ -123,6 +127,10 @@ class Kind:
     def status(self, job: str) -> dict[str, Any]:
         out = self.kubectl("get", "trainingjob", job, "-n", NAMESPACE, "-o", "json")
         return dict(json.loads(out.stdout).get("status") or {})
+
+    def kill(self, pod: str) -> None:
+        # A container cannot SIGKILL its own PID 1; a forced delete is the cluster-side fault.
+        self.kubectl("delete", "pod", pod, "-n", NAMESPACE, "--grace-period=0", "--force")
 
     def dump(self) -> str:
         parts = []

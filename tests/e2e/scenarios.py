@@ -19,6 +19,8 @@ class Scenario:
     phase: str  # the phase the job must end in
     check: Callable[[dict[str, Any]], None] = field(default=lambda status: None)
     timeout: float = 240.0
+    #: A pod to kill once the job is Running (a fault the job must survive).
+    disrupt: str | None = None
 
     @property
     def name(self) -> str:
@@ -55,9 +57,37 @@ def _check_succeeded(replicas: int) -> Callable[[dict[str, Any]], None]:
     return check
 
 
+def _long_ddp(name: str) -> dict[str, Any]:
+    """The DDP example, training long enough to be interrupted, with one restart allowed."""
+    doc = copy.deepcopy(example("ddp"))
+    doc["metadata"]["name"] = name
+    doc["spec"]["maxRestarts"] = 1
+    doc["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "EPOCHS", "value": "150"}]
+    return doc
+
+
+def _check_restarted_then_succeeded(status: dict[str, Any]) -> None:
+    assert status["restarts"] == 1 and status["attempt"] == 1, status
+    assert status["workers"]["succeeded"] == 2, status
+
+
 SCENARIOS = [
     Scenario("allreduce", example("allreduce"), "Succeeded", _check_succeeded(4)),
     Scenario("ddp", example("ddp"), "Succeeded", _check_succeeded(2)),
     Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
     Scenario("always-fails", _failing(), "Failed", _check_failed),
+    Scenario(
+        "master-killed",
+        _long_ddp("master-killed"),
+        "Succeeded",
+        _check_restarted_then_succeeded,
+        disrupt="master-killed-master-0",
+    ),
+    Scenario(
+        "worker-killed",
+        _long_ddp("worker-killed"),
+        "Succeeded",
+        _check_restarted_then_succeeded,
+        disrupt="worker-killed-worker-0-1",
+    ),
 ]

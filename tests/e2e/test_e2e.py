@@ -41,6 +41,11 @@ def test_scenario(provider: Provider, scenario: Scenario) -> None:
     provider.apply(scenario.manifest)
     deadline = time.monotonic() + scenario.timeout
     status: dict[str, object] = {}
+    if scenario.disrupt:
+        while time.monotonic() < deadline and provider.status(scenario.name).get("phase") != "Running":
+            time.sleep(0.2)
+        time.sleep(1.0)  # mid-training
+        provider.kill(scenario.disrupt)
     while time.monotonic() < deadline:
         status = provider.status(scenario.name)
         if status.get("phase") in FINISHED:

@@ -218,3 +218,17 @@ def test_a_worker_in_an_unknown_phase_counts_as_pending() -> None:
     pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Unknown")]
     acts = reconcile(parse(make_trainingjob()), {}, pods, True, NOW)
     assert acts.status["workers"]["pending"] == 2 and acts.status["phase"] == "Pending"
+
+
+def test_a_pod_that_vanishes_while_running_restarts_the_attempt() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Running")]
+    acts = reconcile(parse(make_trainingjob(maxRestarts=1)), {"phase": "Running"}, pods, True, NOW)
+    assert acts.status["phase"] == "Restarting" and acts.status["attempt"] == 1
+    assert sorted(acts.delete_pods) == ["mnist-master-0", "mnist-worker-0-0"]
+    assert "pod mnist-worker-0-1 disappeared" in acts.events[0].message
+
+
+def test_a_missing_pod_while_pending_is_just_created() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Running")]
+    acts = reconcile(parse(make_trainingjob(maxRestarts=1)), {"phase": "Pending"}, pods, True, NOW)
+    assert names(acts.create) == ["mnist-worker-0-1"] and acts.delete_pods == []
