@@ -20,9 +20,11 @@ Known gaps of kmock 0.8 this works around (delete a workaround when an upgrade c
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import itertools
 import json
+import random
 import re
 import threading
 import urllib.request
@@ -80,8 +82,18 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             inflight.discard(id(request))
             self._requests[:] = [r for r in self._requests if id(r) in inflight]
 
+    #: Fault injection: (rate, rng); each operator request (not watches) fails with this chance.
+    faults: tuple[float, random.Random] | None = None
+    injected: collections.Counter[int]
+
     async def _handle_one(self, request: Any) -> Any:
         self._record(request)
+        fault = self._fault(request)
+        if fault is not None:
+            self.__dict__.setdefault("injected", collections.Counter())[fault] += 1
+            return _status(
+                fault, {409: "AlreadyExists", 429: "TooManyRequests"}.get(fault, "InternalError"), "injected"
+            )
         if request.action == kmock.action.CREATE and request.resource and request.resource.plural == "pods":
             invalid = _pod_errors(request.data)
             if invalid:
@@ -116,6 +128,17 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if uid is not None and self._live_uid(key) is None:
             await self._collect(uid)
         return response
+
+    def _fault(self, request: Any) -> int | None:
+        if self.faults is None or request.resource is None or request.action in (None, kmock.action.WATCH):
+            return None
+        if not request.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS):
+            return None
+        rate, rng = self.faults
+        if rng.random() >= rate:
+            return None
+        codes = [429, 500, 503] + ([409] if request.action == kmock.action.CREATE else [])
+        return rng.choice(codes)
 
     def _record(self, request: Any) -> None:
         if request.resource is None or request.action is None or not request.resource.plural:
@@ -187,6 +210,9 @@ def _status(code: int, reason: str, message: str) -> Any:
     return aiohttp.web.json_response({**body, "message": message}, status=code)
 
 
+#: User agents of the operator's clients: kopf itself and the kubernetes client.
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
+
 _VERBS = {
     "LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch", "DELETE": "delete",
 }  # fmt: skip
@@ -231,8 +257,7 @@ class Emulator:
         """(apiGroup, resource, verb) of every request the operator (kopf or the kubernetes
         client, not the test's urllib or kubectl) sent: what its RBAC must grant."""
         seen = getattr(self.emulator, "seen", set())
-        clients = ("kopf/", "OpenAPI-Generator/")
-        return {(g, r, v) for agent, g, r, v in seen if agent.startswith(clients)}
+        return {(g, r, v) for agent, g, r, v in seen if agent.startswith(OPERATOR_AGENTS)}
 
     def stop(self) -> None:
         if self._stop is not None:
