@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -125,8 +126,11 @@ class Api:
                     f"{what}: API answered {exc.status}; retrying.", delay=RETRY_DELAY
                 ) from exc
             raise
-        except OSError as exc:  # connection refused/reset: the API server is restarting
-            raise kopf.TemporaryError(f"{what}: {exc}; retrying.", delay=RETRY_DELAY) from exc
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused/reset: the API server is away
+            raise kopf.TemporaryError(
+                f"{what}: the API server is not reachable ({type(exc).__name__}); retrying.",
+                delay=RETRY_DELAY,
+            ) from exc
         data = response.data
         return json.loads(data) if data else {}
 

@@ -231,6 +231,8 @@ class Emulator:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._restart = asyncio.Event()
+        self._downtime = 0.0
         self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
 
     def start(self) -> Emulator:
@@ -245,13 +247,36 @@ class Emulator:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with _VersionedEmulator() as emu, kmock.Server(emu) as server:
+        self._restart = asyncio.Event()
+        port: int | None = None
+        async with _VersionedEmulator() as emu:
             for key, info in RESOURCES.items():
                 emu.resources[key] = info
             self.emulator = emu
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
+            while not self._stop.is_set():
+                # The objects live in ``emu``; only the HTTP server goes down on a restart.
+                async with kmock.Server(emu, port=port) as server:
+                    port = server.port
+                    self.url = str(server.url).rstrip("/")
+                    self._ready.set()
+                    stop, restart = (
+                        asyncio.ensure_future(self._stop.wait()),
+                        asyncio.ensure_future(self._restart.wait()),
+                    )
+                    await asyncio.wait({stop, restart}, return_when=asyncio.FIRST_COMPLETED)
+                    stop.cancel()
+                    restart.cancel()
+                    # Cut open watch streams now, as a dying API server does (aiohttp would wait 60 s).
+                    server.server.runner._shutdown_timeout = 0.5
+                if self._restart.is_set():
+                    self._restart.clear()
+                    await asyncio.sleep(self._downtime)
+
+    def restart(self, downtime: float) -> None:
+        """Take the API server down for ``downtime`` seconds (connections cut, watches broken),
+        then serve the same objects again on the same port."""
+        self._downtime = downtime
+        self._loop.call_soon_threadsafe(self._restart.set)
 
     def operator_requests(self) -> set[tuple[str, str, str]]:
         """(apiGroup, resource, verb) of every request the operator (kopf or the kubernetes
