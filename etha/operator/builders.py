@@ -7,6 +7,7 @@ from typing import Any
 
 from etha.operator import constants as c
 from etha.operator.names import master_address, master_name, network_policy_name, service_name, worker_name
+from etha.operator.security import apply_restricted_defaults
 from etha.operator.spec import JobSpec
 from etha.rendezvous_env import worker_env
 
@@ -153,6 +154,7 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
     spec["hostname"] = name
     spec["subdomain"] = service_name(job.name)
     spec.setdefault("restartPolicy", "Never")
+    apply_restricted_defaults(spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

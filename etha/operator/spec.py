@@ -10,6 +10,7 @@ from typing import Any
 from etha import constants as env_names
 from etha.operator import constants as c
 from etha.operator.names import longest_child_name
+from etha.operator.security import restricted_violations
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
@@ -78,6 +79,9 @@ def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) ->
                     f"spec.template.spec.containers[{i}].env sets {item['name']}, which the operator sets "
                     "per worker (from spec.replicas and the worker's index); remove it.",
                 )
+    refused = restricted_violations(template.get("spec") or {})
+    if refused:
+        raise InvalidSpec("spec.template.spec", refused[0])
     policy = (template.get("spec") or {}).get("restartPolicy", "Never")
     if policy not in ("Never", "OnFailure"):
         raise InvalidSpec(

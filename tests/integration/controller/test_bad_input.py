@@ -64,6 +64,8 @@ CASES: list[tuple[str, Mutate, str, bool | str]] = [
     ("restart-policy-always", template_spec(restartPolicy="Always"), "restartPolicy ('Always') must be Never or OnFailure", False),
     ("env-sets-rank", container_set(env=[{"name": "RANK", "value": "0"}]), "env sets RANK, which the operator sets", False),
     ("env-sets-world-size", container_set(env=[{"name": "WORLD_SIZE", "value": "3"}]), "env sets WORLD_SIZE", False),
+    ("privileged", container_set(securityContext={"privileged": True}), "containers[0].securityContext.privileged must be false", False),
+    ("host-network", template_spec(hostNetwork=True), "spec.template.spec.hostNetwork must be false", False),
     ("bad-quantity", container_set(resources={"requests": {"cpu": "lots"}}), "resources.requests[cpu]: Invalid value: 'lots'", False),
 ]  # fmt: skip
 LONG_NAME = "n" * 60  # derived pod names would exceed 63 characters

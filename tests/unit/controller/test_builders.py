@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from etha.operator.builders import build_master_pod, build_service, build_worker_pod, inject_env
@@ -114,3 +116,75 @@ def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
 
     acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
     assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created
+
+
+def test_worker_pods_meet_the_restricted_profile_by_default() -> None:
+    from tests.pss import restricted_violations
+
+    pod = build_worker_pod(parse(make_trainingjob()), 0, 0)
+    assert restricted_violations(pod["spec"]) == []
+    assert pod["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_the_template_may_ask_for_what_the_standard_allows() -> None:
+    from tests.pss import restricted_violations
+
+    job = make_trainingjob()
+    job["spec"]["template"]["spec"]["securityContext"] = {"runAsUser": 1000, "fsGroup": 1000}
+    job["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {
+        "capabilities": {"add": ["NET_BIND_SERVICE"]},
+        "readOnlyRootFilesystem": True,
+    }
+    pod = build_worker_pod(parse(job), 0, 0)
+    assert restricted_violations(pod["spec"]) == []
+    sc = pod["spec"]["containers"][0]["securityContext"]
+    assert (
+        sc["capabilities"] == {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]} and sc["readOnlyRootFilesystem"]
+    )
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"hostNetwork": True}, "spec.template.spec.hostNetwork must be false"),
+        ({"securityContext": {"runAsUser": 0}}, "spec.template.spec.securityContext.runAsUser must not be 0"),
+        ({"securityContext": {"runAsNonRoot": False}}, "runAsNonRoot must be true"),
+        (
+            {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]},
+            "spec.template.spec.volumes[0] uses hostPath",
+        ),
+        (
+            {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
+            "seccompProfile.type ('Unconfined')",
+        ),
+    ],
+)
+def test_the_template_may_not_ask_for_what_the_standard_forbids(change: dict, needle: str) -> None:
+    from etha.operator.spec import InvalidSpec
+
+    job = make_trainingjob()
+    job["spec"]["template"]["spec"].update(change)
+    with pytest.raises(InvalidSpec, match=re.escape(needle)):
+        parse(job)
+
+
+@pytest.mark.parametrize(
+    ("container_sc", "needle"),
+    [
+        ({"privileged": True}, "containers[0].securityContext.privileged must be false"),
+        ({"allowPrivilegeEscalation": True}, "allowPrivilegeEscalation must be false"),
+        ({"capabilities": {"add": ["SYS_ADMIN"]}}, "may only hold NET_BIND_SERVICE, not ['SYS_ADMIN']"),
+        ({"capabilities": {"drop": ["NET_RAW"]}}, "capabilities.drop must include ALL"),
+    ],
+)
+def test_containers_may_not_escalate(container_sc: dict, needle: str) -> None:
+    from etha.operator.spec import InvalidSpec
+
+    job = make_trainingjob()
+    job["spec"]["template"]["spec"]["containers"][0]["securityContext"] = container_sc
+    with pytest.raises(InvalidSpec, match=re.escape(needle)):
+        parse(job)

@@ -183,6 +183,10 @@ def pods_everywhere() -> list[tuple[str, dict[str, Any]]]:
     specs = [(f"{d['kind']}/{d['metadata']['name']}", spec) for d in docs if (spec := pod_spec_of(d))]
     job = parse(make_trainingjob())
     specs.append(("master pod", builders.build_master_pod(job, 0)["spec"]))
+    specs.append(("worker pod", builders.build_worker_pod(job, 0, 0)["spec"]))
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        worker = builders.build_worker_pod(parse(yaml.safe_load(example.read_text())), 0, 0)
+        specs.append((f"{example.name} worker", worker["spec"]))
     return specs
 
 
