@@ -3,7 +3,8 @@
 Known gaps of kmock 0.8 this works around (delete a workaround when an upgrade closes the gap):
 - ``GET /api/v1/namespaces`` (a cluster-scoped core list) fails in its path parser, so the
   operator under test runs cluster-wide (kopf then never lists namespaces);
-- label selectors are ignored on list (the operator filters by label itself);
+- label selectors are ignored on list (``_VersionedEmulator._serve_list`` applies equality-based
+  ones; the operator filters by label again anyway);
 - resources must be declared for discovery (below), v1/namespaces included;
 - no resourceVersion bumps, uids or creationTimestamps (``_VersionedEmulator`` adds them);
 - no generateName (``_VersionedEmulator`` names such objects; kopf's Events use it);
@@ -129,6 +130,14 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             await self._collect(uid)
         return response
 
+    async def _serve_list(self, request: Any) -> Any:
+        """kmock's list, filtered by ``labelSelector`` (equality-based: k=v, k!=v, k, !k)."""
+        result = await super()._serve_list(request)
+        selector = (request.params or {}).get("labelSelector")
+        if selector:
+            result["items"] = [o for o in result["items"] if _selects(selector, o)]
+        return result
+
     def _fault(self, request: Any) -> int | None:
         if self.faults is None or request.resource is None or request.action in (None, kmock.action.WATCH):
             return None
@@ -203,6 +212,25 @@ def _pod_errors(pod: Any) -> list[str]:
                         "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
                     )
     return errors
+
+
+def _selects(selector: str, obj: dict[str, Any]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
 
 
 def _status(code: int, reason: str, message: str) -> Any:

@@ -72,7 +72,7 @@ def test_gap_no_resource_version_or_uid_on_create(plain: str) -> None:
 
 
 def test_gap_label_selectors_are_ignored(plain: str) -> None:
-    """Workaround: etha.operator.k8s.Api.list_job_pods filters by label itself."""
+    """Workarounds: _VersionedEmulator._serve_list filters; Api.list_job_pods filters again."""
     call(plain, "POST", "/api/v1/namespaces/ns/pods", POD)
     _, listing = call(plain, "GET", "/api/v1/namespaces/ns/pods?labelSelector=a%3D2")
     assert [p["metadata"]["name"] for p in listing["items"]] == ["p"]
