@@ -33,7 +33,10 @@ from pathlib import Path
 os.environ.setdefault("RES_OPTIONS", "timeout:1 attempts:1")
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
-MODES = ("etha", "naive", "barrier")
+MODES = ("etha", "naive", "barrier", "etcd")
+DEFAULT_MODES = ("etha", "naive", "barrier")
+#: Set by main() when the etcd mode runs (the forked workers inherit it).
+ETCD_ENDPOINT = ""
 POLL = 0.001
 
 
@@ -58,6 +61,10 @@ def participant(
             store = TorchTCPStore(
                 "127.0.0.1", port, n, False, timeout=120, wait_for_workers=False, namespace=tag
             )
+        elif mode == "etcd":
+            from etha.kvstore.etcd import EtcdStore
+
+            store = EtcdStore([ETCD_ENDPOINT], namespace=tag, timeout=120)  # type: ignore[assignment]
         else:
             raw = dist.TCPStore(
                 "127.0.0.1", port, None, False, timedelta(seconds=120), wait_for_workers=False
@@ -67,6 +74,10 @@ def participant(
         if mode == "etha":
             store.set(f"rank/{rank}", "1")
             got = store.wait_for_keys("rank/*", n, candidate_keys=cands, timeout=120)
+            assert len(got) == n, got
+        elif mode == "etcd":  # a watch on the prefix; no candidate keys needed
+            store.set(f"rank/{rank}", "1")
+            got = store.wait_for_keys("rank/*", n, timeout=120)
             assert len(got) == n, got
         elif mode == "naive":
             raw.set(f"{tag}/rank/{rank}", "1")
@@ -81,8 +92,8 @@ def participant(
         else:
             raw.barrier(f"{tag}/barrier", n)
         ends.append(time.monotonic())
-        if mode == "etha":
-            store.close()
+        if mode in ("etha", "etcd"):
+            store.close(cleanup=False)
     except BaseException as exc:  # reported to the parent
         errors.append(f"rank {rank}: {exc!r}")
         ready.abort()
@@ -169,8 +180,18 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 256, 1024])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--procs", type=int, default=8, help="processes the participants are spread over")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument(
+        "--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES, help="etcd needs the etcd binary"
+    )
     args = ap.parse_args()
+    etcd = None
+    if "etcd" in args.modes:
+        global ETCD_ENDPOINT
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.etcd_server import EtcdServer
+
+        etcd = EtcdServer()
+        ETCD_ENDPOINT = etcd.endpoint
     master, port = start_master()
     results: dict[tuple[str, int], float] = {}
     try:
@@ -191,9 +212,14 @@ def main() -> int:
             if {"etha", "naive"} <= set(args.modes):
                 r = results[("naive", n)] / results[("etha", n)]
                 print(f"N={n:5d} naive/etha   = {r:.1f}x faster (target >= 50x)", flush=True)
+            if {"etha", "etcd"} <= set(args.modes):
+                r = results[("etcd", n)] / results[("etha", n)]
+                print(f"N={n:5d} etcd/etha    = {r:.2f}x", flush=True)
     finally:
         master.terminate()
         master.wait(10)
+        if etcd is not None:
+            etcd.stop()
     return 0
 
 
