@@ -66,6 +66,10 @@ def load_job(path: Path) -> LocalJob:
         spec = parse(doc)
     except InvalidSpec as exc:
         raise LocalRunError(f"{path}: {exc}") from exc
+    if spec.etcd_endpoints is not None:
+        raise LocalRunError(
+            f"{path}: spec.rendezvous.backend (etcd) is not supported by run-local; use tcp (the default)."
+        )
     main = spec.template["spec"]["containers"][0]
     command = [str(x) for x in (main.get("command") or []) + (main.get("args") or [])]
     if not command:

@@ -16,7 +16,7 @@ def main() -> None:
         store.set("config", json.dumps({"lr": 0.01, "seed": 1234}))
     config = json.loads(store.wait_for_key("config", timeout=300))
     print(f"rank {rank}: {len(ranks)} ranks ready, config {config}")
-    store.close()
+    store.close(cleanup=False)  # others may still be reading; the job's keys go with the job
 
 
 if __name__ == "__main__":

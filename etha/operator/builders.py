@@ -142,11 +142,12 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
     spec = template["spec"]
     injected = worker_env(
         job_name=job.name,
-        master_addr=master_address(job.name, job.namespace, attempt),
+        master_addr=torch_store_address(job, attempt),
         port=job.port,
         world_size=job.replicas,
         rank=rank,
         attempt=attempt,
+        etcd_endpoints=job.etcd_endpoints,
     )
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:
@@ -167,6 +168,14 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         },
         "spec": spec,
     }
+
+
+def torch_store_address(job: JobSpec, attempt: int) -> str:
+    """MASTER_ADDR: the master pod's name (backend tcp), or worker 0's, which then hosts torch's
+    env:// store itself (backend etcd, no master pod)."""
+    if job.etcd_endpoints is None:
+        return master_address(job.name, job.namespace, attempt)
+    return f"{worker_name(job.name, attempt, 0)}.{service_name(job.name)}.{job.namespace}.svc"
 
 
 def inject_env(user: list[dict[str, Any]], injected: dict[str, str]) -> list[dict[str, Any]]:

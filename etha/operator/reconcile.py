@@ -20,8 +20,9 @@ from etha.operator.builders import (
     build_network_policy,
     build_service,
     build_worker_pod,
+    torch_store_address,
 )
-from etha.operator.names import master_address, master_name, worker_name
+from etha.operator.names import master_name, worker_name
 from etha.operator.spec import JobSpec
 
 
@@ -227,6 +228,7 @@ def reconcile(
         else:
             acts.delete_pods.append(name)
 
+    uses_master = job.etcd_endpoints is None  # backend etcd: no master pod
     master = current.get(master_name(job.name, attempt))
     workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
 
@@ -237,10 +239,9 @@ def reconcile(
     # a replacement could not rejoin a rendezvous that already happened, so the attempt failed.
     vanished = []
     if phase == c.PHASE_RUNNING:
-        expected = [
-            master_name(job.name, attempt),
-            *(worker_name(job.name, attempt, r) for r in range(job.replicas)),
-        ]
+        expected = [worker_name(job.name, attempt, r) for r in range(job.replicas)]
+        if uses_master:
+            expected.append(master_name(job.name, attempt))
         vanished = [name for name in expected if name not in current]
     if failed or vanished:
         if failed:
@@ -291,16 +292,17 @@ def reconcile(
     # Create what is missing.
     if not service_exists:
         acts.create.append(build_service(job))
-    if network_policy_exists is False:
+    if network_policy_exists is False and uses_master:  # backend etcd: no master port to guard
         acts.create.append(build_network_policy(job))
-    if master is None:
+    if master is None and uses_master:
         acts.create.append(build_master_pod(job, attempt))
     for rank, worker in workers.items():
         if worker is None:
             acts.create.append(build_worker_pod(job, attempt, rank))
 
     active = counts["running"] + counts["succeeded"]
-    running = active == job.replicas and master is not None and pod_phase(master) == "Running"
+    master_up = not uses_master or (master is not None and pod_phase(master) == "Running")
+    running = active == job.replicas and master_up
     new_phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
     if phase == c.PHASE_RESTARTING and not running:
         new_phase = c.PHASE_RESTARTING
@@ -308,7 +310,7 @@ def reconcile(
         phase=new_phase,
         attempt=attempt,
         restarts=restarts,
-        masterAddress=f"{master_address(job.name, job.namespace, attempt)}:{job.port}",
+        masterAddress=f"{torch_store_address(job, attempt)}:{job.port}",
         workers=counts,
     )
     if running and phase != c.PHASE_RUNNING:

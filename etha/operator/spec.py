@@ -45,6 +45,8 @@ class JobSpec:
     active_deadline_seconds: int | None
     ttl_seconds_after_finished: int | None
     suspend: bool
+    #: None: backend tcp (a master pod); else the etcd endpoints (no master pod).
+    etcd_endpoints: list[str] | None = None
 
 
 def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) -> JobSpec:
@@ -106,6 +108,25 @@ def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) ->
         raise InvalidSpec("spec.suspend", f"spec.suspend ({suspend!r}) must be true or false.")
     assert port is not None and timeout is not None and max_restarts is not None
     check_name(name, replicas, max_restarts)
+    backend = rdzv.get("backend", "tcp")
+    etcd_endpoints = None
+    if backend == "etcd":
+        endpoints = (rdzv.get("etcd") or {}).get("endpoints") if isinstance(rdzv.get("etcd"), dict) else None
+        if (
+            not isinstance(endpoints, list)
+            or not endpoints
+            or not all(isinstance(e, str) and e for e in endpoints)
+        ):
+            raise InvalidSpec(
+                "spec.rendezvous.etcd.endpoints",
+                f"spec.rendezvous.etcd.endpoints ({endpoints!r}) must list at least one etcd endpoint "
+                "(host:port) when spec.rendezvous.backend is etcd.",
+            )
+        etcd_endpoints = list(endpoints)
+    elif backend != "tcp":
+        raise InvalidSpec(
+            "spec.rendezvous.backend", f"spec.rendezvous.backend ({backend!r}) must be tcp or etcd."
+        )
     image = rdzv.get("image") or default_image
     resources = rdzv.get("resources")
     return JobSpec(
@@ -122,6 +143,7 @@ def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) ->
         active_deadline_seconds=deadline,
         ttl_seconds_after_finished=ttl,
         suspend=suspend,
+        etcd_endpoints=etcd_endpoints,
     )
 
 

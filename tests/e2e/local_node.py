@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from etha import constants as env_names
 from etha.local import local_command
-from tests.helpers import REPO, TEST_ENV
+from tests.helpers import REPO, TEST_ENV, free_port
 from tests.integration.controller.emulator import Emulator
 
 POLL_SECONDS = 0.1
@@ -126,7 +126,13 @@ class LocalNode:
         else:
             values = {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
             master = values.get(env_names.ENV_MASTER_ADDR)
-            if master is not None:
+            if values.get(env_names.ENV_KVSTORE_BACKEND) == "etcd" and master is not None:
+                # No master pod: rank 0 hosts torch's store; give each job one free local port.
+                if master not in self.masters:
+                    self.masters[master] = free_port()
+                values[env_names.ENV_MASTER_ADDR] = "127.0.0.1"
+                values[env_names.ENV_MASTER_PORT] = str(self.masters[master])
+            elif master is not None:
                 if master not in self.masters:
                     return  # its master is not listening yet: stay Pending
                 port = str(self.masters[master])

@@ -39,10 +39,18 @@ class Emulated:
         self._cm = operated_emulator(self._operator)
         self.emu = self._cm.__enter__()
         self.node = LocalNode(self.emu, Path(self._tmp.name)).start()
+        self.etcd: Any = None
 
     def apply(self, manifest: dict[str, Any]) -> None:
         body = json.loads(json.dumps(manifest))
         body["metadata"]["namespace"] = NAMESPACE
+        rendezvous = body["spec"].get("rendezvous") or {}
+        if rendezvous.get("backend") == "etcd":
+            if self.etcd is None:
+                from tests.etcd_server import EtcdServer
+
+                self.etcd = EtcdServer()
+            rendezvous["etcd"] = {"endpoints": [self.etcd.endpoint]}
         self.emu.submit(body)
 
     def status(self, job: str) -> dict[str, Any]:
@@ -58,6 +66,8 @@ class Emulated:
     def close(self) -> None:
         try:
             self.node.stop()
+            if self.etcd is not None:
+                self.etcd.stop()
         finally:
             try:
                 self._cm.__exit__(None, None, None)  # stops operator and emulator, checks RBAC

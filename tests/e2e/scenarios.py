@@ -21,6 +21,8 @@ class Scenario:
     timeout: float = 240.0
     #: A pod to kill once the job is Running (a fault the job must survive).
     disrupt: str | None = None
+    #: The job rendezvouses through etcd: the provider points spec.rendezvous.etcd at its etcd.
+    needs_etcd: bool = False
 
     @property
     def name(self) -> str:
@@ -71,10 +73,17 @@ def _check_restarted_then_succeeded(status: dict[str, Any]) -> None:
     assert status["workers"]["succeeded"] == 2, status
 
 
+def _check_etcd(status: dict[str, Any]) -> None:
+    assert status["workers"]["succeeded"] == 3 and status["masterAddress"].startswith(
+        "etcd-rendezvous-worker-0-0."
+    ), status
+
+
 SCENARIOS = [
     Scenario("allreduce", example("allreduce"), "Succeeded", _check_succeeded(4)),
     Scenario("ddp", example("ddp"), "Succeeded", _check_succeeded(2)),
     Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
+    Scenario("etcd-rendezvous", example("etcd-rendezvous"), "Succeeded", _check_etcd, needs_etcd=True),
     Scenario("always-fails", _failing(), "Failed", _check_failed),
     Scenario(
         "master-killed",

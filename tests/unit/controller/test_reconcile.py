@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -232,3 +233,45 @@ def test_a_missing_pod_while_pending_is_just_created() -> None:
     pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Running")]
     acts = reconcile(parse(make_trainingjob(maxRestarts=1)), {"phase": "Pending"}, pods, True, NOW)
     assert names(acts.create) == ["mnist-worker-0-1"] and acts.delete_pods == []
+
+
+def etcd_job(**spec: object) -> dict:
+    return make_trainingjob(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["etcd-0:2379"]}}, **spec)
+
+
+def test_etcd_backend_starts_no_master_and_points_workers_at_etcd_and_rank_0() -> None:
+    acts = reconcile(parse(etcd_job(replicas=2)), {}, [], False, NOW)
+    assert names(acts.create) == ["mnist", "mnist-worker-0-0", "mnist-worker-0-1"]
+    env = {e["name"]: e["value"] for e in acts.create[2]["spec"]["containers"][0]["env"]}
+    assert env["ETHA_KVSTORE_BACKEND"] == "etcd" and env["ETHA_ETCD_ENDPOINTS"] == "etcd-0:2379"
+    assert env["MASTER_ADDR"] == "mnist-worker-0-0.mnist.research.svc"
+    assert env["TORCHELASTIC_USE_AGENT_STORE"] == "False" and "ETHA_KVSTORE_HOST" not in env
+    assert acts.status["masterAddress"] == "mnist-worker-0-0.mnist.research.svc:29500"
+
+
+def test_etcd_backend_is_running_without_a_master() -> None:
+    pods = [make_pod(f"mnist-worker-0-{r}", "Running") for r in range(2)]
+    acts = reconcile(parse(etcd_job()), {"phase": "Pending"}, pods, True, NOW)
+    assert acts.status["phase"] == "Running" and acts.create == []
+    again = reconcile(parse(etcd_job()), dict(acts.status), pods, True, NOW)
+    assert again.delete_pods == [] and again.status["phase"] == "Running"
+
+
+@pytest.mark.parametrize(
+    ("rendezvous", "needle"),
+    [
+        ({"backend": "etcd"}, "spec.rendezvous.etcd.endpoints (None) must list at least one"),
+        ({"backend": "etcd", "etcd": {"endpoints": []}}, "spec.rendezvous.etcd.endpoints ([]) must list"),
+        ({"backend": "zookeeper"}, "spec.rendezvous.backend ('zookeeper') must be tcp or etcd"),
+    ],
+)
+def test_bad_backend_settings_name_the_field(rendezvous: dict, needle: str) -> None:
+    from etha.operator.spec import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match=re.escape(needle)):
+        parse(make_trainingjob(rendezvous=rendezvous))
+
+
+def test_etcd_backend_needs_no_network_policy() -> None:
+    acts = reconcile(parse(etcd_job()), {}, [], True, NOW, False)
+    assert "NetworkPolicy" not in [m["kind"] for m in acts.create]
