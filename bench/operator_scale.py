@@ -14,6 +14,7 @@ runs, and the emulator does not share the operator's GIL); the real kopf operato
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +91,10 @@ class RemoteEmulator:
             self.proc.kill()
 
 
-def measure(jobs: int, replicas: int, concurrency: int, timeout: float) -> float | None:
-    """Seconds from creating ``jobs`` TrainingJobs to all their worker pods existing (None: timeout)."""
+@contextlib.contextmanager
+def operated(jobs: int, replicas: int, concurrency: int = 32) -> Iterator[tuple[RemoteEmulator, float]]:
+    """A fresh emulator and the operator against it; ``jobs`` TrainingJobs created at once.
+    Yields the emulator and the time the first job was created."""
     emu = RemoteEmulator()
     handlers.CREATE_CONCURRENCY = concurrency
     operator = harness.Operator()
@@ -104,32 +108,27 @@ def measure(jobs: int, replicas: int, concurrency: int, timeout: float) -> float
                 f"/apis/etha.io/v1alpha1/namespaces/{NS}/trainingjobs",
                 make_trainingjob(name=f"job{j}", namespace=NS, replicas=replicas),
             )
+        yield emu, start
+    finally:
+        operator.stop()
+        emu.close()
+
+
+def measure(jobs: int, replicas: int, concurrency: int, timeout: float) -> float | None:
+    """Seconds from creating ``jobs`` TrainingJobs to all their worker pods existing (None: timeout)."""
+    with operated(jobs, replicas, concurrency) as (emu, start):
         want = jobs * replicas
         while time.monotonic() - start < timeout:
             if emu.count_workers() >= want:
                 return time.monotonic() - start
             time.sleep(0.05)
         return None
-    finally:
-        operator.stop()
-        emu.close()
 
 
 def load(jobs: int, replicas: int, timeout: float) -> float | None:
     """Seconds from creating ``jobs`` TrainingJobs to all of them Succeeded, this process playing
     the kubelet (a pod seen is Running, a running worker Succeeded on the next pass)."""
-    emu = RemoteEmulator()
-    operator = harness.Operator()
-    harness._current["url"] = emu.url
-    handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))))
-    operator.start()
-    try:
-        start = time.monotonic()
-        for j in range(jobs):
-            emu.post(
-                f"/apis/etha.io/v1alpha1/namespaces/{NS}/trainingjobs",
-                make_trainingjob(name=f"load{j}", namespace=NS, replicas=replicas),
-            )
+    with operated(jobs, replicas) as (emu, start):
         while time.monotonic() - start < timeout:
             for pod in emu.get(f"/api/v1/namespaces/{NS}/pods").get("items") or []:
                 phase = (pod.get("status") or {}).get("phase")
@@ -144,9 +143,6 @@ def load(jobs: int, replicas: int, timeout: float) -> float | None:
                 return time.monotonic() - start
             time.sleep(0.2)
         return None
-    finally:
-        operator.stop()
-        emu.close()
 
 
 def fmt(value: float | None) -> str:

@@ -22,34 +22,25 @@ def worker_env(
     torch's env:// store is hosted by rank 0 (``master_addr`` is worker 0's name), so
     ``TORCHELASTIC_USE_AGENT_STORE`` is ``False``.
     """
-    if etcd_endpoints is not None:
-        return {
-            c.ENV_MASTER_ADDR: master_addr,
-            c.ENV_MASTER_PORT: str(port),
-            c.ENV_WORLD_SIZE: str(world_size),
-            c.ENV_RANK: str(rank),
-            c.ENV_LOCAL_RANK: "0",
-            c.ENV_TORCHELASTIC_USE_AGENT_STORE: "False",
-            c.ENV_TORCHELASTIC_RESTART_COUNT: str(attempt),
-            c.ENV_KVSTORE_BACKEND: "etcd",
-            c.ENV_ETCD_ENDPOINTS: ",".join(etcd_endpoints),
-            c.ENV_WORLD_SIZE_ETHA: str(world_size),
-            c.ENV_RANK_ETHA: str(rank),
-            c.ENV_JOB_NAME: job_name,
-            c.ENV_ATTEMPT: str(attempt),
-        }
-    return {
+    env = {
         c.ENV_MASTER_ADDR: master_addr,
         c.ENV_MASTER_PORT: str(port),
         c.ENV_WORLD_SIZE: str(world_size),
         c.ENV_RANK: str(rank),
         c.ENV_LOCAL_RANK: "0",
-        c.ENV_TORCHELASTIC_USE_AGENT_STORE: "True",
+        c.ENV_TORCHELASTIC_USE_AGENT_STORE: "True" if etcd_endpoints is None else "False",
         c.ENV_TORCHELASTIC_RESTART_COUNT: str(attempt),
-        c.ENV_KVSTORE_HOST: master_addr,
-        c.ENV_KVSTORE_PORT: str(port),
-        c.ENV_WORLD_SIZE_ETHA: str(world_size),
-        c.ENV_RANK_ETHA: str(rank),
-        c.ENV_JOB_NAME: job_name,
-        c.ENV_ATTEMPT: str(attempt),
     }
+    if etcd_endpoints is None:
+        env.update({c.ENV_KVSTORE_HOST: master_addr, c.ENV_KVSTORE_PORT: str(port)})
+    else:
+        env.update({c.ENV_KVSTORE_BACKEND: "etcd", c.ENV_ETCD_ENDPOINTS: ",".join(etcd_endpoints)})
+    env.update(
+        {
+            c.ENV_WORLD_SIZE_ETHA: str(world_size),
+            c.ENV_RANK_ETHA: str(rank),
+            c.ENV_JOB_NAME: job_name,
+            c.ENV_ATTEMPT: str(attempt),
+        }
+    )
+    return env
