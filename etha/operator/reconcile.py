@@ -43,7 +43,6 @@ class Actions:
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
     # Seconds after which the job should be looked at again (deadline, TTL), if any.
-    requeue_after: float | None = None
 
 
 def timestamp(now: datetime) -> str:
@@ -165,8 +164,6 @@ def reconcile(
         if counts is not None:
             acts.status["workers"] = counts
         acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
-        if job.ttl_seconds_after_finished is not None:
-            acts.requeue_after = float(job.ttl_seconds_after_finished)
         return acts
 
     # Finished: clean up what is left and honour the TTL.
@@ -176,11 +173,8 @@ def reconcile(
         )
         done = parse_time(status.get("completionTime"))
         if job.ttl_seconds_after_finished is not None and done is not None:
-            left = (done + timedelta(seconds=job.ttl_seconds_after_finished) - now).total_seconds()
-            if left <= 0:
-                acts.delete_job = True
-            else:
-                acts.requeue_after = left
+            # The handler's timer (ETHA_RECONCILE_INTERVAL) comes back; no requeue to compute.
+            acts.delete_job = done + timedelta(seconds=job.ttl_seconds_after_finished) <= now
         return acts
 
     # Suspended: no pods; resuming starts the current attempt afresh.
@@ -208,17 +202,15 @@ def reconcile(
         acts.events.append(Event("Normal", "Resumed", "Job resumed."))
 
     # Deadline.
-    if job.active_deadline_seconds is not None:
-        left = (start + timedelta(seconds=job.active_deadline_seconds) - now).total_seconds()
-        if left <= 0:
-            return finish(
-                c.PHASE_FAILED,
-                c.COND_FAILED,
-                c.REASON_DEADLINE_EXCEEDED,
-                f"The job ran longer than spec.activeDeadlineSeconds ({job.active_deadline_seconds}s).",
-                keep_workers=False,
-            )
-        acts.requeue_after = left
+    deadline = job.active_deadline_seconds
+    if deadline is not None and start + timedelta(seconds=deadline) <= now:
+        return finish(
+            c.PHASE_FAILED,
+            c.COND_FAILED,
+            c.REASON_DEADLINE_EXCEEDED,
+            f"The job ran longer than spec.activeDeadlineSeconds ({deadline}s).",
+            keep_workers=False,
+        )
 
     # Leftovers of earlier attempts go.
     current = {}

@@ -133,7 +133,7 @@ def test_deadline_exceeded_fails_and_deletes_pods() -> None:
     assert sorted(acts.delete_pods) == ["mnist-master-0", "mnist-worker-0-0"]
 
 
-def test_deadline_pending_requeues() -> None:
+def test_deadline_not_yet_reached_keeps_running() -> None:
     acts = reconcile(
         parse(make_trainingjob(activeDeadlineSeconds=60)),
         {"startTime": "2026-01-01T11:59:30Z"},
@@ -141,7 +141,9 @@ def test_deadline_pending_requeues() -> None:
         True,
         NOW,
     )
-    assert acts.requeue_after == 30
+    assert acts.status["phase"] == "Pending" and "Failed" not in [
+        c["type"] for c in acts.status.get("conditions", [])
+    ]
 
 
 @pytest.mark.parametrize(
