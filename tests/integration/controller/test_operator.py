@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,19 @@ def test_kubectl_apply_an_example(cluster: Emulator, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     wait_until(lambda: not cluster.pods(NS), 20, "the example's pods deleted")
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_children(cluster: Emulator) -> None:
+    cluster.submit(make_trainingjob(name="brief", namespace=NS, replicas=1, ttlSecondsAfterFinished=1))
+    wait_until(lambda: "brief-worker-0-0" in cluster.pods(NS), 20, "the worker")
+    cluster.set_pod_phase(NS, "brief-worker-0-0", "Succeeded", exit_code=0)
+
+    def gone() -> bool:
+        try:
+            cluster.job(NS, "brief")
+        except urllib.error.HTTPError as exc:
+            return exc.code == 404
+        return False
+
+    wait_until(gone, 20, "the TrainingJob deleted after its TTL")
+    wait_until(lambda: not cluster.pods(NS) and not cluster.services(NS), 20, "its children collected")
