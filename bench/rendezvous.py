@@ -22,7 +22,6 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RES_OPTIONS", "timeout:1 attempts:1")
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
@@ -150,31 +150,6 @@ def one_run(mode: str, port: int, n: int, procs: int, tag: str) -> float:
     return max(ends) - start
 
 
-def start_master() -> tuple[subprocess.Popen[bytes], int]:
-    port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "etha.kvstore.server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--log-level",
-            "WARNING",
-        ],
-    )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("master did not start")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 256, 1024])
@@ -187,12 +162,14 @@ def main() -> int:
     etcd = None
     if "etcd" in args.modes:
         global ETCD_ENDPOINT
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from tests.etcd_server import EtcdServer
 
         etcd = EtcdServer()
         ETCD_ENDPOINT = etcd.endpoint
-    master, port = start_master()
+    from tests.helpers import MasterProcess  # the tests' master process: 127.0.0.1, a free port
+
+    master = MasterProcess(Path(tempfile.mkdtemp(prefix="etha-bench-")))
+    port = master.port
     results: dict[tuple[str, int], float] = {}
     try:
         for n in args.sizes:
@@ -216,8 +193,7 @@ def main() -> int:
                 r = results[("etcd", n)] / results[("etha", n)]
                 print(f"N={n:5d} etcd/etha    = {r:.2f}x", flush=True)
     finally:
-        master.terminate()
-        master.wait(10)
+        master.stop()
         if etcd is not None:
             etcd.stop()
     return 0

@@ -244,6 +244,25 @@ def _pattern(prefix: str, suffix: str) -> re.Pattern[str]:
     return re.compile(f"(?:(?<=\x00)|^){re.escape(prefix)}[^\x00]*{re.escape(suffix)}(?=\x00|$)")
 
 
+def check_wait_for_keys(
+    pattern: str, count: int, value: str, candidates: list[str] | None
+) -> tuple[str, str, list[str] | None]:
+    """Validate a ``wait_for_keys`` request: returns the pattern's (prefix, suffix) and the
+    distinct candidates that match it (None when no candidates were given)."""
+    prefix, suffix = split_pattern(pattern)
+    check_count(count)
+    check_str("value", value)
+    if candidates is None:
+        return prefix, suffix, None
+    matching = select(candidates, prefix, suffix)
+    if len(matching) < count:
+        raise InvalidArgumentError(
+            f"expected_count ({count}) exceeds the {len(matching)} candidate keys "
+            f"matching {pattern!r}; it could never be reached."
+        )
+    return prefix, suffix, matching
+
+
 def check_timeout(timeout: float, name: str = "timeout") -> float:
     """Return ``timeout`` as a float after checking it is a non-negative number of seconds."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):

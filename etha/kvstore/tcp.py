@@ -254,15 +254,8 @@ class TorchTCPStore(KVStore):
             for known_sig, known_candidates, plan in _PLANS:
                 if known_sig == sig and known_candidates == candidates:
                     return plan
-        prefix, suffix = base.split_pattern(pattern)
-        base.check_count(count)
-        base.check_str("value", value)
-        matching = base.select(candidates, prefix, suffix)
-        if len(matching) < count:
-            raise InvalidArgumentError(
-                f"expected_count ({count}) exceeds the {len(matching)} candidate keys "
-                f"matching {pattern!r}; it could never be reached."
-            )
+        _, _, matching = base.check_wait_for_keys(pattern, count, value, candidates)
+        assert matching is not None  # candidates were given
         root = self._root(component)
         self._check_keys_fit(root, matching)
         want = value.encode("utf-8")

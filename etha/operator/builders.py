@@ -35,17 +35,24 @@ def owner_reference(job: JobSpec) -> dict[str, Any]:
     }
 
 
+def _owned_metadata(job: JobSpec, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Metadata of a child: its name, the job's namespace, ``labels``, owned by the job."""
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
 def build_service(job: JobSpec) -> Manifest:
     """The headless Service: DNS names for the job's pods, published before they are Ready."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": service_name(job.name),
-            "namespace": job.namespace,
-            "labels": {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY},
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": _owned_metadata(
+            job, service_name(job.name), {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+        ),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -61,12 +68,9 @@ def build_network_policy(job: JobSpec) -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": network_policy_name(job.name),
-            "namespace": job.namespace,
-            "labels": {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY},
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": _owned_metadata(
+            job, network_policy_name(job.name), {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+        ),
         "spec": {
             "podSelector": {"matchLabels": {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_MASTER}},
             "policyTypes": ["Ingress"],
@@ -112,12 +116,7 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": job.namespace,
-            "labels": child_labels(job.name, c.ROLE_MASTER, attempt),
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": _owned_metadata(job, name, child_labels(job.name, c.ROLE_MASTER, attempt)),
         "spec": {
             "hostname": name,
             "subdomain": service_name(job.name),
@@ -160,11 +159,12 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": name,
-            "namespace": job.namespace,
-            "labels": {**(meta.get("labels") or {}), **child_labels(job.name, c.ROLE_WORKER, attempt, rank)},
+            **_owned_metadata(
+                job,
+                name,
+                {**(meta.get("labels") or {}), **child_labels(job.name, c.ROLE_WORKER, attempt, rank)},
+            ),
             "annotations": dict(meta.get("annotations") or {}),
-            "ownerReferences": [owner_reference(job)],
         },
         "spec": spec,
     }

@@ -65,10 +65,12 @@ async def reconcile_job(
         fail_invalid(body, patch, current, str(exc), logger)
         return
     pods = await api().list_job_pods(namespace, name)
-    has_service = await api().service_exists(namespace, name)
-    has_policy = (
-        await api().network_policy_exists(namespace, network_policy_name(name)) if NETWORK_POLICY else None
-    )
+    # A finished job creates nothing: skip the two reads that only decide what to create.
+    finished = current.get("phase") in c.FINISHED_PHASES
+    has_service = finished or await api().service_exists(namespace, name)
+    has_policy = None
+    if NETWORK_POLICY and not finished:
+        has_policy = await api().network_policy_exists(namespace, network_policy_name(name))
     acts = reconcile(job, current, pods, has_service, datetime.datetime.now(datetime.UTC), has_policy)
 
     gate = asyncio.Semaphore(CREATE_CONCURRENCY)

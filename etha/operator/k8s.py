@@ -45,15 +45,16 @@ class Api:
         return [p for p in items if (p.get("metadata", {}).get("labels") or {}).get(c.LABEL_JOB) == job]
 
     async def service_exists(self, namespace: str, name: str) -> bool:
-        try:
-            await self._call("read service", self._core.read_namespaced_service, name, namespace)
-        except _NotFound:
-            return False
-        return True
+        return await self._exists("read service", self._core.read_namespaced_service, name, namespace)
 
     async def network_policy_exists(self, namespace: str, name: str) -> bool:
+        return await self._exists(
+            "read networkpolicy", self._net.read_namespaced_network_policy, name, namespace
+        )
+
+    async def _exists(self, what: str, fn: Any, name: str, namespace: str) -> bool:
         try:
-            await self._call("read networkpolicy", self._net.read_namespaced_network_policy, name, namespace)
+            await self._call(what, fn, name, namespace)
         except _NotFound:
             return False
         return True

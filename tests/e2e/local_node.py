@@ -102,8 +102,8 @@ class LocalNode:
                 self._start(uid, pod)
 
     def _watch(self, uid: str, p: _Proc) -> None:
-        known = p.address is None or p.address in self.masters
-        if p.port_file is not None and p.address is not None and not known and p.port_file.exists():
+        # A master pod: once it listens, record its local port under its DNS name.
+        if p.port_file and p.address and p.address not in self.masters and p.port_file.exists():
             self.masters[p.address] = int(p.port_file.read_text())
         code = p.proc.poll()
         if code is not None and uid not in self._reported:

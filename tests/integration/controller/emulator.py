@@ -69,11 +69,19 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """
 
     _versions = itertools.count(1)
-    #: (user agent, apiGroup, resource[/subresource], RBAC verb) of every API request served.
-    seen: set[tuple[str, str, str, str]]
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        #: (user agent, apiGroup, resource[/subresource], RBAC verb) of every API request served.
+        self.seen: set[tuple[str, str, str, str]] = set()
+        #: Fault injection: (rate, rng); each operator request (not watches) fails with this chance.
+        self.faults: tuple[float, random.Random] | None = None
+        #: How many faults were injected, by HTTP status.
+        self.injected: collections.Counter[int] = collections.Counter()
+        self._inflight: set[int] = set()
 
     async def _handle(self, request: Any) -> Any:
-        inflight = self.__dict__.setdefault("_inflight", set())
+        inflight = self._inflight
         inflight.add(id(request))
         try:
             return await self._handle_one(request)
@@ -83,15 +91,11 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             inflight.discard(id(request))
             self._requests[:] = [r for r in self._requests if id(r) in inflight]
 
-    #: Fault injection: (rate, rng); each operator request (not watches) fails with this chance.
-    faults: tuple[float, random.Random] | None = None
-    injected: collections.Counter[int]
-
     async def _handle_one(self, request: Any) -> Any:
         self._record(request)
         fault = self._fault(request)
         if fault is not None:
-            self.__dict__.setdefault("injected", collections.Counter())[fault] += 1
+            self.injected[fault] += 1
             return _status(
                 fault, {409: "AlreadyExists", 429: "TooManyRequests"}.get(fault, "InternalError"), "injected"
             )
@@ -157,7 +161,7 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             verb = "update"
         plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         agent = request.headers.get("User-Agent", "")
-        self.__dict__.setdefault("seen", set()).add((agent, request.resource.group or "", plural, verb))
+        self.seen.add((agent, request.resource.group or "", plural, verb))
 
     @staticmethod
     def _key_of(request: Any) -> Any:
@@ -309,7 +313,7 @@ class Emulator:
     def operator_requests(self) -> set[tuple[str, str, str]]:
         """(apiGroup, resource, verb) of every request the operator (kopf or the kubernetes
         client, not the test's urllib or kubectl) sent: what its RBAC must grant."""
-        seen = getattr(self.emulator, "seen", set())
+        seen = self.emulator.seen
         return {(g, r, v) for agent, g, r, v in seen if agent.startswith(OPERATOR_AGENTS)}
 
     def stop(self) -> None:

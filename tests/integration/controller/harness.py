@@ -67,8 +67,8 @@ def operated_emulator(operator: Operator) -> Iterator[Emulator]:
     emu = Emulator().start()
     _current["url"] = emu.url
     handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))))
-    operator.start()
     try:
+        operator.start()
         yield emu
     finally:
         operator.stop()

@@ -79,12 +79,8 @@ def bad_job(case_id: str, change: Mutate) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Emulator]:
-    operator = Operator()
-    try:
-        with operated_emulator(operator) as emu:
-            yield emu
-    finally:
-        operator.stop()
+    with operated_emulator(Operator()) as emu:  # it stops the operator on the way out
+        yield emu
 
 
 @pytest.fixture(scope="module")

@@ -112,12 +112,8 @@ def test_operator_killed_at_random_points_converges_exactly(emulator: Emulator, 
 
 @pytest.fixture
 def flaky_cluster() -> Iterator[Emulator]:
-    operator = Operator()
-    try:
-        with operated_emulator(operator) as emu:
-            yield emu
-    finally:
-        operator.stop()
+    with operated_emulator(Operator()) as emu:  # it stops the operator on the way out
+        yield emu
 
 
 def test_api_errors_at_random_are_retried_and_jobs_converge(flaky_cluster: Emulator) -> None:
