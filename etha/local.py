@@ -2,12 +2,16 @@
 
 The rendezvous master and every worker run as local processes with the environment the operator
 would inject (the master's DNS name mapped to 127.0.0.1). Output streams prefixed by rank; the
-first worker to fail stops the rest and the command exits non-zero naming it; Ctrl-C stops all.
+rendezvous is reported as ranks join (the master's status document, as the operator shows it in
+``status.rendezvous``), and ranks that have not joined within ``spec.rendezvous.timeoutSeconds``
+fail the run, named with their processes. The first worker to fail stops the rest and the command
+exits non-zero naming it; Ctrl-C stops all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -16,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +32,14 @@ from etha import constants as env_names
 from etha.operator.builders import build_worker_pod
 from etha.operator.names import master_address
 from etha.operator.spec import InvalidSpec, JobSpec, parse
+from etha.rendezvous_status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)
 
 #: How long a stopped process gets between SIGTERM and SIGKILL.
 STOP_GRACE_SECONDS = 5.0
+#: Seconds between two looks at the master's status document while ranks are joining.
+STATUS_POLL_SECONDS = 0.5
 
 
 class LocalRunError(Exception):
@@ -166,6 +174,7 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="etha-run-local-") as tmp:
         port_file = Path(tmp) / "port"
+        status_file = Path(tmp) / "status-port"
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             runner.spawn(
@@ -184,23 +193,28 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
                     str(job.replicas),
                     "--job",
                     job.name,
+                    "--status-port",
+                    "0",
+                    "--status-port-file",
+                    str(status_file),
                 ],
                 base_env,
                 None,
             )
             master = runner.procs["master"]
-            while not port_file.exists():
+            while not (port_file.exists() and status_file.exists()):
                 if master.poll() is not None:
                     runner.say("etha", f"the rendezvous master exited with code {master.returncode}")
                     return 1
                 time.sleep(0.02)
             port = int(port_file.read_text())
+            status_url = f"http://{host}:{int(status_file.read_text())}/status"
             cwd = job.working_dir if job.working_dir and Path(job.working_dir).is_dir() else None
             for rank in range(job.replicas):
                 # The shell's environment under the pod's (the contract's, under the manifest's own).
                 env = {**base_env, **local_env(job, rank, port, host)}
                 runner.spawn(f"rank {rank}", local_command(job.command), env, cwd)
-            return _supervise(runner, job, started, timeout)
+            return _supervise(runner, job, started, timeout, _Rendezvous(job, status_url, time.monotonic()))
         except KeyboardInterrupt:
             runner.say("etha", "interrupted; stopping every process")
             return 130
@@ -208,7 +222,63 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
             runner.stop_all()
 
 
-def _supervise(runner: _Runner, job: LocalJob, started: float, timeout: float | None) -> int:
+class _Rendezvous:
+    """Follows the master's status document until every rank has joined."""
+
+    def __init__(self, job: LocalJob, url: str, started: float) -> None:
+        self.job = job
+        self.url = url
+        self.started = started
+        self.complete = False
+        self.joined: set[int] = set()
+        self.said = ""
+        self.next_look = 0.0
+
+    def look(self, runner: _Runner) -> None:
+        now = time.monotonic()
+        if self.complete or now < self.next_look:
+            return
+        self.next_look = now + STATUS_POLL_SECONDS
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as response:
+                status = MasterStatus.parse(json.load(response))
+        except (OSError, ValueError, BadStatus) as exc:
+            runner.say("etha", f"cannot read the rendezvous status at {self.url}: {exc}")
+            return
+        self.joined = status.joined_ranks({})
+        total = self.job.replicas
+        missing = [r for r in range(total) if r not in self.joined]
+        self.complete = not missing
+        text = progress(len(self.joined), total, missing)
+        if self.complete:
+            text += f" in {now - self.started:.1f}s"
+        if text != self.said:
+            runner.say("etha", f"rendezvous: {text}")
+            self.said = text
+
+    def timed_out(self, runner: _Runner) -> str | None:
+        """The failure message once spec.rendezvous.timeoutSeconds passed without every rank."""
+        limit = self.job.spec.rendezvous_timeout
+        if self.complete or time.monotonic() - self.started < limit:
+            return None
+        self.next_look = 0.0
+        self.look(runner)  # one last look: a rank may have arrived since
+        if self.complete:
+            return None
+
+        def describe(rank: int) -> str:
+            proc = runner.procs[f"rank {rank}"]
+            code = proc.poll()
+            state = "still running" if code is None else f"exited with code {code}"
+            return f"process {proc.pid}, {state}"
+
+        missing = [r for r in range(self.job.replicas) if r not in self.joined]
+        return timeout_message(missing, self.job.replicas, limit, describe)
+
+
+def _supervise(
+    runner: _Runner, job: LocalJob, started: float, timeout: float | None, rendezvous: _Rendezvous
+) -> int:
     workers = {label: p for label, p in runner.procs.items() if label != "master"}
     while True:
         for label, proc in workers.items():
@@ -226,6 +296,11 @@ def _supervise(runner: _Runner, job: LocalJob, started: float, timeout: float | 
         master = runner.procs["master"]
         if master.poll() is not None:
             runner.say("etha", f"the rendezvous master exited early with code {master.returncode}")
+            return 1
+        rendezvous.look(runner)
+        failure = rendezvous.timed_out(runner)
+        if failure is not None:
+            runner.say("etha", f"TrainingJob {job.name} failed. {failure}")
             return 1
         if timeout is not None and time.monotonic() - started > timeout:
             runner.say("etha", f"TrainingJob {job.name} did not finish within {timeout:g}s")

@@ -42,8 +42,9 @@ def free_port() -> int:
 class MasterProcess:
     """``python -m etha.kvstore.server`` on 127.0.0.1, started and stopped by a test."""
 
-    def __init__(self, tmp: Path, port: int = 0, world_size: int | None = None) -> None:
+    def __init__(self, tmp: Path, port: int = 0, world_size: int | None = None, status: bool = False) -> None:
         self.port_file = tmp / f"master-{time.monotonic_ns()}.port"
+        status_file = tmp / f"master-{time.monotonic_ns()}.status-port"
         self.log_file = tmp / f"master-{time.monotonic_ns()}.log"
         args = [
             sys.executable,
@@ -58,6 +59,8 @@ class MasterProcess:
         ]
         if world_size is not None:
             args += ["--world-size", str(world_size)]
+        if status:
+            args += ["--status-port", "0", "--status-port-file", str(status_file)]
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=TEST_ENV)
         wait_until(
@@ -66,6 +69,8 @@ class MasterProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"master exited with {self.proc.returncode}: {self.log()}")
         self.port = int(self.port_file.read_text())
+        #: The status endpoint's port (with ``status=True``).
+        self.status_port = int(status_file.read_text()) if status else None
 
     def log(self) -> str:
         if not self._log.closed:

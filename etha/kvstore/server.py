@@ -1,24 +1,29 @@
 """The rendezvous master: ``python -m etha.kvstore.server``.
 
 Runs in the master pod the operator creates (and as a local process under ``etha run-local``).
-Hosts a torch TCPStore on an IPv4 socket it binds itself, logs every rank that joins through
-``etha.kvstore.from_env()``, and exits 0 on SIGTERM or SIGINT.
+Hosts a torch TCPStore on an IPv4 socket it binds itself, logs every rank that joins (see
+``_peers``: an unmodified env:// script is recognised by its connection), serves a read-only
+status document over HTTP (``--status-port``: ``GET /status``, ``GET /healthz``), and exits 0 on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from etha.constants import DEFAULT_MASTER_PORT
+from etha.kvstore._peers import PeerTracker
 from etha.kvstore.errors import KVStoreError
 
 if TYPE_CHECKING:  # torch is imported only once the server starts
@@ -26,8 +31,9 @@ if TYPE_CHECKING:  # torch is imported only once the server starts
 
 logger = logging.getLogger("etha.kvstore.server")
 
-#: Seconds between two looks at which ranks have joined.
-JOIN_POLL_INTERVAL = 0.2
+#: Seconds between two looks at which ranks have joined (at least; a look that takes long, with
+#: thousands of connections, spaces the next ones out so that looking stays under ~10% of a core).
+JOIN_POLL_INTERVAL = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--world-size",
         type=int,
         default=None,
-        help="Number of workers expected; enables the 'rank N joined (k/N)' log lines.",
+        help="Number of workers expected; enables the 'rank N joined (k/N)' log lines and the "
+        "joined/missing ranks of the status document.",
     )
     parser.add_argument(
         "--job", default="", help="Name of the TrainingJob, shown in log lines (default: none)."
@@ -60,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="Write the port actually bound to this file once listening (useful with --port 0).",
+    )
+    parser.add_argument(
+        "--status-port",
+        type=int,
+        default=None,
+        help="Serve the read-only status document (GET /status: ranks joined and missing, peers, "
+        "uptime; GET /healthz) over HTTP on this port, on --host; 0 picks a free one "
+        "(default: no status endpoint).",
+    )
+    parser.add_argument(
+        "--status-port-file",
+        type=Path,
+        default=None,
+        help="Write the status port actually bound to this file once serving.",
     )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level."
@@ -77,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.world_size is not None and args.world_size < 1:
         logger.error("--world-size (%d) must be at least 1.", args.world_size)
+        return 2
+    if args.status_port is not None and not 0 <= args.status_port <= 65535:
+        logger.error("--status-port (%d) must be in 0..65535.", args.status_port)
         return 2
 
     stop = threading.Event()
@@ -99,41 +123,124 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     job = f" for job {args.job}" if args.job else ""
     logger.info("rendezvous master%s listening on %s:%d", job, args.host, store.port)
-    if args.port_file is not None:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(f"{store.port}\n")
-        tmp.replace(args.port_file)
+    tracker = PeerTracker(store.port, args.world_size)
+    lock = threading.Lock()
+    http: ThreadingHTTPServer | None = None
     try:
-        watch_joins(store, args.world_size, stop)
+        if args.status_port is not None:
+            try:
+                http = serve_status(args.host, args.status_port, tracker, lock, args.job)
+            except OSError as exc:
+                logger.error("cannot serve status on %s:%d: %s", args.host, args.status_port, exc)
+                return 1
+            logger.info("status on http://%s:%d/status", args.host, http.server_address[1])
+            if args.status_port_file is not None:
+                _write_port(args.status_port_file, http.server_address[1])
+        if args.port_file is not None:
+            _write_port(args.port_file, store.port)
+        watcher = threading.Thread(
+            target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
+        )
+        watcher.start()
         # A timed wait: the main thread must get back to the interpreter to run signal handlers,
         # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
         while not stop.wait(0.5):
             pass
+        watcher.join(5)
     finally:
+        if http is not None:
+            http.shutdown()
+            http.server_close()
         store.close()
     logger.info("rendezvous master stopped")
     return 0
 
 
-def watch_joins(store: TorchTCPStore, world_size: int | None, stop: threading.Event) -> None:
-    """Log each rank as it joins, until all have joined or ``stop`` is set."""
+def _write_port(path: Path, port: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
+def serve_status(
+    host: str, port: int, tracker: PeerTracker, lock: threading.Lock, job: str
+) -> ThreadingHTTPServer:
+    """Serve ``GET /status`` (JSON) and ``GET /healthz`` from a background thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "etha-rendezvous"
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] == "/status":
+                with lock:
+                    body = json.dumps(tracker.report(job)).encode()
+                self._send(200, "application/json", body)
+            elif self.path == "/healthz":
+                self._send(200, "text/plain", b"ok\n")
+            else:
+                self._send(404, "text/plain", b"not found: try /status or /healthz\n")
+
+        def _read_only(self) -> None:
+            self.send_response(405)
+            self.send_header("Allow", "GET")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = _read_only
+
+        def _send(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            logger.debug("status: " + format, *args)
+
+    http = ThreadingHTTPServer((host, port), Handler)
+    http.daemon_threads = True
+    threading.Thread(target=http.serve_forever, name="status-http", daemon=True).start()
+    return http
+
+
+def watch_joins(
+    store: TorchTCPStore, tracker: PeerTracker, lock: threading.Lock, stop: threading.Event
+) -> None:
+    """Log each rank as it joins (by its connection, or its from_env() registration) and each
+    peer address no rank could be read for, until all ranks have joined or ``stop`` is set."""
+    world_size = tracker.world_size
     if world_size is None:
         return
-    started = time.monotonic()
-    missing = list(range(world_size))
-    while missing and not stop.wait(JOIN_POLL_INTERVAL):
+    seen_addresses: set[str] = set()
+    pause = JOIN_POLL_INTERVAL
+    while not stop.wait(pause):
+        began = time.monotonic()
+        missing = tracker.missing()
         try:
-            joined = store.joined_ranks(missing)
+            registered = store.joined_ranks(missing) if missing else {}
         except KVStoreError as exc:
             logger.warning("could not read joined ranks: %s", exc)
-            continue
-        for rank in sorted(joined):
-            missing.remove(rank)
-            logger.info(
-                "rank %d joined from %s (%d/%d)", rank, joined[rank], world_size - len(missing), world_size
-            )
-    if not missing:
-        logger.info("all %d ranks joined in %.2fs", world_size, time.monotonic() - started)
+            registered = {}
+        with lock:
+            new = [r for r in sorted(registered) if tracker.record(r, registered[r])]
+            new += tracker.refresh()
+            joined = dict(tracker.joined)
+            addresses = [a for a in tracker.addresses if a not in seen_addresses]
+            everyone = len(joined) + len(tracker.addresses) >= world_size
+        before = len(joined) - len(set(new))
+        for i, rank in enumerate(sorted(set(new)), 1):
+            logger.info("rank %d joined from %s (%d/%d)", rank, joined[rank], before + i, world_size)
+        for address in addresses:
+            seen_addresses.add(address)
+            logger.info("connection from %s (its rank is told by the pod that has this IP)", address)
+        if len(joined) == world_size:
+            logger.info("all %d ranks joined in %.2fs", world_size, time.monotonic() - tracker.started)
+            return
+        if everyone:  # as many peers as ranks: whoever tells addresses apart has all it needs
+            logger.info("%d peers connected in %.2fs", world_size, time.monotonic() - tracker.started)
+            return
+        pause = max(JOIN_POLL_INTERVAL, 10 * (time.monotonic() - began))
 
 
 if __name__ == "__main__":

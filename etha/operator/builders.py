@@ -6,7 +6,14 @@ import copy
 from typing import Any
 
 from etha.operator import constants as c
-from etha.operator.names import master_address, master_name, network_policy_name, service_name, worker_name
+from etha.operator.names import (
+    master_address,
+    master_name,
+    network_policy_name,
+    service_name,
+    status_port,
+    worker_name,
+)
 from etha.operator.security import apply_restricted_defaults
 from etha.operator.spec import JobSpec
 from etha.rendezvous_env import worker_env
@@ -62,9 +69,15 @@ def build_service(job: JobSpec) -> Manifest:
     }
 
 
-def build_network_policy(job: JobSpec) -> Manifest:
+def build_network_policy(job: JobSpec, operator: dict[str, Any] | None = None) -> Manifest:
     """Only this job's pods may reach its master's port: torch's TCPStore has no authentication,
-    so anyone who reaches it could read or corrupt the rendezvous."""
+    so anyone who reaches it could read or corrupt the rendezvous. ``operator`` (a
+    NetworkPolicyPeer selecting the operator's pods) may reach the read-only status port."""
+    status_rule = (
+        [{"from": [copy.deepcopy(operator)], "ports": [{"protocol": "TCP", "port": status_port(job.port)}]}]
+        if operator is not None
+        else []
+    )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -78,7 +91,8 @@ def build_network_policy(job: JobSpec) -> Manifest:
                 {
                     "from": [{"podSelector": {"matchLabels": {c.LABEL_JOB: job.name}}}],
                     "ports": [{"protocol": "TCP", "port": job.port}],
-                }
+                },
+                *status_rule,
             ],
         },
     }
@@ -102,9 +116,18 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
             str(job.replicas),
             "--job",
             job.name,
+            "--status-port",
+            str(status_port(job.port)),
         ],
-        "ports": [{"name": "rendezvous", "containerPort": job.port, "protocol": "TCP"}],
-        "readinessProbe": {"tcpSocket": {"port": job.port}, "periodSeconds": 2},
+        "ports": [
+            {"name": "rendezvous", "containerPort": job.port, "protocol": "TCP"},
+            {"name": c.MASTER_STATUS_PORT_NAME, "containerPort": status_port(job.port), "protocol": "TCP"},
+        ],
+        # Probes go to the status port: a probe of the store's port would be one more store client.
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": c.MASTER_STATUS_PORT_NAME},
+            "periodSeconds": 2,
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

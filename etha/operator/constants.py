@@ -64,6 +64,8 @@ REASON_RESTARTING: Final = "Restarting"
 REASON_SUCCEEDED: Final = "AllWorkersSucceeded"
 # A child was created.
 REASON_CREATED: Final = "Created"
+# Not every worker joined the rendezvous within spec.rendezvous.timeoutSeconds.
+REASON_RENDEZVOUS_TIMEOUT: Final = "RendezvousTimeout"
 
 # --- Defaults ----------------------------------------------------------------------------------
 # Image the master runs unless spec.rendezvous.image or the operator's settings say otherwise.
@@ -74,3 +76,8 @@ DEFAULT_RENDEZVOUS_TIMEOUT: Final = 900
 MAX_DNS_LABEL: Final = 63
 # Name of the container in the master pod.
 MASTER_CONTAINER: Final = "rendezvous"
+# Port of the master's read-only HTTP status document (GET /status, GET /healthz); the operator
+# reads it while ranks join. Moves to the next port if spec.rendezvous.port takes it.
+MASTER_STATUS_PORT: Final = 8080
+# Name of that port on the master container.
+MASTER_STATUS_PORT_NAME: Final = "status"

@@ -6,14 +6,16 @@ import asyncio
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from etha.operator import constants as c
 from etha.operator.k8s import Api, ChildRejected
-from etha.operator.names import network_policy_name
+from etha.operator.names import master_name, network_policy_name
 from etha.operator.reconcile import condition, reconcile, set_condition
+from etha.operator.rendezvous import needs_master_status, pod_status_url, read_master_status
 from etha.operator.spec import InvalidSpec, parse
 
 #: Seconds between two looks at every running TrainingJob (pods change without telling the job).
@@ -25,13 +27,34 @@ NETWORK_POLICY = os.environ.get("ETHA_NETWORK_POLICY", "true").lower() in ("1", 
 #: The master's image unless spec.rendezvous.image says otherwise.
 RUNTIME_IMAGE = os.environ.get("ETHA_RUNTIME_IMAGE", c.DEFAULT_RUNTIME_IMAGE)
 
+#: The operator's own namespace (the chart sets it from the downward API) and pod labels: each
+#: job's NetworkPolicy admits these pods to the master's status port.
+OPERATOR_NAMESPACE = os.environ.get("ETHA_OPERATOR_NAMESPACE", "")
+OPERATOR_POD_LABELS = os.environ.get("ETHA_OPERATOR_POD_LABELS", "")
+
 _api: Api | None = None
+#: Where a master pod serves its status document; tests whose "pods" are local processes replace it.
+_status_url: Callable[[dict[str, Any]], str | None] = pod_status_url
 
 
-def configure(api: Api) -> None:
-    """Give the handlers their API module (``python -m etha.operator`` and tests do)."""
-    global _api
+def configure(api: Api, status_url: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+    """Give the handlers their API module (``python -m etha.operator`` and tests do), and
+    optionally how to reach a master pod's status document."""
+    global _api, _status_url
     _api = api
+    _status_url = status_url or pod_status_url
+
+
+def operator_peer(namespace: str, labels: str) -> dict[str, Any] | None:
+    """The NetworkPolicyPeer that selects the operator's pods, or None when its namespace is not
+    known (e.g. run outside the cluster, where it cannot reach pod IPs anyway)."""
+    if not namespace:
+        return None
+    peer: dict[str, Any] = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+    pairs = [item.split("=", 1) for item in labels.split(",") if "=" in item]
+    if pairs:
+        peer["podSelector"] = {"matchLabels": {k.strip(): v.strip() for k, v in pairs}}
+    return peer
 
 
 def api() -> Api:
@@ -71,7 +94,23 @@ async def reconcile_job(
     has_policy = None
     if NETWORK_POLICY and not finished:
         has_policy = await api().network_policy_exists(namespace, network_policy_name(name))
-    acts = reconcile(job, current, pods, has_service, datetime.datetime.now(datetime.UTC), has_policy)
+    master_pod = master_name(name, int(current.get("attempt") or 0))
+    master = next((p for p in pods if p["metadata"]["name"] == master_pod), None)
+    report = None
+    if needs_master_status(job, current, master):
+        assert master is not None
+        url = _status_url(master)
+        report = await read_master_status(url) if url else None
+    acts = reconcile(
+        job,
+        current,
+        pods,
+        has_service,
+        datetime.datetime.now(datetime.UTC),
+        has_policy,
+        master_status=report,
+        operator_peer=operator_peer(OPERATOR_NAMESPACE, OPERATOR_POD_LABELS),
+    )
 
     gate = asyncio.Semaphore(CREATE_CONCURRENCY)
     created: set[str] = set()

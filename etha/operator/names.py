@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from etha.operator import constants as c
+
 
 def service_name(job: str) -> str:
     """The headless Service that gives the job's pods DNS names."""
@@ -30,3 +32,8 @@ def longest_child_name(job: str, replicas: int, max_restarts: int) -> str:
 def network_policy_name(job: str) -> str:
     """The job's NetworkPolicy that guards its master's port."""
     return f"{job}-rendezvous"
+
+
+def status_port(rendezvous_port: int) -> int:
+    """The master's HTTP status port: a fixed one, stepping aside if the store port took it."""
+    return c.MASTER_STATUS_PORT if rendezvous_port != c.MASTER_STATUS_PORT else c.MASTER_STATUS_PORT + 1

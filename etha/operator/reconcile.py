@@ -23,7 +23,9 @@ from etha.operator.builders import (
     torch_store_address,
 )
 from etha.operator.names import master_name, worker_name
+from etha.operator.rendezvous import observe
 from etha.operator.spec import JobSpec
+from etha.rendezvous_status import MasterStatus
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,15 @@ def reconcile(
     service_exists: bool,
     now: datetime,
     network_policy_exists: bool | None = None,
+    master_status: MasterStatus | str | None = None,
+    operator_peer: dict[str, Any] | None = None,
 ) -> Actions:
     """What to do next for ``job``; ``pods`` are every pod labelled with the job's name.
 
-    ``network_policy_exists`` is None when the operator manages no NetworkPolicies.
+    ``network_policy_exists`` is None when the operator manages no NetworkPolicies;
+    ``master_status`` is the current master's status document, why it could not be read, or None
+    if it was not asked (see ``rendezvous.needs_master_status``); ``operator_peer`` selects the
+    operator's pods in the NetworkPolicy, which admits them to the master's status port.
     """
     acts = Actions()
     phase = status.get("phase")
@@ -271,6 +278,22 @@ def reconcile(
             counts=counts,
         )
 
+    # Rendezvous: who joined (status.rendezvous, backend tcp), and its timeout.
+    view, timed_out = observe(
+        job, attempt, status.get("rendezvous") or {}, master, workers, master_status, now
+    )
+    if uses_master:  # backend etcd: no master to ask, nothing to show
+        acts.status["rendezvous"] = view
+    if timed_out is not None:
+        return finish(
+            c.PHASE_FAILED,
+            c.COND_FAILED,
+            c.REASON_RENDEZVOUS_TIMEOUT,
+            timed_out,
+            keep_workers=False,
+            counts=counts,
+        )
+
     if all(p is not None and pod_phase(p) == "Succeeded" for p in workers.values()):
         return finish(
             c.PHASE_SUCCEEDED,
@@ -285,7 +308,7 @@ def reconcile(
     if not service_exists:
         acts.create.append(build_service(job))
     if network_policy_exists is False and uses_master:  # backend etcd: no master port to guard
-        acts.create.append(build_network_policy(job))
+        acts.create.append(build_network_policy(job, operator_peer))
     if master is None and uses_master:
         acts.create.append(build_master_pod(job, attempt))
     for rank, worker in workers.items():

@@ -1,8 +1,10 @@
 """A node for the emulated cluster: runs every pod the operator creates as a local process and
 reports its phase back through the API, as a kubelet would.
 
-Mapped for this machine: a master pod listens on 127.0.0.1 on a free port (so jobs never clash),
-and a worker's MASTER_ADDR / ETHA_KVSTORE_HOST and ports point at its master's local address;
+Mapped for this machine: a master pod listens on 127.0.0.1 on free ports (so jobs never clash),
+a worker's MASTER_ADDR / ETHA_KVSTORE_HOST and ports point at its master's local address, and
+``status_url`` tells the operator where a master pod serves its status document (what the pod's
+IP and port would in a cluster);
 ``workingDir`` /app (the runtime image's) is this repository; ``python`` is this interpreter.
 A worker whose master is not listening yet stays Pending. Only a pod's first container runs.
 Images are not pulled: the local environment stands in for the runtime image.
@@ -36,6 +38,7 @@ class _Proc:
     log: IO[bytes]
     port_file: Path | None = None
     address: str | None = None  # a master's DNS name, once it listens
+    status_port_file: Path | None = None
 
 
 class LocalNode:
@@ -61,6 +64,15 @@ class LocalNode:
         for p in list(self.procs.values()):
             _terminate(p.proc)
             p.log.close()
+
+    def status_url(self, pod: dict[str, Any]) -> str | None:
+        """Where this master pod's process serves ``GET /status`` (None until it does)."""
+        meta = pod["metadata"]
+        for p in list(self.procs.values()):
+            found = (p.namespace, p.pod) == (meta["namespace"], meta["name"])
+            if found and p.status_port_file is not None and p.status_port_file.exists():
+                return f"http://127.0.0.1:{int(p.status_port_file.read_text())}/status"
+        return None
 
     def kill(self, namespace: str, pod: str) -> None:
         """SIGKILL a pod's process, as an OOM kill or a crash would."""
@@ -118,10 +130,11 @@ class LocalNode:
         container = spec["containers"][0]
         argv = [str(x) for x in (container.get("command") or []) + (container.get("args") or [])]
         env = {**TEST_ENV, "PYTHONUNBUFFERED": "1"}
-        port_file = address = None
+        port_file = address = status_port_file = None
         if argv[1:3] == ["-m", "etha.kvstore.server"]:
             port_file = self.workdir / f"{namespace}_{name}.port"
-            argv = _remap_master_args(argv, port_file)
+            status_port_file = self.workdir / f"{namespace}_{name}.status-port"
+            argv = _remap_master_args(argv, port_file, status_port_file)
             address = f"{spec['hostname']}.{spec['subdomain']}.{namespace}.svc"
         else:
             values = {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
@@ -152,18 +165,24 @@ class LocalNode:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.procs[uid] = _Proc(name, namespace, container["name"], proc, log, port_file, address)
+        self.procs[uid] = _Proc(
+            name, namespace, container["name"], proc, log, port_file, address, status_port_file
+        )
         self.emu.set_pod_phase(namespace, name, "Running")
 
 
-def _remap_master_args(argv: list[str], port_file: Path) -> list[str]:
+def _remap_master_args(argv: list[str], port_file: Path, status_port_file: Path) -> list[str]:
     out = list(argv)
     for flag, value in (("--host", "127.0.0.1"), ("--port", "0")):
         if flag in out:
             out[out.index(flag) + 1] = value
         else:
             out += [flag, value]
-    return [*out, "--port-file", str(port_file)]
+    out += ["--port-file", str(port_file)]
+    if "--status-port" in out:
+        out[out.index("--status-port") + 1] = "0"
+        out += ["--status-port-file", str(status_port_file)]
+    return out
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

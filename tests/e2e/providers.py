@@ -36,7 +36,8 @@ class Emulated:
 
         self._tmp = tempfile.TemporaryDirectory(prefix="etha-e2e-")
         self._operator = Operator()
-        self._cm = operated_emulator(self._operator)
+        # The "pods" are local processes: the node knows where each master serves its status.
+        self._cm = operated_emulator(self._operator, status_url=lambda pod: self.node.status_url(pod))
         self.emu = self._cm.__enter__()
         self.node = LocalNode(self.emu, Path(self._tmp.name)).start()
         self.etcd: Any = None

@@ -79,12 +79,54 @@ def _check_etcd(status: dict[str, Any]) -> None:
     ), status
 
 
+def _never_joins() -> dict[str, Any]:
+    """Rank 2 never reaches init_process_group: after spec.rendezvous.timeoutSeconds the job
+    fails naming rank 2 and its pod, and says ranks 0 and 1 joined."""
+    doc = copy.deepcopy(example("allreduce"))
+    doc["metadata"]["name"] = "rank-never-joins"
+    doc["spec"]["replicas"] = 3
+    doc["spec"]["rendezvous"] = {"timeoutSeconds": 15}
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = [
+        "python",
+        "-c",
+        "import os, time\n"
+        "if os.environ['RANK'] == '2':\n"
+        "    time.sleep(600)\n"
+        "import torch.distributed as dist\n"
+        "dist.init_process_group('gloo', init_method='env://')\n",
+    ]
+    return doc
+
+
+def _check_never_joined(status: dict[str, Any]) -> None:
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RendezvousTimeout", failed
+    assert failed["message"].startswith(
+        "Rendezvous timed out: 1 of 3 ranks did not join within spec.rendezvous.timeoutSeconds (15s): "
+        "rank 2 (pod rank-never-joins-worker-0-2: Running, never connected to the master)."
+    ), failed
+    rendezvous = status["rendezvous"]
+    assert (rendezvous["joinedText"], rendezvous["joinedRanks"], rendezvous["missing"]) == ("2/3", "0-1", "2")
+    assert rendezvous["complete"] is False, rendezvous
+
+
+def _check_joined(replicas: int) -> Callable[[dict[str, Any]], None]:
+    def check(status: dict[str, Any]) -> None:
+        _check_succeeded(replicas)(status)
+        assert status["rendezvous"]["joinedText"] == f"{replicas}/{replicas}", status
+        assert status["rendezvous"]["complete"] is True, status
+
+    return check
+
+
 SCENARIOS = [
-    Scenario("allreduce", example("allreduce"), "Succeeded", _check_succeeded(4)),
-    Scenario("ddp", example("ddp"), "Succeeded", _check_succeeded(2)),
+    Scenario("allreduce", example("allreduce"), "Succeeded", _check_joined(4)),
+    Scenario("ddp", example("ddp"), "Succeeded", _check_joined(2)),
     Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
     Scenario("etcd-rendezvous", example("etcd-rendezvous"), "Succeeded", _check_etcd, needs_etcd=True),
     Scenario("always-fails", _failing(), "Failed", _check_failed),
+    Scenario("rank-never-joins", _never_joins(), "Failed", _check_never_joined),
     Scenario(
         "master-killed",
         _long_ddp("master-killed"),

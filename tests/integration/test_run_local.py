@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,46 @@ def test_bad_manifest_is_refused_with_a_clear_message(tmp_path: Path, body: str,
     res = run_local(manifest, timeout=60)
     assert res.returncode == 2
     assert message in res.stderr
+
+
+def test_rank_that_never_joins_fails_the_run_naming_it(tmp_path: Path) -> None:
+    manifest = tmp_path / "never.yaml"
+    manifest.write_text(
+        """
+apiVersion: etha.io/v1alpha1
+kind: TrainingJob
+metadata: {name: never-joins}
+spec:
+  replicas: 3
+  rendezvous: {timeoutSeconds: 8}
+  template:
+    spec:
+      containers:
+        - name: w
+          image: local
+          command: ["python", "-c"]
+          args:
+            - |
+              import os, time
+              if os.environ["RANK"] == "1":
+                  time.sleep(600)  # never reaches init_process_group
+              import torch.distributed as dist
+              dist.init_process_group("gloo", init_method="env://")
+"""
+    )
+    res = run_local(manifest, timeout=90)
+    assert res.returncode == 1, res.stdout[-3000:]
+    assert "[etha] rendezvous: 2/3 joined, waiting for rank 1" in res.stdout, res.stdout[-3000:]
+    line = next(x for x in res.stdout.splitlines() if "failed. Rendezvous timed out" in x)
+    assert re.fullmatch(
+        r"\[etha\] TrainingJob never-joins failed\. Rendezvous timed out: 1 of 3 ranks did not join within "
+        r"spec\.rendezvous\.timeoutSeconds \(8s\): rank 1 \(process \d+, still running\)\.",
+        line,
+    ), line
+
+
+def test_allreduce_example_reports_the_rendezvous() -> None:
+    res = run_local(REPO / "examples" / "allreduce.yaml")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "[etha] rendezvous: 0/4 joined, waiting for ranks 0-3" in res.stdout
+    assert "[etha] TrainingJob allreduce succeeded: 4 workers finished" in res.stdout

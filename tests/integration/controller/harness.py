@@ -8,7 +8,7 @@ import functools
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,15 +58,18 @@ class Operator:
 
 
 @contextmanager
-def operated_emulator(operator: Operator) -> Iterator[Emulator]:
+def operated_emulator(
+    operator: Operator, status_url: Callable[[dict[str, Any]], str | None] | None = None
+) -> Iterator[Emulator]:
     """The emulator plus the operator running against it, each in its own thread and loop.
+    ``status_url`` says where a master pod serves its status document (default: its pod IP).
 
     On the way out, checks RBAC sufficiency: every request the operator sent is granted by the
     chart's and deploy/'s roles.
     """
     emu = Emulator().start()
     _current["url"] = emu.url
-    handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))))
+    handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))), status_url)
     try:
         operator.start()
         yield emu

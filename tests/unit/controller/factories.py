@@ -40,16 +40,21 @@ def make_pod(
     attempt: int = 0,
     job: str = "mnist",
     exit_code: int | None = None,
+    created: str | None = None,
+    ip: str | None = None,
+    **status_fields: Any,
 ) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": phase}
+    status: dict[str, Any] = {"phase": phase, **status_fields}
+    if ip is not None:
+        status["podIP"] = ip
     if exit_code is not None:
         status["containerStatuses"] = [
             {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
         ]
-    return {
-        "metadata": {
-            "name": name,
-            "labels": {"etha.io/job-name": job, "etha.io/role": role, "etha.io/attempt": str(attempt)},
-        },
-        "status": status,
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {"etha.io/job-name": job, "etha.io/role": role, "etha.io/attempt": str(attempt)},
     }
+    if created is not None:
+        metadata["creationTimestamp"] = created
+    return {"metadata": metadata, "spec": {"containers": [{"name": "c"}]}, "status": status}

@@ -26,7 +26,13 @@ def test_names_match_the_contract() -> None:
     assert (names["kind"], names["plural"], names["shortNames"]) == ("TrainingJob", "trainingjobs", ["tj"])
     version = doc["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Ready", "Restarts", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase",
+        "Ready",
+        "Joined",
+        "Restarts",
+        "Age",
+    ]
 
 
 def walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:

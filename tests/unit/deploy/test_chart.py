@@ -151,9 +151,15 @@ def test_cluster_scope_without_namespaces_watches_all() -> None:
     (deployment,) = [d for d in render() if d["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--all-namespaces" in container["args"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["ETHA_RUNTIME_IMAGE"] == "ghcr.io/etha-io/etha-runtime:0.1.0"
     assert env["ETHA_NETWORK_POLICY"] == "true"
+    # The operator's own identity, for the NetworkPolicy rule that admits it to the status port.
+    assert env["ETHA_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for pair in env["ETHA_OPERATOR_POD_LABELS"].split(","):
+        key, value = pair.split("=")
+        assert labels[key] == value and deployment["spec"]["selector"]["matchLabels"][key] == value
     assert container["image"] == "ghcr.io/etha-io/etha-operator:0.1.0"
 
 

@@ -1,0 +1,215 @@
+"""Who has connected to the rendezvous master: the peers of its store's port, and their ranks.
+
+An unmodified ``init_process_group(init_method="env://")`` writes nothing rank-specific to the
+store when it joins (torch 2.13's TCPStore client leaves no key on connect, and NCCL exchanges
+its id lazily), but every rank opens a TCP connection to ``MASTER_ADDR:MASTER_PORT``. So the
+master looks at the connections it accepted (they are sockets of this very process):
+
+- a peer on this host (``etha run-local``, tests) is traced to its process through
+  ``/proc/net/tcp`` and ``/proc/<pid>/fd``, and its rank read from that process's ``RANK``;
+- a peer on another host (a worker pod) is reported by address; the operator, which knows each
+  worker pod's IP, turns addresses into ranks.
+
+Linux only (``/proc``); elsewhere the master reports no peers and says so once in its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from etha import constants as env_names
+
+logger = logging.getLogger("etha.kvstore.server")
+
+_PROC = Path("/proc")
+
+
+def accepted_peers(port: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP connection this process holds whose local port is ``port``:
+    the clients of a server listening there. IPv4-mapped IPv6 addresses are given as IPv4."""
+    peers: set[tuple[str, int]] = set()
+    fd_dir = _PROC / "self" / "fd"
+    for entry in os.listdir(fd_dir):
+        try:
+            if not os.readlink(fd_dir / entry).startswith("socket:"):
+                continue
+            dup = os.dup(int(entry))  # the fd may close under us; a dup is ours to close
+        except (OSError, ValueError):
+            continue
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if sock.getsockname()[1] != port:
+                continue
+            host, peer_port = sock.getpeername()[:2]  # the listening socket has none: OSError
+            peers.add((_unmap(host), peer_port))
+        except OSError:
+            continue
+        finally:
+            sock.close()
+    return peers
+
+
+def _unmap(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def local_owners(peers: set[tuple[str, int]], server_port: int) -> dict[tuple[str, int], int]:
+    """The pid that owns the client end of each peer connection that lives on this host.
+
+    Peers on other hosts (and processes this user may not inspect) are left out."""
+    inodes = _client_inodes(peers, server_port)
+    if not inodes:
+        return {}
+    owners: dict[str, int] = {}
+    wanted = set(inodes.values())
+    for pid_dir in _PROC.iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            entries = os.listdir(pid_dir / "fd")
+        except OSError:
+            continue  # another user's process, or gone
+        for entry in entries:
+            try:
+                target = os.readlink(pid_dir / "fd" / entry)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in wanted:
+                owners.setdefault(target[8:-1], int(pid_dir.name))
+        if len(owners) == len(wanted):
+            break
+    return {peer: owners[inode] for peer, inode in inodes.items() if inode in owners}
+
+
+def _client_inodes(peers: set[tuple[str, int]], server_port: int) -> dict[tuple[str, int], str]:
+    """Socket inode of the client end of each peer connection, from this network namespace's
+    TCP tables (a connection from another host has no client end here)."""
+    found: dict[tuple[str, int], str] = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (_PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10:
+                continue
+            local, remote, inode = cols[1], cols[2], cols[9]
+            if _hex_port(remote) != server_port:
+                continue
+            peer = (_hex_address(local), _hex_port(local))
+            if peer in peers:
+                found[peer] = inode
+    return found
+
+
+def _hex_port(field_: str) -> int:
+    return int(field_.rsplit(":", 1)[1], 16)
+
+
+def _hex_address(field_: str) -> str:
+    """'0100007F:1F90' -> '127.0.0.1' (the kernel prints each 32-bit word in host byte order)."""
+    raw = field_.rsplit(":", 1)[0]
+    words = [struct.pack("=I", int(raw[i : i + 8], 16)) for i in range(0, len(raw), 8)]
+    packed = b"".join(words)
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return _unmap(socket.inet_ntop(socket.AF_INET6, packed))
+
+
+def rank_of_process(pid: int) -> int | None:
+    """The ``RANK`` (or ``ETHA_RANK``) in process ``pid``'s environment, if it has one."""
+    try:
+        raw = (_PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return None
+    env = dict(item.split(b"=", 1) for item in raw.split(b"\x00") if b"=" in item)
+    for name in (env_names.ENV_RANK, env_names.ENV_RANK_ETHA):
+        value = env.get(name.encode())
+        if value is not None and value.isdigit():
+            return int(value)
+    return None
+
+
+@dataclass
+class PeerTracker:
+    """What the master has seen connect to its store port, kept for the master's lifetime
+    (a rank that joined and left still joined). ``refresh()`` is cheap once peers are known."""
+
+    port: int
+    world_size: int | None
+    started: float = field(default_factory=time.monotonic)
+    #: rank -> where it came from ("127.0.0.1 pid 4242", or the host a from_env() client named)
+    joined: dict[int, str] = field(default_factory=dict)
+    #: address -> seconds after start it was first seen, for peers no rank could be read for
+    addresses: dict[str, float] = field(default_factory=dict)
+    _known: set[tuple[str, int]] = field(default_factory=set)
+    _available: bool = True
+
+    def refresh(self) -> list[int]:
+        """Look at the connections now; returns the ranks that joined since the last look."""
+        if not self._available:
+            return []
+        try:
+            peers = accepted_peers(self.port) - self._known
+        except OSError as exc:
+            self._available = False
+            logger.warning("cannot list the store's connections (%s); peers are not reported", exc)
+            return []
+        if not peers:
+            return []
+        self._known |= peers
+        owners = local_owners(peers, self.port)
+        new: list[int] = []
+        for peer in sorted(peers):
+            pid = owners.get(peer)
+            if pid == os.getpid():
+                continue  # the master's own client connections
+            rank = rank_of_process(pid) if pid is not None else None
+            if rank is not None and self._valid(rank):
+                if rank not in self.joined:
+                    self.joined[rank] = f"{peer[0]} pid {pid}"
+                    new.append(rank)
+            elif peer[0] not in self.addresses:
+                self.addresses[peer[0]] = round(time.monotonic() - self.started, 3)
+        return new
+
+    def record(self, rank: int, origin: str) -> bool:
+        """A rank that registered itself (``etha.kvstore.from_env()``); True if it is new."""
+        if rank in self.joined or not self._valid(rank):
+            return False
+        self.joined[rank] = origin
+        return True
+
+    def _valid(self, rank: int) -> bool:
+        return self.world_size is None or 0 <= rank < self.world_size
+
+    def missing(self) -> list[int]:
+        if self.world_size is None:
+            return []
+        return [r for r in range(self.world_size) if r not in self.joined]
+
+    def report(self, job: str) -> dict[str, object]:
+        """The master's status document (``GET /status``)."""
+        missing = self.missing()
+        return {
+            "job": job,
+            "worldSize": self.world_size,
+            "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "joined": sorted(self.joined),
+            "missing": missing,
+            "complete": self.world_size is not None and not missing,
+            "peers": sorted(self.addresses),
+        }

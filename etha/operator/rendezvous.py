@@ -1,0 +1,182 @@
+"""Rendezvous visibility: which ranks have joined, and the timeout that names the ones that did not.
+
+The master serves ``GET /status`` (``etha.kvstore.server``): the ranks it recognised itself and the
+addresses of the peers it could not (pods on other hosts). The operator knows each worker pod's IP,
+so it turns those addresses into ranks. Everything here is pure except ``read_master_status``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from etha.operator import constants as c
+from etha.operator.spec import JobSpec
+from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
+
+Pod = dict[str, Any]
+
+#: Seconds the operator waits for a master's status document before giving up for this round.
+READ_TIMEOUT = 2.0
+
+
+def pod_status_url(pod: Pod) -> str | None:
+    """``http://<pod IP>:<status port>/status`` of a master pod, once it has an IP."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    for container in pod["spec"].get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == c.MASTER_STATUS_PORT_NAME:
+                host = f"[{ip}]" if ":" in ip else ip
+                return f"http://{host}:{port['containerPort']}/status"
+    return None  # a master made by an operator without status ports
+
+
+async def read_master_status(url: str) -> MasterStatus | str:
+    """The master's status document, or why it could not be read (a one-line reason)."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+            if response.status != 200:
+                return f"GET {url} answered HTTP {response.status}"
+            return MasterStatus.parse(json.loads(await response.read()))
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return f"GET {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
+    except (ValueError, BadStatus) as exc:
+        return f"GET {url} returned no status document: {exc}"
+
+
+def needs_master_status(job: JobSpec, status: Mapping[str, Any], master: Pod | None) -> bool:
+    """Ask the master only while its attempt's rendezvous is incomplete and it is running."""
+    if job.etcd_endpoints is not None or status.get("phase") in c.FINISHED_PHASES or job.suspend:
+        return False
+    seen = status.get("rendezvous") or {}
+    if seen.get("attempt") == int(status.get("attempt") or 0) and seen.get("complete"):
+        return False
+    return master is not None and _phase(master) == "Running"
+
+
+def pod_state(pod: Pod | None) -> str:
+    """'Pending: Unschedulable: 0/3 nodes are available ...', 'Running', 'not created'."""
+    if pod is None:
+        return "not created"
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            detail = str(waiting["reason"])
+            if waiting.get("message"):
+                detail += f": {waiting['message']}"
+            return f"{phase}, container {cs.get('name')} {detail}"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            reason = cond.get("reason") or "Unschedulable"
+            return f"{phase}: {reason}: {cond.get('message') or 'not scheduled'}"
+    return str(phase)
+
+
+def created_at(pod: Pod | None) -> datetime | None:
+    raw = (pod or {}).get("metadata", {}).get("creationTimestamp")
+    if not raw:
+        return None
+    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def observe(
+    job: JobSpec,
+    attempt: int,
+    previous: Mapping[str, Any],
+    master: Pod | None,
+    workers: Mapping[int, Pod | None],
+    report: MasterStatus | str | None,
+    now: datetime,
+) -> tuple[dict[str, Any], str | None]:
+    """``status.rendezvous`` for this attempt, and the failure message if it timed out.
+
+    ``report`` is the master's status document, or why it could not be read, or None when it was
+    not asked. A rank has joined if the master saw it (by rank, or by its pod's address) or its pod
+    already Succeeded. The timeout runs from the attempt's start (its master pod's creation; with
+    the etcd backend, its first worker's). Without a status document the operator fails only on
+    what it knows: ranks whose pods are not running cannot have joined.
+    """
+    total = job.replicas
+    before = dict(previous) if previous.get("attempt") == attempt else {}
+    if before.get("complete"):
+        return before, None
+    joined: set[int] = set()
+    known = isinstance(report, MasterStatus)
+    if isinstance(report, MasterStatus):
+        addresses = {r: (p.get("status") or {}).get("podIP") if p else None for r, p in workers.items()}
+        joined = {r for r in report.joined_ranks(addresses) if 0 <= r < total}
+    joined |= {r for r, p in workers.items() if p is not None and _phase(p) == "Succeeded"}
+    if not known and before:
+        joined |= set(_ranks(before.get("joinedRanks")))  # keep what an earlier look saw
+    missing = [r for r in range(total) if r not in joined]
+    view: dict[str, Any] = {
+        "attempt": attempt,
+        "joined": len(joined),
+        "total": total,
+        "joinedText": f"{len(joined)}/{total}",
+        "joinedRanks": rank_ranges(joined),
+        "missing": rank_ranges(missing),
+        "complete": not missing,
+    }
+    if isinstance(report, str):
+        view["message"] = f"Cannot read the master's status: {report}"
+    elif known:
+        view["message"] = progress(len(joined), total, missing)
+    elif "message" in before:
+        view["message"] = before["message"]
+
+    begun = created_at(master) if job.etcd_endpoints is None else _earliest(workers)
+    if not missing or begun is None or now < begun + timedelta(seconds=job.rendezvous_timeout):
+        return view, None
+    # Timed out. Without the master's word, only ranks whose pods are not running surely failed.
+    surely = missing if known else [r for r in missing if not _running(workers.get(r))]
+    if not surely:
+        return view, None
+    names = {r: (p["metadata"]["name"] if p else None) for r, p in workers.items()}
+
+    def describe(rank: int) -> str:
+        pod = workers.get(rank)
+        state = pod_state(pod)
+        if pod is not None and state == "Running" and known:
+            state = "Running, never connected to the master"
+        return f"pod {names.get(rank) or '?'}: {state}"
+
+    message = timeout_message(surely, total, job.rendezvous_timeout, describe)
+    if job.etcd_endpoints is None and not _running(master):
+        message += f" The master pod {master['metadata']['name'] if master else '?'} is {pod_state(master)}."
+    return view, message
+
+
+def _phase(pod: Pod) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _running(pod: Pod | None) -> bool:
+    return pod is not None and _phase(pod) in ("Running", "Succeeded")
+
+
+def _earliest(workers: Mapping[int, Pod | None]) -> datetime | None:
+    times = [t for t in (created_at(p) for p in workers.values()) if t is not None]
+    return min(times) if times else None
+
+
+def _ranks(text: object) -> list[int]:
+    """'0-2, 5' -> [0, 1, 2, 5]; anything else -> []."""
+    out: list[int] = []
+    if not isinstance(text, str):
+        return out
+    for part in text.split(","):
+        part = part.strip()
+        low, _, high = part.partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            out.extend(range(int(low), int(high or low) + 1))
+    return out

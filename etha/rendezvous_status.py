@@ -1,0 +1,104 @@
+"""The master's status document and the words shared by the operator and ``etha run-local``.
+
+Pure: no I/O, no clock; importing it needs neither torch nor kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: How many missing ranks a message describes one by one (the rest are given as ranges).
+DETAILED_RANKS = 8
+
+
+class BadStatus(ValueError):
+    """The status document is not what ``python -m etha.kvstore.server`` serves."""
+
+
+@dataclass(frozen=True)
+class MasterStatus:
+    """``GET /status`` of the rendezvous master (see ``etha.kvstore.server``)."""
+
+    world_size: int | None
+    uptime_seconds: float
+    #: Ranks the master identified itself (a local process's RANK, or a from_env() registration).
+    joined: frozenset[int]
+    #: Addresses of connected peers the master could not put a rank to (pods on other hosts).
+    peers: frozenset[str]
+
+    @classmethod
+    def parse(cls, doc: Any) -> MasterStatus:
+        if not isinstance(doc, dict):
+            raise BadStatus(f"expected a JSON object, got {type(doc).__name__}")
+        world = doc.get("worldSize")
+        uptime = doc.get("uptimeSeconds")
+        joined = doc.get("joined")
+        peers = doc.get("peers")
+        if world is not None and (not isinstance(world, int) or world < 1):
+            raise BadStatus(f"worldSize ({world!r}) must be a positive integer or null")
+        if not isinstance(uptime, int | float) or uptime < 0:
+            raise BadStatus(f"uptimeSeconds ({uptime!r}) must be a non-negative number")
+        if not isinstance(joined, list) or not all(isinstance(r, int) and r >= 0 for r in joined):
+            raise BadStatus(f"joined ({joined!r}) must be a list of ranks")
+        if not isinstance(peers, list) or not all(isinstance(a, str) for a in peers):
+            raise BadStatus(f"peers ({peers!r}) must be a list of addresses")
+        return cls(world, float(uptime), frozenset(joined), frozenset(peers))
+
+    def joined_ranks(self, address_of_rank: Mapping[int, str | None]) -> set[int]:
+        """Every rank that joined: those the master named, and those whose pod's address
+        (``address_of_rank``) connected. An address shared by several ranks (hostNetwork pods on
+        one node) names none of them."""
+        owners: dict[str, list[int]] = {}
+        for rank, address in address_of_rank.items():
+            if address:
+                owners.setdefault(address, []).append(rank)
+        unique = {address: ranks[0] for address, ranks in owners.items() if len(ranks) == 1}
+        return set(self.joined) | {rank for address, rank in unique.items() if address in self.peers}
+
+
+def rank_ranges(ranks: Iterable[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    out: list[str] = []
+    run: list[int] = []
+    for rank in sorted(set(ranks)):
+        if run and rank == run[-1] + 1:
+            run.append(rank)
+            continue
+        if run:
+            out.append(_span(run))
+        run = [rank]
+    if run:
+        out.append(_span(run))
+    return ", ".join(out)
+
+
+def _span(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
+
+
+def progress(joined: int, total: int, missing: Iterable[int]) -> str:
+    """'3/4 joined, waiting for rank 3' (or '4/4 joined')."""
+    waiting = rank_ranges(missing)
+    if not waiting:
+        return f"{joined}/{total} joined"
+    word = "rank" if "," not in waiting and "-" not in waiting else "ranks"
+    return f"{joined}/{total} joined, waiting for {word} {waiting}"
+
+
+def timeout_message(
+    missing: Iterable[int], total: int, timeout_seconds: float, describe: Callable[[int], str]
+) -> str:
+    """Why a rendezvous failed: how many ranks never joined within the timeout, each of the first
+    few described by ``describe(rank)`` (its pod or process and its state), the rest as ranges."""
+    ranks = sorted(set(missing))
+    shown = ranks[:DETAILED_RANKS]
+    details = "; ".join(f"rank {r} ({describe(r)})" for r in shown)
+    rest = ranks[DETAILED_RANKS:]
+    more = f"; and {len(rest)} more: ranks {rank_ranges(rest)}" if rest else ""
+    noun = "rank" if total == 1 else "ranks"
+    return (
+        f"Rendezvous timed out: {len(ranks)} of {total} {noun} did not join within "
+        f"spec.rendezvous.timeoutSeconds ({timeout_seconds:g}s): {details}{more}."
+    )

@@ -1,0 +1,161 @@
+"""The master's status document, with real processes: env:// ranks recognised by their connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etha.kvstore._peers import _hex_address, accepted_peers
+from etha.kvstore.tcp import TorchTCPStore
+from tests.helpers import TEST_ENV, MasterProcess, wait_until
+
+pytest.importorskip("torch")
+
+# An unmodified env:// worker: joins, then holds the process group until told to stop.
+ENV_WORKER = textwrap.dedent(
+    """
+    import sys, torch.distributed as dist
+    from datetime import timedelta
+    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=60))
+    sys.stdin.read()
+    """
+)
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def status(master: MasterProcess) -> dict[str, Any]:
+    assert master.status_port is not None
+    code, body = get(master.status_port, "/status")
+    assert code == 200
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Iterator[MasterProcess]:
+    m = MasterProcess(tmp_path, world_size=3, status=True)
+    yield m
+    m.stop()
+
+
+def spawn_env_worker(master: MasterProcess, rank: int, world: int = 3) -> subprocess.Popen[str]:
+    env = {
+        **TEST_ENV,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(master.port),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", ENV_WORKER],
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def test_env_ranks_are_recognised_and_the_missing_one_named(master: MasterProcess) -> None:
+    doc = status(master)
+    assert (doc["job"], doc["worldSize"], doc["joined"], doc["missing"], doc["complete"]) == (
+        "",
+        3,
+        [],
+        [0, 1, 2],
+        False,
+    )
+    workers = [spawn_env_worker(master, r) for r in (0, 2)]
+    try:
+        wait_until(lambda: status(master)["joined"] == [0, 2], 60, "ranks 0 and 2 in the status document")
+        doc = status(master)
+        assert doc["missing"] == [1] and doc["peers"] == [] and doc["uptimeSeconds"] > 0
+        assert "rank 0 joined from 127.0.0.1 pid" in master.log()
+        workers.append(spawn_env_worker(master, 1))
+        wait_until(lambda: status(master)["complete"], 60, "every rank joined")
+    finally:
+        for w in workers:
+            w.communicate("", timeout=60)  # EOF: each leaves the process group and exits
+    # Joined stays joined after the ranks leave.
+    assert status(master)["joined"] == [0, 1, 2]
+    assert "all 3 ranks joined" in master.log()
+
+
+def test_a_peer_without_a_rank_is_reported_by_address(master: MasterProcess) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "ETHA_RANK")}
+    probe = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from etha.kvstore.tcp import TorchTCPStore as S; s = S('127.0.0.1', {master.port}, 3, False, timeout=30); input()",
+        ],
+        env={**TEST_ENV, **env},
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: status(master)["peers"] == ["127.0.0.1"], 60, "the anonymous peer")
+        assert status(master)["joined"] == []
+    finally:
+        probe.communicate("\n", timeout=30)
+
+
+def test_status_endpoint_is_read_only(master: MasterProcess) -> None:
+    assert master.status_port is not None
+    assert get(master.status_port, "/healthz") == (200, b"ok\n")
+    assert get(master.status_port, "/nope")[0] == 404
+    for method in ("POST", "PUT", "DELETE"):
+        assert get(master.status_port, "/status", method)[0] == 405
+
+
+def test_operator_reads_the_document_or_says_why_not(master: MasterProcess) -> None:
+    pytest.importorskip("aiohttp")
+    from etha.operator.rendezvous import read_master_status
+    from etha.rendezvous_status import MasterStatus
+
+    doc = asyncio.run(read_master_status(f"http://127.0.0.1:{master.status_port}/status"))
+    assert isinstance(doc, MasterStatus) and doc.world_size == 3 and doc.joined == frozenset()
+    bad = asyncio.run(read_master_status(f"http://127.0.0.1:{master.status_port}/healthz"))
+    assert isinstance(bad, str) and "returned no status document" in bad
+    gone = asyncio.run(read_master_status("http://127.0.0.1:9/status"))
+    assert isinstance(gone, str) and gone.startswith("GET http://127.0.0.1:9/status failed: ")
+
+
+def test_accepted_peers_lists_this_process_clients_only() -> None:
+    server = TorchTCPStore("127.0.0.1", 0, 1, is_master=True, timeout=10, wait_for_workers=False)
+    try:
+        client = TorchTCPStore("127.0.0.1", server.port, 1, False, timeout=10)
+        client.set("k", "v")
+        peers = accepted_peers(server.port)
+        assert peers and {host for host, _ in peers} == {"127.0.0.1"}
+        assert accepted_peers(1) == set()
+        client.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "address"),
+    [("0100007F:1F90", "127.0.0.1"), ("0000000000000000FFFF00000100007F:1F90", "127.0.0.1")],
+)
+def test_proc_net_tcp_addresses(field: str, address: str) -> None:
+    assert _hex_address(field) == address

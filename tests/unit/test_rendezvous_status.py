@@ -1,0 +1,58 @@
+"""The master's status document and the words shared by the operator and run-local."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
+
+
+@pytest.mark.parametrize(
+    ("ranks", "text"),
+    [
+        ([], ""),
+        ([3], "3"),
+        ([0, 1, 2, 5, 7, 8], "0-2, 5, 7-8"),
+        ([9, 8, 8, 7], "7-9"),
+        (range(1024), "0-1023"),
+    ],
+)
+def test_rank_ranges(ranks: Any, text: str) -> None:
+    assert rank_ranges(ranks) == text
+
+
+def test_progress() -> None:
+    assert progress(3, 4, [3]) == "3/4 joined, waiting for rank 3"
+    assert progress(1, 4, [1, 2, 3]) == "1/4 joined, waiting for ranks 1-3"
+    assert progress(4, 4, []) == "4/4 joined"
+
+
+def test_timeout_message_describes_each_of_the_first_ranks() -> None:
+    msg = timeout_message([5, 1], 8, 30, lambda r: f"pod w-{r}: Running")
+    assert msg == (
+        "Rendezvous timed out: 2 of 8 ranks did not join within spec.rendezvous.timeoutSeconds (30s): "
+        "rank 1 (pod w-1: Running); rank 5 (pod w-5: Running)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ([], "expected a JSON object, got list"),
+        ({"worldSize": 0, "uptimeSeconds": 1, "joined": [], "peers": []}, "worldSize (0)"),
+        ({"worldSize": 2, "uptimeSeconds": "x", "joined": [], "peers": []}, "uptimeSeconds ('x')"),
+        ({"worldSize": 2, "uptimeSeconds": 1, "joined": [-1], "peers": []}, "joined ([-1])"),
+        ({"worldSize": 2, "uptimeSeconds": 1, "joined": [], "peers": [1]}, "peers ([1])"),
+    ],
+)
+def test_bad_status_documents_are_refused_naming_the_field(doc: Any, error: str) -> None:
+    with pytest.raises(BadStatus, match=error.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        MasterStatus.parse(doc)
+
+
+def test_joined_ranks_by_address() -> None:
+    status = MasterStatus.parse({"worldSize": 4, "uptimeSeconds": 0, "joined": [3], "peers": ["a", "b", "c"]})
+    assert status.joined_ranks({0: "a", 1: "c", 2: None}) == {0, 1, 3}
+    assert status.joined_ranks({0: "a", 1: "a"}) == {3}  # shared: cannot tell which
