@@ -27,6 +27,10 @@ NETWORK_POLICY = os.environ.get("ETHA_NETWORK_POLICY", "true").lower() in ("1", 
 #: The master's image unless spec.rendezvous.image says otherwise.
 RUNTIME_IMAGE = os.environ.get("ETHA_RUNTIME_IMAGE", c.DEFAULT_RUNTIME_IMAGE)
 
+#: etcd endpoints (comma-separated) for jobs with spec.rendezvous.backend etcd that name none.
+DEFAULT_ETCD_ENDPOINTS = [
+    e.strip() for e in os.environ.get("ETHA_DEFAULT_ETCD_ENDPOINTS", "").split(",") if e.strip()
+]
 #: The operator's own namespace (the chart sets it from the downward API) and pod labels: each
 #: job's NetworkPolicy admits these pods to the master's status port.
 OPERATOR_NAMESPACE = os.environ.get("ETHA_OPERATOR_NAMESPACE", "")
@@ -83,7 +87,7 @@ async def reconcile_job(
         return
     current = dict(fresh.get("status") or {})
     try:
-        job = parse(fresh, default_image=RUNTIME_IMAGE)
+        job = parse(fresh, default_image=RUNTIME_IMAGE, default_etcd_endpoints=DEFAULT_ETCD_ENDPOINTS)
     except InvalidSpec as exc:
         fail_invalid(body, patch, current, str(exc), logger)
         return

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from etha import constants as env_names
+from etha.kvstore._etcd_gateway import parse_endpoint
+from etha.kvstore.errors import InvalidArgumentError
 from etha.operator import constants as c
 from etha.operator.names import longest_child_name
 from etha.operator.security import restricted_violations
@@ -49,7 +52,11 @@ class JobSpec:
     etcd_endpoints: list[str] | None = None
 
 
-def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) -> JobSpec:
+def parse(
+    body: dict[str, Any],
+    default_image: str = c.DEFAULT_RUNTIME_IMAGE,
+    default_etcd_endpoints: Sequence[str] = (),
+) -> JobSpec:
     """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field."""
     meta = body.get("metadata") or {}
     name = str(meta.get("name") or "")
@@ -111,18 +118,7 @@ def parse(body: dict[str, Any], default_image: str = c.DEFAULT_RUNTIME_IMAGE) ->
     backend = rdzv.get("backend", "tcp")
     etcd_endpoints = None
     if backend == "etcd":
-        endpoints = (rdzv.get("etcd") or {}).get("endpoints") if isinstance(rdzv.get("etcd"), dict) else None
-        if (
-            not isinstance(endpoints, list)
-            or not endpoints
-            or not all(isinstance(e, str) and e for e in endpoints)
-        ):
-            raise InvalidSpec(
-                "spec.rendezvous.etcd.endpoints",
-                f"spec.rendezvous.etcd.endpoints ({endpoints!r}) must list at least one etcd endpoint "
-                "(host:port) when spec.rendezvous.backend is etcd.",
-            )
-        etcd_endpoints = list(endpoints)
+        etcd_endpoints = _etcd_endpoints(rdzv, default_etcd_endpoints)
     elif backend != "tcp":
         raise InvalidSpec(
             "spec.rendezvous.backend", f"spec.rendezvous.backend ({backend!r}) must be tcp or etcd."
@@ -185,3 +181,31 @@ def _int(
         bound = f"in {low}..{high}" if high is not None else f"at least {low}"
         raise InvalidSpec(path, f"{path} ({value}) must be {bound}.")
     return value
+
+
+def _etcd_endpoints(rdzv: dict[str, Any], defaults: Sequence[str]) -> list[str]:
+    """spec.rendezvous.etcd.endpoints, else the operator's default etcd (chart value etcd.endpoints)."""
+    field = "spec.rendezvous.etcd.endpoints"
+    etcd = rdzv.get("etcd")
+    if etcd is not None and not isinstance(etcd, dict):
+        raise InvalidSpec("spec.rendezvous.etcd", f"spec.rendezvous.etcd ({etcd!r}) must be an object.")
+    endpoints = (etcd or {}).get("endpoints")
+    if endpoints is None or endpoints == []:
+        if not defaults:
+            raise InvalidSpec(
+                field,
+                f"{field} ({endpoints!r}) must list at least one etcd endpoint (host:port) when "
+                "spec.rendezvous.backend is etcd: the operator has no default etcd "
+                "(chart value etcd.endpoints).",
+            )
+        return list(defaults)
+    if not isinstance(endpoints, list):
+        raise InvalidSpec(field, f"{field} ({endpoints!r}) must be a list of host:port strings.")
+    for i, endpoint in enumerate(endpoints):
+        try:
+            if not isinstance(endpoint, str):
+                raise InvalidArgumentError(f"etcd endpoint ({endpoint!r}) must be a host:port string.")
+            parse_endpoint(endpoint)
+        except InvalidArgumentError as exc:
+            raise InvalidSpec(f"{field}[{i}]", f"{field}[{i}]: {exc}") from None
+    return list(endpoints)

@@ -133,7 +133,56 @@ class Kind:
         )
 
     def apply(self, manifest: dict[str, Any]) -> None:
-        self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifest))
+        body = json.loads(json.dumps(manifest))
+        rendezvous = body["spec"].get("rendezvous") or {}
+        if rendezvous.get("backend") == "etcd":
+            rendezvous["etcd"] = {"endpoints": [self._etcd()]}
+        self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(body))
+
+    ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+
+    def _etcd(self) -> str:
+        """A single-member etcd in the test namespace (created once); its client endpoint."""
+        labels = {"app.kubernetes.io/name": "etcd"}
+        objects = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "etcd", "namespace": NAMESPACE, "labels": labels},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "etcd",
+                                    "image": self.ETCD_IMAGE,
+                                    "command": [
+                                        "etcd", "--data-dir=/tmp/etcd",
+                                        "--listen-client-urls=http://0.0.0.0:2379",
+                                        f"--advertise-client-urls=http://etcd.{NAMESPACE}.svc:2379",
+                                    ],
+                                    "ports": [{"containerPort": 2379}],
+                                    "readinessProbe": {"httpGet": {"path": "/health", "port": 2379}},
+                                }
+                            ]
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "etcd", "namespace": NAMESPACE},
+                "spec": {"selector": labels, "ports": [{"port": 2379, "targetPort": 2379}]},
+            },
+        ]  # fmt: skip
+        for obj in objects:
+            self.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
+        self.kubectl("rollout", "status", "deployment/etcd", "-n", NAMESPACE, "--timeout=110s")
+        return f"etcd.{NAMESPACE}.svc:2379"
 
     def status(self, job: str) -> dict[str, Any]:
         out = self.kubectl("get", "trainingjob", job, "-n", NAMESPACE, "-o", "json")

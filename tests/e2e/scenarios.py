@@ -21,8 +21,6 @@ class Scenario:
     timeout: float = 240.0
     #: A pod to kill once the job is Running (a fault the job must survive).
     disrupt: str | None = None
-    #: The job rendezvouses through etcd: the provider points spec.rendezvous.etcd at its etcd.
-    needs_etcd: bool = False
 
     @property
     def name(self) -> str:
@@ -124,7 +122,7 @@ SCENARIOS = [
     Scenario("allreduce", example("allreduce"), "Succeeded", _check_joined(4)),
     Scenario("ddp", example("ddp"), "Succeeded", _check_joined(2)),
     Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
-    Scenario("etcd-rendezvous", example("etcd-rendezvous"), "Succeeded", _check_etcd, needs_etcd=True),
+    Scenario("etcd-rendezvous", example("etcd-rendezvous"), "Succeeded", _check_etcd),
     Scenario("always-fails", _failing(), "Failed", _check_failed),
     Scenario("rank-never-joins", _never_joins(), "Failed", _check_never_joined),
     Scenario(

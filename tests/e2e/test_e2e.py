@@ -38,8 +38,6 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_scenario(provider: Provider, scenario: Scenario) -> None:
-    if scenario.needs_etcd and provider.name == "kind":
-        pytest.skip("the kind provider runs no etcd yet: install one and set spec.rendezvous.etcd")
     provider.apply(scenario.manifest)
     deadline = time.monotonic() + scenario.timeout
     status: dict[str, object] = {}

@@ -67,6 +67,8 @@ CASES: list[tuple[str, Mutate, str, bool | str]] = [
     ("privileged", container_set(securityContext={"privileged": True}), "containers[0].securityContext.privileged must be false", False),
     ("host-network", template_spec(hostNetwork=True), "spec.template.spec.hostNetwork must be false", False),
     ("bad-quantity", container_set(resources={"requests": {"cpu": "lots"}}), "resources.requests[cpu]: Invalid value: 'lots'", False),
+    ("etcd-no-endpoints", spec_set(rendezvous={"backend": "etcd"}), "spec.rendezvous.etcd.endpoints (None) must list at least one etcd endpoint (host:port) when spec.rendezvous.backend is etcd: the operator has no default etcd", False),
+    ("etcd-bad-endpoint", spec_set(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["https://etcd:2379"]}}), "spec.rendezvous.etcd.endpoints[0]: etcd endpoint ('https://etcd:2379') must be host:port or http://host:port", False),
 ]  # fmt: skip
 LONG_NAME = "n" * 60  # derived pod names would exceed 63 characters
 

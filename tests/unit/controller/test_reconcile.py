@@ -265,6 +265,16 @@ def test_etcd_backend_is_running_without_a_master() -> None:
         ({"backend": "etcd"}, "spec.rendezvous.etcd.endpoints (None) must list at least one"),
         ({"backend": "etcd", "etcd": {"endpoints": []}}, "spec.rendezvous.etcd.endpoints ([]) must list"),
         ({"backend": "zookeeper"}, "spec.rendezvous.backend ('zookeeper') must be tcp or etcd"),
+        ({"backend": "etcd", "etcd": "etcd:2379"}, "spec.rendezvous.etcd ('etcd:2379') must be an object"),
+        ({"backend": "etcd", "etcd": {"endpoints": "etcd:2379"}}, "endpoints ('etcd:2379') must be a list"),
+        (
+            {"backend": "etcd", "etcd": {"endpoints": ["a:1", 5]}},
+            "endpoints[1]: etcd endpoint (5) must be a host:port",
+        ),
+        (
+            {"backend": "etcd", "etcd": {"endpoints": ["a:99999"]}},
+            "spec.rendezvous.etcd.endpoints[0]: etcd endpoint",
+        ),
     ],
 )
 def test_bad_backend_settings_name_the_field(rendezvous: dict, needle: str) -> None:
@@ -272,6 +282,17 @@ def test_bad_backend_settings_name_the_field(rendezvous: dict, needle: str) -> N
 
     with pytest.raises(InvalidSpec, match=re.escape(needle)):
         parse(make_trainingjob(rendezvous=rendezvous))
+
+
+def test_etcd_backend_without_endpoints_uses_the_operators_default_etcd() -> None:
+    job = parse(
+        make_trainingjob(rendezvous={"backend": "etcd"}),
+        default_etcd_endpoints=["etcd-0:2379", "etcd-1:2379"],
+    )
+    assert job.etcd_endpoints == ["etcd-0:2379", "etcd-1:2379"]
+    own = parse(etcd_job(), default_etcd_endpoints=["etcd-0:2379", "etcd-1:2379"])
+    assert own.etcd_endpoints == ["etcd-0:2379"]  # the job's own win
+    assert parse(make_trainingjob(), default_etcd_endpoints=["etcd-0:2379"]).etcd_endpoints is None
 
 
 def test_etcd_backend_needs_no_network_policy() -> None:

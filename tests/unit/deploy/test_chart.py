@@ -161,6 +161,17 @@ def test_cluster_scope_without_namespaces_watches_all() -> None:
         key, value = pair.split("=")
         assert labels[key] == value and deployment["spec"]["selector"]["matchLabels"][key] == value
     assert container["image"] == "ghcr.io/etha-io/etha-operator:0.1.0"
+    assert "ETHA_DEFAULT_ETCD_ENDPOINTS" not in env  # no default etcd unless given
+
+
+def test_default_etcd_endpoints_reach_the_operator() -> None:
+    (deployment,) = [
+        d
+        for d in render("etcd.endpoints={etcd-0.etcd:2379,http://etcd-1.etcd:2379}")
+        if d["kind"] == "Deployment"
+    ]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ETHA_DEFAULT_ETCD_ENDPOINTS"] == "etcd-0.etcd:2379,http://etcd-1.etcd:2379"
 
 
 @pytest.mark.parametrize(
@@ -171,6 +182,7 @@ def test_cluster_scope_without_namespaces_watches_all() -> None:
         (("createConcurrency=0",), "/createConcurrency"),
         (("watchNamespaces={Not_A_Name}",), "/watchNamespaces/0"),
         (("imageTypo=x",), "imageTypo"),
+        (("etcd.endpoints={etcd:2379 x}",), "/etcd/endpoints/0"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(sets: tuple[str, ...], needle: str) -> None:
