@@ -30,14 +30,18 @@ logger = logging.getLogger("etha.kvstore.server")
 _PROC = Path("/proc")
 
 
-def accepted_peers(port: int) -> set[tuple[str, int]]:
+def accepted_peers(port: int, looked_at: set[str] | None = None) -> set[tuple[str, int]]:
     """(address, port) of every TCP connection this process holds whose local port is ``port``:
-    the clients of a server listening there. IPv4-mapped IPv6 addresses are given as IPv4."""
+    the clients of a server listening there. IPv4-mapped IPv6 addresses are given as IPv4.
+
+    ``looked_at`` (socket inodes) makes repeated calls cheap: sockets in it are skipped, and every
+    socket looked at is added, so a call returns only connections new since the last one."""
     peers: set[tuple[str, int]] = set()
     fd_dir = _PROC / "self" / "fd"
     for entry in os.listdir(fd_dir):
         try:
-            if not os.readlink(fd_dir / entry).startswith("socket:"):
+            target = os.readlink(fd_dir / entry)
+            if not target.startswith("socket:") or (looked_at is not None and target in looked_at):
                 continue
             dup = os.dup(int(entry))  # the fd may close under us; a dup is ours to close
         except (OSError, ValueError):
@@ -58,6 +62,8 @@ def accepted_peers(port: int) -> set[tuple[str, int]]:
             continue
         finally:
             sock.close()
+            if looked_at is not None:
+                looked_at.add(target)
     return peers
 
 
@@ -156,6 +162,7 @@ class PeerTracker:
     #: address -> seconds after start it was first seen, for peers no rank could be read for
     addresses: dict[str, float] = field(default_factory=dict)
     _known: set[tuple[str, int]] = field(default_factory=set)
+    _looked_at: set[str] = field(default_factory=set)
     _available: bool = True
 
     def refresh(self) -> list[int]:
@@ -163,7 +170,7 @@ class PeerTracker:
         if not self._available:
             return []
         try:
-            peers = accepted_peers(self.port) - self._known
+            peers = accepted_peers(self.port, self._looked_at) - self._known
         except OSError as exc:
             self._available = False
             logger.warning("cannot list the store's connections (%s); peers are not reported", exc)
