@@ -159,6 +159,10 @@ def main() -> int:
         "--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES, help="etcd needs the etcd binary"
     )
     args = ap.parse_args()
+    # Import torch once here: the forked participant processes share it instead of each
+    # importing it (seconds and hundreds of MB apiece with --procs 64).
+    import torch.distributed  # noqa: F401
+
     etcd = None
     if "etcd" in args.modes:
         global ETCD_ENDPOINT

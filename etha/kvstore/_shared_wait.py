@@ -35,8 +35,14 @@ from etha.kvstore import _conn
 from etha.kvstore.errors import KVStoreError, StoreTimeoutError
 
 # Shared waits: a follower re-reads the generation after this long (doubling up to the max) ...
-FOLLOW_SLICE = 0.5
-FOLLOW_SLICE_MAX = 5.0
+# A slice that runs out costs a new connection (the server still holds the expired wait), so the
+# first one is long enough for a verification of thousands of keys under load: at 0.5 s, 1,024
+# followers on this 2-core machine often all ran out together and reconnected at once.
+FOLLOW_SLICE = 3.0
+FOLLOW_SLICE_MAX = 10.0
+# A follower's call may overrun its slice by this much (GIL and CPU contention) before the
+# connection is presumed hung; never past the caller's own deadline.
+FOLLOW_GUARD = 2.0
 # ... and checks the keys itself after this long (doubling up to the max), in case the verifier died.
 DIRECT_FALLBACK = 10.0
 DIRECT_FALLBACK_MAX = 60.0
@@ -100,13 +106,13 @@ class Joined:
 
 def join_and_follow(conn: Any, group: Group, follow: float) -> Joined:
     """Read the generation and take the verifier role if free; else wait up to ``follow`` seconds
-    for the result of that generation. One connection, four requests for a follower."""
+    for the result of that generation. One connection, three requests for a follower (torch's
+    ``multi_get`` waits on the server for a missing key: the wait and the read are one request)."""
     generation = int(conn.add(group.begin, 0))
     if int(conn.add(group.verifier, 1)) == 1:
         return Joined(generation, True, None)
-    key = group.result(generation)
-    conn.wait([key], timedelta(seconds=max(follow, 0.001)))
-    return Joined(generation, False, bytes(conn.multi_get([key])[0]))
+    conn.set_timeout(timedelta(seconds=max(follow, 0.001)))
+    return Joined(generation, False, bytes(conn.multi_get([group.result(generation)])[0]))
 
 
 def published(conn: Any, group: Group, generation: int) -> bytes | None:
@@ -185,7 +191,7 @@ def wait_shared(run: Run, req: KeysRequest) -> list[int]:
         slice_ = min(follow, left, max(0.0, direct_at - time.monotonic()))
         step = functools.partial(join_and_follow, group=req.group, follow=slice_)
         try:
-            joined: Joined | None = run(req.what, step, slice_)
+            joined: Joined | None = run(req.what, step, min(slice_ + FOLLOW_GUARD, left))
         except StoreTimeoutError:
             joined = None
         if joined is not None and joined.payload is not None:

@@ -308,3 +308,22 @@ def test_connect_error_names_the_whole_timeout_when_torch_fails_after_the_probe(
         with pytest.raises(StoreConnectionError, match=rf"127\.0\.0\.1:{port} within 1s \("):
             TorchTCPStore("127.0.0.1", port, 1, False, timeout=1, wait_for_workers=False)
         assert time.monotonic() - start < 1 + 3
+
+
+def test_waiters_finish_when_the_verifier_died(
+    make_tcp_store: Callable[..., TorchTCPStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verifier that died holding its role (never publishes, never releases): the followers
+    check the keys themselves after DIRECT_FALLBACK and return."""
+    from etha.kvstore import _shared_wait
+
+    monkeypatch.setattr(_shared_wait, "DIRECT_FALLBACK", 1.0)
+    cands = [f"rank/{i}" for i in range(40)]
+    store = make_tcp_store()
+    for key in cands:
+        store.set(key, "1")
+    plan = store._plan("rank/*", 40, "1", store.component, cands)
+    store._run("take the role", lambda c: c.add(plan.group.verifier, 1))  # the dead verifier's
+    start = time.monotonic()
+    assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
+    assert 0.9 < time.monotonic() - start < 1.0 + 2 * MARGIN
