@@ -83,7 +83,7 @@ def _never_joins() -> dict[str, Any]:
     doc = copy.deepcopy(example("allreduce"))
     doc["metadata"]["name"] = "rank-never-joins"
     doc["spec"]["replicas"] = 3
-    doc["spec"]["rendezvous"] = {"timeoutSeconds": 15}
+    doc["spec"]["rendezvous"] = {"timeoutSeconds": 20}
     container = doc["spec"]["template"]["spec"]["containers"][0]
     container["command"] = [
         "python",
@@ -101,7 +101,7 @@ def _check_never_joined(status: dict[str, Any]) -> None:
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "RendezvousTimeout", failed
     assert failed["message"].startswith(
-        "Rendezvous timed out: 1 of 3 ranks did not join within spec.rendezvous.timeoutSeconds (15s): "
+        "Rendezvous timed out: 1 of 3 ranks did not join within spec.rendezvous.timeoutSeconds (20s): "
         "rank 2 (pod rank-never-joins-worker-0-2: Running, never connected to the master)."
     ), failed
     rendezvous = status["rendezvous"]
