@@ -23,7 +23,7 @@ from etha.operator.builders import (
     torch_store_address,
 )
 from etha.operator.names import master_name, worker_name
-from etha.operator.rendezvous import observe
+from etha.operator.rendezvous import observe, reset_view
 from etha.operator.spec import JobSpec
 from etha.rendezvous_status import MasterStatus
 
@@ -187,6 +187,8 @@ def reconcile(
     # Suspended: no pods; resuming starts the current attempt afresh.
     if job.suspend:
         acts.delete_pods.extend(by_name)
+        if job.etcd_endpoints is None and status.get("rendezvous"):
+            acts.status["rendezvous"] = reset_view(job, attempt, "Suspended.")
         if phase != c.PHASE_SUSPENDED:
             acts.status.update(
                 phase=c.PHASE_SUSPENDED,

@@ -88,6 +88,21 @@ def created_at(pod: Pod | None) -> datetime | None:
     return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
+def reset_view(job: JobSpec, attempt: int, message: str) -> dict[str, Any]:
+    """``status.rendezvous`` with nobody joined: e.g. while suspended (resuming starts the same
+    attempt afresh, so an earlier complete rendezvous must not carry over)."""
+    return {
+        "attempt": attempt,
+        "joined": 0,
+        "total": job.replicas,
+        "joinedText": f"0/{job.replicas}",
+        "joinedRanks": "",
+        "missing": rank_ranges(range(job.replicas)),
+        "complete": False,
+        "message": message,
+    }
+
+
 def observe(
     job: JobSpec,
     attempt: int,

@@ -245,3 +245,17 @@ def test_network_policy_admits_the_operator_to_the_status_port_only() -> None:
     assert rules[0]["ports"] == [{"protocol": "TCP", "port": 29500}]
     assert operator_peer("", "a=b") is None
     assert len(build_network_policy(job(), None)["spec"]["ingress"]) == 1
+
+
+def test_suspend_forgets_the_rendezvous_so_resuming_watches_the_new_master() -> None:
+    """Resuming starts the same attempt afresh: a rendezvous completed before must not carry over."""
+    done = {
+        **STATUS,
+        "phase": "Running",
+        "rendezvous": {"attempt": 0, "complete": True, "joined": 4, "total": 4},
+    }
+    acts = reconcile(job(suspend=True), done, pods({r: "Running" for r in range(4)}), True, START)
+    assert acts.status["rendezvous"]["complete"] is False and acts.status["rendezvous"]["joinedText"] == "0/4"
+    suspended = {**done, **acts.status}
+    master = make_pod("mnist-master-0", "Running", role="master", created=CREATED, ip="10.0.0.100")
+    assert needs_master_status(job(), suspended, master)
