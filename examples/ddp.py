@@ -47,6 +47,9 @@ def main() -> None:
         f"rank {rank}/{world}: loss {first:.3f} -> {last:.5f}, "
         f"learned y = {weight.item():.3f}x {bias.item():+.3f} (true: 3x - 2)"
     )
+    # Tear down only once every rank is done: a rank that exits while a peer's gloo threads
+    # still talk to it can abort in teardown (seen once here: exit 134, std::terminate).
+    dist.barrier()
     dist.destroy_process_group()
 
 
