@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 5.0
 #: Seconds between two looks at the master's status document while ranks are joining.
 STATUS_POLL_SECONDS = 0.5
+#: A progress line is printed once it has held this long: quiet while ranks arrive, a line as soon
+#: as the rendezvous is stuck (and always the line that says it completed, when the master saw it).
+STATUS_SETTLE_SECONDS = 3.0
 
 
 class LocalRunError(Exception):
@@ -232,6 +235,8 @@ class _Rendezvous:
         self.complete = False
         self.joined: set[int] = set()
         self.said = ""
+        self.seen = ""
+        self.seen_since = 0.0
         self.next_look = 0.0
 
     def look(self, runner: _Runner) -> None:
@@ -252,7 +257,10 @@ class _Rendezvous:
         text = progress(len(self.joined), total, missing)
         if self.complete:
             text += f" in {now - self.started:.1f}s"
-        if text != self.said:
+        if text != self.seen:
+            self.seen, self.seen_since = text, now
+        settled = self.complete or now - self.seen_since >= STATUS_SETTLE_SECONDS
+        if settled and text != self.said:
             runner.say("etha", f"rendezvous: {text}")
             self.said = text
 
@@ -287,6 +295,8 @@ def _supervise(
                 runner.say("etha", f"{label} failed with exit code {code}; stopping the other processes")
                 return 1
         if all(p.poll() == 0 for p in workers.values()):
+            rendezvous.next_look = 0.0
+            rendezvous.look(runner)  # a last look: ranks may have joined since the previous one
             runner.say(
                 "etha",
                 f"TrainingJob {job.name} succeeded: {job.replicas} workers finished "

@@ -33,7 +33,7 @@ logger = logging.getLogger("etha.kvstore.server")
 
 #: Seconds between two looks at which ranks have joined (at least; a look that takes long, with
 #: thousands of connections, spaces the next ones out so that looking stays under ~10% of a core).
-JOIN_POLL_INTERVAL = 0.05
+JOIN_POLL_INTERVAL = 0.01
 
 
 def build_parser() -> argparse.ArgumentParser:

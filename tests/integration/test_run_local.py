@@ -156,8 +156,8 @@ spec:
     ), line
 
 
-def test_allreduce_example_reports_the_rendezvous() -> None:
+def test_allreduce_example_runs_quietly_with_the_status_endpoint() -> None:
     res = run_local(REPO / "examples" / "allreduce.yaml")
     assert res.returncode == 0, res.stdout[-3000:]
-    assert "[etha] rendezvous: 0/4 joined, waiting for ranks 0-3" in res.stdout
     assert "[etha] TrainingJob allreduce succeeded: 4 workers finished" in res.stdout
+    assert "timed out" not in res.stdout and "cannot read the rendezvous status" not in res.stdout
