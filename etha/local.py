@@ -239,9 +239,10 @@ class _Rendezvous:
         self.seen_since = 0.0
         self.next_look = 0.0
 
-    def look(self, runner: _Runner) -> None:
+    def look(self, runner: _Runner, force: bool = False) -> None:
+        """Read the status document (at most every STATUS_POLL_SECONDS unless ``force``)."""
         now = time.monotonic()
-        if self.complete or now < self.next_look:
+        if self.complete or (now < self.next_look and not force):
             return
         self.next_look = now + STATUS_POLL_SECONDS
         try:
@@ -269,8 +270,7 @@ class _Rendezvous:
         limit = self.job.spec.rendezvous_timeout
         if self.complete or time.monotonic() - self.started < limit:
             return None
-        self.next_look = 0.0
-        self.look(runner)  # one last look: a rank may have arrived since
+        self.look(runner, force=True)  # one last look: a rank may have arrived since
         if self.complete:
             return None
 
@@ -295,8 +295,7 @@ def _supervise(
                 runner.say("etha", f"{label} failed with exit code {code}; stopping the other processes")
                 return 1
         if all(p.poll() == 0 for p in workers.values()):
-            rendezvous.next_look = 0.0
-            rendezvous.look(runner)  # a last look: ranks may have joined since the previous one
+            rendezvous.look(runner, force=True)  # ranks may have joined since the previous look
             runner.say(
                 "etha",
                 f"TrainingJob {job.name} succeeded: {job.replicas} workers finished "

@@ -161,7 +161,7 @@ class PeerTracker:
     joined: dict[int, str] = field(default_factory=dict)
     #: address -> seconds after start it was first seen, for peers no rank could be read for
     addresses: dict[str, float] = field(default_factory=dict)
-    _known: set[tuple[str, int]] = field(default_factory=set)
+    #: socket inodes already looked at: each look sees only connections new since the last one
     _looked_at: set[str] = field(default_factory=set)
     _available: bool = True
 
@@ -170,14 +170,13 @@ class PeerTracker:
         if not self._available:
             return []
         try:
-            peers = accepted_peers(self.port, self._looked_at) - self._known
+            peers = accepted_peers(self.port, self._looked_at)
         except OSError as exc:
             self._available = False
             logger.warning("cannot list the store's connections (%s); peers are not reported", exc)
             return []
         if not peers:
             return []
-        self._known |= peers
         owners = local_owners(peers, self.port)
         new: list[int] = []
         for peer in sorted(peers):

@@ -14,6 +14,7 @@ import kopf
 from etha.operator import constants as c
 from etha.operator.k8s import Api, ChildRejected
 from etha.operator.names import master_name, network_policy_name
+from etha.operator.pods import timestamp
 from etha.operator.reconcile import condition, reconcile, set_condition
 from etha.operator.rendezvous import needs_master_status, pod_status_url, read_master_status
 from etha.operator.spec import InvalidSpec, parse
@@ -171,7 +172,7 @@ def fail_invalid(
         return
     now = datetime.datetime.now(datetime.UTC)
     patch.status["phase"] = c.PHASE_FAILED
-    patch.status["completionTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch.status["completionTime"] = timestamp(now)
     patch.status["conditions"] = set_condition(
         list(current.get("conditions") or []),
         condition(c.COND_FAILED, True, c.REASON_INVALID_SPEC, message, now),

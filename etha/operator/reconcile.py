@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from etha.operator import constants as c
@@ -23,6 +23,7 @@ from etha.operator.builders import (
     torch_store_address,
 )
 from etha.operator.names import master_name, worker_name
+from etha.operator.pods import parse_time, pod_phase, timestamp
 from etha.operator.rendezvous import observe, reset_view
 from etha.operator.spec import JobSpec
 from etha.rendezvous_status import MasterStatus
@@ -45,16 +46,6 @@ class Actions:
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
     # Seconds after which the job should be looked at again (deadline, TTL), if any.
-
-
-def timestamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def condition(kind: str, status: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
@@ -98,10 +89,6 @@ def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> di
         "pending": by_phase["Pending"],
         "readyText": f"{by_phase['Running']}/{replicas}",
     }
-
-
-def pod_phase(pod: dict[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
 
 
 def is_master(pod: dict[str, Any]) -> bool:

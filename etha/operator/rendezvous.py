@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 
 from etha.operator import constants as c
+from etha.operator.pods import parse_time, pod_phase
 from etha.operator.spec import JobSpec
 from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
 
@@ -58,7 +59,7 @@ def needs_master_status(job: JobSpec, status: Mapping[str, Any], master: Pod | N
     seen = status.get("rendezvous") or {}
     if seen.get("attempt") == int(status.get("attempt") or 0) and seen.get("complete"):
         return False
-    return master is not None and _phase(master) == "Running"
+    return master is not None and pod_phase(master) == "Running"
 
 
 def pod_state(pod: Pod | None) -> str:
@@ -82,10 +83,7 @@ def pod_state(pod: Pod | None) -> str:
 
 
 def created_at(pod: Pod | None) -> datetime | None:
-    raw = (pod or {}).get("metadata", {}).get("creationTimestamp")
-    if not raw:
-        return None
-    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return parse_time((pod or {}).get("metadata", {}).get("creationTimestamp"))
 
 
 def reset_view(job: JobSpec, attempt: int, message: str) -> dict[str, Any]:
@@ -126,10 +124,10 @@ def observe(
         return before, None
     joined: set[int] = set()
     known = isinstance(report, MasterStatus)
-    if isinstance(report, MasterStatus):
+    if isinstance(report, MasterStatus):  # (spelt out again for the type checker)
         addresses = {r: (p.get("status") or {}).get("podIP") if p else None for r, p in workers.items()}
         joined = {r for r in report.joined_ranks(addresses) if 0 <= r < total}
-    joined |= {r for r, p in workers.items() if p is not None and _phase(p) == "Succeeded"}
+    joined |= {r for r, p in workers.items() if p is not None and pod_phase(p) == "Succeeded"}
     if not known and before:
         joined |= set(_ranks(before.get("joinedRanks")))  # keep what an earlier look saw
     missing = [r for r in range(total) if r not in joined]
@@ -156,14 +154,13 @@ def observe(
     surely = missing if known else [r for r in missing if not _running(workers.get(r))]
     if not surely:
         return view, None
-    names = {r: (p["metadata"]["name"] if p else None) for r, p in workers.items()}
 
     def describe(rank: int) -> str:
         pod = workers.get(rank)
         state = pod_state(pod)
         if pod is not None and state == "Running" and known:
             state = "Running, never connected to the master"
-        return f"pod {names.get(rank) or '?'}: {state}"
+        return f"pod {pod['metadata']['name'] if pod else '?'}: {state}"
 
     message = timeout_message(surely, total, job.rendezvous_timeout, describe)
     if job.etcd_endpoints is None and not _running(master):
@@ -171,12 +168,8 @@ def observe(
     return view, message
 
 
-def _phase(pod: Pod) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
-
-
 def _running(pod: Pod | None) -> bool:
-    return pod is not None and _phase(pod) in ("Running", "Succeeded")
+    return pod is not None and pod_phase(pod) in ("Running", "Succeeded")
 
 
 def _earliest(workers: Mapping[int, Pod | None]) -> datetime | None:
