@@ -21,6 +21,9 @@ from etha.operator.spec import InvalidSpec, parse
 
 #: Seconds between two looks at every running TrainingJob (pods change without telling the job).
 RECONCILE_INTERVAL = float(os.environ.get("ETHA_RECONCILE_INTERVAL", "2"))
+#: Seconds kopf waits for a job's timer to exit when the job is deleted, and between later looks.
+TIMER_EXIT_WAIT = 0.5
+TIMER_EXIT_POLL = 1.0
 #: At most this many API calls in flight while creating one job's pods.
 CREATE_CONCURRENCY = int(os.environ.get("ETHA_CREATE_CONCURRENCY", "32"))
 #: Guard each job's master port with a NetworkPolicy (turn off where no policy engine runs).
@@ -66,6 +69,17 @@ def api() -> Api:
     if _api is None:
         raise kopf.PermanentError("The operator's API client is not configured.")
     return _api
+
+
+@kopf.on.startup()
+def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf settings this operator relies on."""
+    # The timer deletes a job once its ttlSecondsAfterFinished passed. kopf keeps its finalizer
+    # until that timer has exited, and a timer still finishing the invocation that deleted the
+    # job is checked again only after cancellation_polling (60 s by default): the job lingered
+    # a minute past its TTL. Wait briefly for the exit, and look again within a second.
+    settings.background.instant_exit_timeout = TIMER_EXIT_WAIT
+    settings.background.cancellation_polling = TIMER_EXIT_POLL
 
 
 @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
