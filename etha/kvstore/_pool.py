@@ -16,7 +16,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from etha.kvstore._conn import Conn, call_with_deadline, describe_os_error, ipv4_listener, probe
+from etha.kvstore._conn import (
+    Conn,
+    call_with_deadline,
+    describe_os_error,
+    ipv4_listener,
+    open_tracked,
+    probe,
+)
 from etha.kvstore.errors import KVStoreError, StoreConnectionError, StoreTimeoutError
 
 logger = logging.getLogger("etha.kvstore.tcp")
@@ -55,10 +62,10 @@ class Pool:
             # Calls go through a clone, never the server object itself: only this pool holds the
             # server, so close() stops it at once instead of whenever a connection thread lets go.
             self._server = self._start_server(wait_for_workers)
-            primary = self._server.clone()
+            primary = Conn(*open_tracked(self._server.clone, self.port))
         else:
             primary = self._connect(wait_for_workers)
-        self._idle.append(Conn(primary))
+        self._idle.append(primary)
 
     def _start_server(self, wait_for_workers: bool) -> Any:
         listener = ipv4_listener(self.host, self.port)
@@ -92,7 +99,7 @@ class Pool:
         logger.info("store server listening on %s:%d", self.host, self.port)
         return server
 
-    def _connect(self, wait_for_workers: bool, limit: float | None = None) -> Any:
+    def _connect(self, wait_for_workers: bool, limit: float | None = None) -> Conn:
         """Connect to the master, retrying until the store's timeout.
 
         torch's client neither retries name resolution nor keeps to its own timeout, so this
@@ -114,26 +121,29 @@ class Pool:
             else:
                 try:
                     attempt_budget = max(remaining, 0.01)
-                    store = call_with_deadline(
-                        functools.partial(
-                            self._dist.TCPStore,
-                            self.host,
-                            self.port,
-                            self.world_size,
-                            False,
-                            timedelta(seconds=attempt_budget),
-                            wait_for_workers=wait_for_workers,
-                        ),
+                    make = functools.partial(
+                        self._dist.TCPStore,
+                        self.host,
+                        self.port,
+                        self.world_size,
+                        False,
+                        timedelta(seconds=attempt_budget),
+                        wait_for_workers=wait_for_workers,
+                    )
+                    connect = functools.partial(
+                        call_with_deadline,
+                        make,
                         attempt_budget + DEADLINE_MARGIN,
                         f"connect to {self.host}:{self.port}",
                     )
+                    store, fd = open_tracked(connect, self.port)
                 except (RuntimeError, StoreTimeoutError) as exc:
                     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 else:
                     store.set_timeout(timedelta(seconds=self._timeout))
                     if attempts > 1:
                         logger.info("connected to %s:%d after %d attempts", self.host, self.port, attempts)
-                    return store
+                    return Conn(store, fd)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise StoreConnectionError(
@@ -154,8 +164,8 @@ class Pool:
                 return self._idle.pop()
             source = self._server
         if source is None:
-            return Conn(self._connect(wait_for_workers=False, limit=limit))
-        return Conn(source.clone())
+            return self._connect(wait_for_workers=False, limit=limit)
+        return Conn(*open_tracked(source.clone, self.port))
 
     def _release(self, conn: Conn) -> None:
         with self._lock:

@@ -6,13 +6,16 @@ against 0.18 s for torch's barrier). Instead the waiters of one *group* (same sc
 and count) elect one verifier; the others block server-side on a single result key.
 
 Exactness rests on a write generation kept per (namespace, component): every write through the
-API brackets itself with ``add(begin, 1)`` ... ``add(end, 1)``. The verifier reads ``b0 = begin``,
-``e0 = end``, the values, then ``b1 = begin``. If ``b0 == e0 == b1`` no write was in flight or
-started while the values were read, so the outcome holds *for generation b0*: it is published
-under ``result/<g>`` for the generations ``g <= b0`` that waiters may be blocked on. A waiter that
-read generation ``g`` and finds ``result/<g>`` can return it: either ``g < b0`` and the
-verification ran during its call, or ``g == b0`` and no write has started since the verification,
-so the state it saw is still the current one.
+API bumps a counter after it, on the same connection (``set`` then ``add(gen, 1)``: the server
+applies them in order, so a write is counted only once it is visible). The verifier reads
+``g0 = gen``, the values, then ``g1 = gen``. If ``g0 == g1``, every write counted up to ``g0``
+is in what it read, and no write completed during the read; the outcome is published under
+``result/<g>`` for the generations ``g <= g0`` that waiters may be blocked on. A waiter reads the
+generation ``g`` during its own call and accepts only ``result/<g>``: every write that completed
+before its call is counted in ``g``, so it is in the published read. A write still in flight
+(applied, not yet counted) may or may not be in it; that write overlaps the waiter's call, so
+either order is a valid one. A write that fails between its two requests is never counted: it
+stays "in flight" and blocks nothing.
 
 Waiters fall back to checking directly (O(N) each) when no result arrives: a verifier that died,
 or writers outside this API that never settle the generation. Keys written by raw torch clients
@@ -61,19 +64,17 @@ FOLLOWER_SLACK = 256
 ALL = b"*"
 
 
-def generation_keys(namespace: str, component: str) -> tuple[str, str]:
-    """The (begin, end) write counters of one (namespace, component)."""
-    root = f"{RESERVED}/gen/{namespace}/{component}"
-    return f"{root}/begin", f"{root}/end"
+def generation_key(namespace: str, component: str) -> str:
+    """The write counter of one (namespace, component)."""
+    return f"{RESERVED}/gen/{namespace}/{component}"
 
 
-def bracketed(conn: Any, begin: str, end: str, op: Any) -> Any:
-    """Run ``op(conn)`` between the two generation bumps."""
-    conn.add(begin, 1)
-    try:
-        return op(conn)
-    finally:
-        conn.add(end, 1)
+def counted(conn: Any, generation: str, op: Any) -> Any:
+    """Run ``op(conn)``, then count it in the generation (one round trip for a ``set``: torch's
+    ``set`` gets no reply, and the server applies a connection's requests in order)."""
+    out = op(conn)
+    conn.add(generation, 1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,17 @@ class Group:
 
     verifier: str
     result_prefix: str
-    begin: str
-    end: str
+    generation: str
+    #: Every key must match (count == number of keys): a result key's presence says it all.
+    full: bool
 
     @classmethod
-    def of(cls, root: str, keys: Sequence[str], value: bytes, count: int, gen_keys: tuple[str, str]) -> Group:
+    def of(cls, root: str, keys: Sequence[str], value: bytes, count: int, gen_key: str) -> Group:
         """The group waiting for ``count`` of ``keys`` (unscoped, under ``root``) to hold ``value``."""
         digest = hashlib.sha256(b"%d\x00%s\x00%s\x00" % (count, value, root.encode("utf-8")))
         digest.update("\x00".join(keys).encode("utf-8", "surrogatepass"))
         prefix = f"{RESERVED}/wfk/{digest.hexdigest()[:32]}"
-        return cls(f"{prefix}/verifier", f"{prefix}/result/", *gen_keys)
+        return cls(f"{prefix}/verifier", f"{prefix}/result/", gen_key, count == len(keys))
 
     def result(self, generation: int) -> str:
         return f"{self.result_prefix}{generation}"
@@ -106,13 +108,19 @@ class Joined:
 
 def join_and_follow(conn: Any, group: Group, follow: float) -> Joined:
     """Read the generation and take the verifier role if free; else wait up to ``follow`` seconds
-    for the result of that generation. One connection, three requests for a follower (torch's
-    ``multi_get`` waits on the server for a missing key: the wait and the read are one request)."""
-    generation = int(conn.add(group.begin, 0))
+    for the result of that generation. One connection, three round trips for a follower: when
+    every key must match, the result's presence is the answer (torch's ``wait``, one round trip);
+    otherwise its payload is read with the wait (``multi_get``: a wait and a read, two)."""
+    generation = int(conn.add(group.generation, 0))
     if int(conn.add(group.verifier, 1)) == 1:
         return Joined(generation, True, None)
-    conn.set_timeout(timedelta(seconds=max(follow, 0.001)))
-    return Joined(generation, False, bytes(conn.multi_get([group.result(generation)])[0]))
+    key = group.result(generation)
+    wait = timedelta(seconds=max(follow, 0.001))
+    if group.full:
+        conn.wait([key], wait)
+        return Joined(generation, False, ALL)
+    conn.set_timeout(wait)
+    return Joined(generation, False, bytes(conn.multi_get([key])[0]))
 
 
 def published(conn: Any, group: Group, generation: int) -> bytes | None:
@@ -129,17 +137,16 @@ class Snapshot:
 
 
 def snapshot(conn: Any, group: Group, scoped: Sequence[str], all_present: bool) -> Snapshot:
-    """Read which keys exist and their values, bracketed by generation reads."""
-    b0 = int(conn.add(group.begin, 0))
-    e0 = int(conn.add(group.end, 0))
+    """Read which keys exist and their values, between two reads of the generation."""
+    g0 = int(conn.add(group.generation, 0))
     if all_present:
         present = list(range(len(scoped)))
     else:
         flags = _conn.present_flags(conn, scoped)
         present = [i for i, ok in enumerate(flags) if ok]
     values = _conn.multi_get_present(conn, [scoped[i] for i in present]) if present else []
-    b1 = int(conn.add(group.begin, 0))
-    return Snapshot(b0 if b0 == e0 == b1 else None, present, values)
+    g1 = int(conn.add(group.generation, 0))
+    return Snapshot(g0 if g0 == g1 else None, present, values)
 
 
 def publish(conn: Any, group: Group, low: int, generation: int, payload: bytes) -> None:

@@ -139,11 +139,9 @@ class TorchTCPStore(KVStore):
         self._write(f"set({key!r})", component, lambda c: c.set(scoped, data))
 
     def _write(self, what: str, component: str | None, op: Callable[[Any], T]) -> T:
-        """Run a write between the generation bumps that shared waits rely on."""
-        begin, end = _shared.generation_keys(
-            self.namespace, self.component if component is None else component
-        )
-        return self._run(what, lambda c: _shared.bracketed(c, begin, end, op))  # type: ignore[no-any-return]
+        """Run a write, then count it in the generation that shared waits rely on."""
+        gen = _shared.generation_key(self.namespace, self.component if component is None else component)
+        return self._run(what, lambda c: _shared.counted(c, gen, op))  # type: ignore[no-any-return]
 
     def get(self, key: str, *, component: str | None = None) -> bytes | None:
         """See base class."""
@@ -260,7 +258,7 @@ class TorchTCPStore(KVStore):
         self._check_keys_fit(root, matching)
         want = value.encode("utf-8")
         group = _shared.Group.of(
-            root, matching, want, count, _shared.generation_keys(self.namespace, component)
+            root, matching, want, count, _shared.generation_key(self.namespace, component)
         )
         plan = _Plan(root, matching, want, group)
         with _PLANS_LOCK:

@@ -216,6 +216,56 @@ def test_master_stopped_mid_wait_times_out_within_timeout(tmp_path: Path) -> Non
         store.close()
 
 
+def test_calls_run_in_the_callers_thread(tmp_path: Path) -> None:
+    """A worker's connections are watched, not served by threads: no hand-off per call."""
+    master = MasterProcess(tmp_path)
+    store = TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=30, wait_for_workers=False)
+    try:
+        barrier = threading.Barrier(8)
+
+        def busy(i: int) -> None:
+            barrier.wait()  # eight calls at once: the pool opens more connections
+            for _ in range(20):
+                store.set(f"t/{i}", "1")
+                assert store.get(f"t/{i}") == b"1"
+
+        threads = [threading.Thread(target=busy, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        served = [t.name for t in threading.enumerate() if t.name == "etha-store-conn"]
+        assert not served, f"{len(served)} connections fell back to a thread of their own"
+    finally:
+        store.close()
+        master.stop()
+
+
+def test_a_plain_call_to_a_stopped_master_is_cut_off_at_its_deadline(tmp_path: Path) -> None:
+    """torch's add/check/get block without bound on a stopped server; the watchdog shuts the
+    socket down at the deadline, and the store works again once the master resumes."""
+    master = MasterProcess(tmp_path)
+    store = TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=1.5, wait_for_workers=False)
+    store.set("k", "v")
+    try:
+        master.signal(signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"did not finish within 1\.5s"):
+            store.exists("k")
+        assert time.monotonic() - start < 1.5 + DEADLINE_MARGIN + MARGIN
+        # The connection is gone; a new one cannot be made to a stopped master either.
+        for call in (lambda: store.get("k"), lambda: store.delete("k")):
+            start = time.monotonic()
+            with pytest.raises((StoreTimeoutError, StoreConnectionError), match=r"1\.5s|1\.75s"):
+                call()
+            assert time.monotonic() - start < 1.5 + DEADLINE_MARGIN + MARGIN
+    finally:
+        master.signal(signal.SIGCONT)
+    assert store.get("k") == b"v"  # a new connection
+    store.close()
+    assert master.stop() == 0, master.log()
+
+
 def test_server_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     master = MasterProcess(tmp_path)
     master.signal(signal.SIGTERM)
