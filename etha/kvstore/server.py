@@ -10,13 +10,14 @@ SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -204,6 +205,15 @@ def serve_status(
     return http
 
 
+def all_accounted_for(joined: int, addresses: Iterable[str], world_size: int) -> bool:
+    """Whether the ranks joined plus the other hosts connected make the world: then whoever maps
+    addresses to ranks (the operator, by pod IP) has all it needs. A loopback address may stand for
+    any number of local ranks (whose processes may have exited before being looked at): it counts
+    for none."""
+    hosts = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    return joined + len(hosts) >= world_size
+
+
 def watch_joins(
     store: TorchTCPStore, tracker: PeerTracker, lock: threading.Lock, stop: threading.Event
 ) -> None:
@@ -227,7 +237,7 @@ def watch_joins(
             new += tracker.refresh()
             joined = dict(tracker.joined)
             addresses = [a for a in tracker.addresses if a not in seen_addresses]
-            everyone = len(joined) + len(tracker.addresses) >= world_size
+            everyone = all_accounted_for(len(joined), tracker.addresses, world_size)
         before = len(joined) - len(set(new))
         for i, rank in enumerate(sorted(set(new)), 1):
             logger.info("rank %d joined from %s (%d/%d)", rank, joined[rank], before + i, world_size)
