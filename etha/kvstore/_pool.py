@@ -71,17 +71,21 @@ class Pool:
         listener = ipv4_listener(self.host, self.port)
         if listener is not None:
             self.port = listener.getsockname()[1]
+        make = functools.partial(
+            self._dist.TCPStore,
+            self.host,
+            self.port,
+            self.world_size,
+            True,
+            timedelta(seconds=self._timeout),
+            wait_for_workers=wait_for_workers,
+            master_listen_fd=None if listener is None else listener.fileno(),
+            use_libuv=True,
+        )
         try:
-            server = self._dist.TCPStore(
-                self.host,
-                self.port,
-                self.world_size,
-                True,
-                timedelta(seconds=self._timeout),
-                wait_for_workers=wait_for_workers,
-                master_listen_fd=None if listener is None else listener.fileno(),
-                use_libuv=True,
-            )
+            # The server's own client connection is not one of ours: mark it, so that it is never
+            # taken for a connection of this pool (see open_tracked).
+            server, _ = open_tracked(make, self.port) if self.port else (make(), None)
         except RuntimeError as exc:
             if listener is not None:
                 _close_if_open(listener)

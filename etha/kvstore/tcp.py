@@ -236,7 +236,7 @@ class TorchTCPStore(KVStore):
         )
         shared = len(matching) >= _shared.SHARED_MIN_KEYS
         hits = _shared.wait_shared(self._run, req) if shared else _shared.verify(self._run, req)
-        if len(hits) == len(matching):
+        if hits is None or len(hits) == len(matching):
             return list(matching)
         return [matching[i] for i in hits]
 

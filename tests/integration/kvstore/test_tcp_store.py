@@ -363,7 +363,7 @@ def test_connect_error_names_the_whole_timeout_when_torch_fails_after_the_probe(
 def test_waiters_finish_when_the_verifier_died(
     make_tcp_store: Callable[..., TorchTCPStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A verifier that died holding its role (never publishes, never releases): the followers
+    """A verifier that died in its round (never publishes, never closes it): the followers
     check the keys themselves after DIRECT_FALLBACK and return."""
     from etha.kvstore import _shared_wait
 
@@ -373,7 +373,46 @@ def test_waiters_finish_when_the_verifier_died(
     for key in cands:
         store.set(key, "1")
     plan = store._plan("rank/*", 40, "1", store.component, cands)
-    store._run("take the role", lambda c: c.add(plan.group.verifier, 1))  # the dead verifier's
+    store._run("open a round", lambda c: c.add(plan.group.arrivals, 1))  # the dead verifier's
     start = time.monotonic()
     assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
     assert 0.9 < time.monotonic() - start < 1.0 + 2 * MARGIN
+
+
+def test_a_waiter_after_the_rendezvous_reuses_its_result(
+    make_tcp_store: Callable[..., TorchTCPStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a result is published for the current generation, a lone waiter (a new round) is
+    served from it without reading every key; a write since makes it read them again."""
+    from etha.kvstore import _shared_wait
+
+    reads: list[int] = []
+    snapshot = _shared_wait.snapshot
+    monkeypatch.setattr(_shared_wait, "snapshot", lambda conn, **kw: reads.append(1) or snapshot(conn, **kw))
+    cands = [f"rank/{i}" for i in range(40)]
+    store = make_tcp_store()
+    for key in cands:
+        store.set(key, "1")
+    assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
+    assert len(reads) == 1
+    assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
+    assert len(reads) == 1, "the second waiter read the keys again"
+    store.set("rank/0", "1")  # the same value, but a write: the result must be re-established
+    assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
+    assert len(reads) == 2
+
+
+def test_a_verifier_that_timed_out_closes_its_round(make_tcp_store: Callable[..., TorchTCPStore]) -> None:
+    """The next waiter verifies at once instead of following a round nobody serves."""
+    from etha.kvstore import _shared_wait
+
+    cands = [f"rank/{i}" for i in range(40)]
+    store = make_tcp_store()
+    for key in cands[:-1]:
+        store.set(key, "1")
+    with pytest.raises(TimeoutError):
+        store.wait_for_keys("rank/*", 40, timeout=0.5, candidate_keys=cands)
+    store.set(cands[-1], "1")
+    start = time.monotonic()
+    assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
+    assert time.monotonic() - start < _shared_wait.DIRECT_FALLBACK / 2
