@@ -208,9 +208,10 @@ class Watch:
 class Watchdog:
     """One thread per process that shuts down the socket of an inline call past its deadline.
 
-    Watching and unwatching a call take a lock and a set operation; the thread looks every
-    ``TICK`` seconds while calls are in flight and sleeps once none has been for ``IDLE_AFTER``
-    seconds, so a busy process never pays for waking it.
+    Watching and unwatching a call are a set insertion and removal (atomic under the GIL: no lock
+    for 100 threads to queue on); the thread looks every ``TICK`` seconds while calls are in
+    flight and sleeps once none has been for ``IDLE_AFTER`` seconds, so a busy process never pays
+    for waking it.
     """
 
     TICK = 0.05
@@ -220,44 +221,48 @@ class Watchdog:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._watches: set[Watch] = set()
-        self._sleeping = True
-        self._pid = -1
+        self._sleeping = False
+        self._started = False
 
     def watch(self, fd: int, limit: float) -> Watch:
         w = Watch(fd, time.monotonic() + limit)
-        with self._lock:
-            self._watches.add(w)
-            if self._pid != os.getpid():  # first use in this process (or a forked child)
-                self._pid = os.getpid()
-                self._sleeping = False
-                threading.Thread(target=self._run, name="etha-store-watchdog", daemon=True).start()
-            elif self._sleeping:
-                self._sleeping = False
-                self._wake.notify()
+        self._watches.add(w)
+        # The thread sets _sleeping before it last looks at _watches: either it sees this watch,
+        # or this call sees it sleeping and wakes it.
+        if self._sleeping or not self._started:
+            with self._lock:
+                if not self._started:
+                    self._started = True
+                    threading.Thread(target=self._run, name="etha-store-watchdog", daemon=True).start()
+                elif self._sleeping:
+                    self._sleeping = False
+                    self._wake.notify()
         return w
 
     def unwatch(self, w: Watch) -> None:
-        with self._lock:
-            self._watches.discard(w)
+        self._watches.discard(w)
 
     def _run(self) -> None:
         quiet_since = time.monotonic()
         while True:
-            with self._lock:
-                now = time.monotonic()
-                if self._watches:
-                    quiet_since = now
-                elif now - quiet_since > self.IDLE_AFTER:
+            now = time.monotonic()
+            watches = list(self._watches)
+            if watches:
+                quiet_since = now
+            elif now - quiet_since > self.IDLE_AFTER:
+                with self._lock:
                     self._sleeping = True
-                    while self._sleeping:
-                        self._wake.wait()
-                    quiet_since = time.monotonic()
-                due = [w for w in self._watches if w.deadline <= now]
-                for w in due:
+                    if not self._watches:
+                        while self._sleeping:
+                            self._wake.wait()
+                    self._sleeping = False
+                quiet_since = time.monotonic()
+                continue
+            for w in watches:
+                if w.deadline <= now:
                     self._watches.discard(w)
                     w.fired = True
-            for w in due:
-                shut_down(w.fd)
+                    shut_down(w.fd)
             time.sleep(self.TICK)
 
     def after_fork(self) -> None:
@@ -265,8 +270,8 @@ class Watchdog:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._watches = set()
-        self._sleeping = True
-        self._pid = -1
+        self._sleeping = False
+        self._started = False
 
 
 WATCHDOG = Watchdog()

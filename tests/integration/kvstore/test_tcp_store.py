@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from etha.kvstore import StoreConnectionError, StoreTimeoutError
+from etha.kvstore._conn import Watchdog
 from etha.kvstore.tcp import DEADLINE_MARGIN, POLL_INTERVAL, TorchTCPStore
 from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, wait_until
 from tests.integration.kvstore.contract import MARGIN, KVStoreContract
@@ -249,6 +250,7 @@ def test_a_plain_call_to_a_stopped_master_is_cut_off_at_its_deadline(tmp_path: P
     store.set("k", "v")
     try:
         master.signal(signal.SIGSTOP)
+        time.sleep(Watchdog.IDLE_AFTER + 0.5)  # the watchdog has gone to sleep: the call wakes it
         start = time.monotonic()
         with pytest.raises(TimeoutError, match=r"did not finish within 1\.5s"):
             store.exists("k")
