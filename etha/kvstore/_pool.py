@@ -225,7 +225,7 @@ class Pool:
         for conn in idle:
             conn.retire()
         deadline = time.monotonic() + CLOSE_GRACE
-        for conn in idle:  # idle threads exit at once; their connections close with them
+        for conn in idle:  # idle connection threads (where there are any) exit at once
             conn.join(max(0.0, deadline - time.monotonic()))
         del server  # the last reference: torch stops the server here, before close() returns
 

@@ -11,7 +11,8 @@ seed's description, behind the same API:
 - Every call runs on a connection of its own, taken from a small pool (``clone()``), under a
   deadline of its own: a blocked wait never stalls another thread's calls, and a hung server
   (e.g. a SIGSTOPped master, which makes torch's client ignore its own timeouts) gives a
-  :class:`TimeoutError` within the timeout plus :data:`DEADLINE_MARGIN`.
+  :class:`TimeoutError` within the timeout plus :data:`DEADLINE_MARGIN` (a watchdog thread
+  shuts the overrunning connection's socket down; calls themselves run in the caller's thread).
 - A client keeps retrying a master that is not reachable yet, including a host name that does
   not resolve yet, until ``timeout``; then it raises a ConnectionError naming host and port.
 - A master listens through an IPv4 socket it binds itself (torch's ``master_listen_fd``), which
