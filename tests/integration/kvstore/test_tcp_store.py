@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from etha.kvstore import StoreConnectionError, StoreTimeoutError
-from etha.kvstore._conn import Watchdog
 from etha.kvstore.tcp import DEADLINE_MARGIN, POLL_INTERVAL, TorchTCPStore
 from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, wait_until
 from tests.integration.kvstore.contract import MARGIN, KVStoreContract
@@ -250,7 +249,7 @@ def test_a_plain_call_to_a_stopped_master_is_cut_off_at_its_deadline(tmp_path: P
     store.set("k", "v")
     try:
         master.signal(signal.SIGSTOP)
-        time.sleep(Watchdog.IDLE_AFTER + 0.5)  # the watchdog has gone to sleep: the call wakes it
+        time.sleep(0.5)  # no call in flight: the watchdog sleeps without a deadline, the call wakes it
         start = time.monotonic()
         with pytest.raises(TimeoutError, match=r"did not finish within 1\.5s"):
             store.exists("k")
@@ -418,3 +417,26 @@ def test_a_verifier_that_timed_out_closes_its_round(make_tcp_store: Callable[...
     start = time.monotonic()
     assert store.wait_for_keys("rank/*", 40, timeout=30, candidate_keys=cands) == cands
     assert time.monotonic() - start < _shared_wait.DIRECT_FALLBACK / 2
+
+
+def test_the_watchdog_cuts_an_earlier_deadline_among_later_ones() -> None:
+    """A call due before every other in flight moves the watchdog's wake-up forward."""
+    import socket as socketlib
+
+    from etha.kvstore._conn import Watchdog
+
+    dog = Watchdog()
+    a, b = socketlib.socketpair()
+    c, d = socketlib.socketpair()
+    try:
+        late = dog.watch(a.fileno(), 60.0)  # the thread now sleeps until this one
+        early = dog.watch(c.fileno(), 0.3)
+        c.settimeout(5)
+        start = time.monotonic()
+        assert c.recv(1) == b""  # shut down by the watchdog: the read returns
+        assert early.fired and not late.fired
+        assert time.monotonic() - start < 0.3 + MARGIN
+        dog.unwatch(late)
+    finally:
+        for s in (a, b, c, d):
+            s.close()
