@@ -224,7 +224,10 @@ def watch_joins(
         return
     seen_addresses: set[str] = set()
     pause = JOIN_POLL_INTERVAL
-    while not stop.wait(pause):
+    while True:
+        # Once stopping, one last look: a rank that registered since the previous one is still
+        # named in the log (a job can finish, and its master be stopped, between two looks).
+        stopping = stop.wait(pause)
         began = time.monotonic()
         missing = tracker.missing()
         try:
@@ -249,6 +252,8 @@ def watch_joins(
             return
         if everyone:  # as many peers as ranks: whoever tells addresses apart has all it needs
             logger.info("%d peers connected in %.2fs", world_size, time.monotonic() - tracker.started)
+            return
+        if stopping:
             return
         pause = max(JOIN_POLL_INTERVAL, 10 * (time.monotonic() - began))
 

@@ -31,7 +31,8 @@ def test_kvstore_example_succeeds_with_prefixed_logs() -> None:
     for rank in range(3):
         assert f"[rank {rank}] rank {rank}: 3 ranks ready, config {{'lr': 0.01, 'seed': 1234}}" in res.stdout
     assert "[etha] TrainingJob kvstore-barrier succeeded: 3 workers finished" in res.stdout
-    assert "rank 2 joined" in res.stdout  # the master's log, prefixed [master]
+    master_log = "\n".join(line for line in res.stdout.splitlines() if line.startswith("[master]"))
+    assert "rank 2 joined" in res.stdout, master_log  # the master's log, prefixed [master]
 
 
 def test_failing_worker_stops_the_rest_and_names_rank_and_code(tmp_path: Path) -> None:
