@@ -423,7 +423,7 @@ def test_the_watchdog_cuts_an_earlier_deadline_among_later_ones() -> None:
     """A call due before every other in flight moves the watchdog's wake-up forward."""
     import socket as socketlib
 
-    from etha.kvstore._conn import Watchdog
+    from etha.kvstore._watchdog import Watchdog
 
     dog = Watchdog()
     a, b = socketlib.socketpair()
