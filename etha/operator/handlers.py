@@ -80,6 +80,10 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     # a minute past its TTL. Wait briefly for the exit, and look again within a second.
     settings.background.instant_exit_timeout = TIMER_EXIT_WAIT
     settings.background.cancellation_polling = TIMER_EXIT_POLL
+    # kopf lists and watches CustomResourceDefinitions and Namespaces to find what to serve
+    # unless scanning is off; the chart grants neither (a namespaced install has no cluster rights
+    # at all). The operator serves one known resource in namespaces it is told: no scanning.
+    settings.scanning.disabled = True
 
 
 @kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
