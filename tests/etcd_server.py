@@ -1,7 +1,9 @@
-"""A real etcd (Debian's etcd-server) on 127.0.0.1 with a temporary data dir, for the tests."""
+"""A real etcd on 127.0.0.1 with a temporary data dir, for the tests: the control plane's etcd
+(3.6.4, built by `make control-plane` into bin/, or in KUBEBUILDER_ASSETS), else one on PATH."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -10,14 +12,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import REPO, free_port
 
 
 def etcd_binary() -> str:
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    for folder in ([Path(assets)] if assets else []) + [REPO / "bin"]:
+        if (folder / "etcd").is_file():
+            return str(folder / "etcd")
     path = shutil.which("etcd")
     if path is None:
         raise AssertionError(
-            "etcd is not installed: `make etcd` (make test does) or apt-get install etcd-server."
+            "etcd is missing: `make control-plane` builds it into bin/ (make test does), or put one on PATH."
         )
     return path
 

@@ -1,4 +1,5 @@
-"""Where the end-to-end scenarios run: ``emulated`` (CI) or ``kind`` (anyone with Docker and kind)."""
+"""Where the end-to-end scenarios run: ``control-plane`` (CI: a real API server, controller-manager
+and scheduler, pods run by the local node) or ``kind`` (anyone with Docker and kind)."""
 
 from __future__ import annotations
 
@@ -25,26 +26,24 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
-class Emulated:
-    """The API emulator, the real operator, and a local node that runs the pods as processes."""
+class ControlPlaneProvider:
+    """The real control plane (kube-apiserver, controller-manager, scheduler, etcd), the chart
+    installed with helm, the operator running as the chart's ServiceAccount, and the local node
+    as the fake Nodes' kubelet. The jobs' namespace enforces Pod Security ``restricted``."""
 
-    name = "emulated"
+    name = "control-plane"
 
-    def __init__(self) -> None:
-        from tests.e2e.local_node import LocalNode
-        from tests.integration.controller.harness import Operator, operated_emulator
+    def __init__(self, plane: Any) -> None:
+        from tests.controlplane.operator import ChartOperator
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="etha-e2e-")
-        self._operator = Operator()
-        # The "pods" are local processes: the node knows where each master serves its status.
-        self._cm = operated_emulator(self._operator, status_url=lambda pod: self.node.status_url(pod))
-        self.emu = self._cm.__enter__()
-        self.node = LocalNode(self.emu, Path(self._tmp.name)).start()
+        self.plane = plane
+        self.node = plane.node
+        plane.create_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"})
+        self.operator = ChartOperator(plane).install().start()
         self.etcd: Any = None
 
     def apply(self, manifest: dict[str, Any]) -> None:
         body = json.loads(json.dumps(manifest))
-        body["metadata"]["namespace"] = NAMESPACE
         rendezvous = body["spec"].get("rendezvous") or {}
         if rendezvous.get("backend") == "etcd":
             if self.etcd is None:
@@ -52,28 +51,35 @@ class Emulated:
 
                 self.etcd = EtcdServer()
             rendezvous["etcd"] = {"endpoints": [self.etcd.endpoint]}
-        self.emu.submit(body)
+        self.operator.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(body))
 
     def status(self, job: str) -> dict[str, Any]:
-        return dict(self.emu.job(NAMESPACE, job).get("status") or {})
+        path = f"/apis/etha.io/v1alpha1/namespaces/{NAMESPACE}/trainingjobs/{job}"
+        return dict(self.plane.admin.get(path).get("status") or {})
 
     def kill(self, pod: str) -> None:
         self.node.kill(NAMESPACE, pod)
 
     def dump(self) -> str:
-        pods = {n: (p.get("status") or {}).get("phase") for n, p in self.emu.pods(NAMESPACE).items()}
-        return f"pods: {pods}\n{self.node.logs()}"
+        out = self.operator.kubectl(
+            "get", "trainingjobs,pods,services,events", "-n", NAMESPACE, "-o", "wide", check=False
+        )
+        return (
+            f"$ kubectl get trainingjobs,pods,services,events -n {NAMESPACE}\n{out.stdout}{out.stderr}\n"
+            f"--- operator log\n{self.operator.log()}\n{self.node.logs(namespace=NAMESPACE)}"
+        )
 
     def close(self) -> None:
         try:
-            self.node.stop()
+            forbidden = self.operator.forbidden()
+            assert not forbidden, "the API server refused the operator (the chart's RBAC):\n" + "\n".join(
+                forbidden[:10]
+            )
+        finally:
+            self.operator.uninstall()
+            self.plane.delete_namespace(NAMESPACE)
             if self.etcd is not None:
                 self.etcd.stop()
-        finally:
-            try:
-                self._cm.__exit__(None, None, None)  # stops operator and emulator, checks RBAC
-            finally:
-                self._tmp.cleanup()
 
 
 def kind_missing() -> str | None:

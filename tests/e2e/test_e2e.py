@@ -1,7 +1,9 @@
 """End to end: apply -> operator -> master + workers -> rendezvous -> training -> final status.
 
-The same scenarios run on every provider: ``emulated`` always (the API emulator, the real operator
-and a local node running each pod as a process), ``kind`` with Docker and kind (``make e2e-kind``).
+The same scenarios run on every provider: ``control-plane`` always (a real kube-apiserver,
+controller-manager, scheduler and etcd; the chart installed with helm; the operator running as the
+chart's ServiceAccount; a local node running each pod as processes), ``kind`` with Docker and kind
+(``make e2e-kind``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.providers import Emulated, Kind, Provider, kind_missing
+from tests.e2e.providers import ControlPlaneProvider, Kind, Provider, kind_missing
 from tests.e2e.scenarios import SCENARIOS, Scenario
 
 pytest.importorskip("kopf")
-pytest.importorskip("kmock")
 
 FINISHED = ("Succeeded", "Failed")
 
 
-@pytest.fixture(scope="module", params=["emulated", "kind"])
+@pytest.fixture(scope="module", params=["control-plane", "kind"])
 def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
     if request.param == "kind":
         if os.environ.get("ETHA_E2E_KIND") != "1":
@@ -29,7 +30,11 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
         reason = kind_missing()
         if reason:
             pytest.skip(f"kind e2e needs Docker and kind: {reason}")
-    p: Provider = Emulated() if request.param == "emulated" else Kind()
+    p: Provider
+    if request.param == "control-plane":
+        p = ControlPlaneProvider(request.getfixturevalue("control_plane"))
+    else:
+        p = Kind()
     try:
         yield p
     finally:

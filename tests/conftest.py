@@ -1,0 +1,36 @@
+"""Fixtures shared by every tier: the real control plane (one per test session)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[object]:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the local node as the
+    fake Nodes' kubelet. Skips with a one-line reason where the binaries are missing, except in
+    CI (``CI`` set), where the tier is required."""
+    from tests.controlplane.cluster import ControlPlane, MissingBinaries, binaries_dir
+    from tests.controlplane.node import LocalNode
+
+    try:
+        binaries_dir()
+    except MissingBinaries as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the control-plane tier is required in CI: {exc}")
+        pytest.skip(f"control-plane tier: {exc}")
+    plane = ControlPlane().start()
+    node = LocalNode(
+        plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-node-"))
+    ).start()
+    plane.node = node
+    try:
+        yield plane
+    finally:
+        node.stop()
+        plane.stop()

@@ -1,0 +1,149 @@
+"""The operator as a user installs it: the chart installed by real ``helm install`` (its CRDs,
+ServiceAccount, RBAC and Deployment, all checked by the API server), and the Deployment's
+container run here as a process (its entrypoint, args and env) with a TokenRequest token of the
+chart's ServiceAccount, so a verb the chart does not grant fails for real.
+
+The Deployment is installed with ``replicaCount: 0``: its pod would need the operator image and
+in-cluster networking; the process stands in for it. Everything else is the chart's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from tests.controlplane.cluster import ControlPlane
+from tests.helpers import REPO, TEST_ENV, free_port, tool, wait_until
+
+RELEASE = "etha-operator"
+CHART = REPO / "charts" / "etha-operator"
+#: The operator image's ENTRYPOINT (images/operator/Dockerfile), with this interpreter for python.
+ENTRYPOINT = [sys.executable, "-m", "etha.operator"]
+
+
+class ChartOperator:
+    def __init__(
+        self, plane: ControlPlane, namespace: str = "etha-system", values: dict[str, Any] | None = None
+    ) -> None:
+        self.plane = plane
+        self.namespace = namespace
+        self.values = {"replicaCount": 0, **(values or {})}
+        self.dir = Path(tempfile.mkdtemp(prefix="etha-operator-"))
+        self.kubeconfig = plane.kubeconfig(self.dir / "admin.kubeconfig")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path = self.dir / "operator.log"
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [tool("helm"), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+            )
+        return out
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+            )
+        return out
+
+    def install(self) -> ChartOperator:
+        values = self.dir / "values.json"
+        values.write_text(json.dumps(self.values))
+        self.helm(
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            self.namespace,
+            "--create-namespace",
+            "-f",
+            str(values),
+        )
+        return self
+
+    def deployment(self) -> dict[str, Any]:
+        return self.plane.admin.get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{RELEASE}")
+
+    def start(self) -> ChartOperator:
+        """Run the Deployment's container as a process, as its ServiceAccount."""
+        pod = self.deployment()["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        token = self.plane.service_account_token(self.namespace, account)
+        kubeconfig = self.plane.kubeconfig(self.dir / "operator.kubeconfig", token)
+        self.liveness_port = free_port()
+        args = [
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz" if a.startswith("--liveness") else a
+            for a in container.get("args") or []
+        ]
+        env = {**TEST_ENV, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+        fields = {"metadata.namespace": self.namespace, "metadata.name": f"{RELEASE}-local"}
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif ref := ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"):
+                env[item["name"]] = fields.get(ref, "")
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*ENTRYPOINT, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_until(self._live, 60, "the operator's liveness endpoint", interval=0.1)
+        return self
+
+    def _live(self) -> bool:
+        import urllib.request
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def log(self, tail: int = 200) -> str:
+        if self._log is not None and not self._log.closed:
+            self._log.flush()
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-tail:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+
+    def forbidden(self) -> list[str]:
+        """Lines of the operator's log where the API server refused it (RBAC)."""
+        return [line for line in self.log(100000).splitlines() if "forbidden" in line.lower()]
+
+    def uninstall(self) -> None:
+        self.stop()
+        # helm never deletes crds/: the CRD (and other tests' jobs) stay, as users expect.
+        self.helm(
+            "uninstall", RELEASE, "--namespace", self.namespace, "--wait", "--timeout", "60s", check=False
+        )
