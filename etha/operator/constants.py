@@ -44,6 +44,8 @@ FINISHED_PHASES: Final = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
 COND_CREATED: Final = "Created"
 # Condition: every worker of the current attempt is running.
 COND_RUNNING: Final = "Running"
+# Condition: every pod of the current attempt is scheduled (False: the scheduler's reason).
+COND_SCHEDULED: Final = "PodsScheduled"
 # Condition: the job is suspended.
 COND_SUSPENDED: Final = "Suspended"
 # Condition: the job finished successfully.
@@ -62,6 +64,8 @@ REASON_BACKOFF_LIMIT: Final = "RestartLimitExceeded"
 REASON_RESTARTING: Final = "Restarting"
 # Every worker succeeded.
 REASON_SUCCEEDED: Final = "AllWorkersSucceeded"
+# A pod of the current attempt cannot be scheduled (the message is the scheduler's).
+REASON_UNSCHEDULABLE: Final = "Unschedulable"
 # A child was created.
 REASON_CREATED: Final = "Created"
 # Not every worker joined the rendezvous within spec.rendezvous.timeoutSeconds.

@@ -112,6 +112,9 @@ class Api:
                 raise _NotFound(what) from exc
             if exc.status == 409:
                 raise _Conflict(what) from exc
+            if exc.status == 403 and "violates PodSecurity" in _status_message(exc):
+                # Pod Security admission refused the pod: the template must change, not the RBAC.
+                raise ChildRejected(f"{what}: the API server rejected it: {_status_message(exc)}") from exc
             if exc.status in (400, 422):
                 raise ChildRejected(f"{what}: the API server rejected it: {_status_message(exc)}") from exc
             if exc.status in (429, 500, 502, 503, 504):

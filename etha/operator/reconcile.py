@@ -100,6 +100,18 @@ def still_running(pod: dict[str, Any]) -> bool:
     return pod_phase(pod) not in ("Succeeded", "Failed")
 
 
+def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | None:
+    """(pod name, the scheduler's message) of the first pod the scheduler could not place."""
+    for pod in pods:
+        for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                assert pod is not None
+                return pod["metadata"]["name"], str(
+                    cond.get("message") or cond.get("reason") or "not scheduled"
+                )
+    return None
+
+
 def failure_detail(pod: dict[str, Any]) -> str:
     """'exit code 3 (Error)' from the first terminated container, or the pod's own reason."""
     status = pod.get("status") or {}
@@ -317,6 +329,22 @@ def reconcile(
         masterAddress=f"{torch_store_address(job, attempt)}:{job.port}",
         workers=counts,
     )
+    # Why the attempt waits: the scheduler's own words, on the job (kubectl describe tj).
+    stuck = unschedulable([master, *workers.values()])
+    had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
+    if stuck is not None:
+        message = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
+        conditions = set_condition(
+            conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
+        )
+        acts.status["conditions"] = conditions
+        if had is None or had.get("message") != message:
+            acts.events.append(Event("Warning", c.REASON_UNSCHEDULABLE, message))
+    elif had is not None and had.get("status") == "False" and None not in workers.values():
+        conditions = set_condition(
+            conditions, condition(c.COND_SCHEDULED, True, "Scheduled", "Every pod is scheduled.", now)
+        )
+        acts.status["conditions"] = conditions
     if running and phase != c.PHASE_RUNNING:
         acts.status["conditions"] = set_condition(
             conditions,

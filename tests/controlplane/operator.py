@@ -138,8 +138,9 @@ class ChartOperator:
             self._log.close()
 
     def forbidden(self) -> list[str]:
-        """Lines of the operator's log where the API server refused it (RBAC)."""
-        return [line for line in self.log(100000).splitlines() if "forbidden" in line.lower()]
+        """Lines of the operator's log where RBAC refused it ("... is forbidden: User
+        "system:serviceaccount:..." cannot list ..."), not Pod Security refusing a pod."""
+        return [line for line in self.log(100000).splitlines() if "forbidden" in line and " cannot " in line]
 
     def uninstall(self) -> None:
         self.stop()

@@ -298,3 +298,27 @@ def test_etcd_backend_without_endpoints_uses_the_operators_default_etcd() -> Non
 def test_etcd_backend_needs_no_network_policy() -> None:
     acts = reconcile(parse(etcd_job()), {}, [], True, NOW, False)
     assert "NetworkPolicy" not in [m["kind"] for m in acts.create]
+
+
+def test_an_unschedulable_pod_puts_the_schedulers_reason_on_the_job_once() -> None:
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    unplaced = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    pods = [
+        make_pod("mnist-master-0", "Running", role="master"),
+        make_pod("mnist-worker-0-0", "Pending", conditions=[unplaced]),
+        make_pod("mnist-worker-0-1", "Running"),
+    ]
+    job = parse(make_trainingjob(replicas=2))
+    acts = reconcile(job, {"startTime": "2026-01-01T11:59:00Z"}, pods, True, NOW, True)
+    (cond,) = [x for x in acts.status["conditions"] if x["type"] == "PodsScheduled"]
+    assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")
+    assert cond["message"] == f"Pod mnist-worker-0-0 cannot be scheduled: {message}"
+    assert [(e.type, e.reason) for e in acts.events] == [("Warning", "Unschedulable")]
+    # Seen again unchanged: no second event.
+    again = reconcile(job, {"startTime": "2026-01-01T11:59:00Z", **acts.status}, pods, True, NOW, True)
+    assert not [e for e in again.events if e.reason == "Unschedulable"]
+    # Scheduled at last: the condition turns True.
+    pods[1] = make_pod("mnist-worker-0-0", "Running")
+    placed = reconcile(job, {"startTime": "2026-01-01T11:59:00Z", **acts.status}, pods, True, NOW, True)
+    (cond,) = [x for x in placed.status["conditions"] if x["type"] == "PodsScheduled"]
+    assert cond["status"] == "True"

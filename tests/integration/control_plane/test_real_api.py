@@ -1,0 +1,184 @@
+"""What only a real API server shows: the CRD's CEL rules compiled and enforced, strict field
+validation, kubectl explain and the server-side printer columns, Pod Security admission, the
+scheduler's verdict on GPU requests, and garbage collection. The operator runs as the chart's
+ServiceAccount (cluster scope here; the namespaced scope in test_rbac_scopes.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.controlplane.cluster import CRD, ControlPlane
+from tests.controlplane.operator import ChartOperator
+from tests.helpers import REPO, wait_until
+
+NS = "real-api"
+TJ = "/apis/etha.io/v1alpha1/namespaces/" + NS + "/trainingjobs"
+
+
+@pytest.fixture(scope="module")
+def op(control_plane: ControlPlane) -> Iterator[ChartOperator]:
+    control_plane.create_namespace(NS, {"pod-security.kubernetes.io/enforce": "restricted"})
+    operator = ChartOperator(control_plane).install().start()
+    try:
+        yield operator
+        assert not operator.forbidden(), "\n".join(operator.forbidden()[:10])
+    finally:
+        operator.uninstall()
+        control_plane.delete_namespace(NS)
+
+
+def job(name: str, replicas: int = 2, **container: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / "allreduce.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": NS}
+    doc["spec"]["replicas"] = replicas
+    doc["spec"]["template"]["spec"]["containers"][0].update(container)
+    return doc
+
+
+def status(op: ChartOperator, name: str) -> dict[str, Any]:
+    return dict(op.plane.admin.get(f"{TJ}/{name}").get("status") or {})
+
+
+def wait_phase(op: ChartOperator, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+    try:
+        wait_until(
+            lambda: status(op, name).get("phase") == phase, timeout, f"{name} to be {phase}", interval=0.2
+        )
+    except AssertionError as exc:
+        dump = op.kubectl("get", "tj,pods,events", "-n", NS, "-o", "wide", check=False).stdout
+        raise AssertionError(f"{exc}\nstatus: {status(op, name)}\n{dump}\n{op.log(60)}") from None
+    return status(op, name)
+
+
+def apply(op: ChartOperator, doc: dict[str, Any], *flags: str, check: bool = True) -> Any:
+    return op.kubectl("apply", *flags, "-f", "-", stdin=json.dumps(doc), check=check)
+
+
+def test_the_crd_is_accepted_with_every_cel_rule_compiled(op: ChartOperator) -> None:
+    # The fixture created it (and helm installed the chart's copy); a server-side dry run
+    # compiles every rule again and reports any that does not.
+    out = op.kubectl("apply", "--dry-run=server", "-f", str(CRD), check=False)
+    assert out.returncode == 0, out.stderr
+    crd = op.plane.admin.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/trainingjobs.etha.io")
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conditions["Established"] == "True" and conditions.get("NonStructuralSchema") is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["spec"]["template"]["spec"].update(containers=[]),
+            "spec.template.spec.containers must hold at least one container.",
+        ),
+        (
+            lambda d: d["spec"]["template"].update(spec={}),
+            "spec.template.spec.containers must hold at least one container.",
+        ),
+        (
+            lambda d: d["spec"].update(activeDeadlineSeconds=0),
+            "spec.activeDeadlineSeconds must be at least 1 when set.",
+        ),
+        (
+            lambda d: d["spec"].update(replicas=0),
+            "spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1",
+        ),
+    ],
+    ids=["no-containers", "no-pod-spec", "zero-deadline", "zero-replicas"],
+)
+def test_the_api_server_refuses_a_bad_job_with_the_rules_message(
+    op: ChartOperator, edit: Any, message: str
+) -> None:
+    doc = job("refused")
+    edit(doc)
+    out = apply(op, doc, check=False)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert not op.plane.admin.exists(f"{TJ}/refused")
+
+
+def test_strict_field_validation_names_the_unknown_field(op: ChartOperator) -> None:
+    doc = job("typo")
+    doc["spec"]["replicaz"] = 3
+    out = apply(op, doc, "--validate=strict", check=False)
+    assert out.returncode != 0 and 'unknown field "spec.replicaz"' in out.stderr, out.stderr
+
+
+def test_kubectl_explain_and_the_server_side_columns(op: ChartOperator) -> None:
+    explain = op.kubectl("explain", "trainingjob.spec.replicas").stdout
+    assert "Number of worker pods; the world size." in explain, explain
+    apply(op, job("columns", replicas=1, command=["python", "-c", "import time; time.sleep(600)"]))
+    wait_phase(op, "columns", "Running")
+    header, row = op.kubectl("get", "tj", "columns", "-n", NS).stdout.splitlines()
+    assert header.split() == ["NAME", "PHASE", "READY", "JOINED", "RESTARTS", "AGE"], header
+    assert row.split()[:2] == ["columns", "Running"] and row.split()[2] == "1/1", row
+    op.kubectl("delete", "tj", "columns", "-n", NS, "--wait=false")
+
+
+def test_integer_quantities_as_users_write_them_reach_the_pods_and_the_job_succeeds(
+    op: ChartOperator,
+) -> None:
+    resources = {"limits": {"nvidia.com/gpu": 1, "cpu": 1, "memory": "1Gi"}, "requests": {"cpu": 1}}
+    apply(op, job("gpu-ints", resources=resources))
+    done = wait_phase(op, "gpu-ints", "Succeeded")
+    assert done["workers"]["succeeded"] == 2, done
+    events = op.kubectl("get", "events", "-n", NS, "--field-selector", "involvedObject.name=gpu-ints").stdout
+    assert "will try again" not in op.log(), op.log()
+    assert "Created" in events, events
+
+
+def test_a_job_asking_for_more_gpus_than_any_node_has_stays_pending_with_the_schedulers_reason(
+    op: ChartOperator,
+) -> None:
+    apply(op, job("too-big", resources={"limits": {"nvidia.com/gpu": 8}}))
+
+    def reason() -> dict[str, Any] | None:
+        conds = status(op, "too-big").get("conditions") or []
+        return next((c for c in conds if c["type"] == "PodsScheduled" and c["status"] == "False"), None)
+
+    wait_until(lambda: reason() is not None, 60, "the scheduler's reason on the job", interval=0.2)
+    cond = reason()
+    assert cond is not None and cond["reason"] == "Unschedulable", cond
+    assert "Insufficient nvidia.com/gpu" in cond["message"] and cond["message"].startswith(
+        "Pod too-big-worker-0-"
+    ), cond
+    assert status(op, "too-big")["phase"] == "Pending"
+    describe = op.kubectl("describe", "tj", "too-big", "-n", NS).stdout
+    assert "Unschedulable" in describe and "Insufficient nvidia.com/gpu" in describe, describe
+    op.kubectl("delete", "tj", "too-big", "-n", NS, "--wait=false")
+
+
+def test_a_template_pod_security_refuses_fails_the_job_with_the_servers_message(op: ChartOperator) -> None:
+    # The operator's own checker lets this through (it is not one of the fields it knows); the
+    # namespace's restricted Pod Security admission refuses the pod, and the job says why.
+    doc = job("psa", replicas=1)
+    doc["spec"]["template"]["spec"]["securityContext"] = {
+        "sysctls": [{"name": "kernel.msgmax", "value": "65536"}]
+    }
+    apply(op, doc)
+    failed = wait_phase(op, "psa", "Failed")
+    cond = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert (
+        cond["reason"] == "InvalidSpec" and 'violates PodSecurity "restricted:latest"' in cond["message"]
+    ), cond
+    assert "kernel.msgmax" in cond["message"], cond
+    pods = op.plane.admin.get(f"/api/v1/namespaces/{NS}/pods", labelSelector="etha.io/job-name=psa")["items"]
+    assert pods == [] or all(p["metadata"].get("deletionTimestamp") for p in pods), pods
+
+
+def test_deleting_a_job_garbage_collects_its_children(op: ChartOperator) -> None:
+    apply(op, job("collected", replicas=2, command=["python", "-c", "import time; time.sleep(600)"]))
+    wait_phase(op, "collected", "Running")
+    admin = op.plane.admin
+    selector = "etha.io/job-name=collected"
+    assert len(admin.get(f"/api/v1/namespaces/{NS}/pods", labelSelector=selector)["items"]) == 3
+    op.kubectl("delete", "tj", "collected", "-n", NS, "--timeout=60s")
+    wait_until(
+        lambda: not admin.get(f"/api/v1/namespaces/{NS}/pods", labelSelector=selector)["items"]
+        and not admin.exists(f"/api/v1/namespaces/{NS}/services/collected"),
+        90, "the garbage collector to delete the job's pods and Service", interval=0.3,
+    )  # fmt: skip
