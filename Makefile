@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
+.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-control-plane bench-operator clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,9 @@ test: lint typecheck tools control-plane ## Everything CI runs: lint, mypy, and 
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py
+
+bench-control-plane: venv tools control-plane ## Control plane start time; 1,024 worker pods by etha vs a raw 32-thread client, real API server.
+	$(PY) bench/control_plane.py
 
 bench-operator: venv ## Operator benchmark: pods created per job at 16/256/1024 replicas, 50 jobs at once, RSS.
 	$(PY) bench/operator_scale.py
