@@ -182,3 +182,22 @@ def test_deleting_a_job_garbage_collects_its_children(op: ChartOperator) -> None
         and not admin.exists(f"/api/v1/namespaces/{NS}/services/collected"),
         90, "the garbage collector to delete the job's pods and Service", interval=0.3,
     )  # fmt: skip
+
+
+def test_status_writes_survive_other_writers_of_the_same_job(op: ChartOperator) -> None:
+    # Another client edits the job (labels and status alike) while the operator writes its
+    # status: the operator's merge patches carry no resourceVersion, so they never conflict (409)
+    # and the job still ends with the operator's own account of it.
+    apply(op, job("contended", replicas=2))
+    path = f"{TJ}/contended"
+    for i in range(30):
+        op.plane.admin.merge_patch(path, {"metadata": {"labels": {"touched": str(i)}}})
+        op.plane.admin.request(
+            "PATCH",
+            f"{path}/status",
+            {"status": {"note": f"other writer {i}"}},
+            content_type="application/merge-patch+json",
+        )
+    done = wait_phase(op, "contended", "Succeeded")
+    assert done["workers"]["succeeded"] == 2 and done["note"] == "other writer 29", done
+    assert "409" not in op.log() and "Conflict" not in op.log(), op.log()
