@@ -30,7 +30,7 @@ from typing import IO, Any
 import yaml
 
 from tests.controlplane.kube import Kube, KubeError
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, stop_process
 
 #: The binaries the control plane needs, in the folder named by KUBEBUILDER_ASSETS or bin/.
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -168,11 +168,7 @@ class ControlPlane:
             if p.proc.poll() is None:
                 p.proc.terminate()
         for p in reversed(self.processes):
-            try:
-                p.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                p.proc.kill()
-                p.proc.wait(5)
+            stop_process(p.proc, 10)
             p.log.close()
         self.processes.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)

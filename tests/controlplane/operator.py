@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.controlplane.cluster import ControlPlane
-from tests.helpers import REPO, TEST_ENV, free_port, tool, wait_until
+from tests.helpers import REPO, TEST_ENV, free_port, stop_process, tool, wait_until
 
 RELEASE = "etha-operator"
 CHART = REPO / "charts" / "etha-operator"
@@ -127,13 +127,8 @@ class ChartOperator:
         return "\n".join(text.splitlines()[-tail:])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 20)
         if self._log is not None:
             self._log.close()
 

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 
-from tests.helpers import REPO, TEST_ENV, free_port, wait_until
+from tests.helpers import REPO, TEST_ENV, free_port, stop_process, wait_until
 from tests.integration.controller.emulator import Emulator
 from tests.integration.controller.harness import Operator, operated_emulator
 from tests.unit.controller.factories import make_trainingjob
@@ -47,13 +47,7 @@ class OperatorProcess:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
         self._log.close()
 
 
