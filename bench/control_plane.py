@@ -6,6 +6,10 @@
   ServiceAccount. Side by side, alternating, in the same run: the time from creating a
   TrainingJob of N workers to N worker pods existing, and the time a raw client with 32 threads
   takes to create the same N pods (the API server's limit here). Medians of --repeat.
+- Steady state (--steady JOBS): JOBS TrainingJobs x 4 workers running (the local node runs them),
+  nothing changing: the operator's API requests per running job per minute (from the API
+  server's audit log, by the operator's ServiceAccount) over --window seconds; then one worker
+  SIGKILLed, and how long until the job's status shows it.
 
     .venv/bin/python bench/control_plane.py [--pods 1024] [--repeat 3]
 """
@@ -59,13 +63,66 @@ def raw_run(plane: ControlPlane, namespace: str, n: int, threads: int = 32) -> f
     return time.monotonic() - start
 
 
+def steady(jobs: int, window: float) -> None:
+    import signal
+    import tempfile
+
+    from tests.controlplane.node import LocalNode
+
+    plane = ControlPlane().start()
+    node = LocalNode(
+        plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))
+    ).start()
+    op = ChartOperator(plane).install().start()
+    ns = "steady"
+    user = "system:serviceaccount:etha-system:etha-operator"
+    try:
+        plane.create_namespace(ns)
+        for i in range(jobs):
+            job = make_trainingjob(name=f"steady-{i}", namespace=ns, replicas=4)
+            del job["metadata"]["uid"]
+            container = job["spec"]["template"]["spec"]["containers"][0]
+            container["command"] = ["python", "-c", "import time; time.sleep(3600)"]
+            op.kubectl("apply", "-f", "-", stdin=json.dumps(job))
+        path = f"/apis/etha.io/v1alpha1/namespaces/{ns}/trainingjobs"
+        while (
+            sum(j.get("status", {}).get("phase") == "Running" for j in plane.admin.get(path)["items"]) < jobs
+        ):
+            time.sleep(0.5)
+        time.sleep(5)  # let the rendezvous reads (which stop once complete) settle
+        since = time.time()
+        time.sleep(window)
+        requests = plane.requests_by(user, since)
+        verbs: dict[str, int] = {}
+        for event in requests:
+            key = f"{event['verb']} {event['objectRef'].get('resource', '')}"
+            verbs[key] = verbs.get(key, 0) + 1
+        per = len(requests) / jobs / (window / 60)
+        print(f"steady state, {jobs} jobs x 4 running: {len(requests)} operator requests in {window:.0f} s = "
+              f"{per:.1f} per running job per minute; by verb: {dict(sorted(verbs.items()))}")  # fmt: skip
+        start = time.monotonic()
+        node.kill(ns, "steady-0-worker-0-1", signal.SIGKILL)
+        while plane.admin.get(f"{path}/steady-0").get("status", {}).get("phase") == "Running":
+            time.sleep(0.05)
+        print(f"a worker SIGKILLed: the job's status changed {time.monotonic() - start:.2f} s later")
+    finally:
+        op.uninstall()
+        node.stop()
+        plane.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pods", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--steady", type=int, default=0, metavar="JOBS", help="Measure steady state instead.")
+    parser.add_argument("--window", type=float, default=60.0)
     args = parser.parse_args()
+    if args.steady:
+        steady(args.steady, args.window)
+        return 0
 
     starts = []
     for _ in range(args.repeat):

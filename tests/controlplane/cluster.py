@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import atexit
 import base64
+import datetime
+import json
 import os
 import secrets
 import shutil
@@ -216,6 +218,8 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24", f"--service-account-issuer={issuer}",
             f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
             f"--api-audiences={issuer}", "--allow-privileged=false", "--profiling=false",
+            f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-maxsize=0",
         )  # fmt: skip
         self.admin = Kube(self.url, self.admin_token, self.ca_file)
         self._wait_up("kube-apiserver", lambda: self.admin.request("GET", "/readyz", timeout=5) is not None)
@@ -238,6 +242,32 @@ class ControlPlane:
             self._create_node(node)
         self.create_namespace("default")
         self.timings["ready"] = time.monotonic() - t0
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        # Metadata of every request, once (when answered): who asked what, for counting.
+        policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                  "rules": [{"level": "Metadata"}]}  # fmt: skip
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        return path
+
+    def requests_by(self, user: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """The audit log's requests by ``user`` answered after ``since`` (time.time())."""
+        out = []
+        if not self.audit_log.exists():
+            return out
+        for line in self.audit_log.read_text().splitlines():
+            if f'"username":"{user}"' not in line:
+                continue
+            event = json.loads(line)
+            when = datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+            if when >= since and event.get("stage") == "ResponseComplete":
+                out.append(event)
+        return out
 
     def _certificates(self) -> None:
         d = self.workdir
