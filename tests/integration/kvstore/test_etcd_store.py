@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from etha.kvstore import StoreConnectionError
-from etha.kvstore.etcd import EtcdStore
+from etha.kvstore.etcd import EtcdStore, delete_namespace
 from tests.etcd_server import EtcdServer
 from tests.integration.kvstore.contract import KVStoreContract, MakeStore
 
@@ -66,7 +66,10 @@ def test_wait_survives_an_etcd_restart(etcd: EtcdServer, make_store: Callable[..
     assert result == [["rank/0", "rank/1"]]
 
 
-def test_close_cleanup_removes_the_namespace(make_store: Callable[..., EtcdStore]) -> None:
+def test_close_deletes_no_key_and_delete_namespace_removes_the_job(
+    etcd: EtcdServer, make_store: Callable[..., EtcdStore]
+) -> None:
+    """A rank's close (cleanup or not) leaves every key; the job's owner removes the namespace."""
     a = make_store(namespace="cleanme", component="x")
     b = make_store(namespace="cleanme", component="y")
     other = make_store(namespace="keepme")
@@ -74,7 +77,9 @@ def test_close_cleanup_removes_the_namespace(make_store: Callable[..., EtcdStore
     b.set("k", "1")
     other.set("k", "1")
     a.close(cleanup=True)
-    assert not b.exists("k") and other.exists("k")
+    assert b.exists("k") and b.get("k", component="x") == b"1"
+    assert delete_namespace([etcd.endpoint], "cleanme") == 2
+    assert not b.exists("k") and b.get("k", component="x") is None and other.exists("k")
 
 
 def test_keys_with_a_lease_expire_when_nobody_keeps_them(etcd: EtcdServer) -> None:
