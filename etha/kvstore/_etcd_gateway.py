@@ -120,17 +120,21 @@ class Gateway:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def open_watch(self, create: dict[str, Any], deadline: float) -> tuple[http.client.HTTPConnection, Any]:
+    def open_watch(self, create: dict[str, Any], deadline: float) -> HttpConn:
         """Open a watch stream (on a connection of its own) on the first member that accepts it."""
         errors: list[str] = []
+        body = json.dumps({"create_request": create}).encode("utf-8")
         for host, port in self.order():
-            conn = http.client.HTTPConnection(host, port, timeout=_left(deadline))
             try:
-                conn.request("POST", "/v3/watch", json.dumps({"create_request": create}))
-                resp = conn.getresponse()
-                if resp.status != 200:
-                    raise http.client.HTTPException(f"watch answered HTTP {resp.status}")
-                return conn, resp
+                conn = HttpConn(host, port, deadline)
+            except OSError as exc:
+                errors.append(f"{host}:{port}: {_describe(exc)}")
+                continue
+            try:
+                status = conn.stream("/v3/watch", body, deadline)
+                if status != 200:
+                    raise http.client.HTTPException(f"watch answered HTTP {status}")
+                return conn
             except BROKEN as exc:
                 conn.close()
                 errors.append(f"{host}:{port}: {_describe(exc)}")
@@ -155,8 +159,41 @@ class HttpConn:
         self.sock = socket.create_connection((host, port), timeout=_left(deadline))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
+        self._lines = b""
 
     def post(self, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+        status, fields = self._request(path, body, deadline)
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            data = self._chunked()
+        else:
+            data = self._take(int(fields.get("content-length", "0")))
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
+
+    def stream(self, path: str, body: bytes, deadline: float) -> int:
+        """Send a request whose answer is a stream of lines (a watch); read them with readline()."""
+        status, _ = self._request(path, body, deadline)
+        self._lines = b""
+        return status
+
+    def readline(self, timeout: float) -> bytes:
+        """The next line of a chunked stream (b"" when it ended). Raises TimeoutError after
+        ``timeout`` seconds without one; what was read so far is kept for the next call."""
+        self.sock.settimeout(timeout)
+        while (at := self._lines.find(b"\n")) < 0:
+            end = self._fill_until(b"\r\n")
+            size = int(self._buf[:end].split(b";")[0], 16)
+            while len(self._buf) < end + 2 + size + 2:
+                self._recv()
+            if size == 0:
+                return b""
+            self._lines += self._buf[end + 2 : end + 2 + size]
+            self._buf = self._buf[end + 2 + size + 2 :]
+        line, self._lines = self._lines[: at + 1], self._lines[at + 1 :]
+        return line
+
+    def _request(self, path: str, body: bytes, deadline: float) -> tuple[int, dict[str, str]]:
         self.sock.settimeout(_left(deadline))
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -171,13 +208,7 @@ class HttpConn:
         except (IndexError, ValueError):
             raise http.client.BadStatusLine(lines[0]) from None
         fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-        if fields.get("transfer-encoding", "").lower() == "chunked":
-            data = self._chunked()
-        else:
-            data = self._take(int(fields.get("content-length", "0")))
-        if fields.get("connection", "").lower() == "close":
-            self.close()
-        return status, data
+        return status, fields
 
     def _fill_until(self, marker: bytes) -> int:
         while (at := self._buf.find(marker)) < 0:

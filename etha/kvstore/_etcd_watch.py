@@ -26,6 +26,7 @@ stops after :data:`LINGER` seconds.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import threading
@@ -58,6 +59,8 @@ class Tally:
     want: bytes
     members: frozenset[str] | None
     count: int = 0
+    #: Waiters not woken yet, by the count each needs (the fewest first).
+    pending: list[Waiter] = field(default_factory=list)
 
     def counts(self, name: str, value: bytes | None) -> bool:
         return (
@@ -70,7 +73,11 @@ class Tally:
 
 @dataclass(eq=False)
 class Waiter:
+    """A predicate on the state, or (cheaper to test on every event) a tally and a count."""
+
     ready: Callable[[State], bool]
+    tally: Tally | None = None
+    need: int = 0
     event: threading.Event = field(default_factory=threading.Event)
 
 
@@ -122,12 +129,22 @@ class Watcher:
     def add(self, waiter: Waiter) -> None:
         with self.lock:
             self.waiters.append(waiter)
-            if self.synced and waiter.ready(self.state):
-                waiter.event.set()
+            self.rearm(waiter)
+
+    def rearm(self, waiter: Waiter) -> None:
+        """Wake ``waiter`` at once if its predicate holds, else when it does. Call with the lock."""
+        if self.synced and waiter.ready(self.state):
+            waiter.event.set()
+            return
+        waiter.event.clear()
+        if waiter.tally is not None and waiter not in waiter.tally.pending:
+            bisect.insort(waiter.tally.pending, waiter, key=lambda w: w.need)
 
     def remove(self, waiter: Waiter) -> None:
         with self.lock:
             self.waiters.remove(waiter)
+            if waiter.tally is not None and waiter in waiter.tally.pending:
+                waiter.tally.pending.remove(waiter)
             if not self.waiters:
                 self.idle_since = time.monotonic()
 
@@ -204,12 +221,11 @@ class Watcher:
 
     def _follow(self) -> None:
         create = range_body(self.key, self.range_end, start_revision=str(self.revision + 1))
-        conn, resp = self.gateway.open_watch(create, time.monotonic() + READ_SLICE * 5)
+        conn = self.gateway.open_watch(create, time.monotonic() + READ_SLICE * 5)
         try:
             while self._needed():
-                conn.sock.settimeout(READ_SLICE)
                 try:
-                    line = resp.readline()
+                    line = conn.readline(READ_SLICE)
                 except TimeoutError:
                     continue
                 if not line:
@@ -247,9 +263,15 @@ class Watcher:
             self._wake()
 
     def _wake(self) -> None:
-        """Wake the waiters whose predicate holds, and those waiting for any change. Under lock."""
+        """Wake the waiters whose predicate holds, and those waiting for any change. Under lock.
+
+        Tallied waiters are woken from their tally's pending list (fewest needed first), so an
+        event costs O(1) per tally, not a test per waiter."""
+        for tally in self.tallies.values():
+            while tally.pending and tally.pending[0].need <= tally.count:
+                tally.pending.pop(0).event.set()
         for waiter in self.waiters:
-            if not waiter.event.is_set() and waiter.ready(self.state):
+            if waiter.tally is None and not waiter.event.is_set() and waiter.ready(self.state):
                 waiter.event.set()
         self.changed.notify_all()
 

@@ -143,7 +143,12 @@ class EtcdStore(KVStore):
         timeout = check_timeout(timeout)
         name = self._full(self._scoped(key, component))
         return self._wait(
-            name, None, lambda w: lambda s: name in s, lambda s: s[name], timeout, f"key {key!r}"
+            name,
+            None,
+            lambda w: _etcd_watch.Waiter(lambda s: name in s),
+            lambda s: s[name],
+            timeout,
+            f"key {key!r}",
         )
 
     def wait_for_value(
@@ -157,7 +162,7 @@ class EtcdStore(KVStore):
         return self._wait(
             name,
             None,
-            lambda w: lambda s: s.get(name) == want,
+            lambda w: _etcd_watch.Waiter(lambda s: s.get(name) == want),
             lambda s: want,
             timeout,
             f"key {key!r} to hold {expected!r}",
@@ -188,9 +193,10 @@ class EtcdStore(KVStore):
         start = root + prefix
         tallies: list[_etcd_watch.Tally] = []
 
-        def ready(w: _etcd_watch.Watcher) -> Callable[[State], bool]:
-            tallies.append(w.tally(suffix, want, members))
-            return lambda s: tallies[0].count >= expected_count
+        def ready(w: _etcd_watch.Watcher) -> _etcd_watch.Waiter:
+            tally = w.tally(suffix, want, members)
+            tallies.append(tally)
+            return _etcd_watch.Waiter(lambda s: tally.count >= expected_count, tally, expected_count)
 
         def found(state: State) -> list[str]:
             if order is not None:  # the caller's order, as every backend returns it
@@ -235,7 +241,7 @@ class EtcdStore(KVStore):
         self,
         key: str,
         range_end: str | None,
-        predicate: Callable[[_etcd_watch.Watcher], Callable[[State], bool]],
+        predicate: Callable[[_etcd_watch.Watcher], _etcd_watch.Waiter],
         result: Callable[[State], T],
         timeout: float,
         what: str,
@@ -249,15 +255,15 @@ class EtcdStore(KVStore):
         self._usable()
         watch = _etcd_watch.watcher(self._gateway, key, range_end)
         with watch.lock:
-            ready = predicate(watch)
-        waiter = _etcd_watch.Waiter(ready)
+            waiter = predicate(watch)
+        ready = waiter.ready
         watch.add(waiter)
         why = ""
         try:
             while waiter.event.wait(max(deadline - time.monotonic(), 0)):
                 with watch.lock:
                     if not (watch.synced and ready(watch.state)):
-                        waiter.event.clear()
+                        watch.rearm(waiter)
                         continue
                     revision, size, out = watch.revision, len(watch.state), result(watch.state)
                 try:
