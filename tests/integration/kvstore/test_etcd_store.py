@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from etha.kvstore import StoreConnectionError
+from etha.kvstore import KVStore, StoreConnectionError
 from etha.kvstore.etcd import EtcdStore, delete_namespace
 from tests.etcd_server import EtcdServer
-from tests.integration.kvstore.contract import KVStoreContract, MakeStore
+from tests.integration.kvstore.contract import OUTAGE_TIMEOUT, KVStoreContract, MakeStore
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,43 @@ def make_store(etcd: EtcdServer) -> Iterator[MakeStore]:
         store.close()
 
 
+class EtcdOutage:
+    """An etcd of its own and a client of it (see contract.Outage)."""
+
+    def __init__(self) -> None:
+        self.server = EtcdServer()
+        self.endpoint = self.server.endpoint
+        self.store = EtcdStore([self.endpoint], timeout=OUTAGE_TIMEOUT)
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def start(self) -> None:
+        self.server.start()
+
+
 class TestEtcdStoreContract(KVStoreContract):
     """Every behaviour TorchTCPStore has, on etcd."""
+
+    @pytest.fixture
+    def worker_env(self, etcd: EtcdServer) -> Callable[[KVStore], dict[str, str]]:
+        def env(store: KVStore) -> dict[str, str]:
+            return {
+                "ETHA_KVSTORE_BACKEND": "etcd",
+                "ETHA_ETCD_ENDPOINTS": etcd.endpoint,
+                "ETHA_WORLD_SIZE": "2",
+                "ETHA_RANK": "0",
+                "ETHA_JOB_NAME": store.namespace,
+            }
+
+        return env
+
+    @pytest.fixture
+    def outage(self) -> Iterator[EtcdOutage]:
+        outage = EtcdOutage()
+        yield outage
+        outage.store.close()
+        outage.server.stop()
 
 
 def test_wait_for_keys_needs_no_candidates(make_store: Callable[..., EtcdStore]) -> None:
