@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-operator clean
+.PHONY: help venv tools etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-operator clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,9 @@ test: lint typecheck tools etcd ## Everything CI runs: lint, mypy, and the whole
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py
+
+bench-etcd: venv etcd ## EtcdStore beside TorchTCPStore and barrier at N=256 and 1024 (see docs/benchmarks.md).
+	$(PY) bench/rendezvous.py --sizes 256 1024 --modes etha etcd barrier
 
 bench-operator: venv ## Operator benchmark: pods created per job at 16/256/1024 replicas, 50 jobs at once, RSS.
 	$(PY) bench/operator_scale.py
