@@ -193,31 +193,39 @@ def _revoke(endpoint: str, lease: int) -> None:
         assert resp.status == 200
 
 
-def test_a_revoked_lease_raises_on_the_next_write_and_every_call_after(etcd: EtcdServer) -> None:
-    store = EtcdStore([etcd.endpoint], namespace="revoked", lease_ttl=30)
-    try:
+@pytest.fixture
+def revoked(etcd: EtcdServer) -> Iterator[Callable[[int], EtcdStore]]:
+    """``revoked(lease_ttl)``: a store that wrote a key on its lease, which another client then revoked."""
+    made: list[EtcdStore] = []
+
+    def make(lease_ttl: int) -> EtcdStore:
+        store = EtcdStore([etcd.endpoint], namespace=f"revoked{len(made)}", lease_ttl=lease_ttl)
+        made.append(store)
         store.set("k", "1")
         assert store._lease is not None
         _revoke(etcd.endpoint, store._lease)
-        with pytest.raises(StoreLeaseError, match=r"lease \d+ of EtcdStore\(.*\) expired or was revoked"):
-            store.set("k", "2")
-        with pytest.raises(StoreLeaseError, match="Create a new store"):
-            store.get("k")
-    finally:
+        return store
+
+    yield make
+    for store in made:
         store.close()
 
 
-def test_a_lease_lost_between_calls_is_found_by_the_renewals(etcd: EtcdServer) -> None:
-    store = EtcdStore([etcd.endpoint], namespace="revoked2", lease_ttl=3)
-    try:
-        store.set("k", "1")
-        assert store._lease is not None
-        _revoke(etcd.endpoint, store._lease)
-        wait_until(lambda: store._lease_lost is not None, 10, "the renewal to find the lease gone")
-        with pytest.raises(StoreLeaseError, match="expired or was revoked"):
-            store.exists("k")
-    finally:
-        store.close()
+def test_a_revoked_lease_raises_on_the_next_write_and_every_call_after(
+    revoked: Callable[[int], EtcdStore],
+) -> None:
+    store = revoked(30)
+    with pytest.raises(StoreLeaseError, match=r"lease \d+ of EtcdStore\(.*\) expired or was revoked"):
+        store.set("k", "2")
+    with pytest.raises(StoreLeaseError, match="Create a new store"):
+        store.get("k")
+
+
+def test_a_lease_lost_between_calls_is_found_by_the_renewals(revoked: Callable[[int], EtcdStore]) -> None:
+    store = revoked(3)
+    wait_until(lambda: store._lease_lost is not None, 10, "the renewal to find the lease gone")
+    with pytest.raises(StoreLeaseError, match="expired or was revoked"):
+        store.exists("k")
 
 
 def test_etcd_stopped_for_longer_than_the_lease() -> None:

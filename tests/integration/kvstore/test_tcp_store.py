@@ -349,7 +349,9 @@ def test_waits_and_reads_are_split_into_requests_of_bounded_size(
 
     run = store._pool.run
     monkeypatch.setattr(
-        store._pool, "run", lambda what, fn, timeout=None: run(what, lambda c: fn(Spy(c)), timeout)
+        store._pool,
+        "run",
+        lambda what, fn, timeout=None, retry=False: run(what, lambda c: fn(Spy(c)), timeout, retry),
     )
     threading.Timer(0.3, lambda: store.set(cands[-1], "1")).start()
     assert store.wait_for_keys("k/*", 2500, timeout=60, candidate_keys=cands) == cands
