@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-control-plane bench-operator clean
+.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,6 +68,9 @@ bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).
 
 bench-control-plane: venv tools control-plane ## Control plane start time; 1,024 worker pods by etha vs a raw 32-thread client, real API server.
 	$(PY) bench/control_plane.py
+
+bench-etcd: venv etcd ## EtcdStore beside TorchTCPStore and barrier at N=256 and 1024 (see docs/benchmarks.md).
+	$(PY) bench/rendezvous.py --sizes 256 1024 --modes etha etcd barrier
 
 bench-operator: venv ## Operator benchmark: pods created per job at 16/256/1024 replicas, 50 jobs at once, RSS.
 	$(PY) bench/operator_scale.py

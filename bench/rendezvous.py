@@ -6,7 +6,9 @@ etha.kvstore.server``) on 127.0.0.1:
 - ``etha``: ``TorchTCPStore.set`` + ``wait_for_keys`` (server-side wait, batched read);
 - ``naive``: the seed's design, every participant polling its candidate keys one by one with
   1 ms sleeps;
-- ``barrier``: torch's server-side ``TCPStore.barrier``, the floor.
+- ``barrier``: torch's server-side ``TCPStore.barrier``, the floor;
+- ``etcd`` (with ``--modes``): ``EtcdStore.set`` + ``wait_for_keys`` against a real etcd
+  (``etcd`` on PATH, 127.0.0.1, a temporary data dir), beside the others in the same run.
 
 Participants are threads spread over several processes, each with its own connection, all
 connected before the clock starts. A run's time is from the start signal to the last
@@ -14,6 +16,7 @@ participant done. Prints medians over ``--repeat`` runs and the ratios.
 
     python bench/rendezvous.py                 # N in 8 64 256 1024, 3 runs each
     python bench/rendezvous.py --sizes 256 --repeat 5
+    python bench/rendezvous.py --sizes 256 1024 --modes etha etcd barrier   # make bench-etcd
 """
 
 from __future__ import annotations

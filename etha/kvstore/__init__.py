@@ -17,6 +17,7 @@ from etha.kvstore.errors import (
     KVStoreError,
     StoreConfigError,
     StoreConnectionError,
+    StoreLeaseError,
     StoreLimitError,
     StoreTimeoutError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "KVStoreError",
     "StoreConfigError",
     "StoreConnectionError",
+    "StoreLeaseError",
     "StoreLimitError",
     "StoreTimeoutError",
     "from_env",

@@ -172,13 +172,27 @@ class Pool:
                 return
         conn.retire()
 
-    def run(self, what: str, fn: Callable[[Any], T], timeout: float | None = None) -> T:
+    def run(self, what: str, fn: Callable[[Any], T], timeout: float | None = None, retry: bool = False) -> T:
         """Run ``fn(connection)`` on a pooled connection within ``timeout`` (default: the store's).
 
         A connection whose call failed or overran is dropped, never reused: a late reply would
-        otherwise be read as the answer to the next request.
+        otherwise be read as the answer to the next request. With ``retry``, a call that failed
+        on a broken connection (the master restarted, a reset) runs again on a new connection,
+        reconnecting with retries, until ``timeout``; then the last error is raised.
         """
         limit = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                return self._run_once(what, fn, timeout, limit)
+            except StoreConnectionError as exc:
+                left = deadline - time.monotonic()
+                if not retry or left <= 0:
+                    raise
+                logger.info("%s failed (%s); retrying for up to %.1fs", what, exc, left)
+                limit = left
+
+    def _run_once(self, what: str, fn: Callable[[Any], T], timeout: float | None, limit: float) -> T:
         try:
             conn = self._acquire(limit)
         except StoreConnectionError as exc:

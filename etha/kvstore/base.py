@@ -175,8 +175,11 @@ class KVStore(abc.ABC):
     def close(self, cleanup: bool = True) -> None:
         """Release every connection. Idempotent; the store is unusable afterwards.
 
+        Never deletes keys, whoever wrote them: other ranks may still read them while the job
+        runs (a ``with`` block calls this). Each backend says when a job's keys go.
+
         Args:
-            cleanup: Also remove what this store owns on the server, where the backend can.
+            cleanup: Accepted for the seed's signature; no backend deletes keys on close.
         """
 
     def __enter__(self) -> Self:

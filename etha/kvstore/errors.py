@@ -14,6 +14,10 @@ class StoreConnectionError(KVStoreError, ConnectionError):
     """The store's server could not be reached, or the connection broke."""
 
 
+class StoreLeaseError(StoreConnectionError):
+    """The store's lease expired or was revoked: the keys written through it are gone."""
+
+
 class StoreTimeoutError(KVStoreError, TimeoutError):
     """An operation did not complete within its timeout."""
 

@@ -15,6 +15,8 @@ seed's description, behind the same API:
   shuts the overrunning connection's socket down; calls themselves run in the caller's thread).
 - A client keeps retrying a master that is not reachable yet, including a host name that does
   not resolve yet, until ``timeout``; then it raises a ConnectionError naming host and port.
+  Plain calls (writes, ``get``, ``exists``) that meet a broken connection (the master restarted)
+  are retried the same way on a new connection, within the store's timeout; so are EtcdStore's.
 - A master listens through an IPv4 socket it binds itself (torch's ``master_listen_fd``), which
   avoids torch's blocking reverse-DNS lookups of IPv6-mapped peers.
 """
@@ -118,8 +120,8 @@ class TorchTCPStore(KVStore):
         #: This process's rank, when known (``from_env()`` sets it).
         self.rank: int | None = None
 
-    def _run(self, what: str, fn: Callable[[Any], T], timeout: float | None = None) -> T:
-        return self._pool.run(what, fn, timeout)
+    def _run(self, what: str, fn: Callable[[Any], T], timeout: float | None = None, retry: bool = False) -> T:
+        return self._pool.run(what, fn, timeout, retry)
 
     # --- plain operations ---------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class TorchTCPStore(KVStore):
     def _write(self, what: str, component: str | None, op: Callable[[Any], T]) -> T:
         """Run a write, then count it in the generation that shared waits rely on."""
         gen = _shared.generation_key(self.namespace, self.component if component is None else component)
-        return self._run(what, lambda c: _shared.counted(c, gen, op))  # type: ignore[no-any-return]
+        return self._run(what, lambda c: _shared.counted(c, gen, op), retry=True)  # type: ignore[no-any-return]
 
     def get(self, key: str, *, component: str | None = None) -> bytes | None:
         """See base class."""
@@ -152,7 +154,7 @@ class TorchTCPStore(KVStore):
     def _read(self, what: str, scoped: str, timeout: float | None) -> bytes | None:
         """The value of ``scoped``, or None if it is missing (or was deleted while being read)."""
         try:
-            return self._run(what, lambda c: _conn.get_if_present(c, scoped), timeout)
+            return self._run(what, lambda c: _conn.get_if_present(c, scoped), timeout, retry=timeout is None)
         except _conn.KeyVanished:
             return None
 
@@ -163,7 +165,7 @@ class TorchTCPStore(KVStore):
     def exists(self, key: str, *, component: str | None = None) -> bool:
         """See base class."""
         scoped = self._scoped(key, component)
-        return bool(self._run(f"exists({key!r})", lambda c: c.check([scoped])))
+        return bool(self._run(f"exists({key!r})", lambda c: c.check([scoped]), retry=True))
 
     def delete(self, key: str, *, component: str | None = None) -> bool:
         """See base class."""

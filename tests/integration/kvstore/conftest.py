@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from etha.kvstore import KVStore
 from tests.helpers import MasterProcess
 
 pytest.importorskip("torch", reason="the store tests need torch: install the 'store' extra")
@@ -46,3 +47,45 @@ def make_tcp_store(shared_master: MasterProcess) -> Iterator[Callable[..., Torch
     yield make
     for store in made:
         store.close()
+
+
+@pytest.fixture
+def tcp_worker_env(shared_master: MasterProcess) -> Callable[[KVStore], dict[str, str]]:
+    def env(store: KVStore) -> dict[str, str]:
+        return {
+            "ETHA_KVSTORE_HOST": "127.0.0.1",
+            "ETHA_KVSTORE_PORT": str(shared_master.port),
+            "ETHA_WORLD_SIZE": "2",
+            "ETHA_RANK": "0",
+            "ETHA_JOB_NAME": store.namespace,
+        }
+
+    return env
+
+
+class MasterOutage:
+    """A master process of its own and a client of it (see contract.Outage)."""
+
+    def __init__(self, tmp: Path, timeout: float) -> None:
+        self.tmp = tmp
+        self.master = MasterProcess(tmp)
+        self.port = self.master.port
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.store = TorchTCPStore("127.0.0.1", self.port, 1, False, timeout=timeout, wait_for_workers=False)
+
+    def kill(self) -> None:
+        self.master.proc.kill()
+        self.master.stop()
+
+    def start(self) -> None:
+        self.master = MasterProcess(self.tmp, port=self.port)
+
+
+@pytest.fixture
+def tcp_outage(tmp_path: Path) -> Iterator[MasterOutage]:
+    from tests.integration.kvstore.contract import OUTAGE_TIMEOUT
+
+    outage = MasterOutage(tmp_path, OUTAGE_TIMEOUT)
+    yield outage
+    outage.store.close()
+    outage.master.stop()

@@ -1,22 +1,57 @@
 """The KVStore contract: one suite, run against every backend (PyTorch's store test-mixin style).
 
-A backend's test class inherits :class:`KVStoreContract` and provides a ``make_store`` fixture:
-``make_store(namespace=..., component=..., timeout=...)`` returns a connected client of one shared
-server. Timing assertions allow a small margin over the timeout, as the base class promises.
+A backend's test class inherits :class:`KVStoreContract` and provides three fixtures:
+
+- ``make_store(namespace=..., component=..., timeout=...)``: a connected client of one shared server;
+- ``worker_env(store)``: the environment under which ``etha.kvstore.from_env()``, in another
+  process, connects to ``store``'s server and namespace;
+- ``outage``: an :class:`Outage`, a client of a server of its own that the test can kill and start
+  again (same endpoint).
+
+Timing assertions allow a small margin over the timeout, as the base class promises.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import pytest
 
-from etha.kvstore import InvalidArgumentError, KVStore, StoreLimitError
+from etha.kvstore import InvalidArgumentError, KVStore, StoreConnectionError, StoreLimitError
+from tests.helpers import REPO, TEST_ENV
 
 MakeStore = Callable[..., KVStore]
 MARGIN = 1.0  # seconds a timeout may overrun on this noisy 2-core machine
+
+
+class Outage(Protocol):
+    #: A client of the server below, with a store timeout of several seconds.
+    store: KVStore
+    #: host:port of the server, as error messages name it.
+    endpoint: str
+
+    def kill(self) -> None:
+        """SIGKILL the server (it stays down until start())."""
+
+    def start(self) -> None:
+        """Start the server again on the same endpoint."""
+
+
+#: A rank that uses its store in a ``with`` block, then exits; the parent checks what is left.
+WITH_BLOCK_RANK = textwrap.dedent(
+    """
+    from etha.kvstore import from_env
+    with from_env() as store:
+        store.set("ckpt/0", "from-0")
+        assert store.get("ckpt/1") == b"from-1", store.get("ckpt/1")
+    """
+)
 
 
 def later(delay: float, fn: Callable[[], object]) -> threading.Thread:
@@ -350,3 +385,43 @@ class KVStoreContract:
             store.wait_for_key("é" * store.max_key_bytes, timeout=1)
         store.set("small", "v")
         assert store.get("small") == b"v"
+
+    # --- life cycle and faults: the same semantics on every backend ----------------------------
+
+    def test_a_with_block_in_one_process_leaves_every_rank_keys(
+        self, make_store: MakeStore, worker_env: Callable[[KVStore], dict[str, str]]
+    ) -> None:
+        """A rank leaving its ``with`` block (close() with the default cleanup) deletes nothing:
+        neither another rank's keys nor its own, which the others may still read."""
+        store = make_store()
+        store.set("ckpt/1", "from-1")
+        done = subprocess.run(
+            [sys.executable, "-c", WITH_BLOCK_RANK],
+            env={**TEST_ENV, **worker_env(store)},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert store.get("ckpt/1") == b"from-1"
+        assert store.get("ckpt/0") == b"from-0"
+
+    def test_a_write_during_an_outage_is_retried_until_the_server_is_back(self, outage: Outage) -> None:
+        outage.kill()
+        restart = later(1.0, outage.start)  # the outage's length, not a synchronisation
+        outage.store.set("during", "1")  # starts while the server is down
+        restart.join(60)
+        assert outage.store.get("during") == b"1"
+
+    def test_a_write_to_a_server_that_stays_down_fails_within_the_timeout(self, outage: Outage) -> None:
+        outage.store.set("before", "1")
+        outage.kill()
+        start = time.monotonic()
+        with pytest.raises(StoreConnectionError, match=outage.endpoint.replace(".", r"\.")):
+            outage.store.set("during", "1")
+        assert time.monotonic() - start < OUTAGE_TIMEOUT + MARGIN + 1.0
+
+
+#: The store timeout of an outage's client (seconds).
+OUTAGE_TIMEOUT = 4.0

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from etha.kvstore import StoreConnectionError
-from etha.kvstore.etcd import EtcdStore
+from etha.kvstore import (
+    InvalidArgumentError,
+    KVStore,
+    StoreConnectionError,
+    StoreLeaseError,
+    StoreLimitError,
+    StoreTimeoutError,
+)
+from etha.kvstore.etcd import EtcdStore, delete_namespace
 from tests.etcd_server import EtcdServer
-from tests.integration.kvstore.contract import KVStoreContract, MakeStore
+from tests.helpers import wait_until
+from tests.integration.kvstore.contract import OUTAGE_TIMEOUT, KVStoreContract, MakeStore
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +49,43 @@ def make_store(etcd: EtcdServer) -> Iterator[MakeStore]:
         store.close()
 
 
+class EtcdOutage:
+    """An etcd of its own and a client of it (see contract.Outage)."""
+
+    def __init__(self) -> None:
+        self.server = EtcdServer()
+        self.endpoint = self.server.endpoint
+        self.store = EtcdStore([self.endpoint], timeout=OUTAGE_TIMEOUT)
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def start(self) -> None:
+        self.server.start()
+
+
 class TestEtcdStoreContract(KVStoreContract):
     """Every behaviour TorchTCPStore has, on etcd."""
+
+    @pytest.fixture
+    def worker_env(self, etcd: EtcdServer) -> Callable[[KVStore], dict[str, str]]:
+        def env(store: KVStore) -> dict[str, str]:
+            return {
+                "ETHA_KVSTORE_BACKEND": "etcd",
+                "ETHA_ETCD_ENDPOINTS": etcd.endpoint,
+                "ETHA_WORLD_SIZE": "2",
+                "ETHA_RANK": "0",
+                "ETHA_JOB_NAME": store.namespace,
+            }
+
+        return env
+
+    @pytest.fixture
+    def outage(self) -> Iterator[EtcdOutage]:
+        outage = EtcdOutage()
+        yield outage
+        outage.store.close()
+        outage.server.stop()
 
 
 def test_wait_for_keys_needs_no_candidates(make_store: Callable[..., EtcdStore]) -> None:
@@ -66,7 +112,10 @@ def test_wait_survives_an_etcd_restart(etcd: EtcdServer, make_store: Callable[..
     assert result == [["rank/0", "rank/1"]]
 
 
-def test_close_cleanup_removes_the_namespace(make_store: Callable[..., EtcdStore]) -> None:
+def test_close_deletes_no_key_and_delete_namespace_removes_the_job(
+    etcd: EtcdServer, make_store: Callable[..., EtcdStore]
+) -> None:
+    """A rank's close (cleanup or not) leaves every key; the job's owner removes the namespace."""
     a = make_store(namespace="cleanme", component="x")
     b = make_store(namespace="cleanme", component="y")
     other = make_store(namespace="keepme")
@@ -74,7 +123,9 @@ def test_close_cleanup_removes_the_namespace(make_store: Callable[..., EtcdStore
     b.set("k", "1")
     other.set("k", "1")
     a.close(cleanup=True)
-    assert not b.exists("k") and other.exists("k")
+    assert b.exists("k") and b.get("k", component="x") == b"1"
+    assert delete_namespace([etcd.endpoint], "cleanme") == 2
+    assert not b.exists("k") and b.get("k", component="x") is None and other.exists("k")
 
 
 def test_keys_with_a_lease_expire_when_nobody_keeps_them(etcd: EtcdServer) -> None:
@@ -130,3 +181,126 @@ def test_from_env_names_what_is_wrong(env: dict[str, str], needle: str) -> None:
 
     with pytest.raises(StoreConfigError, match=re.escape(needle)):
         from_env(env)
+
+
+# --- leases ------------------------------------------------------------------------------------
+
+
+def _revoke(endpoint: str, lease: int) -> None:
+    """Revoke a lease as another client (an operator, etcdctl) would."""
+    body = json.dumps({"ID": str(lease)}).encode()
+    with urllib.request.urlopen(f"http://{endpoint}/v3/lease/revoke", body, timeout=5) as resp:
+        assert resp.status == 200
+
+
+@pytest.fixture
+def revoked(etcd: EtcdServer) -> Iterator[Callable[[int], EtcdStore]]:
+    """``revoked(lease_ttl)``: a store that wrote a key on its lease, which another client then revoked."""
+    made: list[EtcdStore] = []
+
+    def make(lease_ttl: int) -> EtcdStore:
+        store = EtcdStore([etcd.endpoint], namespace=f"revoked{len(made)}", lease_ttl=lease_ttl)
+        made.append(store)
+        store.set("k", "1")
+        assert store._lease is not None
+        _revoke(etcd.endpoint, store._lease)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_a_revoked_lease_raises_on_the_next_write_and_every_call_after(
+    revoked: Callable[[int], EtcdStore],
+) -> None:
+    store = revoked(30)
+    with pytest.raises(StoreLeaseError, match=r"lease \d+ of EtcdStore\(.*\) expired or was revoked"):
+        store.set("k", "2")
+    with pytest.raises(StoreLeaseError, match="Create a new store"):
+        store.get("k")
+
+
+def test_a_lease_lost_between_calls_is_found_by_the_renewals(revoked: Callable[[int], EtcdStore]) -> None:
+    store = revoked(3)
+    wait_until(lambda: store._lease_lost is not None, 10, "the renewal to find the lease gone")
+    with pytest.raises(StoreLeaseError, match="expired or was revoked"):
+        store.exists("k")
+
+
+def test_etcd_stopped_for_longer_than_the_lease() -> None:
+    """A frozen etcd: calls fail within their timeout naming it; once it is back, the leased
+    store's next call reports its lost lease and the other rank's (unleased) key is intact."""
+    server = EtcdServer()
+    leased = EtcdStore([server.endpoint], namespace="frozen", lease_ttl=2, timeout=2)
+    other = EtcdStore([server.endpoint], namespace="frozen", timeout=2)
+    try:
+        leased.set("mine", "1")
+        other.set("theirs", "1")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(StoreConnectionError, match=re.escape(f"etcd at {server.endpoint} within 2s")):
+            other.get("theirs")
+        assert time.monotonic() - start < 2 + 1.5
+        time.sleep(max(0.0, start + 3.5 - time.monotonic()))  # the outage outlasts the 2 s lease
+        server.proc.send_signal(signal.SIGCONT)
+        assert other.get("theirs") == b"1"
+        with pytest.raises(StoreLeaseError, match="expired or was revoked"):
+            leased.get("theirs")
+    finally:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        leased.close()
+        other.close()
+        server.stop()
+
+
+# --- bad endpoints and oversize requests -------------------------------------------------------
+
+
+def test_a_dead_endpoint_in_the_list_is_skipped(etcd: EtcdServer) -> None:
+    store = EtcdStore(["127.0.0.1:1", etcd.endpoint], namespace="twoends", timeout=5)
+    try:
+        store.set("k", "1")
+        assert store.get("k") == b"1"
+        assert store.wait_for_keys("*", 1, timeout=5) == ["k"]
+    finally:
+        store.close()
+
+
+def test_every_endpoint_unreachable_names_each_within_the_timeout() -> None:
+    start = time.monotonic()
+    with pytest.raises(StoreConnectionError, match=r"127\.0\.0\.1:1: connection refused; 127\.0\.0\.1:2: "):
+        EtcdStore(["127.0.0.1:1", "127.0.0.1:2"], timeout=1)
+    assert time.monotonic() - start < 1 + 1.0
+
+
+def test_a_malformed_entry_in_an_endpoint_list_is_named(etcd: EtcdServer) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"etcd endpoint \('host:notaport'\) must be host:port"):
+        EtcdStore([etcd.endpoint, "host:notaport"], timeout=1)
+
+
+def test_a_key_over_etcds_request_limit_is_refused_naming_it(make_store: Callable[..., EtcdStore]) -> None:
+    store = make_store()
+    with pytest.raises(
+        StoreLimitError,
+        match=r"key 'kkk+\.\.\. is 2097\d+ bytes once scoped as '.+'; the limit is 8191 bytes\.",
+    ):
+        store.set("k" * (2 * 1024 * 1024), "v")
+    store.set("small", "v")
+    assert store.get("small") == b"v"
+
+
+def test_a_wait_on_a_dead_etcd_times_out_naming_it() -> None:
+    server = EtcdServer()
+    store = EtcdStore([server.endpoint], namespace="dead", timeout=2)
+    try:
+        server.kill()
+        start = time.monotonic()
+        with pytest.raises(StoreTimeoutError, match=re.escape(f"on etcd at {server.endpoint}")):
+            store.wait_for_key("never", timeout=1)
+        assert time.monotonic() - start < 1 + 1.5
+    finally:
+        store.close()
+        server.stop()

@@ -16,6 +16,7 @@ import pytest
 from etha.kvstore import StoreConnectionError, StoreTimeoutError
 from etha.kvstore.tcp import DEADLINE_MARGIN, POLL_INTERVAL, TorchTCPStore
 from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, wait_until
+from tests.integration.kvstore.conftest import MasterOutage
 from tests.integration.kvstore.contract import MARGIN, KVStoreContract
 
 
@@ -23,6 +24,14 @@ class TestTorchTCPStoreContract(KVStoreContract):
     @pytest.fixture
     def make_store(self, make_tcp_store: Callable[..., TorchTCPStore]) -> Callable[..., TorchTCPStore]:
         return make_tcp_store
+
+    @pytest.fixture
+    def worker_env(self, tcp_worker_env: Callable[..., dict[str, str]]) -> Callable[..., dict[str, str]]:
+        return tcp_worker_env
+
+    @pytest.fixture
+    def outage(self, tcp_outage: MasterOutage) -> MasterOutage:
+        return tcp_outage
 
 
 def test_seed_module_attributes() -> None:
@@ -340,7 +349,9 @@ def test_waits_and_reads_are_split_into_requests_of_bounded_size(
 
     run = store._pool.run
     monkeypatch.setattr(
-        store._pool, "run", lambda what, fn, timeout=None: run(what, lambda c: fn(Spy(c)), timeout)
+        store._pool,
+        "run",
+        lambda what, fn, timeout=None, retry=False: run(what, lambda c: fn(Spy(c)), timeout, retry),
     )
     threading.Timer(0.3, lambda: store.set(cands[-1], "1")).start()
     assert store.wait_for_keys("k/*", 2500, timeout=60, candidate_keys=cands) == cands

@@ -1,0 +1,302 @@
+"""One shared watch per process and key range, for the waits of :class:`~etha.kvstore.etcd.EtcdStore`.
+
+When N workers each wait for the same N keys, a watch per waiter makes etcd deliver every write
+to every waiter (N^2 events through the JSON gateway) and each waiter re-evaluate its match on
+every event. Instead, the waiters of one process that wait on the same key range share one
+:class:`Watcher`: a thread that reads the range once, then follows one watch from the revision
+after it, keeping the range's state (key -> value) and, per pattern waited on, a count of the
+keys that match it and hold the wanted value (updated per event, O(1)). A waiter registers a
+cheap predicate (a count against a threshold, or one key's value); the watcher thread tests it
+after each watch response and wakes only the waiters whose predicate holds.
+
+**Linearizable answers.** The watcher's state is exact as of revision ``W`` (the read, or the
+last event applied), but a write that completed before a waiter arrived may not have reached
+the watch yet. Before a waiter returns, it checks with one small request, a transaction of two
+ranges (``count_only`` over the range, and ``keys_only, limit 1, min_mod_revision W+1``), that at
+etcd's current revision the range still holds as many keys as the state and none changed since
+``W``: then the state is what a read at that revision would return (a delete shows in the
+count; a put, an overwrite or a delete-and-recreate in the mod revision). Otherwise it waits for
+the watch to catch up and checks again. The check is single-flight per watcher: a waiter that
+arrived before a check was sent, with the state unchanged since, is answered by that check.
+
+A watch broken by a connection loss or an etcd restart is re-created from ``W + 1`` (no event is
+missed); a compacted revision falls back to reading the range again. A watcher with no waiters
+stops after :data:`LINGER` seconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from etha.kvstore._etcd_gateway import BROKEN, RETRY_INTERVAL, Gateway, State, kv_name, range_body, unb64
+from etha.kvstore.errors import StoreConnectionError
+
+logger = logging.getLogger("etha.kvstore.etcd")
+
+#: Seconds a watcher with no waiters keeps following etcd (so that successive waits share it).
+LINGER = 10.0
+#: Seconds a watch stream's read blocks before the watcher looks whether it is still needed.
+READ_SLICE = 1.0
+
+
+class Compacted(Exception):
+    """A watch's start revision was compacted away: read the range again."""
+
+
+@dataclass(eq=False)
+class Tally:
+    """How many keys of the range match ``suffix`` (and are among ``members``) and hold ``want``."""
+
+    start: str
+    suffix: str
+    want: bytes
+    members: frozenset[str] | None
+    count: int = 0
+    #: Waiters not woken yet, by the count each needs (the fewest first).
+    pending: list[Waiter] = field(default_factory=list)
+
+    def counts(self, name: str, value: bytes | None) -> bool:
+        return (
+            value == self.want
+            and name.endswith(self.suffix)
+            and len(name) >= len(self.start) + len(self.suffix)
+            and (self.members is None or name in self.members)
+        )
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A predicate on the state, or (cheaper to test on every event) a tally and a count."""
+
+    ready: Callable[[State], bool]
+    tally: Tally | None = None
+    need: int = 0
+    event: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Check:
+    """The outcome of one freshness check: the state as of ``revision`` (``size`` keys) was still
+    exact when a request sent at ``sent`` was answered."""
+
+    revision: int
+    size: int
+    sent: float
+    exact: bool
+
+
+class Watcher:
+    """The state of one key range, kept current by one watch (see the module docstring)."""
+
+    def __init__(self, gateway: Gateway, key: str, range_end: str | None) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.range_end = range_end
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.state: State = {}
+        self.revision = 0
+        self.synced = False  # the state has been read (and is followed since)
+        self.problem: str | None = None  # why etcd is not being followed right now
+        self.waiters: list[Waiter] = []
+        self.tallies: dict[tuple[str, bytes, frozenset[str] | None], Tally] = {}
+        self.idle_since = time.monotonic()
+        self.stopped = False
+        self._check_lock = threading.Lock()
+        self._last_check: Check | None = None
+        self._thread = threading.Thread(target=self._run, name="etha-etcd-watch", daemon=True)
+        self._thread.start()
+
+    # --- waiters' side --------------------------------------------------------------------------
+
+    def tally(self, suffix: str, want: bytes, members: frozenset[str] | None) -> Tally:
+        """The (shared) count of keys matching ``key*suffix`` that hold ``want``. Call with the lock."""
+        sig = (suffix, want, members)
+        found = self.tallies.get(sig)
+        if found is None:
+            found = Tally(self.key, suffix, want, members)
+            found.count = sum(found.counts(n, v) for n, v in self.state.items())
+            self.tallies[sig] = found
+        return found
+
+    def add(self, waiter: Waiter) -> None:
+        with self.lock:
+            self.waiters.append(waiter)
+            self.rearm(waiter)
+
+    def rearm(self, waiter: Waiter) -> None:
+        """Wake ``waiter`` at once if its predicate holds, else when it does. Call with the lock."""
+        if self.synced and waiter.ready(self.state):
+            waiter.event.set()
+            return
+        waiter.event.clear()
+        if waiter.tally is not None and waiter not in waiter.tally.pending:
+            bisect.insort(waiter.tally.pending, waiter, key=lambda w: w.need)
+
+    def remove(self, waiter: Waiter) -> None:
+        with self.lock:
+            self.waiters.remove(waiter)
+            if waiter.tally is not None and waiter in waiter.tally.pending:
+                waiter.tally.pending.remove(waiter)
+            if not self.waiters:
+                self.idle_since = time.monotonic()
+
+    def wait_changed(self, revision: int, deadline: float) -> None:
+        """Block until the state moves past ``revision`` (or is read again), or the deadline."""
+        with self.lock:
+            while self.revision == revision and self.synced and not self.stopped:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.changed.wait(left):
+                    return
+
+    def check(self, revision: int, size: int, arrived: float, deadline: float) -> bool:
+        """Whether the state as of ``revision`` (``size`` keys) is still exact at etcd's current
+        revision, as seen by a request sent after ``arrived``. Raises StoreConnectionError."""
+        with self._check_lock:
+            last = self._last_check
+            if last is not None and last.revision == revision and last.size == size and last.sent >= arrived:
+                return last.exact
+            sent = time.monotonic()
+            ops = [
+                {"request_range": range_body(self.key, self.range_end, count_only=True)},
+                {
+                    "request_range": range_body(
+                        self.key, self.range_end, keys_only=True, limit=1, min_mod_revision=str(revision + 1)
+                    )
+                },
+            ]
+            out = self.gateway.call("/v3/kv/txn", {"success": ops}, max(deadline - sent, 0.01))
+            count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
+            exact = int(count.get("count") or 0) == size and not changed.get("kvs")
+            self._last_check = Check(revision, size, sent, exact)
+            return exact
+
+    # --- the watcher thread ---------------------------------------------------------------------
+
+    def _needed(self) -> bool:
+        with self.lock:
+            if self.waiters or time.monotonic() - self.idle_since < LINGER:
+                return True
+            self.stopped = True
+            self.changed.notify_all()
+            return False
+
+    def _run(self) -> None:
+        try:
+            while self._needed():
+                try:
+                    if not self.synced:
+                        self._read()
+                    self._follow()
+                except Compacted:
+                    with self.lock:
+                        self.synced = False
+                except (*BROKEN, StoreConnectionError) as exc:
+                    with self.lock:
+                        self.problem = f"etcd at {self.gateway.describe()} is not answering ({exc})"
+                    logger.info("etcd watch on %r broke (%s); resuming from revision %d", self.key, exc,
+                                self.revision + 1)  # fmt: skip
+                    time.sleep(RETRY_INTERVAL)
+        finally:
+            _forget(self)
+
+    def _read(self) -> None:
+        out = self.gateway.call("/v3/kv/range", range_body(self.key, self.range_end), READ_SLICE * 5)
+        state = {kv_name(kv): unb64(kv.get("value", "")) for kv in out.get("kvs") or []}
+        with self.lock:
+            self.state = state
+            self.revision = int(out["header"]["revision"])
+            for t in self.tallies.values():
+                t.count = sum(t.counts(n, v) for n, v in state.items())
+            self.synced = True
+            self.problem = None
+            self._wake()
+
+    def _follow(self) -> None:
+        create = range_body(self.key, self.range_end, start_revision=str(self.revision + 1))
+        conn = self.gateway.open_watch(create, time.monotonic() + READ_SLICE * 5)
+        try:
+            while self._needed():
+                try:
+                    line = conn.readline(READ_SLICE)
+                except TimeoutError:
+                    continue
+                if not line:
+                    raise ConnectionResetError("the watch stream ended")
+                result = json.loads(line).get("result") or {}
+                if result.get("canceled"):
+                    reason = result.get("cancel_reason") or "canceled by etcd"
+                    if int(result.get("compact_revision") or 0) > self.revision:
+                        raise Compacted()
+                    raise ConnectionResetError(f"the watch was canceled: {reason}")
+                self._apply(result)
+        finally:
+            conn.close()
+
+    def _apply(self, result: dict[str, Any]) -> None:
+        if result.get("compact_revision") and int(result["compact_revision"]) > self.revision:
+            raise Compacted()
+        events = result.get("events") or []
+        with self.lock:
+            self.problem = None
+            if not events:
+                return
+            for event in events:
+                kv = event["kv"]
+                name = kv_name(kv)
+                old = self.state.get(name)
+                new = None if event.get("type") == "DELETE" else unb64(kv.get("value", ""))
+                if new is None:
+                    self.state.pop(name, None)
+                else:
+                    self.state[name] = new
+                for t in self.tallies.values():
+                    t.count += t.counts(name, new) - t.counts(name, old)
+                self.revision = max(self.revision, int(kv.get("mod_revision") or 0))
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the waiters whose predicate holds, and those waiting for any change. Under lock.
+
+        Tallied waiters are woken from their tally's pending list (fewest needed first), so an
+        event costs O(1) per tally, not a test per waiter."""
+        for tally in self.tallies.values():
+            while tally.pending and tally.pending[0].need <= tally.count:
+                tally.pending.pop(0).event.set()
+        for waiter in self.waiters:
+            if waiter.tally is None and not waiter.event.is_set() and waiter.ready(self.state):
+                waiter.event.set()
+        self.changed.notify_all()
+
+
+_WATCHERS: dict[tuple[object, ...], Watcher] = {}
+_WATCHERS_LOCK = threading.Lock()
+
+
+def watcher(gateway: Gateway, key: str, range_end: str | None) -> Watcher:
+    """This process's watcher of [key, range_end) on the cluster of ``gateway`` (started if needed)."""
+    sig = (tuple(gateway.members), key, range_end)
+    with _WATCHERS_LOCK:
+        found = _WATCHERS.get(sig)
+        if found is not None:
+            with found.lock:
+                if not found.stopped:
+                    found.idle_since = time.monotonic()
+                    return found
+        made = Watcher(gateway, key, range_end)
+        _WATCHERS[sig] = made
+        return made
+
+
+def _forget(w: Watcher) -> None:
+    with _WATCHERS_LOCK:
+        sig = (tuple(w.gateway.members), w.key, w.range_end)
+        if _WATCHERS.get(sig) is w:
+            del _WATCHERS[sig]
