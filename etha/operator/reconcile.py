@@ -112,6 +112,31 @@ def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | No
     return None
 
 
+def scheduling(
+    conditions: list[dict[str, str]],
+    master: dict[str, Any] | None,
+    workers: dict[int, dict[str, Any] | None],
+    now: datetime,
+) -> tuple[list[dict[str, str]], list[Event]] | None:
+    """The PodsScheduled condition (False with the scheduler's message while a pod of the attempt
+    cannot be placed, True once every worker exists and none is unplaced) and its Warning event
+    (once per message); None when nothing changes."""
+    stuck = unschedulable([master, *workers.values()])
+    had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
+    if stuck is not None:
+        message = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
+        new = set_condition(
+            conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
+        )
+        changed = had is None or had.get("message") != message
+        return new, [Event("Warning", c.REASON_UNSCHEDULABLE, message)] if changed else []
+    if had is not None and had.get("status") == "False" and None not in workers.values():
+        return set_condition(
+            conditions, condition(c.COND_SCHEDULED, True, "Scheduled", "Every pod is scheduled.", now)
+        ), []
+    return None
+
+
 def failure_detail(pod: dict[str, Any]) -> str:
     """'exit code 3 (Error)' from the first terminated container, or the pod's own reason."""
     status = pod.get("status") or {}
@@ -330,21 +355,11 @@ def reconcile(
         workers=counts,
     )
     # Why the attempt waits: the scheduler's own words, on the job (kubectl describe tj).
-    stuck = unschedulable([master, *workers.values()])
-    had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
-    if stuck is not None:
-        message = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
-        conditions = set_condition(
-            conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
-        )
+    scheduled = scheduling(conditions, master, workers, now)
+    if scheduled is not None:
+        conditions, events = scheduled
         acts.status["conditions"] = conditions
-        if had is None or had.get("message") != message:
-            acts.events.append(Event("Warning", c.REASON_UNSCHEDULABLE, message))
-    elif had is not None and had.get("status") == "False" and None not in workers.values():
-        conditions = set_condition(
-            conditions, condition(c.COND_SCHEDULED, True, "Scheduled", "Every pod is scheduled.", now)
-        )
-        acts.status["conditions"] = conditions
+        acts.events.extend(events)
     if running and phase != c.PHASE_RUNNING:
         acts.status["conditions"] = set_condition(
             conditions,

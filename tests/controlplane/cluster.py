@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import IO, Any
 import yaml
 
 from tests.controlplane.kube import Kube, KubeError
-from tests.helpers import REPO, free_port, stop_process
+from tests.helpers import REPO, free_port, stop_process, wait_until
 
 #: The binaries the control plane needs, in the folder named by KUBEBUILDER_ASSETS or bin/.
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -147,17 +146,15 @@ class ControlPlane:
         except KubeError as exc:
             if exc.status != 409:
                 raise
-        self.wait(
+        wait_until(
             lambda: self.admin.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
             30,
             f"namespace {name}'s default ServiceAccount",
+            interval=0.1,
         )
 
     def delete_namespace(self, name: str) -> None:
         self.admin.delete(f"/api/v1/namespaces/{name}")
-
-    def logs(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {p.name} (pid {p.proc.pid})\n{p.tail(lines)}" for p in self.processes)
 
     def check_alive(self) -> None:
         for p in self.processes:
@@ -175,21 +172,6 @@ class ControlPlane:
         self.processes.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    @staticmethod
-    def wait(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except (KubeError, OSError) as exc:
-                last = exc
-            time.sleep(interval)
-        raise AssertionError(
-            f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else "")
-        )
-
     # --- start-up ----------------------------------------------------------------------------
 
     def _start(self, bindir: Path) -> None:
@@ -200,13 +182,12 @@ class ControlPlane:
         (d / "tokens.csv").write_text(f'{self.admin_token},etha-test-admin,1,"system:masters"\n')
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        etcd = self._spawn(
+        self._spawn(
             "etcd", bindir / "etcd",
             f"--data-dir={d / 'etcd'}", f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
             f"--listen-peer-urls=http://127.0.0.1:{peer_port}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync", "--log-level=warn",
         )  # fmt: skip
-        del etcd
         self.url = f"https://127.0.0.1:{api_port}"
         issuer = "https://kubernetes.default.svc.cluster.local"
         self._spawn(
@@ -358,16 +339,3 @@ class ControlPlane:
             "PATCH", f"/api/v1/nodes/{node.name}/status", {"status": {"conditions": [ready], "capacity": capacity, "allocatable": capacity}},
             content_type="application/merge-patch+json",
         )  # fmt: skip
-
-
-def stop_all_on_signal(plane: ControlPlane) -> None:
-    """SIGTERM to the test run stops the control plane too (pytest handles SIGINT itself)."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        plane.stop()
-        if callable(previous):
-            previous(signum, frame)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)

@@ -33,9 +33,6 @@ class Kube:
         self.ca_file = ca_file
         self._ssl = ssl.create_default_context(cafile=str(ca_file))
 
-    def with_token(self, token: str) -> Kube:
-        return Kube(self.server, token, self.ca_file)
-
     def request(
         self,
         method: str,
@@ -111,10 +108,13 @@ class Kube:
                     yield json.loads(line)
 
 
-def ns_path(namespace: str, resource: str, name: str = "", group: str = "") -> str:
-    """The REST path of a namespaced object (or collection): core when ``group`` is empty."""
-    base = f"/apis/{group}" if group else "/api/v1"
-    return f"{base}/namespaces/{namespace}/{resource}" + (f"/{name}" if name else "")
-
-
-TJ_GROUP = "etha.io/v1alpha1"
+def container_env(container: dict[str, Any], fields: dict[str, str]) -> dict[str, str]:
+    """A container's environment as its kubelet would set it: literal values, and ``fieldRef``s
+    resolved from ``fields`` (e.g. metadata.namespace); other sources are left out."""
+    env = {}
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif ref := ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"):
+            env[item["name"]] = fields.get(ref, "")
+    return env

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from etha.local import local_command
-from tests.controlplane.kube import Kube, KubeError
+from tests.controlplane.kube import Kube, KubeError, container_env
 from tests.helpers import REPO, TEST_ENV
 
 SYNC_SECONDS = 0.05
@@ -105,11 +105,6 @@ class LocalNode:
                 return
         raise AssertionError(f"no running process for pod {namespace}/{pod}")
 
-    def pod_ip(self, namespace: str, pod: str) -> str | None:
-        return next(
-            (p.ip for p in list(self.procs.values()) if (p.namespace, p.name) == (namespace, pod)), None
-        )
-
     def logs(self, limit: int = 4000, namespace: str | None = None) -> str:
         out = []
         for path in sorted(self.workdir.glob(f"{namespace or ''}*.log")):
@@ -117,10 +112,6 @@ class LocalNode:
         if self.errors:
             out.append("node errors:\n" + "\n".join(self.errors[-20:]))
         return "\n".join(out)
-
-    def log_of(self, namespace: str, pod: str) -> str:
-        path = self.workdir / f"{namespace}_{pod}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     # --- watching ------------------------------------------------------------------------
 
@@ -218,16 +209,8 @@ class LocalNode:
         ip = self._ip_of(uid, namespace, spec)
         container = spec["containers"][0]
         argv = [str(x) for x in (container.get("command") or []) + (container.get("args") or [])]
-        env = {**TEST_ENV, "PYTHONUNBUFFERED": "1"}
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = str(item["value"])
-            elif field := ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"):
-                env[item["name"]] = {
-                    "metadata.name": name,
-                    "metadata.namespace": namespace,
-                    "status.podIP": ip,
-                }.get(field, "")
+        fields = {"metadata.name": name, "metadata.namespace": namespace, "status.podIP": ip}
+        env = {**TEST_ENV, "PYTHONUNBUFFERED": "1", **container_env(container, fields)}
         try:
             argv = [self._resolve(a) for a in argv]
             env = {k: self._resolve(v) for k, v in env.items()}

@@ -13,10 +13,12 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
 from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.kube import container_env
 from tests.helpers import REPO, TEST_ENV, free_port, stop_process, tool, wait_until
 
 RELEASE = "etha-operator"
@@ -95,13 +97,13 @@ class ChartOperator:
             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz" if a.startswith("--liveness") else a
             for a in container.get("args") or []
         ]
-        env = {**TEST_ENV, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
         fields = {"metadata.namespace": self.namespace, "metadata.name": f"{RELEASE}-local"}
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = str(item["value"])
-            elif ref := ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"):
-                env[item["name"]] = fields.get(ref, "")
+        env = {
+            **TEST_ENV,
+            "KUBECONFIG": str(kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            **container_env(container, fields),
+        }
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*ENTRYPOINT, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -110,8 +112,6 @@ class ChartOperator:
         return self
 
     def _live(self) -> bool:
-        import urllib.request
-
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.log()}")
         try:
