@@ -13,11 +13,12 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -149,12 +150,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         watcher.join(5)
     finally:
-        if http is not None:
-            http.shutdown()
-            http.server_close()
-        store.close()
+        if not _bounded(lambda: _teardown(http, store), TEARDOWN_LIMIT):
+            # torch's server can hang stopping while a client that was frozen mid-request is
+            # still connected (seen after SIGSTOP/SIGCONT). The process is ending: its sockets
+            # close with it, so exit instead of being killed by the kubelet after the grace.
+            logger.warning("the store did not stop within %gs; exiting without it", TEARDOWN_LIMIT)
+            logger.info("rendezvous master stopped")
+            logging.shutdown()
+            os._exit(0)
     logger.info("rendezvous master stopped")
     return 0
+
+
+#: Seconds the master gives its status server and store to stop once asked to shut down.
+TEARDOWN_LIMIT = 5.0
+
+
+def _teardown(http: ThreadingHTTPServer | None, store: TorchTCPStore) -> None:
+    if http is not None:
+        http.shutdown()
+        http.server_close()
+    store.close()
+
+
+def _bounded(call: Callable[[], None], limit: float) -> bool:
+    """Run ``call`` in a daemon thread; False if it had not returned after ``limit`` seconds."""
+    thread = threading.Thread(target=call, name="teardown", daemon=True)
+    thread.start()
+    thread.join(limit)
+    return not thread.is_alive()
 
 
 def _write_port(path: Path, port: int) -> None:
