@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etha.operator.builders import build_worker_pod
-from etha.operator.spec import parse
+from etha.job.builders import build_worker_pod
+from etha.job.spec import parse
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.kube import Kube
 from tests.controlplane.operator import ChartOperator

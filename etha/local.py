@@ -29,9 +29,9 @@ from typing import IO
 import yaml
 
 from etha import constants as env_names
-from etha.operator.builders import build_worker_pod
-from etha.operator.names import master_address
-from etha.operator.spec import InvalidSpec, JobSpec, parse
+from etha.job.builders import build_worker_pod
+from etha.job.names import master_address
+from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.rendezvous_status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)

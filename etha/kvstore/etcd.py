@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from etha.constants import JOINED_KEY_PREFIX
 from etha.kvstore import _etcd_watch
-from etha.kvstore._etcd_gateway import Gateway, LeaseNotFound, State, b64, prefix_end, unb64
+from etha.kvstore._etcd_gateway import Gateway, LeaseNotFound, State, b64, parse_endpoint, prefix_end, unb64
 from etha.kvstore.base import KVStore, check_keys, check_str, check_timeout, check_wait_for_keys, matches
 from etha.kvstore.errors import (
     InvalidArgumentError,
@@ -362,4 +362,4 @@ def delete_namespace(endpoints: Sequence[str] | str, namespace: str, timeout: fl
     return int(out.get("deleted") or 0)
 
 
-__all__ = ["EtcdStore", "delete_namespace"]
+__all__ = ["EtcdStore", "delete_namespace", "parse_endpoint"]

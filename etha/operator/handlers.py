@@ -11,13 +11,13 @@ from typing import Any
 
 import kopf
 
-from etha.operator import constants as c
+from etha.job import constants as c
+from etha.job.names import master_name, network_policy_name
+from etha.job.pods import timestamp
+from etha.job.spec import InvalidSpec, parse
 from etha.operator.k8s import Api, ChildRejected
-from etha.operator.names import master_name, network_policy_name
-from etha.operator.pods import timestamp
 from etha.operator.reconcile import condition, reconcile, set_condition
 from etha.operator.rendezvous import needs_master_status, pod_status_url, read_master_status
-from etha.operator.spec import InvalidSpec, parse
 
 #: Seconds between two looks at every running TrainingJob (pods change without telling the job).
 RECONCILE_INTERVAL = float(os.environ.get("ETHA_RECONCILE_INTERVAL", "2"))

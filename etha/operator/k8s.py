@@ -22,7 +22,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from etha.operator import constants as c
+from etha.job import constants as c
 
 logger = logging.getLogger(__name__)
 

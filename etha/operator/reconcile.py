@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from etha.operator import constants as c
-from etha.operator.builders import (
+from etha.job import constants as c
+from etha.job.builders import (
     Manifest,
     build_master_pod,
     build_network_policy,
@@ -22,10 +22,10 @@ from etha.operator.builders import (
     build_worker_pod,
     torch_store_address,
 )
-from etha.operator.names import master_name, worker_name
-from etha.operator.pods import parse_time, pod_phase, timestamp
+from etha.job.names import master_name, worker_name
+from etha.job.pods import parse_time, pod_phase, timestamp
+from etha.job.spec import JobSpec
 from etha.operator.rendezvous import observe, reset_view
-from etha.operator.spec import JobSpec
 from etha.rendezvous_status import MasterStatus
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from etha.operator import constants as c
-from etha.operator.pods import parse_time, pod_phase
-from etha.operator.spec import JobSpec
+from etha.job import constants as c
+from etha.job.pods import parse_time, pod_phase
+from etha.job.spec import JobSpec
 from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
 
 Pod = dict[str, Any]

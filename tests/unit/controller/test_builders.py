@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from etha.operator.builders import build_master_pod, build_service, build_worker_pod, inject_env
-from etha.operator.spec import parse
+from etha.job.builders import build_master_pod, build_service, build_worker_pod, inject_env
+from etha.job.spec import parse
 from tests.unit.controller.factories import make_trainingjob
 
 
@@ -85,7 +85,7 @@ def test_inject_env_keeps_value_from_entries() -> None:
 
 
 def test_network_policy_admits_only_the_jobs_pods_to_the_master_port() -> None:
-    from etha.operator.builders import build_network_policy
+    from etha.job.builders import build_network_policy
 
     job = parse(make_trainingjob(replicas=2))
     policy = build_network_policy(job)
@@ -119,7 +119,7 @@ def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
 
 
 def test_worker_pods_meet_the_restricted_profile_by_default() -> None:
-    from tests.pss import restricted_violations
+    from etha.job.security import restricted_violations
 
     pod = build_worker_pod(parse(make_trainingjob()), 0, 0)
     assert restricted_violations(pod["spec"]) == []
@@ -130,7 +130,7 @@ def test_worker_pods_meet_the_restricted_profile_by_default() -> None:
 
 
 def test_the_template_may_ask_for_what_the_standard_allows() -> None:
-    from tests.pss import restricted_violations
+    from etha.job.security import restricted_violations
 
     job = make_trainingjob()
     job["spec"]["template"]["spec"]["securityContext"] = {"runAsUser": 1000, "fsGroup": 1000}
@@ -164,7 +164,7 @@ def test_the_template_may_ask_for_what_the_standard_allows() -> None:
     ],
 )
 def test_the_template_may_not_ask_for_what_the_standard_forbids(change: dict, needle: str) -> None:
-    from etha.operator.spec import InvalidSpec
+    from etha.job.spec import InvalidSpec
 
     job = make_trainingjob()
     job["spec"]["template"]["spec"].update(change)
@@ -182,7 +182,7 @@ def test_the_template_may_not_ask_for_what_the_standard_forbids(change: dict, ne
     ],
 )
 def test_containers_may_not_escalate(container_sc: dict, needle: str) -> None:
-    from etha.operator.spec import InvalidSpec
+    from etha.job.spec import InvalidSpec
 
     job = make_trainingjob()
     job["spec"]["template"]["spec"]["containers"][0]["securityContext"] = container_sc

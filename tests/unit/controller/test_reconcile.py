@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from etha.job.spec import parse
 from etha.operator.reconcile import reconcile
-from etha.operator.spec import parse
 from tests.unit.controller.factories import make_pod, make_trainingjob
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -278,7 +278,7 @@ def test_etcd_backend_is_running_without_a_master() -> None:
     ],
 )
 def test_bad_backend_settings_name_the_field(rendezvous: dict, needle: str) -> None:
-    from etha.operator.spec import InvalidSpec
+    from etha.job.spec import InvalidSpec
 
     with pytest.raises(InvalidSpec, match=re.escape(needle)):
         parse(make_trainingjob(rendezvous=rendezvous))

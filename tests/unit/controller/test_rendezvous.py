@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from etha.operator.builders import build_master_pod, build_network_policy
+from etha.job.builders import build_master_pod, build_network_policy
+from etha.job.names import status_port
+from etha.job.spec import parse
 from etha.operator.handlers import operator_peer
-from etha.operator.names import status_port
 from etha.operator.reconcile import reconcile
 from etha.operator.rendezvous import needs_master_status, pod_state, pod_status_url
-from etha.operator.spec import parse
 from etha.rendezvous_status import MasterStatus
 from tests.unit.controller.factories import make_pod, make_trainingjob
 

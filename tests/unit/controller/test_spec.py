@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from etha.operator.spec import InvalidSpec, parse
+from etha.job.spec import InvalidSpec, parse
 from tests.unit.controller.factories import make_trainingjob
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from etha.operator import builders
-from etha.operator.spec import parse
+from etha.job import builders
+from etha.job.security import restricted_violations
+from etha.job.spec import parse
 from tests.helpers import REPO, tool
-from tests.pss import pod_spec_of, restricted_violations
+from tests.pss import pod_spec_of
 from tests.rbac import deploy_docs, grants, roles_in, wildcards
 from tests.unit.controller.factories import make_trainingjob
 
@@ -228,7 +229,7 @@ def test_the_restricted_checker_catches_violations() -> None:
         "hostPath",
         "privileged",
         "allowPrivilegeEscalation",
-        "drop ALL",
+        "must include ALL",
         "runAsNonRoot",
         "seccomp",
         "hostPort",

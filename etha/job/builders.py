@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from etha.operator import constants as c
-from etha.operator.names import (
+from etha.job import constants as c
+from etha.job.env import worker_env
+from etha.job.names import (
     master_address,
     master_name,
     network_policy_name,
@@ -14,9 +15,8 @@ from etha.operator.names import (
     status_port,
     worker_name,
 )
-from etha.operator.security import apply_restricted_defaults
-from etha.operator.spec import JobSpec
-from etha.rendezvous_env import worker_env
+from etha.job.security import apply_restricted_defaults
+from etha.job.spec import JobSpec
 
 Manifest = dict[str, Any]
 

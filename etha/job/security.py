@@ -40,8 +40,13 @@ def apply_restricted_defaults(pod_spec: dict[str, Any]) -> None:
                 caps["drop"] = ["ALL"]
 
 
-def restricted_violations(pod_spec: dict[str, Any], path: str = "spec.template.spec") -> list[str]:
-    """What in ``pod_spec`` the restricted profile forbids, each naming its field (empty: fine)."""
+def restricted_violations(pod_spec: dict[str, Any], path: str = "spec") -> list[str]:
+    """What in ``pod_spec`` breaks the restricted profile, each naming its field (empty: fine).
+
+    The one checker: the operator runs it on a template with :func:`apply_restricted_defaults`
+    applied (so only what the user set can break it), the tests on every pod the project makes.
+    A container inherits the pod's ``runAsNonRoot`` and ``seccompProfile``, as the kubelet does.
+    """
     out = []
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if pod_spec.get(flag):
@@ -54,27 +59,35 @@ def restricted_violations(pod_spec: dict[str, Any], path: str = "spec.template.s
             )
     pod_sc = pod_spec.get("securityContext") or {}
     out += _context_violations(pod_sc, f"{path}.securityContext")
-    for key in _CONTAINER_KEYS:
+    for key in (*_CONTAINER_KEYS, "ephemeralContainers"):
         for i, container in enumerate(pod_spec.get(key) or []):
-            where = f"{path}.{key}[{i}]"
-            sc = container.get("securityContext") or {}
-            out += _context_violations(sc, f"{where}.securityContext")
-            if sc.get("privileged"):
-                out.append(f"{where}.securityContext.privileged must be false.")
-            if sc.get("allowPrivilegeEscalation") is True:
-                out.append(f"{where}.securityContext.allowPrivilegeEscalation must be false.")
-            added = set((sc.get("capabilities") or {}).get("add") or []) - ADDABLE_CAPABILITIES
-            if added:
-                out.append(
-                    f"{where}.securityContext.capabilities.add may only hold NET_BIND_SERVICE, "
-                    f"not {sorted(added)}."
-                )
-            drop = (sc.get("capabilities") or {}).get("drop")
-            if drop is not None and "ALL" not in drop:
-                out.append(f"{where}.securityContext.capabilities.drop must include ALL.")
-            for j, port in enumerate(container.get("ports") or []):
-                if port.get("hostPort"):
-                    out.append(f"{where}.ports[{j}].hostPort must be unset (got {port['hostPort']}).")
+            out += _container_violations(container, pod_sc, f"{path}.{key}[{i}]")
+    return out
+
+
+def _container_violations(container: dict[str, Any], pod_sc: dict[str, Any], where: str) -> list[str]:
+    sc = container.get("securityContext") or {}
+    out = _context_violations(sc, f"{where}.securityContext")
+    if sc.get("privileged"):
+        out.append(f"{where}.securityContext.privileged must be false.")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        out.append(f"{where}.securityContext.allowPrivilegeEscalation must be false.")
+    caps = sc.get("capabilities") or {}
+    added = set(caps.get("add") or []) - ADDABLE_CAPABILITIES
+    if added:
+        out.append(
+            f"{where}.securityContext.capabilities.add may only hold NET_BIND_SERVICE, not {sorted(added)}."
+        )
+    if "ALL" not in (caps.get("drop") or []):
+        out.append(f"{where}.securityContext.capabilities.drop must include ALL.")
+    # Unset on both the container and the pod: nothing makes it non-root or confined.
+    if sc.get("runAsNonRoot") is None and pod_sc.get("runAsNonRoot") is None:
+        out.append(f"{where}.securityContext.runAsNonRoot must be true (here or on the pod).")
+    if (sc.get("seccompProfile") or pod_sc.get("seccompProfile")) is None:
+        out.append(f"{where}.securityContext.seccompProfile.type must be RuntimeDefault or Localhost.")
+    for j, port in enumerate(container.get("ports") or []):
+        if port.get("hostPort"):
+            out.append(f"{where}.ports[{j}].hostPort must be unset (got {port['hostPort']}).")
     return out
 
 

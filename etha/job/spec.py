@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from etha import constants as env_names
-from etha.kvstore._etcd_gateway import parse_endpoint
+from etha.job import constants as c
+from etha.job.names import longest_child_name
+from etha.job.security import apply_restricted_defaults, restricted_violations
 from etha.kvstore.errors import InvalidArgumentError
-from etha.operator import constants as c
-from etha.operator.names import longest_child_name
-from etha.operator.security import restricted_violations
+from etha.kvstore.etcd import parse_endpoint
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
@@ -88,7 +88,11 @@ def parse(
                     f"spec.template.spec.containers[{i}].env sets {item['name']}, which the operator sets "
                     "per worker (from spec.replicas and the worker's index); remove it.",
                 )
-    refused = restricted_violations(template.get("spec") or {})
+    # Checked as the pod will be: with the defaults the builder fills in, so only what the user
+    # set can break the profile.
+    effective = copy.deepcopy(template.get("spec") or {})
+    apply_restricted_defaults(effective)
+    refused = restricted_violations(effective, "spec.template.spec")
     if refused:
         raise InvalidSpec("spec.template.spec", refused[0])
     policy = (template.get("spec") or {}).get("restartPolicy", "Never")

@@ -1,4 +1,4 @@
-from etha.rendezvous_env import worker_env
+from etha.job.env import worker_env
 
 
 def test_worker_env_carries_the_contract() -> None:

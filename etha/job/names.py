@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etha.operator import constants as c
+from etha.job import constants as c
 
 
 def service_name(job: str) -> str:
