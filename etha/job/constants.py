@@ -46,6 +46,10 @@ COND_CREATED: Final = "Created"
 COND_RUNNING: Final = "Running"
 # Condition: every pod of the current attempt is scheduled (False: the scheduler's reason).
 COND_SCHEDULED: Final = "PodsScheduled"
+# Condition: an edit of an immutable field reached a running attempt and was refused.
+COND_SPEC_REFUSED: Final = "SpecChangeRefused"
+# Condition: an object the job needs exists under its name but is not the job's own.
+COND_CHILD_CONFLICT: Final = "ChildConflict"
 # Condition: the job is suspended.
 COND_SUSPENDED: Final = "Suspended"
 # Condition: the job finished successfully.
@@ -66,6 +70,10 @@ REASON_RESTARTING: Final = "Restarting"
 REASON_SUCCEEDED: Final = "AllWorkersSucceeded"
 # A pod of the current attempt cannot be scheduled (the message is the scheduler's).
 REASON_UNSCHEDULABLE: Final = "Unschedulable"
+# An immutable field (replicas, template, rendezvous) was edited while the job runs.
+REASON_IMMUTABLE_FIELD: Final = "ImmutableFieldChanged"
+# An object of a child's name exists and is not the job's (or is a previous job's, going).
+REASON_CHILD_CONFLICT: Final = "ChildConflict"
 # A child was created.
 REASON_CREATED: Final = "Created"
 # Not every worker joined the rendezvous within spec.rendezvous.timeoutSeconds.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ import kopf
 from kubernetes import client, config
 
 from etha.operator import handlers
+from etha.operator.config import ConfigError, OperatorConfig
 from etha.operator.k8s import Api
 
 
@@ -43,7 +45,14 @@ def load_api_client() -> client.ApiClient:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
-    handlers.configure(Api(load_api_client()))
+    try:
+        config = OperatorConfig.from_env(os.environ)
+    except ConfigError as exc:
+        logging.getLogger("etha.operator").error("%s", exc)
+        return 2
+    registry = handlers.registry(config)
+    # kopf logs in as the kubernetes client does (in-cluster, else KUBECONFIG).
+    kopf.on.login(registry=registry)(kopf.login_via_client)
     clusterwide = args.all_namespaces or not args.namespace
     asyncio.run(
         kopf.operator(
@@ -53,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # One active replica (the chart's Deployment uses the Recreate strategy): no peering,
             # so no KopfPeering resources and no RBAC for them.
             standalone=True,
+            registry=registry,
+            memo=handlers.operator_memo(config, Api(load_api_client())),
         )
     )
     return 0

@@ -4,9 +4,9 @@ Async over the synchronous ``kubernetes`` client (run in threads), working on pl
 pure builders produce dicts and reconcile reads dicts. Requests go through the client's raw REST
 layer (its configuration and authentication), never its typed models: kubernetes 37 validates
 bodies client-side and refuses what the API server accepts (an integer quantity such as
-``nvidia.com/gpu: 1``), so objects reach the server exactly as built. Transient failures become
-``kopf.TemporaryError`` so kopf retries with a delay; "already exists" on create and "not found"
-on delete are success (level-triggered reconciling repeats them).
+``nvidia.com/gpu: 1``), so objects reach the server exactly as built. Failures are one
+hierarchy (:class:`ApiError`); "already exists" on create and "not found" on delete are answers,
+not errors (the controller checks whose an existing object is).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import logging
 from typing import Any
 
-import kopf
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -26,43 +25,34 @@ from etha.job import constants as c
 
 logger = logging.getLogger(__name__)
 
-#: Seconds kopf waits before retrying after a transient API failure.
-RETRY_DELAY = 2.0
+
+class ApiError(Exception):
+    """A request the operator made failed; the message names the request and the answer."""
+
+
+class ApiUnavailable(ApiError):
+    """Transient: the API server is away, overloaded or erred (retried after a while)."""
+
+
+class ApiRefused(ApiError):
+    """The API server refused the request (e.g. RBAC's 403): retried, but slowly and loudly."""
+
+
+class ChildRejected(ApiError):
+    """The API server refused an object the operator built (400/422, Pod Security): the spec must
+    change, retrying cannot help."""
 
 
 class Api:
-    """Calls the operator makes: pods, services and its own TrainingJobs."""
+    """Calls the operator makes besides kopf's watches: create and delete children, patch a
+    TrainingJob's status, read one object to see whose it is."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._client = api_client
 
-    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
-        raw = await self._call(
-            "list pods",
-            "GET",
-            f"/api/v1/namespaces/{namespace}/pods",
-            {"labelSelector": f"{c.LABEL_JOB}={job}"},
-        )
-        items: list[dict[str, Any]] = raw.get("items") or []
-        # Filter again here: not every API server (or emulator) honours label selectors.
-        return [p for p in items if (p.get("metadata", {}).get("labels") or {}).get(c.LABEL_JOB) == job]
-
-    async def service_exists(self, namespace: str, name: str) -> bool:
-        return await self._exists("read service", f"/api/v1/namespaces/{namespace}/services/{name}")
-
-    async def network_policy_exists(self, namespace: str, name: str) -> bool:
-        path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"
-        return await self._exists("read networkpolicy", path)
-
-    async def _exists(self, what: str, path: str) -> bool:
-        try:
-            await self._call(what, "GET", path)
-        except _NotFound:
-            return False
-        return True
-
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create a Pod, Service or NetworkPolicy; False if it already existed.
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a Pod, Service or NetworkPolicy: the object as created, or None if an object
+        of that name exists (whose it is, the caller finds out with :meth:`get`).
 
         Raises :class:`ChildRejected` when the API server refuses the object as invalid (400/422):
         retrying cannot help, the user's template must change.
@@ -71,31 +61,57 @@ class Api:
         path = _COLLECTIONS[kind].format(namespace=meta["namespace"])
         what = f"create {kind} {meta['name']}"
         try:
-            await self._call(what, "POST", path, body=manifest)
+            return await self._call(what, "POST", path, body=manifest)
         except _Conflict:
-            return False
+            return None
         except (TypeError, ValueError) as exc:  # refused before sending (e.g. not serialisable)
             raise ChildRejected(f"{what}: the object could not be sent: {exc}") from exc
-        return True
 
-    async def delete_pod(self, namespace: str, name: str) -> bool:
-        """Delete a pod; False if it was already gone."""
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Pod, Service, NetworkPolicy or TrainingJob as the API server has it, or None."""
+        path = _COLLECTIONS[kind].format(namespace=namespace) + f"/{name}"
         try:
-            await self._call(f"delete pod {name}", "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
-        except _NotFound:
-            return False
-        return True
-
-    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The TrainingJob as the API server has it now, or None if it is gone."""
-        try:
-            return await self._call(f"get TrainingJob {name}", "GET", _job_path(namespace, name))
+            return await self._call(f"get {kind} {name}", "GET", path)
         except _NotFound:
             return None
 
-    async def delete_job(self, namespace: str, name: str) -> None:
-        with contextlib.suppress(_NotFound):
-            await self._call(f"delete TrainingJob {name}", "DELETE", _job_path(namespace, name))
+    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete the object of that name only if it is still the one with ``uid`` (a
+        precondition the API server checks): never another object that took the name since.
+        False if it was already gone or replaced."""
+        path = _COLLECTIONS[kind].format(namespace=namespace) + f"/{name}"
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+        try:
+            await self._call(f"delete {kind} {name}", "DELETE", path, body=body)
+        except (_NotFound, _Conflict):
+            return False
+        return True
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge ``status`` into the TrainingJob's status; the job as it is now, or None if gone.
+        No resourceVersion: each key written is the operator's own, decided from a newer look."""
+        path = _COLLECTIONS[c.KIND].format(namespace=namespace) + f"/{name}/status"
+        try:
+            return await self._call(
+                f"patch TrainingJob {name} status", "PATCH", path, body={"status": status}, merge=True
+            )
+        except _NotFound:
+            return None
+
+    async def remove_finalizer(self, body: dict[str, Any], finalizer: str) -> None:
+        """Drop ``finalizer`` from the TrainingJob (left by an operator version that used one);
+        the JSON patch's test makes it a no-op if the list changed meanwhile."""
+        meta = body["metadata"]
+        old = list(meta.get("finalizers") or [])
+        if finalizer not in old:
+            return
+        patch = [
+            {"op": "test", "path": "/metadata/finalizers", "value": old},
+            {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in old if f != finalizer]},
+        ]
+        path = _COLLECTIONS[c.KIND].format(namespace=meta["namespace"]) + f"/{meta['name']}"
+        with contextlib.suppress(_NotFound, ChildRejected):  # gone, or the list changed (422)
+            await self._call(f"remove finalizer of TrainingJob {meta['name']}", "PATCH", path, body=patch)
 
     async def _call(
         self,
@@ -103,10 +119,11 @@ class Api:
         method: str,
         path: str,
         query: dict[str, str] | None = None,
-        body: dict[str, Any] | None = None,
+        body: Any = None,
+        merge: bool = False,
     ) -> dict[str, Any]:
         try:
-            response = await asyncio.to_thread(self._request, method, path, query, body)
+            response = await asyncio.to_thread(self._request, method, path, query, body, merge)
         except ApiException as exc:
             if exc.status == 404:
                 raise _NotFound(what) from exc
@@ -118,26 +135,23 @@ class Api:
             if exc.status in (400, 422):
                 raise ChildRejected(f"{what}: the API server rejected it: {_status_message(exc)}") from exc
             if exc.status in (429, 500, 502, 503, 504):
-                raise kopf.TemporaryError(
-                    f"{what}: API answered {exc.status}; retrying.", delay=RETRY_DELAY
-                ) from exc
-            raise
+                raise ApiUnavailable(f"{what}: the API server answered {exc.status}.") from exc
+            raise ApiRefused(f"{what}: the API server answered {exc.status}: {_status_message(exc)}") from exc
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused/reset: the API server is away
-            raise kopf.TemporaryError(
-                f"{what}: the API server is not reachable ({type(exc).__name__}); retrying.",
-                delay=RETRY_DELAY,
-            ) from exc
+            raise ApiUnavailable(f"{what}: the API server is not reachable ({type(exc).__name__}).") from exc
         data = response.data
         return json.loads(data) if data else {}
 
-    def _request(
-        self, method: str, path: str, query: dict[str, str] | None, body: dict[str, Any] | None
-    ) -> Any:
+    def _request(self, method: str, path: str, query: dict[str, str] | None, body: Any, merge: bool) -> Any:
         """One HTTP request with the client's configuration and credentials; raises ApiException
         for a status outside 2xx."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        if method == "PATCH":
+            headers["Content-Type"] = (
+                "application/merge-patch+json" if merge else "application/json-patch+json"
+            )
         method, url, headers, _, _ = self._client.param_serialize(
             method=method,
             resource_path=path,
@@ -153,20 +167,13 @@ class Api:
         return response
 
 
-#: Where each kind of child is created (POST), by kind.
+#: Where each kind of object lives, by kind.
 _COLLECTIONS = {
     "Pod": "/api/v1/namespaces/{namespace}/pods",
     "Service": "/api/v1/namespaces/{namespace}/services",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+    c.KIND: f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{namespace}}/{c.PLURAL}",
 }
-
-
-def _job_path(namespace: str, name: str) -> str:
-    return f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}"
-
-
-class ChildRejected(Exception):
-    """The API server refused an object the operator built (400/422): the spec must change."""
 
 
 def _status_message(exc: ApiException) -> str:

@@ -1,15 +1,19 @@
-"""Decide what a TrainingJob needs next: compare the desired state with the pods that exist.
+"""Decide what a TrainingJob needs next: compare the desired state with what exists.
 
-Pure: it takes the job, its status, the pods that exist and the time, and returns the actions
-(objects to create, pods to delete, the status patch, events). The kopf handlers apply them.
-Level-triggered: the same inputs give the same actions, so an operator restarted at any point
-converges, and applying an action twice is harmless (creation tolerates "already exists").
+Pure: :func:`reconcile` takes one :class:`Observed` value (the job, its status, the children it
+owns, the time) and returns the :class:`Actions` (objects to create, pods to delete, the status
+patch, events, when to look again). The controller applies them. The decision is split by policy,
+tried in order, each a small function that decides or passes: finished, suspended, deadline,
+failure, rendezvous, success, creation. Level-triggered: the same inputs give the same actions, so
+an operator restarted at any point converges, and applying an action twice is harmless.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +29,7 @@ from etha.job.builders import (
 from etha.job.names import master_name, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.spec import JobSpec
-from etha.operator.rendezvous import observe, reset_view
+from etha.operator.rendezvous import observe, rendezvous_began, reset_view
 from etha.rendezvous_status import MasterStatus
 
 
@@ -45,7 +49,30 @@ class Actions:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
-    # Seconds after which the job should be looked at again (deadline, TTL), if any.
+    #: Seconds after which time itself changes the decision (deadline, TTL, rendezvous timeout).
+    requeue_after: float | None = None
+
+
+Pod = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One look at a job: everything the decision depends on."""
+
+    job: JobSpec
+    status: Mapping[str, Any]
+    #: The pods the job owns (its controller ownerReference), any attempt; none being deleted.
+    pods: Sequence[Pod]
+    #: Its Service exists (and is its own).
+    service: bool
+    now: datetime
+    #: Its NetworkPolicy exists; None when the operator manages none.
+    network_policy: bool | None = None
+    #: The current master's status document, why it could not be read, or None if not asked.
+    master_status: MasterStatus | str | None = None
+    #: Selects the operator's pods in the NetworkPolicy (admits them to the master's status port).
+    operator_peer: dict[str, Any] | None = None
 
 
 def condition(kind: str, status: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
@@ -150,219 +177,341 @@ def failure_detail(pod: dict[str, Any]) -> str:
     return f"{reason}: {message}" if message else str(reason)
 
 
-def reconcile(
-    job: JobSpec,
-    status: dict[str, Any],
-    pods: list[dict[str, Any]],
-    service_exists: bool,
-    now: datetime,
-    network_policy_exists: bool | None = None,
-    master_status: MasterStatus | str | None = None,
-    operator_peer: dict[str, Any] | None = None,
-) -> Actions:
-    """What to do next for ``job``; ``pods`` are every pod labelled with the job's name.
+def restarted_container(pod: Pod) -> str | None:
+    """'container trainer after exit code 1 (Error)' if the kubelet restarted a container of the
+    pod in place (restartPolicy OnFailure), else None."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if int(cs.get("restartCount") or 0) > 0:
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            why = f" after exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})" if last else ""
+            return f"container {cs.get('name')}{why}"
+    return None
 
-    ``network_policy_exists`` is None when the operator manages no NetworkPolicies;
-    ``master_status`` is the current master's status document, why it could not be read, or None
-    if it was not asked (see ``rendezvous.needs_master_status``); ``operator_peer`` selects the
-    operator's pods in the NetworkPolicy, which admits them to the master's status port.
-    """
-    acts = Actions()
-    phase = status.get("phase")
-    conditions: list[dict[str, str]] = list(status.get("conditions") or [])
-    attempt = int(status.get("attempt") or 0)
-    restarts = int(status.get("restarts") or 0)
-    by_name = {p["metadata"]["name"]: p for p in pods}
 
-    def finish(
-        new_phase: str,
-        cond: str,
-        reason: str,
-        message: str,
-        keep_workers: bool,
-        counts: dict[str, Any] | None = None,
-    ) -> Actions:
-        for name, pod in by_name.items():
-            if (is_master(pod) or not keep_workers) and still_running(pod):
-                acts.delete_pods.append(name)
-        finished = set_condition(conditions, condition(cond, True, reason, message, now))
-        if any(x.get("type") == c.COND_RUNNING and x.get("status") == "True" for x in finished):
-            finished = set_condition(
-                finished,
-                condition(c.COND_RUNNING, False, new_phase, f"The job has {new_phase.lower()}.", now),
-            )
-        acts.status.update(phase=new_phase, completionTime=timestamp(now), conditions=finished)
-        if counts is not None:
-            acts.status["workers"] = counts
-        acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
-        return acts
+@dataclass
+class Attempt:
+    """The current attempt as observed: its pods and what they add up to."""
 
-    # Finished: clean up what is left and honour the TTL.
-    if phase in c.FINISHED_PHASES:
-        acts.delete_pods.extend(
-            name for name, pod in by_name.items() if is_master(pod) and still_running(pod)
-        )
-        done = parse_time(status.get("completionTime"))
-        if job.ttl_seconds_after_finished is not None and done is not None:
-            # The handler's timer (ETHA_RECONCILE_INTERVAL) comes back; no requeue to compute.
-            acts.delete_job = done + timedelta(seconds=job.ttl_seconds_after_finished) <= now
-        return acts
+    number: int
+    restarts: int
+    phase: str | None
+    conditions: list[dict[str, str]]
+    #: The job as this attempt runs it (its pinned size, when the spec changed under it).
+    job: JobSpec
+    current: dict[str, Pod]
+    stale: list[str]
+    master: Pod | None
+    workers: dict[int, Pod | None]
+    counts: dict[str, Any]
+    #: The immutable fields changed since the attempt started (refused, see :func:`spec_drift`).
+    drift: list[str]
 
-    # Suspended: no pods; resuming starts the current attempt afresh.
-    if job.suspend:
-        acts.delete_pods.extend(by_name)
-        if job.etcd_endpoints is None and status.get("rendezvous"):
-            acts.status["rendezvous"] = reset_view(job, attempt, "Suspended.")
-        if phase != c.PHASE_SUSPENDED:
-            acts.status.update(
-                phase=c.PHASE_SUSPENDED,
-                conditions=set_condition(
-                    conditions, condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", now)
-                ),
-            )
-            acts.events.append(Event("Normal", "Suspended", "Job suspended; its pods are deleted."))
-        return acts
+    @property
+    def uses_master(self) -> bool:
+        return self.job.etcd_endpoints is None  # backend etcd: no master pod
 
-    start = parse_time(status.get("startTime"))
-    if start is None:
-        acts.status["startTime"] = timestamp(now)
-        start = now
-    if phase == c.PHASE_SUSPENDED:
-        conditions = set_condition(
-            conditions, condition(c.COND_SUSPENDED, False, "Resumed", "spec.suspend is false.", now)
-        )
-        acts.status["conditions"] = conditions
-        acts.events.append(Event("Normal", "Resumed", "Job resumed."))
 
-    # Deadline.
-    deadline = job.active_deadline_seconds
-    if deadline is not None and start + timedelta(seconds=deadline) <= now:
-        return finish(
-            c.PHASE_FAILED,
-            c.COND_FAILED,
-            c.REASON_DEADLINE_EXCEEDED,
-            f"The job ran longer than spec.activeDeadlineSeconds ({deadline}s).",
-            keep_workers=False,
-        )
+#: Fields a running attempt cannot take a change of (the CRD's CEL rules refuse them too).
+IMMUTABLE_FIELDS = ("replicas", "template", "rendezvous")
 
-    # Leftovers of earlier attempts go.
-    current = {}
-    for name, pod in by_name.items():
-        if pod["metadata"].get("labels", {}).get(c.LABEL_ATTEMPT) == str(attempt):
+
+def pins(job: JobSpec) -> dict[str, Any]:
+    """What an attempt is pinned to when its pods are made: its size and a hash per immutable
+    field (status.attemptSpec)."""
+    values = {
+        "replicas": job.replicas,
+        "template": job.template,
+        "rendezvous": [job.port, job.image, job.master_resources, job.rendezvous_timeout, job.etcd_endpoints],
+    }
+    hashes = {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in values.items()
+    }
+    return {"replicas": job.replicas, "hashes": hashes}
+
+
+def spec_drift(job: JobSpec, status: Mapping[str, Any], attempt: int) -> list[str]:
+    """The immutable fields whose value differs from what this attempt was pinned to."""
+    pinned = status.get("attemptSpec") or {}
+    if pinned.get("attempt") != attempt:
+        return []
+    now = pins(job)["hashes"]
+    return [
+        f"spec.{k}" for k in IMMUTABLE_FIELDS if (pinned.get("hashes") or {}).get(k) not in (None, now[k])
+    ]
+
+
+def observe_attempt(obs: Observed, attempt: int, restarts: int) -> Attempt:
+    status = obs.status
+    job = obs.job
+    drift = spec_drift(job, status, attempt)
+    if drift:  # refused: the attempt keeps the size it started with
+        job = replace(job, replicas=int((status.get("attemptSpec") or {}).get("replicas") or job.replicas))
+    current: dict[str, Pod] = {}
+    stale: list[str] = []
+    for pod in obs.pods:
+        name = pod["metadata"]["name"]
+        if (pod["metadata"].get("labels") or {}).get(c.LABEL_ATTEMPT) == str(attempt):
             current[name] = pod
         else:
-            acts.delete_pods.append(name)
-
-    uses_master = job.etcd_endpoints is None  # backend etcd: no master pod
-    master = current.get(master_name(job.name, attempt))
+            stale.append(name)
     workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
-
-    counts = worker_counts(workers.values(), job.replicas)
-
-    failed = [p for p in (master, *workers.values()) if p is not None and pod_phase(p) == "Failed"]
-    # Once the attempt ran, a pod that vanished (deleted, evicted, its node gone) broke the gang:
-    # a replacement could not rejoin a rendezvous that already happened, so the attempt failed.
-    vanished = []
-    if phase == c.PHASE_RUNNING:
-        expected = [worker_name(job.name, attempt, r) for r in range(job.replicas)]
-        if uses_master:
-            expected.append(master_name(job.name, attempt))
-        vanished = [name for name in expected if name not in current]
-    if failed or vanished:
-        if failed:
-            pod = failed[0]
-            what = f"pod {pod['metadata']['name']} failed: {failure_detail(pod)}"
-        else:
-            what = f"pod {vanished[0]} disappeared while the job was running (deleted or evicted)"
-        if restarts < job.max_restarts:
-            acts.delete_pods.extend(current)
-            acts.status.update(
-                phase=c.PHASE_RESTARTING,
-                attempt=attempt + 1,
-                restarts=restarts + 1,
-                conditions=set_condition(
-                    conditions,
-                    condition(
-                        c.COND_RUNNING,
-                        False,
-                        c.REASON_RESTARTING,
-                        f"{what}; restart {restarts + 1} of {job.max_restarts}.",
-                        now,
-                    ),
-                ),
-            )
-            acts.events.append(
-                Event("Warning", c.REASON_RESTARTING, f"{what}; starting attempt {attempt + 1}.")
-            )
-            return acts
-        return finish(
-            c.PHASE_FAILED,
-            c.COND_FAILED,
-            c.REASON_BACKOFF_LIMIT,
-            f"{what}; no restarts left (spec.maxRestarts={job.max_restarts}).",
-            keep_workers=True,
-            counts=counts,
-        )
-
-    # Rendezvous: who joined (status.rendezvous, backend tcp), and its timeout.
-    view, timed_out = observe(
-        job, attempt, status.get("rendezvous") or {}, master, workers, master_status, now
+    return Attempt(
+        number=attempt,
+        restarts=restarts,
+        phase=status.get("phase"),
+        conditions=list(status.get("conditions") or []),
+        job=job,
+        current=current,
+        stale=stale,
+        master=current.get(master_name(job.name, attempt)),
+        workers=workers,
+        counts=worker_counts(workers.values(), job.replicas),
+        drift=drift,
     )
-    if uses_master:  # backend etcd: no master to ask, nothing to show
+
+
+def reconcile(obs: Observed) -> Actions:
+    """What to do next for ``obs.job``: the first policy that decides, else create what is missing."""
+    acts = Actions()
+    done = finished(obs, acts) or suspended(obs, acts)
+    if done is not None:
+        return done
+    at = observe_attempt(obs, int(obs.status.get("attempt") or 0), int(obs.status.get("restarts") or 0))
+    starting(obs, at, acts)
+    for policy in (deadline, failure, rendezvous, success):
+        decided = policy(obs, at, acts)
+        if decided is not None:
+            return decided
+    return creation(obs, at, acts)
+
+
+def finish(
+    obs: Observed,
+    at: Attempt,
+    acts: Actions,
+    new_phase: str,
+    cond: str,
+    reason: str,
+    message: str,
+    keep_workers: bool,
+) -> Actions:
+    """End the job: the master (and, unless ``keep_workers``, the workers) stop."""
+    now = obs.now
+    for name, pod in at.current.items():
+        if (is_master(pod) or not keep_workers) and still_running(pod):
+            acts.delete_pods.append(name)
+    acts.delete_pods.extend(at.stale)
+    done = set_condition(at.conditions, condition(cond, True, reason, message, now))
+    if any(x.get("type") == c.COND_RUNNING and x.get("status") == "True" for x in done):
+        done = set_condition(
+            done, condition(c.COND_RUNNING, False, new_phase, f"The job has {new_phase.lower()}.", now)
+        )
+    acts.status.update(phase=new_phase, completionTime=timestamp(now), conditions=done, workers=at.counts)
+    acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
+    acts.requeue_after = ttl_left(obs.job, now, now)
+    return acts
+
+
+def ttl_left(job: JobSpec, completed: datetime | None, now: datetime) -> float | None:
+    if job.ttl_seconds_after_finished is None or completed is None:
+        return None
+    return max(0.0, (completed + timedelta(seconds=job.ttl_seconds_after_finished) - now).total_seconds())
+
+
+def finished(obs: Observed, acts: Actions) -> Actions | None:
+    """A finished job: stop a master that is left, and honour the TTL (the only timer it keeps)."""
+    if obs.status.get("phase") not in c.FINISHED_PHASES:
+        return None
+    acts.delete_pods.extend(p["metadata"]["name"] for p in obs.pods if is_master(p) and still_running(p))
+    left = ttl_left(obs.job, parse_time(obs.status.get("completionTime")), obs.now)
+    acts.delete_job = left == 0.0
+    acts.requeue_after = None if acts.delete_job else left
+    return acts
+
+
+def suspended(obs: Observed, acts: Actions) -> Actions | None:
+    """Suspended: no pods; resuming starts the current attempt afresh."""
+    job, status = obs.job, obs.status
+    if not job.suspend:
+        return None
+    acts.delete_pods.extend(p["metadata"]["name"] for p in obs.pods)
+    if job.etcd_endpoints is None and status.get("rendezvous"):
+        acts.status["rendezvous"] = reset_view(job, int(status.get("attempt") or 0), "Suspended.")
+    if status.get("attemptSpec"):
+        acts.status["attemptSpec"] = None  # resuming pins the spec anew
+    if status.get("phase") != c.PHASE_SUSPENDED:
+        acts.status.update(
+            phase=c.PHASE_SUSPENDED,
+            conditions=set_condition(
+                list(status.get("conditions") or []),
+                condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", obs.now),
+            ),
+        )
+        acts.events.append(Event("Normal", "Suspended", "Job suspended; its pods are deleted."))
+    return acts
+
+
+def starting(obs: Observed, at: Attempt, acts: Actions) -> None:
+    """The first look at a running job records its start; a resumed one says so."""
+    if not obs.status.get("startTime"):
+        acts.status["startTime"] = timestamp(obs.now)
+    if at.phase == c.PHASE_SUSPENDED:
+        at.conditions = set_condition(
+            at.conditions, condition(c.COND_SUSPENDED, False, "Resumed", "spec.suspend is false.", obs.now)
+        )
+        acts.status["conditions"] = at.conditions
+        acts.events.append(Event("Normal", "Resumed", "Job resumed."))
+
+
+def deadline(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
+    """activeDeadlineSeconds: fail once it passed, else look again when it will."""
+    limit = obs.job.active_deadline_seconds
+    if limit is None:
+        return None
+    start = parse_time(obs.status.get("startTime")) or obs.now
+    left = (start + timedelta(seconds=limit) - obs.now).total_seconds()
+    if left > 0:
+        acts.requeue_after = _sooner(acts.requeue_after, left)
+        return None
+    return finish(
+        obs,
+        at,
+        acts,
+        c.PHASE_FAILED,
+        c.COND_FAILED,
+        c.REASON_DEADLINE_EXCEEDED,
+        f"The job ran longer than spec.activeDeadlineSeconds ({limit}s).",
+        keep_workers=False,
+    )
+
+
+def attempt_failure(obs: Observed, at: Attempt) -> str | None:
+    """Why the current attempt failed, or None: a pod Failed, a container restarted in place
+    (restartPolicy OnFailure: a restarted rank cannot rejoin a rendezvous that happened), or,
+    once the attempt ran, a pod vanished (deleted, evicted, its node gone)."""
+    pods = [p for p in (at.master, *at.workers.values()) if p is not None]
+    for pod in pods:
+        if pod_phase(pod) == "Failed":
+            return f"pod {pod['metadata']['name']} failed: {failure_detail(pod)}"
+    for pod in pods:
+        restarted = restarted_container(pod)
+        if restarted is not None:
+            return f"pod {pod['metadata']['name']} restarted {restarted} (restartPolicy OnFailure)"
+    if at.phase == c.PHASE_RUNNING:
+        expected = [worker_name(at.job.name, at.number, r) for r in range(at.job.replicas)]
+        if at.uses_master:
+            expected.append(master_name(at.job.name, at.number))
+        for name in expected:
+            if name not in at.current:
+                return f"pod {name} disappeared while the job was running (deleted or evicted)"
+    return None
+
+
+def failure(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
+    """A failed attempt restarts the whole job while spec.maxRestarts allows, else ends it."""
+    what = attempt_failure(obs, at)
+    if what is None:
+        return None
+    job, now = obs.job, obs.now
+    if at.restarts < job.max_restarts:
+        acts.delete_pods.extend([*at.current, *at.stale])
+        acts.status.update(
+            phase=c.PHASE_RESTARTING,
+            attempt=at.number + 1,
+            restarts=at.restarts + 1,
+            conditions=set_condition(
+                at.conditions,
+                condition(
+                    c.COND_RUNNING,
+                    False,
+                    c.REASON_RESTARTING,
+                    f"{what}; restart {at.restarts + 1} of {job.max_restarts}.",
+                    now,
+                ),
+            ),
+        )
+        acts.events.append(
+            Event("Warning", c.REASON_RESTARTING, f"{what}; starting attempt {at.number + 1}.")
+        )
+        return acts
+    return finish(
+        obs,
+        at,
+        acts,
+        c.PHASE_FAILED,
+        c.COND_FAILED,
+        c.REASON_BACKOFF_LIMIT,
+        f"{what}; no restarts left (spec.maxRestarts={job.max_restarts}).",
+        keep_workers=True,
+    )
+
+
+def rendezvous(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
+    """Who joined (status.rendezvous, backend tcp), and the rendezvous timeout."""
+    view, timed_out = observe(
+        at.job,
+        at.number,
+        obs.status.get("rendezvous") or {},
+        at.master,
+        at.workers,
+        obs.master_status,
+        obs.now,
+    )
+    if at.uses_master:  # backend etcd: no master to ask, nothing to show
         acts.status["rendezvous"] = view
     if timed_out is not None:
         return finish(
+            obs,
+            at,
+            acts,
             c.PHASE_FAILED,
             c.COND_FAILED,
             c.REASON_RENDEZVOUS_TIMEOUT,
             timed_out,
             keep_workers=False,
-            counts=counts,
         )
+    left = timeout_left(at.job, view, at.master, at.workers, obs.now)
+    if left is not None:
+        acts.requeue_after = _sooner(acts.requeue_after, left)
+    return None
 
-    if all(p is not None and pod_phase(p) == "Succeeded" for p in workers.values()):
-        return finish(
-            c.PHASE_SUCCEEDED,
-            c.COND_SUCCEEDED,
-            c.REASON_SUCCEEDED,
-            f"All {job.replicas} workers succeeded.",
-            keep_workers=True,
-            counts=counts,
-        )
 
-    # Create what is missing.
-    if not service_exists:
-        acts.create.append(build_service(job))
-    if network_policy_exists is False and uses_master:  # backend etcd: no master port to guard
-        acts.create.append(build_network_policy(job, operator_peer))
-    if master is None and uses_master:
-        acts.create.append(build_master_pod(job, attempt))
-    for rank, worker in workers.items():
-        if worker is None:
-            acts.create.append(build_worker_pod(job, attempt, rank))
-
-    active = counts["running"] + counts["succeeded"]
-    master_up = not uses_master or (master is not None and pod_phase(master) == "Running")
-    running = active == job.replicas and master_up
-    new_phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
-    if phase == c.PHASE_RESTARTING and not running:
-        new_phase = c.PHASE_RESTARTING
-    acts.status.update(
-        phase=new_phase,
-        attempt=attempt,
-        restarts=restarts,
-        masterAddress=f"{torch_store_address(job, attempt)}:{job.port}",
-        workers=counts,
+def success(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
+    """Every worker of the attempt succeeded."""
+    if not all(p is not None and pod_phase(p) == "Succeeded" for p in at.workers.values()):
+        return None
+    return finish(
+        obs,
+        at,
+        acts,
+        c.PHASE_SUCCEEDED,
+        c.COND_SUCCEEDED,
+        c.REASON_SUCCEEDED,
+        f"All {at.job.replicas} workers succeeded.",
+        keep_workers=True,
     )
-    # Why the attempt waits: the scheduler's own words, on the job (kubectl describe tj).
-    scheduled = scheduling(conditions, master, workers, now)
-    if scheduled is not None:
-        conditions, events = scheduled
-        acts.status["conditions"] = conditions
+
+
+def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
+    """Create what the attempt lacks and report its progress."""
+    job, now = at.job, obs.now
+    acts.delete_pods.extend(at.stale)
+    if at.drift:
+        refused(obs, at, acts)
+    else:
+        acts.create.extend(missing_children(obs, at))
+        pinned = obs.status.get("attemptSpec") or {}
+        if pinned.get("attempt") != at.number:
+            acts.status["attemptSpec"] = {"attempt": at.number, **pins(job)}
+    running = progress(obs, at, acts)
+    scheduled = scheduling(at.conditions, at.master, at.workers, now)
+    if scheduled is not None:  # why the attempt waits: the scheduler's own words, on the job
+        at.conditions, events = scheduled
+        acts.status["conditions"] = at.conditions
         acts.events.extend(events)
-    if running and phase != c.PHASE_RUNNING:
+    if running and at.phase != c.PHASE_RUNNING:
         acts.status["conditions"] = set_condition(
-            conditions,
+            at.conditions,
             condition(
                 c.COND_RUNNING,
                 True,
@@ -373,12 +522,99 @@ def reconcile(
         )
         acts.events.append(Event("Normal", "Running", f"All {job.replicas} workers are running."))
     for manifest in acts.create:
+        name = manifest["metadata"]["name"]
         acts.events.append(
-            Event(
-                "Normal",
-                c.REASON_CREATED,
-                f"Created {manifest['kind']} {manifest['metadata']['name']}.",
-                created=manifest["metadata"]["name"],
-            )
+            Event("Normal", c.REASON_CREATED, f"Created {manifest['kind']} {name}.", created=name)
         )
     return acts
+
+
+def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
+    """The Service, NetworkPolicy, master and workers of the attempt that do not exist yet, in
+    that order, all at once (a gang scheduler needs every pod before it places any)."""
+    job = at.job
+    out = []
+    if not obs.service:
+        out.append(build_service(job))
+    if obs.network_policy is False and at.uses_master:  # backend etcd: no master port to guard
+        out.append(build_network_policy(job, obs.operator_peer))
+    if at.master is None and at.uses_master:
+        out.append(build_master_pod(job, at.number))
+    out.extend(build_worker_pod(job, at.number, rank) for rank, pod in at.workers.items() if pod is None)
+    return out
+
+
+def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:
+    """The attempt's phase and counts in the status; True when it is running."""
+    job = at.job
+    active = at.counts["running"] + at.counts["succeeded"]
+    master_up = not at.uses_master or (at.master is not None and pod_phase(at.master) == "Running")
+    running = active == job.replicas and master_up
+    phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
+    if at.phase == c.PHASE_RESTARTING and not running:
+        phase = c.PHASE_RESTARTING
+    acts.status.update(
+        phase=phase,
+        attempt=at.number,
+        restarts=at.restarts,
+        masterAddress=f"{torch_store_address(job, at.number)}:{job.port}",
+        workers=at.counts,
+    )
+    return running
+
+
+def refused(obs: Observed, at: Attempt, acts: Actions) -> None:
+    """A spec edit the running attempt cannot take (an API server without the CRD's CEL rules
+    let it through): say so once; the attempt keeps what it started with."""
+    fields = ", ".join(at.drift)
+    message = (
+        f"{fields} changed while attempt {at.number} runs: refused, the attempt keeps "
+        f"{at.job.replicas} workers and its template. These fields are immutable unless the job "
+        "is suspended; suspend it to change them, or create a new TrainingJob."
+    )
+    had = next((x for x in at.conditions if x.get("type") == c.COND_SPEC_REFUSED), None)
+    if had is None or had.get("message") != message or had.get("status") != "True":
+        at.conditions = set_condition(
+            at.conditions, condition(c.COND_SPEC_REFUSED, True, c.REASON_IMMUTABLE_FIELD, message, obs.now)
+        )
+        acts.status["conditions"] = at.conditions
+        acts.events.append(Event("Warning", c.REASON_IMMUTABLE_FIELD, message))
+
+
+def timeout_left(
+    job: JobSpec,
+    view: Mapping[str, Any],
+    master: Pod | None,
+    workers: Mapping[int, Pod | None],
+    now: datetime,
+) -> float | None:
+    """Seconds until the rendezvous times out, while it is incomplete and has begun."""
+    if view.get("complete"):
+        return None
+    begun = rendezvous_began(job, master, workers)
+    if begun is None:
+        return None
+    return max(0.0, (begun + timedelta(seconds=job.rendezvous_timeout) - now).total_seconds())
+
+
+def conflict_condition(
+    conditions: list[dict[str, str]], conflict: str | None, now: datetime
+) -> list[dict[str, str]] | None:
+    """The ChildConflict condition: True naming the object that is in the way, False once it is
+    gone; None when nothing changes."""
+    had = next((x for x in conditions if x.get("type") == c.COND_CHILD_CONFLICT), None)
+    if conflict is not None:
+        if had is not None and had.get("status") == "True" and had.get("message") == conflict:
+            return None
+        return set_condition(
+            conditions, condition(c.COND_CHILD_CONFLICT, True, c.REASON_CHILD_CONFLICT, conflict, now)
+        )
+    if had is None or had.get("status") != "True":
+        return None
+    return set_condition(
+        conditions, condition(c.COND_CHILD_CONFLICT, False, "Resolved", "No object is in the way.", now)
+    )
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)

@@ -147,7 +147,7 @@ def observe(
     elif "message" in before:
         view["message"] = before["message"]
 
-    begun = created_at(master) if job.etcd_endpoints is None else _earliest(workers)
+    begun = rendezvous_began(job, master, workers)
     if not missing or begun is None or now < begun + timedelta(seconds=job.rendezvous_timeout):
         return view, None
     # Timed out. Without the master's word, only ranks whose pods are not running surely failed.
@@ -166,6 +166,12 @@ def observe(
     if job.etcd_endpoints is None and not _running(master):
         message += f" The master pod {master['metadata']['name'] if master else '?'} is {pod_state(master)}."
     return view, message
+
+
+def rendezvous_began(job: JobSpec, master: Pod | None, workers: Mapping[int, Pod | None]) -> datetime | None:
+    """When the attempt's rendezvous timeout starts: its master pod's creation (with the etcd
+    backend, its first worker's)."""
+    return created_at(master) if job.etcd_endpoints is None else _earliest(workers)
 
 
 def _running(pod: Pod | None) -> bool:

@@ -40,6 +40,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The operator's rules: exactly the verbs and resources it uses (tests check both ways). */}}
 {{- define "etha.rules" -}}
+# The operator watches its jobs and, once per kind, their children (kopf indexes them by owner).
 - apiGroups: ["etha.io"]
   resources: ["trainingjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
@@ -48,17 +49,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- if .Values.networkPolicy.enabled }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "watch", "create"]
 {{- end }}
 {{- end -}}
 

@@ -48,10 +48,10 @@ RESOURCES = {
         namespaced=True, kind="Pod", verbs={"list", "watch", "get", "create", "delete", "patch"}
     ),
     "v1/services": kmock.ResourceInfo(
-        namespaced=True, kind="Service", verbs={"list", "get", "create", "delete"}
+        namespaced=True, kind="Service", verbs={"list", "watch", "get", "create", "delete"}
     ),
     "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(
-        namespaced=True, kind="NetworkPolicy", verbs={"get", "create", "delete"}
+        namespaced=True, kind="NetworkPolicy", verbs={"list", "watch", "get", "create", "delete"}
     ),
     "v1/events": kmock.ResourceInfo(namespaced=True, kind="Event", verbs={"create", "list"}),
     # kopf needs the namespaces resource in discovery, even cluster-wide (it never lists it then).

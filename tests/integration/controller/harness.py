@@ -1,35 +1,26 @@
-"""The real kopf operator against the emulator: one harness for the operator tests and the
-emulated end-to-end suite. Import it before ``etha.operator.handlers`` (it sets the interval)."""
+"""The real kopf operator against the emulator (the fault tests: API errors injected, the API
+server stopped mid-job), in a thread and event loop of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-os.environ.setdefault("ETHA_RECONCILE_INTERVAL", "0.3")
-
 import kopf
 import yaml
 from kubernetes import client
 
 from etha.operator import handlers
+from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api
 from tests.helpers import REPO, tool
 from tests.integration.controller.emulator import Emulator
 from tests.rbac import deploy_docs, grants, roles_in
-
-_current: dict[str, str] = {}
-
-
-@kopf.on.login()
-def _login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=_current["url"], scheme="Bearer", token="test", insecure=True)
 
 
 class Operator:
@@ -38,13 +29,32 @@ class Operator:
     def __init__(self) -> None:
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
+        self.url = ""
+        self.config = OperatorConfig()
 
     def start(self) -> None:
         ready, self._stop = threading.Event(), threading.Event()
         stop = self._stop
+        url, config = self.url, self.config
+        registry = handlers.registry(config)
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, scheme="Bearer", token="test", insecure=True)
+
+        kopf.on.login(registry=registry)(login)
+        memo = handlers.operator_memo(config, Api(client.ApiClient(client.Configuration(host=url))))
 
         def run() -> None:
-            asyncio.run(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready, stop_flag=stop))
+            asyncio.run(
+                kopf.operator(
+                    clusterwide=True,
+                    standalone=True,
+                    ready_flag=ready,
+                    stop_flag=stop,
+                    registry=registry,
+                    memo=memo,
+                )
+            )
 
         self._thread = threading.Thread(target=run, name="operator", daemon=True)
         self._thread.start()
@@ -68,8 +78,9 @@ def operated_emulator(
     chart's and deploy/'s roles.
     """
     emu = Emulator().start()
-    _current["url"] = emu.url
-    handlers.configure(Api(client.ApiClient(client.Configuration(host=emu.url))), status_url)
+    operator.url = emu.url
+    if status_url is not None:
+        operator.config = operator.config.replace(status_url=status_url)
     try:
         operator.start()
         yield emu

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+
+from etha.job.spec import JobSpec
+from etha.operator import reconcile as decisions
+from etha.operator.reconcile import Actions, Observed
 
 
 def make_trainingjob(
@@ -58,3 +63,16 @@ def make_pod(
     if created is not None:
         metadata["creationTimestamp"] = created
     return {"metadata": metadata, "spec": {"containers": [{"name": "c"}]}, "status": status}
+
+
+def reconcile(
+    job: JobSpec,
+    status: dict[str, Any],
+    pods: list[dict[str, Any]],
+    service: bool,
+    now: datetime,
+    network_policy: bool | None = None,
+    **more: Any,
+) -> Actions:
+    """One decision from one observation, spelt positionally for brevity."""
+    return decisions.reconcile(Observed(job, status, pods, service, now, network_policy, **more))

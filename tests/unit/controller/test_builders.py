@@ -112,7 +112,7 @@ def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
 ) -> None:
     from datetime import UTC, datetime
 
-    from etha.operator.reconcile import reconcile
+    from tests.unit.controller.factories import reconcile
 
     acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
     assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created

@@ -10,11 +10,10 @@ import pytest
 from etha.job.builders import build_master_pod, build_network_policy
 from etha.job.names import status_port
 from etha.job.spec import parse
-from etha.operator.handlers import operator_peer
-from etha.operator.reconcile import reconcile
+from etha.operator.config import OperatorConfig
 from etha.operator.rendezvous import needs_master_status, pod_state, pod_status_url
 from etha.rendezvous_status import MasterStatus
-from tests.unit.controller.factories import make_pod, make_trainingjob
+from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 CREATED = "2026-01-01T12:00:00Z"
@@ -233,7 +232,10 @@ def test_master_pod_serves_status_on_its_own_port_and_probes_it() -> None:
 
 
 def test_network_policy_admits_the_operator_to_the_status_port_only() -> None:
-    peer = operator_peer("etha-system", "app.kubernetes.io/name=etha-operator,app.kubernetes.io/instance=x")
+    peer = OperatorConfig(
+        operator_namespace="etha-system",
+        operator_pod_labels="app.kubernetes.io/name=etha-operator,app.kubernetes.io/instance=x",
+    ).operator_peer()
     assert peer == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "etha-system"}},
         "podSelector": {
@@ -243,7 +245,7 @@ def test_network_policy_admits_the_operator_to_the_status_port_only() -> None:
     rules = build_network_policy(job(), peer)["spec"]["ingress"]
     assert rules[1] == {"from": [peer], "ports": [{"protocol": "TCP", "port": 8080}]}
     assert rules[0]["ports"] == [{"protocol": "TCP", "port": 29500}]
-    assert operator_peer("", "a=b") is None
+    assert OperatorConfig(operator_pod_labels="a=b").operator_peer() is None
     assert len(build_network_policy(job(), None)["spec"]["ingress"]) == 1
 
 

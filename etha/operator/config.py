@@ -1,0 +1,79 @@
+"""The operator's configuration: one frozen value, built once in ``main()`` (or by a test) and
+handed to the handlers through kopf's ``memo``. Nothing here is read at import."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from etha.job import constants as c
+from etha.operator.rendezvous import pod_status_url
+
+#: Where a master pod serves its status document; tests whose pods are local processes differ.
+StatusUrl = Callable[[dict[str, Any]], "str | None"]
+
+
+class ConfigError(ValueError):
+    """A setting of the operator is invalid; the message names it and what was expected."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    #: The master's image unless spec.rendezvous.image says otherwise (ETHA_RUNTIME_IMAGE).
+    runtime_image: str = c.DEFAULT_RUNTIME_IMAGE
+    #: etcd endpoints for jobs with backend etcd that name none (ETHA_DEFAULT_ETCD_ENDPOINTS).
+    default_etcd_endpoints: tuple[str, ...] = ()
+    #: Guard each job's master port with a NetworkPolicy (ETHA_NETWORK_POLICY).
+    network_policy: bool = True
+    #: The operator's own namespace and pod labels: each job's NetworkPolicy admits these pods to
+    #: the master's status port (ETHA_OPERATOR_NAMESPACE, ETHA_OPERATOR_POD_LABELS).
+    operator_namespace: str = ""
+    operator_pod_labels: str = ""
+    #: At most this many API calls in flight while creating or deleting one job's pods
+    #: (ETHA_CREATE_CONCURRENCY).
+    create_concurrency: int = 32
+    #: Seconds between two reads of a master's status document while its ranks join.
+    master_poll_interval: float = 1.0
+    #: First and longest wait before a reconcile that met a transient API error runs again.
+    retry_delay: float = 1.0
+    retry_delay_max: float = 60.0
+    status_url: StatusUrl = pod_status_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorConfig:
+        """The settings the chart passes as environment variables; ``overrides`` win."""
+        values: dict[str, Any] = {}
+        if environ.get("ETHA_RUNTIME_IMAGE"):
+            values["runtime_image"] = environ["ETHA_RUNTIME_IMAGE"]
+        endpoints = environ.get("ETHA_DEFAULT_ETCD_ENDPOINTS", "")
+        values["default_etcd_endpoints"] = tuple(e.strip() for e in endpoints.split(",") if e.strip())
+        flag = environ.get("ETHA_NETWORK_POLICY", "true").strip().lower()
+        if flag not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"ETHA_NETWORK_POLICY ({flag!r}) must be true or false.")
+        values["network_policy"] = flag in ("1", "true", "yes")
+        values["operator_namespace"] = environ.get("ETHA_OPERATOR_NAMESPACE", "")
+        values["operator_pod_labels"] = environ.get("ETHA_OPERATOR_POD_LABELS", "")
+        concurrency = environ.get("ETHA_CREATE_CONCURRENCY", "32")
+        if not concurrency.isdigit() or int(concurrency) < 1:
+            raise ConfigError(f"ETHA_CREATE_CONCURRENCY ({concurrency!r}) must be an integer >= 1.")
+        values["create_concurrency"] = int(concurrency)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> OperatorConfig:
+        return dataclasses.replace(self, **changes)
+
+    def operator_peer(self) -> dict[str, Any] | None:
+        """The NetworkPolicyPeer that selects the operator's pods, or None when its namespace is
+        not known (run outside the cluster, where it cannot reach pod IPs anyway)."""
+        if not self.operator_namespace:
+            return None
+        peer: dict[str, Any] = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.operator_namespace}}
+        }
+        pairs = [item.split("=", 1) for item in self.operator_pod_labels.split(",") if "=" in item]
+        if pairs:
+            peer["podSelector"] = {"matchLabels": {k.strip(): v.strip() for k, v in pairs}}
+        return peer
