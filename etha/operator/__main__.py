@@ -34,12 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_api_client() -> client.ApiClient:
+def load_api_client(connections: int) -> client.ApiClient:
+    """The kubernetes client's configuration (in-cluster, else KUBECONFIG), with ``connections``
+    pooled connections (the Api's concurrency)."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    settings = client.Configuration.get_default_copy()
+    settings.connection_pool_maxsize = connections
+    return client.ApiClient(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # so no KopfPeering resources and no RBAC for them.
             standalone=True,
             registry=registry,
-            memo=handlers.operator_memo(config, Api(load_api_client())),
+            memo=handlers.operator_memo(
+                config, Api(load_api_client(config.create_concurrency), config.create_concurrency)
+            ),
         )
     )
     return 0

@@ -34,8 +34,10 @@ class OperatorConfig:
     #: At most this many API calls in flight while creating or deleting one job's pods
     #: (ETHA_CREATE_CONCURRENCY).
     create_concurrency: int = 32
-    #: Seconds between two reads of a master's status document while its ranks join.
+    #: Seconds between two reads of a master's status document while its ranks join: the first,
+    #: and the longest (the interval grows with the time the master has been up).
     master_poll_interval: float = 1.0
+    master_poll_interval_max: float = 10.0
     #: First and longest wait before a reconcile that met a transient API error runs again.
     retry_delay: float = 1.0
     retry_delay_max: float = 60.0

@@ -43,7 +43,7 @@ from etha.operator.reconcile import (
     reconcile,
     set_condition,
 )
-from etha.operator.rendezvous import needs_master_status, read_master_status
+from etha.operator.rendezvous import needs_master_status, poll_interval, read_master_status
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +294,9 @@ class Controller:
         master = master_name(job.name, int(merged.get("attempt") or 0))
         cached = next((p for p in self._pods_of(worker) if p["metadata"]["name"] == master), None)
         if needs_master_status(job, merged, cached):  # ranks still joining: read the master again
-            waits.append(self.config.master_poll_interval)
+            now = datetime.datetime.now(datetime.UTC)
+            cfg = self.config
+            waits.append(poll_interval(cached, now, cfg.master_poll_interval, cfg.master_poll_interval_max))
         if worker.expected or worker.deleting:  # forget expectations the watch never confirmed
             soonest = min([e for e, _ in worker.expected.values()] + list(worker.deleting.values()))
             waits.append(max(0.0, soonest - time.monotonic()) + 0.1)

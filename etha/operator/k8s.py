@@ -12,7 +12,9 @@ not errors (the controller checks whose an existing object is).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 from typing import Any
@@ -47,8 +49,12 @@ class Api:
     """Calls the operator makes besides kopf's watches: create and delete children, patch a
     TrainingJob's status, read one object to see whose it is."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, concurrency: int = 32) -> None:
         self._client = api_client
+        # Requests run in threads of the Api's own (asyncio's default pool has cpu_count + 4):
+        # a job's pods are created ``concurrency`` at a time (give the client as many pooled
+        # connections: ``connection_pool_maxsize`` of its configuration).
+        self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="api")
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create a Pod, Service or NetworkPolicy: the object as created, or None if an object
@@ -123,7 +129,8 @@ class Api:
         merge: bool = False,
     ) -> dict[str, Any]:
         try:
-            response = await asyncio.to_thread(self._request, method, path, query, body, merge)
+            call = functools.partial(self._request, method, path, query, body, merge)
+            response = await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except ApiException as exc:
             if exc.status == 404:
                 raise _NotFound(what) from exc

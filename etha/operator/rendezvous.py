@@ -62,6 +62,15 @@ def needs_master_status(job: JobSpec, status: Mapping[str, Any], master: Pod | N
     return master is not None and pod_phase(master) == "Running"
 
 
+def poll_interval(master: Pod | None, now: datetime, base: float, cap: float) -> float:
+    """Seconds until the master's status document is read again while ranks join: ``base`` at
+    first, then a tenth of the time the master has been up, at most ``cap`` (joins are shown
+    within seconds when a job starts; a rendezvous that drags on costs the operator little)."""
+    began = created_at(master)
+    up = (now - began).total_seconds() if began is not None else 0.0
+    return float(min(cap, max(base, up / 10)))
+
+
 def pod_state(pod: Pod | None) -> str:
     """'Pending: Unschedulable: 0/3 nodes are available ...', 'Running', 'not created'."""
     if pod is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import urllib.error
 from collections.abc import Iterator
@@ -232,3 +233,77 @@ def test_ttl_after_finished_deletes_the_job_and_its_children(cluster: Emulator) 
 
     wait_until(gone, 20, "the TrainingJob deleted after its TTL")
     wait_until(lambda: not cluster.pods(NS) and not cluster.services(NS), 20, "its children collected")
+
+
+def test_a_replicas_edit_the_api_server_let_through_is_refused_and_the_attempt_keeps_its_size(
+    cluster: Emulator,
+) -> None:
+    """The emulator has no CEL (a real API server refuses the edit, test_owners.py): the operator
+    itself refuses it, and no pod of the attempt disagrees on the world size."""
+    cluster.submit(make_trainingjob(name="sized", namespace=NS, replicas=2))
+    pods = {"sized-master-0", "sized-worker-0-0", "sized-worker-0-1"}
+    wait_until(lambda: set(cluster.pods(NS)) == pods, 20, "the pods")
+    for pod in sorted(pods):
+        cluster.set_pod_phase(NS, pod, "Running")
+    wait_until(lambda: phase(cluster, "sized") == "Running", 20, "Running")
+    patch_spec(cluster, "sized", {"replicas": 3})
+
+    def refused() -> dict[str, Any] | None:
+        conds = (cluster.job(NS, "sized").get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "SpecChangeRefused" and c["status"] == "True"), None)
+
+    wait_until(lambda: refused() is not None, 20, "the edit refused")
+    assert "spec.replicas changed while attempt 0 runs" in refused()["message"]  # type: ignore[index]
+    status = cluster.job(NS, "sized")["status"]
+    assert status["phase"] == "Running" and status["workers"]["total"] == 2
+    assert set(cluster.pods(NS)) == pods  # no third worker, nobody deleted
+    sizes = {
+        e["value"]
+        for name, pod in cluster.pods(NS).items()
+        if "-worker-" in name
+        for e in pod["spec"]["containers"][0]["env"]
+        if e["name"] == "WORLD_SIZE"
+    }
+    assert sizes == {"2"}
+    for pod in ("sized-worker-0-0", "sized-worker-0-1"):
+        cluster.set_pod_phase(NS, pod, "Succeeded", exit_code=0)
+    wait_until(lambda: phase(cluster, "sized") == "Succeeded", 20, "Succeeded at the size it ran")
+
+
+def test_two_reconciles_of_one_job_never_interleave(
+    operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of events (pods changing, the spec edited) while each reconcile is slowed down:
+    never two at once for one job."""
+    from etha.operator.controller import Controller
+
+    in_flight: dict[str, int] = {}
+    most: dict[str, int] = {}
+    calls = []
+    original = Controller.reconcile
+
+    async def slow(self: Controller, worker: Any) -> float | None:
+        uid = worker.uid
+        in_flight[uid] = in_flight.get(uid, 0) + 1
+        most[uid] = max(most.get(uid, 0), in_flight[uid])
+        calls.append(uid)
+        try:
+            await asyncio.sleep(0.05)
+            return await original(self, worker)
+        finally:
+            in_flight[uid] -= 1
+
+    monkeypatch.setattr(Controller, "reconcile", slow)
+    with operated_emulator(operator) as emu:
+        emu.submit(make_trainingjob(name="busy", namespace=NS, replicas=4))
+        pods = {"busy-master-0", *(f"busy-worker-0-{r}" for r in range(4))}
+        wait_until(lambda: set(emu.pods(NS)) == pods, 20, "the pods")
+        for i in range(6):
+            for pod in sorted(pods):
+                emu.set_pod_phase(NS, pod, "Running" if i % 2 == 0 else "Pending")
+            patch_spec(emu, "busy", {"maxRestarts": i})
+        for pod in sorted(pods):
+            emu.set_pod_phase(NS, pod, "Running")
+        wait_until(lambda: phase(emu, "busy") == "Running", 20, "Running")
+    assert len(calls) >= 5, calls
+    assert set(most.values()) == {1}, most
