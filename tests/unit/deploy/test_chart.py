@@ -34,13 +34,21 @@ OPERATOR_GRANTS = {
     ("etha.io", "trainingjobs", "patch"),
     ("etha.io", "trainingjobs", "delete"),
     ("etha.io", "trainingjobs/status", "patch"),
+    # Children: watched once per kind (kopf indexes), read one by one only to see whose an object
+    # of a child's name is (a create answered 409).
+    ("", "pods", "get"),
     ("", "pods", "list"),
+    ("", "pods", "watch"),
     ("", "pods", "create"),
     ("", "pods", "delete"),
     ("", "services", "get"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
     ("", "services", "create"),
     ("", "events", "create"),
     ("networking.k8s.io", "networkpolicies", "get"),
+    ("networking.k8s.io", "networkpolicies", "list"),
+    ("networking.k8s.io", "networkpolicies", "watch"),
     ("networking.k8s.io", "networkpolicies", "create"),
 }
 WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
