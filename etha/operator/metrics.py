@@ -29,7 +29,14 @@ from datetime import datetime
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -131,6 +138,10 @@ class OperatorMetrics:
     """The operator's metrics, on a registry of their own (``registry``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No "<name>_created" series beside every counter and histogram (etha_pods_created_created
+        # ...): they double the series and no query here uses them. prometheus_client's switch is
+        # process-wide; the operator's process exports nothing else.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.jobs_created = Counter(
