@@ -242,7 +242,8 @@ class OperatorMetrics:
             self.rendezvous.labels(namespace).observe(max(0.0, (now - began).total_seconds()))
 
     def job_forgotten(self, namespace: str, name: str) -> None:
-        """The job is gone (deleted): ``etha_jobs`` stops counting it."""
+        """The job is gone (deleted): ``etha_jobs`` stops counting it. Call it after the job's
+        last reconcile: a later ``observe_transition`` for the same job counts it again."""
         self._jobs.forget(namespace, name)
 
     def pods_created(self, role: str, n: int = 1) -> None:
