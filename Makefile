@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an open range in a fresh venv may pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[store,operator,dev]'
+	$(PY) -m pip install -q -e '.[store,master,operator,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv with torch (CPU) and etha with every extra.

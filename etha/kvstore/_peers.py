@@ -67,6 +67,39 @@ def accepted_peers(port: int, looked_at: set[str] | None = None) -> set[tuple[st
     return peers
 
 
+def store_connections(port: int) -> int:
+    """How many clients are connected now to the server this process runs on ``port``, not
+    counting this process's own clients of it (the master's store holds one to itself)."""
+    accepted: set[tuple[str, int]] = set()
+    own_clients: set[tuple[str, int]] = set()
+    fd_dir = _PROC / "self" / "fd"
+    for entry in os.listdir(fd_dir):
+        try:
+            if not os.readlink(fd_dir / entry).startswith("socket:"):
+                continue
+            dup = os.dup(int(entry))
+        except (OSError, ValueError):
+            continue
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            local, peer = sock.getsockname()[:2], sock.getpeername()[:2]
+        except OSError:
+            continue  # a listening socket has no peer
+        finally:
+            sock.close()
+        if local[1] == port:
+            accepted.add((_unmap(peer[0]), peer[1]))
+        elif peer[1] == port:
+            own_clients.add((_unmap(local[0]), local[1]))
+    return len(accepted - own_clients)
+
+
 def _unmap(host: str) -> str:
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 
@@ -161,6 +194,8 @@ class PeerTracker:
     joined: dict[int, str] = field(default_factory=dict)
     #: address -> seconds after start it was first seen, for peers no rank could be read for
     addresses: dict[str, float] = field(default_factory=dict)
+    #: seconds after start at which the last rank joined (None until every rank has)
+    completed_after: float | None = None
     #: socket inodes already looked at: each look sees only connections new since the last one
     _looked_at: set[str] = field(default_factory=set)
     _available: bool = True
@@ -190,6 +225,7 @@ class PeerTracker:
                     new.append(rank)
             elif peer[0] not in self.addresses:
                 self.addresses[peer[0]] = round(time.monotonic() - self.started, 3)
+        self._note_complete()
         return new
 
     def record(self, rank: int, origin: str) -> bool:
@@ -197,7 +233,16 @@ class PeerTracker:
         if rank in self.joined or not self._valid(rank):
             return False
         self.joined[rank] = origin
+        self._note_complete()
         return True
+
+    def _note_complete(self) -> None:
+        if (
+            self.completed_after is None
+            and self.world_size is not None
+            and len(self.joined) >= self.world_size
+        ):
+            self.completed_after = round(time.monotonic() - self.started, 3)
 
     def _valid(self, rank: int) -> bool:
         return self.world_size is None or 0 <= rank < self.world_size

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import kopf
 from kubernetes import client, config
 
-from etha.operator import handlers
+from etha.operator import handlers, metrics
 from etha.operator.config import ConfigError, OperatorConfig
 from etha.operator.k8s import Api
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Liveness endpoint URL.")
     parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
+    metrics.add_arguments(parser)
     return parser
 
 
@@ -54,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         logging.getLogger("etha.operator").error("%s", exc)
         return 2
+    meter = metrics.OperatorMetrics()
+    try:
+        meter.serve(args.metrics_port, args.metrics_host)
+    except OSError as exc:
+        logging.getLogger("etha.operator").error(
+            "cannot serve metrics on %s:%d: %s", args.metrics_host, args.metrics_port, exc
+        )
+        return 1
     registry = handlers.registry(config)
     # kopf logs in as the kubernetes client does (in-cluster, else KUBECONFIG).
     kopf.on.login(registry=registry)(kopf.login_via_client)

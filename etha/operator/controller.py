@@ -31,10 +31,11 @@ import kopf
 from etha.job import constants as c
 from etha.job.builders import Manifest
 from etha.job.names import master_name, network_policy_name, service_name
-from etha.job.pods import timestamp
+from etha.job.pods import parse_time, timestamp
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api, ApiError, ChildRejected
+from etha.operator.metrics import OperatorMetrics
 from etha.operator.reconcile import (
     Actions,
     Observed,
@@ -135,9 +136,10 @@ class JobWorker:
 class Controller:
     """Every TrainingJob's worker; fed by the kopf handlers (``handlers.py``)."""
 
-    def __init__(self, config: OperatorConfig, api: Api) -> None:
+    def __init__(self, config: OperatorConfig, api: Api, metrics: OperatorMetrics | None = None) -> None:
         self.config = config
         self.api = api
+        self.metrics = metrics or OperatorMetrics()
         self.workers: dict[str, JobWorker] = {}
         #: Objects in a job's way, by (kind, namespace, name): the uids of the jobs waiting on them.
         self.waiting_on: dict[tuple[str, str, str], set[str]] = {}
@@ -160,6 +162,8 @@ class Controller:
             worker = self.workers.pop(uid, None)
             if worker is not None and worker.task is not None:
                 worker.task.cancel()
+            meta = body.get("metadata") or {}
+            self.metrics.job_forgotten(str(meta.get("namespace") or "default"), str(meta.get("name")))
             return
         worker = self.workers.get(uid)
         if worker is None:
@@ -202,7 +206,8 @@ class Controller:
             worker.wake.clear()
             async with self._gate:
                 try:
-                    wait = await self.reconcile(worker)
+                    with self.metrics.reconcile_timer():
+                        wait = await self.reconcile(worker)
                     worker.failures = 0
                 except ApiError as exc:
                     worker.failures += 1
@@ -227,6 +232,20 @@ class Controller:
         if meta.get("deletionTimestamp"):
             return None  # being deleted: its children go by garbage collection
         status = dict(body.get("status") or {})
+        try:
+            return await self._look(worker, status)
+        finally:
+            self.metrics.observe_transition(
+                status,
+                dict(worker.body.get("status") or {}),
+                job_created=parse_time(meta.get("creationTimestamp")),
+                now=datetime.datetime.now(datetime.UTC),
+                namespace=worker.namespace,
+                name=worker.name,
+            )
+
+    async def _look(self, worker: JobWorker, status: dict[str, Any]) -> float | None:
+        body = worker.body
         try:
             job = parse(
                 body,
@@ -393,6 +412,8 @@ class Controller:
         made = await self.api.create(manifest)
         if made is not None:
             worker.expected[name] = (expiry, slim(made) if made.get("metadata") else manifest)
+            if kind == "Pod":
+                self.metrics.pods_created((manifest["metadata"].get("labels") or {}).get(c.LABEL_ROLE, ""))
             logger.info("%s/%s: created %s %s", job.namespace, job.name, kind, name)
             return None
         existing = await self.api.get(kind, job.namespace, name)

@@ -18,6 +18,7 @@ from etha.job import constants as c
 from etha.operator.config import OperatorConfig
 from etha.operator.controller import Body, Controller, controller_uid, slim
 from etha.operator.k8s import Api
+from etha.operator.metrics import OperatorMetrics
 
 _CHILD_LABELS = {c.LABEL_JOB: kopf.PRESENT}
 
@@ -40,10 +41,10 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     return reg
 
 
-def operator_memo(config: OperatorConfig, api: Api) -> kopf.Memo:
-    """The memo to start ``kopf.operator`` with: the configuration and the API module. The
-    controller is made at startup, in the operator's event loop."""
-    return kopf.Memo(config=config, api=api)
+def operator_memo(config: OperatorConfig, api: Api, metrics: OperatorMetrics | None = None) -> kopf.Memo:
+    """The memo to start ``kopf.operator`` with: the configuration, the API module and the
+    metrics. The controller is made at startup, in the operator's event loop."""
+    return kopf.Memo(config=config, api=api, metrics=metrics or OperatorMetrics())
 
 
 def configure_kopf(settings: kopf.OperatorSettings, memo: kopf.Memo | None = None, **_: Any) -> None:
@@ -53,7 +54,7 @@ def configure_kopf(settings: kopf.OperatorSettings, memo: kopf.Memo | None = Non
     # at all). The operator serves one known resource in namespaces it is told: no scanning.
     settings.scanning.disabled = True
     if memo is not None and "controller" not in memo:
-        memo["controller"] = Controller(memo["config"], memo["api"])
+        memo["controller"] = Controller(memo["config"], memo["api"], memo["metrics"])
 
 
 async def stop_controller(memo: kopf.Memo, **_: Any) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -49,8 +50,15 @@ class Api:
     """Calls the operator makes besides kopf's watches: create and delete children, patch a
     TrainingJob's status, read one object to see whose it is."""
 
-    def __init__(self, api_client: client.ApiClient, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        concurrency: int = 32,
+        on_request: Callable[[str, int | str], None] | None = None,
+    ) -> None:
         self._client = api_client
+        #: Told (verb, HTTP status or "error") of every request: etha_api_requests_total.
+        self._on_request = on_request or (lambda verb, code: None)
         # Requests run in threads of the Api's own (asyncio's default pool has cpu_count + 4):
         # a job's pods are created ``concurrency`` at a time (give the client as many pooled
         # connections: ``connection_pool_maxsize`` of its configuration).
@@ -128,10 +136,13 @@ class Api:
         body: Any = None,
         merge: bool = False,
     ) -> dict[str, Any]:
+        verb = _VERBS.get(method, method.lower())
         try:
             call = functools.partial(self._request, method, path, query, body, merge)
             response = await asyncio.get_running_loop().run_in_executor(self._threads, call)
+            self._on_request(verb, response.status)
         except ApiException as exc:
+            self._on_request(verb, exc.status or "error")
             if exc.status == 404:
                 raise _NotFound(what) from exc
             if exc.status == 409:
@@ -145,6 +156,7 @@ class Api:
                 raise ApiUnavailable(f"{what}: the API server answered {exc.status}.") from exc
             raise ApiRefused(f"{what}: the API server answered {exc.status}: {_status_message(exc)}") from exc
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused/reset: the API server is away
+            self._on_request(verb, "error")
             raise ApiUnavailable(f"{what}: the API server is not reachable ({type(exc).__name__}).") from exc
         data = response.data
         return json.loads(data) if data else {}
@@ -173,6 +185,9 @@ class Api:
             raise ApiException(http_resp=response)
         return response
 
+
+#: The API's verb for each HTTP method the operator uses.
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}
 
 #: Where each kind of object lives, by kind.
 _COLLECTIONS = {

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from etha.job import constants as c
-from etha.job.pods import parse_time, pod_phase
+from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.spec import JobSpec
 from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
 
@@ -149,6 +149,9 @@ def observe(
         "missing": rank_ranges(missing),
         "complete": not missing,
     }
+    begun = rendezvous_began(job, master, workers)
+    if begun is not None:  # the attempt's start, for etha_rendezvous_seconds
+        view["startTime"] = timestamp(begun)
     if isinstance(report, str):
         view["message"] = f"Cannot read the master's status: {report}"
     elif known:
@@ -156,7 +159,6 @@ def observe(
     elif "message" in before:
         view["message"] = before["message"]
 
-    begun = rendezvous_began(job, master, workers)
     if not missing or begun is None or now < begun + timedelta(seconds=job.rendezvous_timeout):
         return view, None
     # Timed out. Without the master's word, only ranks whose pods are not running surely failed.

@@ -93,10 +93,15 @@ class ChartOperator:
         token = self.plane.service_account_token(self.namespace, account)
         kubeconfig = self.plane.kubeconfig(self.dir / "operator.kubeconfig", token)
         self.liveness_port = free_port()
-        args = [
-            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz" if a.startswith("--liveness") else a
-            for a in container.get("args") or []
-        ]
+        self.metrics_port = free_port()
+        args = []
+        for arg in container.get("args") or []:
+            if arg.startswith("--liveness"):
+                arg = f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz"
+            elif arg.startswith("--metrics-port"):  # a free port, on loopback only
+                args.append("--metrics-host=127.0.0.1")
+                arg = f"--metrics-port={self.metrics_port}"
+            args.append(arg)
         fields = {"metadata.namespace": self.namespace, "metadata.name": f"{RELEASE}-local"}
         env = {
             **TEST_ENV,
@@ -119,6 +124,12 @@ class ChartOperator:
                 return True
         except OSError:
             return False
+
+    def metrics(self) -> str:
+        """The operator's ``GET /metrics`` (Prometheus text exposition)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
     def log(self, tail: int = 200) -> str:
         if self._log is not None and not self._log.closed:

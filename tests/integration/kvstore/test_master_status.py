@@ -159,3 +159,45 @@ def test_accepted_peers_lists_this_process_clients_only() -> None:
 )
 def test_proc_net_tcp_addresses(field: str, address: str) -> None:
     assert _hex_address(field) == address
+
+
+def metrics(master: MasterProcess) -> dict[str, float]:
+    """The master's /metrics (unlabelled samples), parsed as Prometheus would."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert master.status_port is not None
+    code, body = get(master.status_port, "/metrics")
+    assert code == 200, body
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if not s.labels
+    }
+
+
+def test_metrics_count_ranks_and_live_connections(master: MasterProcess) -> None:
+    pytest.importorskip("prometheus_client")
+    first = metrics(master)
+    assert (first["etha_master_world_size"], first["etha_master_ranks_joined"]) == (3, 0)
+    assert first["etha_master_store_connections"] == 0  # the master's own client does not count
+    assert "etha_master_rendezvous_seconds" not in first
+    workers = [spawn_env_worker(master, r) for r in (0, 1)]
+    try:
+        wait_until(lambda: metrics(master)["etha_master_ranks_joined"] == 2, 60, "2 ranks in /metrics")
+        assert metrics(master)["etha_master_store_connections"] >= 2  # at least one per rank
+        workers.append(spawn_env_worker(master, 2))
+        wait_until(lambda: "etha_master_rendezvous_seconds" in metrics(master), 60, "the rendezvous time")
+        during = metrics(master)
+        assert during["etha_master_ranks_joined"] == 3 and during["etha_master_store_connections"] >= 3
+        assert 0 < during["etha_master_rendezvous_seconds"] < during["etha_master_uptime_seconds"]
+    finally:
+        for w in workers:
+            w.communicate("", timeout=60)
+    # The ranks left: nobody is connected now, and joined stays joined.
+    wait_until(lambda: metrics(master)["etha_master_store_connections"] == 0, 30, "the connections to close")
+    after = metrics(master)
+    assert (
+        after["etha_master_ranks_joined"] == 3
+        and after["etha_master_uptime_seconds"] > first["etha_master_uptime_seconds"]
+    )

@@ -53,6 +53,7 @@ def test_peers_are_attributed_to_ranks_by_their_pods_ip() -> None:
         "missing": "1, 3",
         "complete": False,
         "message": "2/4 joined, waiting for ranks 1, 3",
+        "startTime": CREATED,  # the master pod's creation: the attempt's start
     }
 
 

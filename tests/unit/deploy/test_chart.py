@@ -4,8 +4,10 @@ Kubernetes' schemas (strict), restricted pod security, least-privilege RBAC, not
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,7 @@ def test_kustomization_lists_everything_in_deploy() -> None:
             "ClusterRoleBinding",
             "Deployment",
             "Service",
+            "Service",
         ]
     )
 
@@ -192,6 +195,9 @@ def test_default_etcd_endpoints_reach_the_operator() -> None:
         (("watchNamespaces={Not_A_Name}",), "/watchNamespaces/0"),
         (("imageTypo=x",), "imageTypo"),
         (("etcd.endpoints={etcd:2379 x}",), "/etcd/endpoints/0"),
+        (("metrics.port=8080",), "/metrics/port"),
+        (("metrics.serviceMonitor.interval=soon",), "/metrics/serviceMonitor/interval"),
+        (("metrics.masterPodMonitor.scrapeFrom[0].typo=x",), "/metrics/masterPodMonitor/scrapeFrom/0"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(sets: tuple[str, ...], needle: str) -> None:
@@ -260,3 +266,264 @@ def test_chart_is_documented() -> None:
         assert f"{key}:" in values, f"{key} is in the schema but not in values.yaml"
     assert (CHART / "templates" / "NOTES.txt").exists()
     assert Path(CHART / "templates" / "tests" / "test-health.yaml").exists()
+
+
+# --- Metrics: the Service, the ServiceMonitor, the masters' PodMonitor, the Grafana dashboard ------
+
+MONITORING_CRDS = REPO / "tests" / "data" / "prometheus-operator"
+DASHBOARD = CHART / "dashboards" / "etha-trainingjobs.json"
+ALL_METRICS = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.masterPodMonitor.enabled=true",
+    "metrics.dashboard.enabled=true",
+)
+
+
+def validate_monitoring(doc: dict[str, Any]) -> None:
+    """Validate a monitoring.coreos.com object against the Prometheus operator's own CRD schema
+    (v0.93.0, vendored in tests/data): kubernetes_validate knows only built-in kinds."""
+    from openapi_schema_validator import OAS30Validator
+
+    crd = yaml.safe_load((MONITORING_CRDS / f"monitoring.coreos.com_{doc['kind'].lower()}s.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == doc["apiVersion"].split("/")[1]]
+    schema = version["schema"]["openAPIV3Schema"]
+    OAS30Validator(schema).validate({k: v for k, v in doc.items() if k != "metadata"})
+    assert doc["apiVersion"] == f"{crd['spec']['group']}/{version['name']}"
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_the_operator_serves_metrics_behind_a_service_by_default() -> None:
+    docs = render()
+    (deployment,) = by_kind(docs, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=8081" in container["args"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert selects(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    # Nothing for Prometheus or Grafana unless asked.
+    assert not {"ServiceMonitor", "PodMonitor", "ConfigMap", "NetworkPolicy"} & {d["kind"] for d in docs}
+    moved = render("metrics.port=9100")
+    (deployment,) = by_kind(moved, "Deployment")
+    assert "--metrics-port=9100" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_service_monitor_only_when_enabled_and_it_selects_the_metrics_service() -> None:
+    docs = render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps")
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    validate_monitoring(monitor)
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    chosen = [
+        s
+        for s in by_kind(docs, "Service")
+        if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert [s["metadata"]["name"] for s in chosen] == ["etha-etha-operator-metrics"]  # not the health Service
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["etha-system"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("metrics", "/metrics", True)
+    assert endpoint["port"] in {p["name"] for p in chosen[0]["spec"]["ports"]}
+    # No RBAC for Prometheus unless its ServiceAccount is named; the operator's own is unchanged.
+    assert [r["metadata"]["name"] for r in roles_in(docs)] == ["etha-etha-operator"]
+    assert not by_kind(render(), "ServiceMonitor")
+
+
+def test_service_monitor_rbac_for_a_namespaced_prometheus() -> None:
+    docs = render(
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.prometheusServiceAccount.name=prometheus",
+        "metrics.serviceMonitor.prometheusServiceAccount.namespace=monitoring",
+    )
+    (role,) = [r for r in roles_in(docs) if r["metadata"]["name"].endswith("-prometheus")]
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "etha-system"
+    assert grants(role["rules"]) == {
+        (group, resource, verb)
+        for group, resource in [
+            ("", "services"),
+            ("", "endpoints"),
+            ("", "pods"),
+            ("discovery.k8s.io", "endpointslices"),
+        ]
+        for verb in ("get", "list", "watch")
+    }
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"].endswith("-prometheus")]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}
+    ]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(role, version, strict=True)
+        kubernetes_validate.validate(binding, version, strict=True)
+    # Without the Prometheus ServiceMonitor, no RBAC for it either.
+    assert not [
+        r
+        for r in roles_in(render("metrics.serviceMonitor.prometheusServiceAccount.name=prometheus"))
+        if "prometheus" in r["metadata"]["name"]
+    ]
+
+
+def test_master_pod_monitor_and_its_network_policies_select_the_masters_the_operator_builds() -> None:
+    peer = "metrics.masterPodMonitor.scrapeFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring"
+    docs = render("metrics.masterPodMonitor.enabled=true", "watchNamespaces={team-a,team-b}", peer)
+    master = builders.build_master_pod(parse(make_trainingjob()), 0)
+    worker = builders.build_worker_pod(parse(make_trainingjob()), 0, 0)
+    (monitor,) = by_kind(docs, "PodMonitor")
+    validate_monitoring(monitor)
+    assert selects(monitor["spec"]["selector"]["matchLabels"], master["metadata"]["labels"])
+    assert not selects(monitor["spec"]["selector"]["matchLabels"], worker["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in master["spec"]["containers"][0]["ports"]}
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    # Each watched namespace admits the scrapers to the masters' status port, and only that port.
+    policies = by_kind(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    for policy in policies:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(policy, version, strict=True)
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], master["metadata"]["labels"])
+        assert not selects(policy["spec"]["podSelector"]["matchLabels"], worker["metadata"]["labels"])
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": endpoint["port"]}]
+        assert rule["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+    # Every namespace: the PodMonitor looks in all; no namespace to put a policy in.
+    everywhere = render("metrics.masterPodMonitor.enabled=true", peer)
+    assert by_kind(everywhere, "PodMonitor")[0]["spec"]["namespaceSelector"] == {"any": True}
+    assert not by_kind(everywhere, "NetworkPolicy")
+    for sets in (("networkPolicy.enabled=false", peer), ()):  # no job policies, or no scrapers named
+        docs = render("metrics.masterPodMonitor.enabled=true", "watchNamespaces={team-a}", *sets)
+        assert by_kind(docs, "PodMonitor") and not by_kind(docs, "NetworkPolicy")
+
+
+def test_dashboard_configmap_only_when_enabled() -> None:
+    docs = render("metrics.dashboard.enabled=true", "metrics.dashboard.annotations.grafana_folder=Training")
+    (configmap,) = by_kind(docs, "ConfigMap")
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(configmap, version, strict=True)
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Training"}
+    assert json.loads(configmap["data"]["etha-trainingjobs.json"]) == json.loads(DASHBOARD.read_text())
+    elsewhere = render("metrics.dashboard.enabled=true", "metrics.dashboard.namespace=grafana")
+    assert by_kind(elsewhere, "ConfigMap")[0]["metadata"]["namespace"] == "grafana"
+
+
+def test_helm_lint_strict_with_every_metrics_option() -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for item in (*ALL_METRICS, "metrics.serviceMonitor.prometheusServiceAccount.name=p",
+                 "metrics.serviceMonitor.prometheusServiceAccount.namespace=monitoring"):  # fmt: skip
+        args += ["--set", item]
+    out = helm(*args)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+}
+_GROUPING = r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)"
+_STRING = r'"(?:[^"\\]|\\.)*"'
+
+
+def promql_names(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, label names) a PromQL expression uses: what is left once strings, label
+    matchers, ranges and function calls are set aside."""
+    labels = {x.strip() for m in re.finditer(_GROUPING, expr) for x in m.group(1).split(",") if x.strip()}
+    rest = re.sub(_GROUPING, " ", expr)
+    for block in re.findall(r"\{([^}]*)\}", rest):
+        labels |= set(re.findall(rf"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*{_STRING}", block))
+    rest = re.sub(r"\{[^}]*\}|\[[^\]]*\]|" + _STRING, " ", rest)
+    names = set()
+    for m in re.finditer(r"(?<![\w.$])[a-zA-Z_:][\w:]*", rest):
+        if not rest[m.end() :].lstrip().startswith("(") and m.group(0) not in PROMQL_KEYWORDS:
+            names.add(m.group(0))
+    return names, labels
+
+
+def exported_series() -> tuple[set[str], set[str]]:
+    """Every sample name and label the operator's registry exports, once each metric has a child."""
+    from etha.operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    start = {"attempt": 0, "complete": True, "startTime": "2026-01-01T00:00:00Z"}
+    full = {
+        "phase": "Failed",
+        "attempt": 2,
+        "restarts": 1,
+        "conditions": [{"type": "Running", "status": "True"}],
+        "rendezvous": start,
+    }
+    metrics.observe_transition({}, full, job_created=t0, now=t0, namespace="ns", name="j")
+    metrics.pods_created("worker")
+    metrics.api_request("get", 200)
+    with metrics.reconcile_timer():
+        pass
+    names, labels = set(), set()
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            names.add(sample.name)
+            labels |= set(sample.labels)
+    return names, labels
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs and all(p.get("targets") for p in dashboard["panels"]), "every panel has a query"
+    return exprs
+
+
+def test_every_dashboard_query_names_only_metrics_the_operator_exports() -> None:
+    names, labels = exported_series()
+    assert {"etha_jobs_created_total", "etha_job_startup_seconds_bucket", "etha_jobs"} <= names
+    for expr in dashboard_queries():
+        used, used_labels = promql_names(expr)
+        assert used and used <= names, (expr, used - names)
+        assert used_labels <= labels, (expr, used_labels - labels)
+    dashboard = json.loads(DASHBOARD.read_text())
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
+            assert metric in names and label in labels
+    used_everywhere = set().union(*(promql_names(e)[0] for e in dashboard_queries()))
+    for needed in ("etha_jobs", "etha_job_startup_seconds_bucket", "etha_rendezvous_seconds_bucket",
+                   "etha_job_restarts_total", "etha_api_requests_total"):  # fmt: skip
+        assert needed in used_everywhere, needed
+
+
+@pytest.mark.parametrize(
+    ("expr", "names", "labels"),
+    [
+        ('sum by (phase) (etha_jobs{namespace=~"$namespace"})', {"etha_jobs"}, {"phase", "namespace"}),
+        (
+            "histogram_quantile(0.95, sum by (le) (rate(etha_job_startup_seconds_bucket[$__rate_interval])))",
+            {"etha_job_startup_seconds_bucket"},
+            {"le"},
+        ),
+        ("sum(etha_jobs_typo) / on (namespace) etha_jobs", {"etha_jobs_typo", "etha_jobs"}, {"namespace"}),
+        ('rate(x_total{code!="200"}[5m]) and bool y', {"x_total", "y"}, {"code"}),
+    ],
+)
+def test_the_promql_reader_finds_names(expr: str, names: set[str], labels: set[str]) -> None:
+    """The check above must be able to fail: a typo in a metric name is found."""
+    assert promql_names(expr) == (names, labels)
