@@ -72,8 +72,8 @@ bench-control-plane: venv tools control-plane ## Control plane start time; 1,024
 bench-etcd: venv etcd ## EtcdStore beside TorchTCPStore and barrier at N=256 and 1024 (see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py --sizes 256 1024 --modes etha etcd barrier
 
-bench-operator: venv ## Operator benchmark: pods created per job at 16/256/1024 replicas, 50 jobs at once, RSS.
-	$(PY) bench/operator_scale.py
+bench-operator: venv tools control-plane ## Operator under load on the real control plane: 1,000 jobs x 8 workers, API requests per job per minute, failure to status, CPU and RSS.
+	$(PY) bench/operator_load.py
 
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) bin .mypy_cache .ruff_cache .pytest_cache

@@ -66,6 +66,7 @@ class FakeNode:
     cpu: str = "16"
     memory: str = "64Gi"
     gpus: int = 4
+    pods: int = 110
 
 
 DEFAULT_NODES = (FakeNode("node-0"), FakeNode("node-1"))
@@ -321,7 +322,7 @@ class ControlPlane:
         self._wait_up("kube-apiserver", established)
 
     def _create_node(self, node: FakeNode) -> None:
-        capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", "nvidia.com/gpu": str(node.gpus)}
+        capacity = {"cpu": node.cpu, "memory": node.memory, "pods": str(node.pods), "nvidia.com/gpu": str(node.gpus)}
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "etha's local node",
                  "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
