@@ -322,7 +322,12 @@ class ControlPlane:
         self._wait_up("kube-apiserver", established)
 
     def _create_node(self, node: FakeNode) -> None:
-        capacity = {"cpu": node.cpu, "memory": node.memory, "pods": str(node.pods), "nvidia.com/gpu": str(node.gpus)}
+        capacity = {
+            "cpu": node.cpu,
+            "memory": node.memory,
+            "pods": str(node.pods),
+            "nvidia.com/gpu": str(node.gpus),
+        }
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "etha's local node",
                  "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
