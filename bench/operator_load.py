@@ -95,6 +95,12 @@ class VirtualKubelet:
         while not self._stop.is_set():
             try:
                 for event in self.kube.watch(PODS, rv, timeout=300):
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: start again from a fresh list
+                        rv = self.kube.get(PODS, limit="1")["metadata"]["resourceVersion"]
+                        self._catch_up()
+                        break
+                    if event["type"] == "BOOKMARK":
+                        continue
                     pod = event["object"]
                     rv = pod["metadata"].get("resourceVersion", rv)
                     name = pod["metadata"]["name"]
@@ -104,6 +110,20 @@ class VirtualKubelet:
                         self._pool.submit(self._mark, pod)
             except (OSError, KubeError):
                 time.sleep(0.5)
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Every bound pod not marked yet (what a broken watch may have missed)."""
+        token = ""
+        while True:
+            page = self.kube.get(PODS, limit="1000", **({"continue": token} if token else {}))
+            for pod in page["items"]:
+                if pod["spec"].get("nodeName") and pod["metadata"]["name"] not in self.done:
+                    self.done.add(pod["metadata"]["name"])
+                    self._pool.submit(self._mark, pod)
+            token = page["metadata"].get("continue") or ""
+            if not token:
+                return
 
     def _mark(self, pod: dict[str, Any]) -> None:
         path = f"{PODS}/{pod['metadata']['name']}/status"

@@ -52,6 +52,8 @@ Body = dict[str, Any]
 
 #: Seconds an object the operator created (or deleted) counts as such before the watch shows it.
 EXPECTATION_TTL = 30.0
+#: Consecutive failed reads of a master's status document before the job's status says so.
+READ_FAILURES_SHOWN = 3
 #: The finalizer kopf put on jobs for the timer of operator versions before 0.2: removed on sight.
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 
@@ -113,6 +115,8 @@ class JobWorker:
     #: Consecutive failed reconciles (the retry backoff) and object conflicts (their backoff).
     failures: int = 0
     conflicts: int = 0
+    #: Consecutive reads of the master's status document that failed.
+    read_failures: int = 0
 
     @property
     def uid(self) -> str:
@@ -282,7 +286,12 @@ class Controller:
             assert master is not None
             url = self.config.status_url(master)
             if url:
-                obs = dataclasses.replace(obs, master_status=await read_master_status(url))
+                report = await read_master_status(url)
+                # One failed read (a busy master, a slow node) is not news: the status shows it
+                # once reads keep failing, and does not flap between two messages meanwhile.
+                worker.read_failures = worker.read_failures + 1 if isinstance(report, str) else 0
+                if not isinstance(report, str) or worker.read_failures >= READ_FAILURES_SHOWN:
+                    obs = dataclasses.replace(obs, master_status=report)
         acts = reconcile(obs)
         # The decision is written before it is carried out: a job that finished or restarts says
         # so before its pods go, so a look after a failed write never mistakes them for vanished.
