@@ -308,7 +308,10 @@ class _Rendezvous:
         except (OSError, ValueError, BadStatus) as exc:
             runner.say("etha", f"cannot read the rendezvous status at {self.url}: {exc}")
             return
-        self.joined = status.joined_ranks({})
+        # A worker that finished successfully joined, however briefly it was connected (the
+        # operator counts a pod that Succeeded the same way).
+        finished = {r for r, label in enumerate(runner.workers) if runner.procs[label].poll() == 0}
+        self.joined = status.joined_ranks({}) | finished
         total = self.job.replicas
         missing = [r for r in range(total) if r not in self.joined]
         self.complete = not missing
