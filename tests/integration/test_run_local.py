@@ -202,3 +202,4 @@ def test_allreduce_example_runs_quietly_with_the_status_endpoint() -> None:
     # when the master missed ranks that had come and gone), and torch says nothing about NumPy.
     said = [line for line in res.stdout.splitlines() if line.startswith("[etha] rendezvous: ")]
     assert said and said[-1].startswith("[etha] rendezvous: 4/4 joined"), said
+    assert "Failed to initialize NumPy" not in res.stdout + res.stderr, "numpy is missing: make venv"
