@@ -5,7 +5,8 @@ no flag, only the environment the operator injects (``etha.job.builders.build_wo
 master's name mapped to 127.0.0.1 as ``etha run-local`` does). Its ``procsPerWorker`` processes
 run an unmodified env:// script: ``init_process_group("gloo")`` then a barrier, and write the
 time they got past it. A run's time is from the last torchrun started to the last process past
-its barrier (torch's import in every agent and process included: it is what a job waits for).
+its barrier (torch's import in every agent and process included: it is what a job waits for);
+also shown, from the last process done importing torch to the last past its barrier.
 
 Two set-ups, side by side, on 127.0.0.1:
 
@@ -46,11 +47,12 @@ from etha.local import LocalJob, local_env  # noqa: E402
 SCRIPT = """
 import json, os, sys, time
 import torch.distributed as dist
+imported = time.time()
 dist.init_process_group("gloo", init_method="env://")
 dist.barrier()
 done = time.time()
 with open(os.path.join(sys.argv[1], "rank-%s.json" % os.environ["RANK"]), "w") as f:
-    json.dump({"done": done, "MASTER_ADDR": os.environ["MASTER_ADDR"],
+    json.dump({"done": done, "imported": imported, "MASTER_ADDR": os.environ["MASTER_ADDR"],
                "MASTER_PORT": os.environ["MASTER_PORT"], "GROUP_RANK": os.environ["GROUP_RANK"],
                "ETHA_RANK": os.environ["ETHA_RANK"], "world": dist.get_world_size()}, f)
 dist.barrier()
@@ -117,7 +119,11 @@ def worker_envs(mode: str, replicas: int, procs: int, port: int) -> list[dict[st
     return envs
 
 
-def run_once(mode: str, replicas: int, procs: int, tmp: Path) -> tuple[float, list[dict[str, str]], int]:
+def run_once(
+    mode: str, replicas: int, procs: int, tmp: Path
+) -> tuple[float, float, list[dict[str, str]], int]:
+    """(seconds from the last torchrun started to the last process in the group, seconds from
+    the last process done importing torch to the same, what each process saw, the store port)."""
     out = Path(tempfile.mkdtemp(dir=tmp))
     script = tmp / "probe.py"
     script.write_text(SCRIPT)
@@ -157,12 +163,13 @@ def run_once(mode: str, replicas: int, procs: int, tmp: Path) -> tuple[float, li
         raise SystemExit(
             f"{mode} {replicas}x{procs}: {len(seen)} processes reported, expected {replicas * procs}"
         )
-    return max(float(s["done"]) for s in seen) - started, seen, port
+    last = max(float(s["done"]) for s in seen)
+    return last - started, last - max(float(s["imported"]) for s in seen), seen, port
 
 
 def where(tmp: Path) -> None:
     """Where the processes' store lives under each backend, measured (2 workers x 2 processes)."""
-    _, seen, port = run_once("etha", 2, 2, tmp)
+    _, _, seen, port = run_once("etha", 2, 2, tmp)
     print(f"c10d through the master at 127.0.0.1:{port} (what the operator injects); the processes got:")
     for s in seen:
         print(f"  worker {s['ETHA_RANK']} group rank {s['GROUP_RANK']}: ", end="")
@@ -208,14 +215,21 @@ def main() -> int:
         for shape in args.shapes:
             replicas, procs = (int(x) for x in shape.split("x"))
             runs: dict[str, list[float]] = {mode: [] for mode in args.modes}
+            tails: dict[str, list[float]] = {mode: [] for mode in args.modes}
             for _ in range(args.repeat):  # set-ups take turns, so a busier minute hits both alike
                 for mode in args.modes:
-                    seconds, _, _ = run_once(mode, replicas, procs, Path(tmp))
+                    seconds, tail, _, _ = run_once(mode, replicas, procs, Path(tmp))
                     runs[mode].append(seconds)
+                    tails[mode].append(tail)
             medians = {mode: statistics.median(values) for mode, values in runs.items()}
             for mode, values in runs.items():
                 each = ", ".join(f"{r:.2f}" for r in values)
-                print(f"{shape} {mode:8s} median {medians[mode]:.2f} s  runs {each}", flush=True)
+                tail = statistics.median(tails[mode])
+                print(
+                    f"{shape} {mode:8s} median {medians[mode]:.2f} s (runs {each}); "
+                    f"after the last import {tail:.3f} s",
+                    flush=True,
+                )
             if {"etha", "worker0"} <= medians.keys():
                 print(f"{shape} etha / worker0 = {medians['etha'] / medians['worker0']:.2f}", flush=True)
     return 0
