@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator clean
+.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-torchrun clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +71,9 @@ bench-control-plane: venv tools control-plane ## Control plane start time; 1,024
 
 bench-etcd: venv etcd ## EtcdStore beside TorchTCPStore and barrier at N=256 and 1024 (see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py --sizes 256 1024 --modes etha etcd barrier
+
+bench-torchrun: venv ## torchrun 2x2 and 8x2: all workers started to one process group, through the etha master vs worker 0's store (medians of 3).
+	$(PY) bench/torchrun.py
 
 bench-operator: venv tools control-plane ## Operator under load on the real control plane: 1,000 jobs x 8 workers, API requests per job per minute, failure to status, CPU and RSS.
 	$(PY) bench/operator_load.py

@@ -14,7 +14,7 @@ ENV_MASTER_PORT: Final = "MASTER_PORT"
 ENV_WORLD_SIZE: Final = "WORLD_SIZE"
 # This worker's index, 0 .. WORLD_SIZE-1, read by torch.
 ENV_RANK: Final = "RANK"
-# Rank within the pod; one process per pod, so always 0.
+# Rank within the pod: 0 for the pod's own process (torchrun sets each of its processes' own).
 ENV_LOCAL_RANK: Final = "LOCAL_RANK"
 # "True": torch's env:// connects every rank, rank 0 included, to the master's store as a client.
 ENV_TORCHELASTIC_USE_AGENT_STORE: Final = "TORCHELASTIC_USE_AGENT_STORE"
@@ -36,6 +36,30 @@ ENV_RANK_ETHA: Final = "ETHA_RANK"
 ENV_JOB_NAME: Final = "ETHA_JOB_NAME"
 # Whole-job attempt number, 0 for the first run.
 ENV_ATTEMPT: Final = "ETHA_ATTEMPT"
+
+# --- torchrun: every flag has a PET_<FLAG> variable; these make `torchrun train.py` need no flag ---
+# Prefix of every variable torchrun reads as a flag (a template must not set any: the operator does).
+ENV_TORCHRUN_PREFIX: Final = "PET_"
+# torchrun --nnodes: the number of worker pods (fixed: min = max = spec.replicas).
+ENV_PET_NNODES: Final = "PET_NNODES"
+# torchrun --nproc-per-node: spec.procsPerWorker, resolved.
+ENV_PET_NPROC_PER_NODE: Final = "PET_NPROC_PER_NODE"
+# torchrun --node-rank: this worker's index (read by static rendezvous; c10d assigns its own).
+ENV_PET_NODE_RANK: Final = "PET_NODE_RANK"
+# torchrun --rdzv-backend: c10d, a client of the job's master.
+ENV_PET_RDZV_BACKEND: Final = "PET_RDZV_BACKEND"
+# torchrun --rdzv-endpoint: the master's host:port.
+ENV_PET_RDZV_ENDPOINT: Final = "PET_RDZV_ENDPOINT"
+# torchrun --rdzv-id: one per attempt, so a restarted attempt never meets the previous one.
+ENV_PET_RDZV_ID: Final = "PET_RDZV_ID"
+# torchrun --rdzv-conf: is_host=false (every agent a client) and timeouts from spec.rendezvous.
+ENV_PET_RDZV_CONF: Final = "PET_RDZV_CONF"
+# torchrun --max-restarts: 0, the operator restarts the whole job (spec.maxRestarts).
+ENV_PET_MAX_RESTARTS: Final = "PET_MAX_RESTARTS"
+# Set by torchrun in each process it starts: from_env() then reads torchrun's RANK and WORLD_SIZE.
+ENV_TORCHELASTIC_RUN_ID: Final = "TORCHELASTIC_RUN_ID"
+# torchrun's rendezvous backend the operator configures.
+TORCHRUN_RDZV_BACKEND: Final = "c10d"
 
 # --- Rendezvous --------------------------------------------------------------------------------
 # Port the rendezvous master listens on unless spec.rendezvous.port says otherwise.

@@ -6,6 +6,10 @@ rendezvous is reported as ranks join (the master's status document, as the opera
 ``status.rendezvous``), and ranks that have not joined within ``spec.rendezvous.timeoutSeconds``
 fail the run, named with their processes. The first worker to fail stops the rest and the command
 exits non-zero naming it; Ctrl-C stops all.
+
+A worker whose command is ``torchrun`` (``spec.procsPerWorker``) runs this interpreter's torchrun;
+its processes' lines carry their global rank (torchrun's ``--tee``), and a failure names the first
+process torchrun saw fail.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +45,11 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 5.0
 #: Seconds between two looks at the master's status document while ranks are joining.
 STATUS_POLL_SECONDS = 0.5
+#: torchrun's line prefix under run-local: the process's global rank (torchrun fills ``${rank}``).
+TORCHRUN_LINE_PREFIX = "[rank ${rank}] "
+#: torchrun's summary of a failed worker group names the first failure: "rank : 3 (local_rank: 1)".
+_TORCHRUN_ROOT_CAUSE = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank: (\d+)\)")
+_TORCHRUN_EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 #: A progress line is printed once it has held this long: quiet while ranks arrive, a line as soon
 #: as the rendezvous is stuck (and always the line that says it completed, when the master saw it).
 STATUS_SETTLE_SECONDS = 3.0
@@ -102,6 +112,8 @@ def local_env(job: LocalJob, rank: int, port: int, host: str) -> dict[str, str]:
         value = str(item["value"])
         if value == remote:
             value = host
+        elif item["name"] == env_names.ENV_PET_RDZV_ENDPOINT and value == f"{remote}:{job.spec.port}":
+            value = f"{host}:{port}"
         elif item["name"] in (env_names.ENV_MASTER_PORT, env_names.ENV_KVSTORE_PORT) and value == str(
             job.spec.port
         ):
@@ -114,7 +126,36 @@ def local_command(command: Sequence[str]) -> list[str]:
     """Run ``python`` as this interpreter, so the local environment (and etha) is used."""
     if command and command[0] in ("python", "python3"):
         return [sys.executable, *command[1:]]
+    if command and command[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *command[1:]]
     return list(command)
+
+
+def is_torchrun(command: Sequence[str]) -> bool:
+    """Whether a worker's command starts torchrun (``torchrun`` or ``python -m torch.distributed.run``)."""
+    argv = list(command)
+    if argv and argv[0] in ("python", "python3") and argv[1:3] == ["-m", "torch.distributed.run"]:
+        return True
+    return bool(argv) and os.path.basename(argv[0]) == "torchrun"
+
+
+def torchrun_root_cause(lines: Sequence[str]) -> str | None:
+    """'process rank 3 (local rank 1) exited with code 7' from torchrun's failure summary (its
+    "Root Cause (first observed failure)" block; the other failures listed are its consequences)."""
+    starts = [i for i, line in enumerate(lines) if "Root Cause (first observed failure)" in line]
+    if not starts:
+        return None
+    for i, line in enumerate(lines[starts[-1] :], starts[-1]):
+        found = _TORCHRUN_ROOT_CAUSE.match(line)
+        if found is None:
+            continue
+        text = f"process rank {found.group(1)} (local rank {found.group(2)})"
+        for after in lines[i + 1 : i + 6]:
+            code = _TORCHRUN_EXIT_CODE.match(after)
+            if code is not None:
+                return f"{text} exited with code {code.group(1)}"
+        return f"{text} failed"
+    return None
 
 
 class _Runner:
@@ -124,6 +165,10 @@ class _Runner:
         self.lock = threading.Lock()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pumps: list[threading.Thread] = []
+        #: the last lines of each process, to name a torchrun worker's failed process
+        self.tails: dict[str, list[str]] = {}
+        #: worker pods' labels by index: "rank N", or "worker N" when torchrun runs N's processes
+        self.workers: list[str] = []
 
     def say(self, label: str, line: str) -> None:
         with self.lock:
@@ -146,8 +191,12 @@ class _Runner:
 
     def _pump(self, label: str, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
+        tail = self.tails.setdefault(label, [])
         for raw in proc.stdout:
-            self.say(label, raw.decode("utf-8", "replace").rstrip("\n"))
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            del tail[:-200]
+            self.say(label, line)
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
@@ -213,10 +262,18 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
             port = int(port_file.read_text())
             status_url = f"http://{host}:{int(status_file.read_text())}/status"
             cwd = job.working_dir if job.working_dir and Path(job.working_dir).is_dir() else None
+            torchrun = is_torchrun(job.command)
             for rank in range(job.replicas):
                 # The shell's environment under the pod's (the contract's, under the manifest's own).
                 env = {**base_env, **local_env(job, rank, port, host)}
-                runner.spawn(f"rank {rank}", local_command(job.command), env, cwd)
+                label = f"rank {rank}"
+                if torchrun:  # every line of every process, prefixed by its global rank
+                    env.update(
+                        {"PET_TEE": "3", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": TORCHRUN_LINE_PREFIX}
+                    )
+                    label = f"worker {rank}"
+                runner.workers.append(label)
+                runner.spawn(label, local_command(job.command), env, cwd)
             return _supervise(runner, job, started, timeout, _Rendezvous(job, status_url, time.monotonic()))
         except KeyboardInterrupt:
             runner.say("etha", "interrupted; stopping every process")
@@ -251,7 +308,10 @@ class _Rendezvous:
         except (OSError, ValueError, BadStatus) as exc:
             runner.say("etha", f"cannot read the rendezvous status at {self.url}: {exc}")
             return
-        self.joined = status.joined_ranks({})
+        # A worker that finished successfully joined, however briefly it was connected (the
+        # operator counts a pod that Succeeded the same way).
+        finished = {r for r, label in enumerate(runner.workers) if runner.procs[label].poll() == 0}
+        self.joined = status.joined_ranks({}) | finished
         total = self.job.replicas
         missing = [r for r in range(total) if r not in self.joined]
         self.complete = not missing
@@ -275,7 +335,7 @@ class _Rendezvous:
             return None
 
         def describe(rank: int) -> str:
-            proc = runner.procs[f"rank {rank}"]
+            proc = runner.procs[runner.workers[rank]]
             code = proc.poll()
             state = "still running" if code is None else f"exited with code {code}"
             return f"process {proc.pid}, {state}"
@@ -292,7 +352,14 @@ def _supervise(
         for label, proc in workers.items():
             code = proc.poll()
             if code not in (None, 0):
-                runner.say("etha", f"{label} failed with exit code {code}; stopping the other processes")
+                proc.wait()
+                for pump in runner.pumps:  # its last lines are read before they are looked at
+                    pump.join(0.5)
+                cause = torchrun_root_cause(runner.tails.get(label, []))
+                because = f" ({cause})" if cause else ""
+                runner.say(
+                    "etha", f"{label} failed with exit code {code}{because}; stopping the other processes"
+                )
                 return 1
         if all(p.poll() == 0 for p in workers.values()):
             rendezvous.look(runner, force=True)  # ranks may have joined since the previous look

@@ -170,6 +170,8 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         rank=rank,
         attempt=attempt,
         etcd_endpoints=job.etcd_endpoints,
+        procs_per_worker=job.procs_per_worker,
+        rendezvous_timeout=job.rendezvous_timeout,
     )
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:

@@ -23,6 +23,10 @@ _RENDEZVOUS_VARS = (
     env_names.ENV_WORLD_SIZE_ETHA,
     env_names.ENV_RANK_ETHA,
 )
+#: The resource ``procsPerWorker: auto`` counts on the worker container.
+GPU_RESOURCE = "nvidia.com/gpu"
+#: The string value of spec.procsPerWorker that means "one process per GPU".
+PROCS_AUTO = "auto"
 
 
 class InvalidSpec(ValueError):
@@ -50,6 +54,13 @@ class JobSpec:
     suspend: bool
     #: None: backend tcp (a master pod); else the etcd endpoints (no master pod).
     etcd_endpoints: list[str] | None = None
+    #: Processes torchrun starts per worker pod (spec.procsPerWorker, ``auto`` resolved).
+    procs_per_worker: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the job's process group when every worker runs torchrun."""
+        return self.replicas * self.procs_per_worker
 
 
 def parse(
@@ -70,38 +81,8 @@ def parse(
         raise InvalidSpec(
             "spec.template", "spec.template must be a pod template (an object with spec.containers)."
         )
-    containers = (template.get("spec") or {}).get("containers")
-    if not isinstance(containers, list) or not containers:
-        raise InvalidSpec(
-            "spec.template.spec.containers", "spec.template.spec.containers must hold at least one container."
-        )
-    for i, container in enumerate(containers):
-        if not isinstance(container, dict) or not container.get("image"):
-            raise InvalidSpec(
-                f"spec.template.spec.containers[{i}].image",
-                f"spec.template.spec.containers[{i}].image must be set.",
-            )
-        for item in container.get("env") or []:
-            if isinstance(item, dict) and item.get("name") in _RENDEZVOUS_VARS:
-                raise InvalidSpec(
-                    f"spec.template.spec.containers[{i}].env",
-                    f"spec.template.spec.containers[{i}].env sets {item['name']}, which the operator sets "
-                    "per worker (from spec.replicas and the worker's index); remove it.",
-                )
-    # Checked as the pod will be: with the defaults the builder fills in, so only what the user
-    # set can break the profile.
-    effective = copy.deepcopy(template.get("spec") or {})
-    apply_restricted_defaults(effective)
-    refused = restricted_violations(effective, "spec.template.spec")
-    if refused:
-        raise InvalidSpec("spec.template.spec", refused[0])
-    policy = (template.get("spec") or {}).get("restartPolicy", "Never")
-    if policy not in ("Never", "OnFailure"):
-        raise InvalidSpec(
-            "spec.template.spec.restartPolicy",
-            f"spec.template.spec.restartPolicy ({policy!r}) must be Never or OnFailure: "
-            "the operator restarts the whole job (spec.maxRestarts).",
-        )
+    containers = check_template(template)
+    procs = procs_per_worker(spec.get("procsPerWorker"), containers[0])
     rdzv = spec.get("rendezvous") or {}
     if not isinstance(rdzv, dict):
         raise InvalidSpec("spec.rendezvous", "spec.rendezvous must be an object.")
@@ -144,7 +125,89 @@ def parse(
         ttl_seconds_after_finished=ttl,
         suspend=suspend,
         etcd_endpoints=etcd_endpoints,
+        procs_per_worker=procs,
     )
+
+
+def procs_per_worker(value: Any, container: dict[str, Any]) -> int:
+    """spec.procsPerWorker resolved: an integer >= 1 as given, ``auto`` the worker container's
+    ``nvidia.com/gpu`` (limits, else requests), 1 without GPUs; absent means 1."""
+    path = "spec.procsPerWorker"
+    if value is None:
+        return 1
+    if value == PROCS_AUTO:
+        return gpus_of(container) or 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(path, f"{path} ({value!r}) must be an integer of at least 1 or 'auto'.")
+    if value < 1:
+        raise InvalidSpec(path, f"{path} ({value}) must be at least 1 (or 'auto').")
+    return value
+
+
+def gpus_of(container: dict[str, Any]) -> int:
+    """The ``nvidia.com/gpu`` a container asks for (limits, else requests); 0 when it asks none."""
+    resources = container.get("resources") or {}
+    for kind in ("limits", "requests"):
+        amounts = resources.get(kind) or {}
+        if not isinstance(amounts, dict) or GPU_RESOURCE not in amounts:
+            continue
+        raw = amounts[GPU_RESOURCE]
+        path = f"spec.template.spec.containers[0].resources.{kind}[{GPU_RESOURCE!r}]"
+        try:
+            count = int(str(raw))
+        except ValueError:
+            raise InvalidSpec(path, f"{path} ({raw!r}) must be a whole number of GPUs.") from None
+        if count < 0:
+            raise InvalidSpec(path, f"{path} ({raw!r}) must be a whole number of GPUs.")
+        return count
+    return 0
+
+
+def check_template(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checks a worker template must pass (containers, images, the variables the operator
+    sets, the restricted Pod Security profile, restartPolicy); its containers."""
+    containers = (template.get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise InvalidSpec(
+            "spec.template.spec.containers", "spec.template.spec.containers must hold at least one container."
+        )
+    for i, container in enumerate(containers):
+        if not isinstance(container, dict) or not container.get("image"):
+            raise InvalidSpec(
+                f"spec.template.spec.containers[{i}].image",
+                f"spec.template.spec.containers[{i}].image must be set.",
+            )
+        for item in container.get("env") or []:
+            if not isinstance(item, dict):
+                continue
+            var = str(item.get("name") or "")
+            if var in _RENDEZVOUS_VARS:
+                raise InvalidSpec(
+                    f"spec.template.spec.containers[{i}].env",
+                    f"spec.template.spec.containers[{i}].env sets {var}, which the operator sets "
+                    "per worker (from spec.replicas and the worker's index); remove it.",
+                )
+            if var == env_names.ENV_LOCAL_RANK or var.startswith(env_names.ENV_TORCHRUN_PREFIX):
+                raise InvalidSpec(
+                    f"spec.template.spec.containers[{i}].env",
+                    f"spec.template.spec.containers[{i}].env sets {var}, a torchrun setting the operator "
+                    "sets (from spec.replicas, spec.procsPerWorker and spec.rendezvous); remove it.",
+                )
+    # Checked as the pod will be: with the defaults the builder fills in, so only what the user
+    # set can break the profile.
+    effective = copy.deepcopy(template.get("spec") or {})
+    apply_restricted_defaults(effective)
+    refused = restricted_violations(effective, "spec.template.spec")
+    if refused:
+        raise InvalidSpec("spec.template.spec", refused[0])
+    policy = (template.get("spec") or {}).get("restartPolicy", "Never")
+    if policy not in ("Never", "OnFailure"):
+        raise InvalidSpec(
+            "spec.template.spec.restartPolicy",
+            f"spec.template.spec.restartPolicy ({policy!r}) must be Never or OnFailure: "
+            "the operator restarts the whole job (spec.maxRestarts).",
+        )
+    return list(containers)
 
 
 def check_name(name: str, replicas: int, max_restarts: int) -> None:

@@ -48,6 +48,10 @@ def from_env(
     ``ETHA_JOB_NAME`` (the key namespace), falling back to torch's ``MASTER_ADDR``,
     ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``; ``ETHA_KVSTORE_TIMEOUT`` (seconds) bounds the wait
     for the master. Records this rank as joined, so the master can log who arrived.
+
+    In a process started by ``torchrun`` (``TORCHELASTIC_RUN_ID`` set), the rank and world size
+    are torchrun's ``RANK`` and ``WORLD_SIZE`` (global: ``replicas x procsPerWorker``), and the join
+    recorded is the worker pod's (``ETHA_RANK``), which is what the master counts.
     With ``ETHA_KVSTORE_BACKEND=etcd`` it returns an :class:`~etha.kvstore.etcd.EtcdStore` on
     ``ETHA_ETCD_ENDPOINTS`` instead (no master involved).
 
@@ -63,8 +67,7 @@ def from_env(
         raise StoreConfigError(f"{c.ENV_KVSTORE_BACKEND} ({backend!r}) must be 'tcp' or 'etcd'.")
     host = _require(env, c.ENV_KVSTORE_HOST, c.ENV_MASTER_ADDR)
     port = _require_int(env, c.ENV_KVSTORE_PORT, c.ENV_MASTER_PORT, low=1, high=65535)
-    world_size = _require_int(env, c.ENV_WORLD_SIZE_ETHA, c.ENV_WORLD_SIZE, low=1)
-    rank = _require_int(env, c.ENV_RANK_ETHA, c.ENV_RANK, low=0, high=world_size - 1)
+    world_size, rank, worker = _ranks(env)
     namespace = env.get(c.ENV_JOB_NAME) or "default"
     timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
 
@@ -81,8 +84,23 @@ def from_env(
         component=component,
     )
     store.rank = rank
-    store.register_join(rank)
+    store.register_join(worker)
     return store
+
+
+def _ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """(world size, rank, worker index): torchrun's global ones in a process it started, else the
+    pod's (the worker index is the pod's either way)."""
+    if env.get(c.ENV_TORCHELASTIC_RUN_ID):
+        world_size = _require_int(env, c.ENV_WORLD_SIZE, c.ENV_WORLD_SIZE, low=1)
+        rank = _require_int(env, c.ENV_RANK, c.ENV_RANK, low=0, high=world_size - 1)
+        worker = (
+            _require_int(env, c.ENV_RANK_ETHA, c.ENV_RANK_ETHA, low=0) if env.get(c.ENV_RANK_ETHA) else rank
+        )
+        return world_size, rank, worker
+    world_size = _require_int(env, c.ENV_WORLD_SIZE_ETHA, c.ENV_WORLD_SIZE, low=1)
+    rank = _require_int(env, c.ENV_RANK_ETHA, c.ENV_RANK, low=0, high=world_size - 1)
+    return world_size, rank, rank
 
 
 def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
@@ -93,23 +111,23 @@ def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
         raise StoreConfigError(
             f"{c.ENV_KVSTORE_BACKEND}=etcd needs {c.ENV_ETCD_ENDPOINTS} (comma-separated host:port)."
         )
-    world_size = _require_int(env, c.ENV_WORLD_SIZE_ETHA, c.ENV_WORLD_SIZE, low=1)
-    rank = _require_int(env, c.ENV_RANK_ETHA, c.ENV_RANK, low=0, high=world_size - 1)
+    world_size, rank, worker = _ranks(env)
     timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
     store = EtcdStore(
         endpoints, namespace=env.get(c.ENV_JOB_NAME) or "default", component=component, timeout=timeout
     )
     store.rank = rank
     store.world_size = world_size
-    store.register_join(rank)
+    store.register_join(worker)
     return store
 
 
 def _require(env: Mapping[str, str], name: str, fallback: str) -> str:
     value = env.get(name) or env.get(fallback)
     if not value:
+        either = name if fallback == name else f"{name} (or {fallback})"
         raise StoreConfigError(
-            f"Environment variable {name} (or {fallback}) is not set; the etha operator injects it "
+            f"Environment variable {either} is not set; the etha operator injects it "
             "into every worker container. Set it to the rendezvous master's address to run by hand."
         )
     return value

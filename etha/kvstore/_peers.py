@@ -169,13 +169,16 @@ def _hex_address(field_: str) -> str:
 
 
 def rank_of_process(pid: int) -> int | None:
-    """The ``RANK`` (or ``ETHA_RANK``) in process ``pid``'s environment, if it has one."""
+    """The worker index in process ``pid``'s environment: ``ETHA_RANK`` (the pod's), else ``RANK``.
+
+    ``ETHA_RANK`` first: in a process torchrun started, ``RANK`` is the global rank
+    (``replicas x procsPerWorker`` of them), while the master counts worker pods."""
     try:
         raw = (_PROC / str(pid) / "environ").read_bytes()
     except OSError:
         return None
     env = dict(item.split(b"=", 1) for item in raw.split(b"\x00") if b"=" in item)
-    for name in (env_names.ENV_RANK, env_names.ENV_RANK_ETHA):
+    for name in (env_names.ENV_RANK_ETHA, env_names.ENV_RANK):
         value = env.get(name.encode())
         if value is not None and value.isdigit():
             return int(value)
@@ -199,9 +202,12 @@ class PeerTracker:
     #: socket inodes already looked at: each look sees only connections new since the last one
     _looked_at: set[str] = field(default_factory=set)
     _available: bool = True
+    #: connections the last refresh() saw for the first time (traced to processes: the costly part)
+    new_connections: int = 0
 
     def refresh(self) -> list[int]:
         """Look at the connections now; returns the ranks that joined since the last look."""
+        self.new_connections = 0
         if not self._available:
             return []
         try:
@@ -212,6 +218,7 @@ class PeerTracker:
             return []
         if not peers:
             return []
+        self.new_connections = len(peers)
         owners = local_owners(peers, self.port)
         new: list[int] = []
         for peer in sorted(peers):
@@ -224,6 +231,7 @@ class PeerTracker:
                     self.joined[rank] = f"{peer[0]} pid {pid}"
                     new.append(rank)
             elif peer[0] not in self.addresses:
+                logger.debug("peer %s:%d: owner %s, rank %s", peer[0], peer[1], pid, rank)
                 self.addresses[peer[0]] = round(time.monotonic() - self.started, 3)
         self._note_complete()
         return new

@@ -212,7 +212,7 @@ class Attempt:
 
 
 #: Fields a running attempt cannot take a change of (the CRD's CEL rules refuse them too).
-IMMUTABLE_FIELDS = ("replicas", "template", "rendezvous")
+IMMUTABLE_FIELDS = ("replicas", "procsPerWorker", "template", "rendezvous")
 
 
 def pins(job: JobSpec) -> dict[str, Any]:
@@ -220,6 +220,7 @@ def pins(job: JobSpec) -> dict[str, Any]:
     field (status.attemptSpec)."""
     values = {
         "replicas": job.replicas,
+        "procsPerWorker": job.procs_per_worker,
         "template": job.template,
         "rendezvous": [job.port, job.image, job.master_resources, job.rendezvous_timeout, job.etcd_endpoints],
     }

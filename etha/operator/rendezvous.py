@@ -161,10 +161,17 @@ def observe(
 
     if not missing or begun is None or now < begun + timedelta(seconds=job.rendezvous_timeout):
         return view, None
-    # Timed out. Without the master's word, only ranks whose pods are not running surely failed.
+    return view, timed_out(job, missing, known, master, workers)
+
+
+def timed_out(
+    job: JobSpec, missing: list[int], known: bool, master: Pod | None, workers: Mapping[int, Pod | None]
+) -> str | None:
+    """The timeout's message naming the ranks that surely failed (without the master's word, only
+    ranks whose pods are not running), or None if none surely did."""
     surely = missing if known else [r for r in missing if not _running(workers.get(r))]
     if not surely:
-        return view, None
+        return None
 
     def describe(rank: int) -> str:
         pod = workers.get(rank)
@@ -173,10 +180,10 @@ def observe(
             state = "Running, never connected to the master"
         return f"pod {pod['metadata']['name'] if pod else '?'}: {state}"
 
-    message = timeout_message(surely, total, job.rendezvous_timeout, describe)
+    message = timeout_message(surely, job.replicas, job.rendezvous_timeout, describe)
     if job.etcd_endpoints is None and not _running(master):
         message += f" The master pod {master['metadata']['name'] if master else '?'} is {pod_state(master)}."
-    return view, message
+    return message
 
 
 def rendezvous_began(job: JobSpec, master: Pod | None, workers: Mapping[int, Pod | None]) -> datetime | None:

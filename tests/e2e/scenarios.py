@@ -118,11 +118,38 @@ def _check_joined(replicas: int) -> Callable[[dict[str, Any]], None]:
     return check
 
 
+def _torchrun_process_fails() -> dict[str, Any]:
+    """torchrun, 2 workers x 2 processes: local rank 1 of worker 1 exits 3. torchrun (its own
+    restarts off) stops that worker's other process and exits 1: the job fails naming the pod."""
+    doc = copy.deepcopy(example("torchrun-ddp"))
+    doc["metadata"]["name"] = "torchrun-fails"
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    # --no-python: torchrun runs python3 itself, whose -c program needs no torch.
+    container["command"] = [
+        "torchrun",
+        "--no-python",
+        "python3",
+        "-c",
+        "import os, sys, time\n"
+        "if (os.environ['ETHA_RANK'], os.environ['LOCAL_RANK']) == ('1', '1'):\n"
+        "    sys.exit(3)\n"
+        "time.sleep(120)\n",
+    ]
+    return doc
+
+
+def _check_torchrun_failed(status: dict[str, Any]) -> None:
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "torchrun-fails-worker-0-1" in failed["message"] and "exit code 1" in failed["message"], failed
+
+
 SCENARIOS = [
     Scenario("allreduce", example("allreduce"), "Succeeded", _check_joined(4)),
     Scenario("ddp", example("ddp"), "Succeeded", _check_joined(2)),
     Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
     Scenario("etcd-rendezvous", example("etcd-rendezvous"), "Succeeded", _check_etcd),
+    Scenario("torchrun-ddp", example("torchrun-ddp"), "Succeeded", _check_joined(2), timeout=400),
+    Scenario("torchrun-fails", _torchrun_process_fails(), "Failed", _check_torchrun_failed, timeout=400),
     Scenario("always-fails", _failing(), "Failed", _check_failed),
     Scenario("rank-never-joins", _never_joins(), "Failed", _check_never_joined),
     Scenario(

@@ -73,12 +73,12 @@ spec:
         - name: w
           image: local
           command: ["python", "-c", "import os; print('LR', os.environ['LOCAL_RANK'], os.environ['RANK'], os.environ['TORCHELASTIC_USE_AGENT_STORE'])"]
-          env: [{name: LOCAL_RANK, value: "5"}]
+          env: [{name: TORCHELASTIC_USE_AGENT_STORE, value: "False"}]
 """
     )
     res = run_local(manifest, timeout=60)
     assert res.returncode == 0, res.stdout
-    assert "[rank 0] LR 5 0 True" in res.stdout and "[rank 1] LR 5 1 True" in res.stdout
+    assert "[rank 0] LR 0 0 False" in res.stdout and "[rank 1] LR 0 1 False" in res.stdout
 
 
 VALID = (
@@ -110,8 +110,44 @@ RUNNABLE = "{name: a, image: i, command: [python, -c, pass]}"
             VALID.replace("CONTAINER", "{name: a, image: i, command: [x], env: [{name: RANK, value: '3'}]}"),
             "sets RANK, which the operator sets per worker",
         ),
+        (
+            VALID.replace("replicas: 1", "replicas: 1, procsPerWorker: 0").replace("CONTAINER", RUNNABLE),
+            "spec.procsPerWorker (0) must be at least 1 (or 'auto').",
+        ),
+        (
+            VALID.replace("replicas: 1", "replicas: 1, procsPerWorker: -1").replace("CONTAINER", RUNNABLE),
+            "spec.procsPerWorker (-1) must be at least 1 (or 'auto').",
+        ),
+        (
+            VALID.replace("replicas: 1", "replicas: 1, procsPerWorker: gpus").replace("CONTAINER", RUNNABLE),
+            "spec.procsPerWorker ('gpus') must be an integer of at least 1 or 'auto'.",
+        ),
+        (
+            VALID.replace(
+                "CONTAINER", "{name: a, image: i, command: [x], env: [{name: PET_NNODES, value: '3'}]}"
+            ),
+            "sets PET_NNODES, a torchrun setting the operator sets",
+        ),
+        (
+            VALID.replace(
+                "CONTAINER", "{name: a, image: i, command: [x], env: [{name: LOCAL_RANK, value: '1'}]}"
+            ),
+            "sets LOCAL_RANK, a torchrun setting the operator sets",
+        ),
     ],
-    ids=["wrong-kind", "zero-replicas", "bad-port", "no-containers", "no-command", "user-sets-rank"],
+    ids=[
+        "wrong-kind",
+        "zero-replicas",
+        "bad-port",
+        "no-containers",
+        "no-command",
+        "user-sets-rank",
+        "procs-zero",
+        "procs-negative",
+        "procs-not-auto",
+        "user-sets-pet",
+        "user-sets-local-rank",
+    ],
 )
 def test_bad_manifest_is_refused_with_a_clear_message(tmp_path: Path, body: str, message: str) -> None:
     manifest = tmp_path / "bad.yaml"
@@ -162,3 +198,8 @@ def test_allreduce_example_runs_quietly_with_the_status_endpoint() -> None:
     assert res.returncode == 0, res.stdout[-3000:]
     assert "[etha] TrainingJob allreduce succeeded: 4 workers finished" in res.stdout
     assert "timed out" not in res.stdout and "cannot read the rendezvous status" not in res.stdout
+    # The last word on the rendezvous is complete (it said "1/4 joined, waiting for ranks 1-3"
+    # when the master missed ranks that had come and gone), and torch says nothing about NumPy.
+    said = [line for line in res.stdout.splitlines() if line.startswith("[etha] rendezvous: ")]
+    assert said and said[-1].startswith("[etha] rendezvous: 4/4 joined"), said
+    assert "Failed to initialize NumPy" not in res.stdout + res.stderr, "numpy is missing: make venv"

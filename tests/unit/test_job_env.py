@@ -1,4 +1,13 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from etha.job.builders import build_worker_pod
 from etha.job.env import worker_env
+from etha.job.spec import parse
+from tests.unit.controller.factories import make_trainingjob
 
 
 def test_worker_env_carries_the_contract() -> None:
@@ -11,6 +20,14 @@ def test_worker_env_carries_the_contract() -> None:
         "LOCAL_RANK": "0",
         "TORCHELASTIC_USE_AGENT_STORE": "True",
         "TORCHELASTIC_RESTART_COUNT": "1",
+        "PET_NNODES": "4",
+        "PET_NPROC_PER_NODE": "1",
+        "PET_NODE_RANK": "2",
+        "PET_RDZV_BACKEND": "c10d",
+        "PET_RDZV_ENDPOINT": "j-master.ns.svc:29500",
+        "PET_RDZV_ID": "j-1",
+        "PET_RDZV_CONF": "is_host=false,join_timeout=900,read_timeout=900",
+        "PET_MAX_RESTARTS": "0",
         "ETHA_KVSTORE_HOST": "j-master.ns.svc",
         "ETHA_KVSTORE_PORT": "29500",
         "ETHA_WORLD_SIZE": "4",
@@ -18,3 +35,73 @@ def test_worker_env_carries_the_contract() -> None:
         "ETHA_JOB_NAME": "j",
         "ETHA_ATTEMPT": "1",
     }
+
+
+def _gpus(limits: dict[str, Any] | None = None, requests: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = make_trainingjob(replicas=3, procsPerWorker="auto")
+    resources: dict[str, Any] = {}
+    if limits is not None:
+        resources["limits"] = limits
+    if requests is not None:
+        resources["requests"] = requests
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = resources
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "procs"),
+    [
+        (make_trainingjob(replicas=3), 1),
+        (make_trainingjob(replicas=3, procsPerWorker=1), 1),
+        (make_trainingjob(replicas=3, procsPerWorker=2), 2),
+        (_gpus(limits={"nvidia.com/gpu": 8, "cpu": "4"}), 8),
+        (_gpus(limits={"nvidia.com/gpu": "4"}), 4),
+        (_gpus(requests={"nvidia.com/gpu": 2}), 2),
+        (_gpus(limits={"cpu": "4"}), 1),
+        (make_trainingjob(replicas=3, procsPerWorker="auto"), 1),
+    ],
+    ids=[
+        "default",
+        "one",
+        "two",
+        "auto-8-gpus",
+        "auto-gpus-as-string",
+        "auto-gpu-requests",
+        "auto-no-gpu",
+        "auto-no-resources",
+    ],
+)
+def test_procs_per_worker_reaches_torchrun(body: dict[str, Any], procs: int) -> None:
+    job = parse(body)
+    assert job.procs_per_worker == procs and job.world_size == 3 * procs
+    for rank in range(3):
+        env = {e["name"]: e["value"] for e in build_worker_pod(job, 2, rank)["spec"]["containers"][0]["env"]}
+        # Pod level: a plain script sees the pods; torchrun gets what makes 3 x procs processes.
+        assert (env["WORLD_SIZE"], env["RANK"], env["LOCAL_RANK"]) == ("3", str(rank), "0")
+        assert (env["ETHA_WORLD_SIZE"], env["ETHA_RANK"]) == ("3", str(rank))
+        assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"], env["PET_NODE_RANK"]) == (
+            "3",
+            str(procs),
+            str(rank),
+        )
+        assert env["PET_RDZV_ENDPOINT"] == "mnist-master-2.mnist.research.svc:29500"
+        assert env["PET_RDZV_ID"] == "mnist-2" and env["PET_MAX_RESTARTS"] == "0"
+
+
+def test_torchrun_timeouts_follow_the_rendezvous_timeout() -> None:
+    job = parse(make_trainingjob(procsPerWorker=2, rendezvous={"timeoutSeconds": 1800}))
+    env = {e["name"]: e["value"] for e in build_worker_pod(job, 0, 0)["spec"]["containers"][0]["env"]}
+    assert env["PET_RDZV_CONF"] == "is_host=false,join_timeout=1800,read_timeout=1800"
+
+
+def test_etcd_backend_lets_worker_zero_host_torchruns_store() -> None:
+    env = worker_env(
+        job_name="j",
+        master_addr="j-worker-0-0.j.ns.svc",
+        port=29500,
+        world_size=2,
+        rank=1,
+        etcd_endpoints=["e:2379"],
+    )
+    assert env["PET_RDZV_ENDPOINT"] == "j-worker-0-0.j.ns.svc:29500"
+    assert env["PET_RDZV_CONF"] == "join_timeout=900,read_timeout=900"

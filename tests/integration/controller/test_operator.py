@@ -172,6 +172,49 @@ def test_deleting_the_job_removes_its_children(cluster: Emulator) -> None:
     )
 
 
+def test_torchrun_job_env_in_every_container(cluster: Emulator) -> None:
+    """procsPerWorker auto on a 2-GPU container: every container (sidecar and init container too)
+    of every worker gets the pod-level contract and torchrun's settings."""
+    body = make_trainingjob(name="tr", namespace=NS, replicas=2, procsPerWorker="auto")
+    pod_spec = body["spec"]["template"]["spec"]
+    pod_spec["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 2}}
+    pod_spec["containers"].append({"name": "sidecar", "image": "example/sidecar:1"})
+    pod_spec["initContainers"] = [{"name": "fetch", "image": "example/fetch:1"}]
+    cluster.submit(body)
+    expected = {"tr-master-0", "tr-worker-0-0", "tr-worker-0-1"}
+    wait_until(lambda: set(cluster.pods(NS)) == expected, 20, f"pods {expected}")
+    master = "tr-master-0.tr.research.svc"
+    for rank in (0, 1):
+        pod = cluster.pods(NS)[f"tr-worker-0-{rank}"]
+        containers = pod["spec"]["initContainers"] + pod["spec"]["containers"]
+        assert [c["name"] for c in containers] == ["fetch", "trainer", "sidecar"]
+        for container in containers:
+            env = {e["name"]: e["value"] for e in container["env"]}
+            assert env == {
+                "MASTER_ADDR": master,
+                "MASTER_PORT": "29500",
+                "WORLD_SIZE": "2",
+                "RANK": str(rank),
+                "LOCAL_RANK": "0",
+                "TORCHELASTIC_USE_AGENT_STORE": "True",
+                "TORCHELASTIC_RESTART_COUNT": "0",
+                "PET_NNODES": "2",
+                "PET_NPROC_PER_NODE": "2",
+                "PET_NODE_RANK": str(rank),
+                "PET_RDZV_BACKEND": "c10d",
+                "PET_RDZV_ENDPOINT": f"{master}:29500",
+                "PET_RDZV_ID": "tr-0",
+                "PET_RDZV_CONF": "is_host=false,join_timeout=900,read_timeout=900",
+                "PET_MAX_RESTARTS": "0",
+                "ETHA_KVSTORE_HOST": master,
+                "ETHA_KVSTORE_PORT": "29500",
+                "ETHA_WORLD_SIZE": "2",
+                "ETHA_RANK": str(rank),
+                "ETHA_JOB_NAME": "tr",
+                "ETHA_ATTEMPT": "0",
+            }, (pod["metadata"]["name"], container["name"])
+
+
 def test_invalid_jobs_each_fail_naming_the_field(cluster: Emulator) -> None:
     """Specs that slip past the schema: Failed, a message naming field and expectation, no pods."""
     no_containers = make_trainingjob(name="empty", namespace=NS)
@@ -186,6 +229,18 @@ def test_invalid_jobs_each_fail_naming_the_field(cluster: Emulator) -> None:
         long_name: (make_trainingjob(name=long_name, namespace=NS), "63"),
         "contra": (contradiction, "WORLD_SIZE"),
         "port": (bad_port, "spec.rendezvous.port (70000)"),
+        "procs0": (
+            make_trainingjob(name="procs0", namespace=NS, procsPerWorker=0),
+            "spec.procsPerWorker (0)",
+        ),
+        "procsx": (
+            make_trainingjob(name="procsx", namespace=NS, procsPerWorker="all"),
+            "spec.procsPerWorker ('all') must be an integer of at least 1 or 'auto'.",
+        ),
+        "pet": (
+            make_trainingjob(name="pet", namespace=NS, env=[{"name": "PET_NPROC_PER_NODE", "value": "4"}]),
+            "env sets PET_NPROC_PER_NODE",
+        ),
     }
     for body, _ in cases.values():
         cluster.submit(body)

@@ -201,3 +201,19 @@ def test_metrics_count_ranks_and_live_connections(master: MasterProcess) -> None
         after["etha_master_ranks_joined"] == 3
         and after["etha_master_uptime_seconds"] > first["etha_master_uptime_seconds"]
     )
+
+
+def test_ranks_connected_for_150_ms_each_are_all_logged(tmp_path: Path) -> None:
+    """A rank may stay connected only briefly (the last rank of an env:// job: until the others see
+    it and all exit, ~50 ms). Twelve ranks, one after the other, each connected for 150 ms: the
+    master logs every one (it paced its looks by their wall time and logged 1 of 4 in `make demo`)."""
+    master = MasterProcess(tmp_path, world_size=12)
+    try:
+        hold = f"import socket, time; s = socket.create_connection(('127.0.0.1', {master.port})); time.sleep(0.15)"
+        for rank in range(12):
+            env = {**TEST_ENV, "RANK": str(rank), "ETHA_RANK": str(rank)}
+            subprocess.run([sys.executable, "-S", "-c", hold], env=env, check=True, timeout=30)
+        logged = [rank for rank in range(12) if f"rank {rank} joined from 127.0.0.1 pid" in master.log()]
+        assert logged == list(range(12)), master.log()
+    finally:
+        master.stop()

@@ -27,6 +27,12 @@ def _without_containers() -> dict[str, Any]:
     return body
 
 
+def _with_gpus(count: str) -> dict[str, Any]:
+    body = make_trainingjob(procsPerWorker="auto")
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": count}}
+    return body
+
+
 def _with_policy(policy: str) -> dict[str, Any]:
     body = make_trainingjob()
     body["spec"]["template"]["spec"]["restartPolicy"] = policy
@@ -70,6 +76,42 @@ def _with_policy(policy: str) -> dict[str, Any]:
             r"\('Always'\) must be Never or OnFailure",
         ),
         ({"metadata": {"name": "x"}}, "spec", "spec must be an object"),
+        (
+            make_trainingjob(procsPerWorker=0),
+            "spec.procsPerWorker",
+            r"spec.procsPerWorker \(0\) must be at least 1",
+        ),
+        (
+            make_trainingjob(procsPerWorker=-2),
+            "spec.procsPerWorker",
+            r"spec.procsPerWorker \(-2\) must be at least 1",
+        ),
+        (
+            make_trainingjob(procsPerWorker="gpu"),
+            "spec.procsPerWorker",
+            r"spec.procsPerWorker \('gpu'\) must be an integer of at least 1 or 'auto'.",
+        ),
+        (
+            make_trainingjob(procsPerWorker="2"),
+            "spec.procsPerWorker",
+            r"spec.procsPerWorker \('2'\) must be an integer",
+        ),
+        (make_trainingjob(procsPerWorker=True), "spec.procsPerWorker", r"\(True\) must be an integer"),
+        (
+            make_trainingjob(env=[{"name": "PET_NNODES", "value": "3"}]),
+            "spec.template.spec.containers[0].env",
+            "sets PET_NNODES, a torchrun setting the operator sets",
+        ),
+        (
+            make_trainingjob(env=[{"name": "LOCAL_RANK", "value": "1"}]),
+            "spec.template.spec.containers[0].env",
+            "sets LOCAL_RANK, a torchrun setting the operator sets",
+        ),
+        (
+            _with_gpus("1.5"),
+            "spec.template.spec.containers[0].resources.limits['nvidia.com/gpu']",
+            r"\('1.5'\) must be a whole number of GPUs.",
+        ),
     ],
     ids=[
         "zero-replicas",
@@ -86,6 +128,14 @@ def _with_policy(policy: str) -> dict[str, Any]:
         "env-world-size",
         "restart-always",
         "no-spec",
+        "procs-zero",
+        "procs-negative",
+        "procs-other-string",
+        "procs-numeric-string",
+        "procs-bool",
+        "env-pet",
+        "env-local-rank",
+        "auto-fractional-gpus",
     ],
 )
 def test_invalid_spec_names_field_and_expectation(body: dict[str, Any], field: str, message: str) -> None:

@@ -35,3 +35,13 @@ def test_from_env_falls_back_to_torch_names() -> None:
     env = {"MASTER_ADDR": "m", "MASTER_PORT": "99999", "WORLD_SIZE": "2", "RANK": "0"}
     with pytest.raises(StoreConfigError, match="MASTER_PORT \\(99999\\)"):
         from_env(env)
+
+
+def test_in_a_torchrun_process_the_ranks_are_torchruns() -> None:
+    """torchrun sets TORCHELASTIC_RUN_ID and the process's global RANK/WORLD_SIZE: those are read,
+    not the pod's ETHA_RANK/ETHA_WORLD_SIZE."""
+    torchrun = {**FULL, "TORCHELASTIC_RUN_ID": "job-0", "WORLD_SIZE": "4", "RANK": "7"}
+    with pytest.raises(StoreConfigError, match=r"Environment variable RANK \(7\) must be in 0\.\.3"):
+        from_env(torchrun)
+    with pytest.raises(StoreConfigError, match="Environment variable RANK is not set"):
+        from_env({k: v for k, v in torchrun.items() if k != "RANK"})
