@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,18 +31,14 @@ logger = logging.getLogger("etha.kvstore.server")
 _PROC = Path("/proc")
 
 
-def accepted_peers(port: int, looked_at: set[str] | None = None) -> set[tuple[str, int]]:
-    """(address, port) of every TCP connection this process holds whose local port is ``port``:
-    the clients of a server listening there. IPv4-mapped IPv6 addresses are given as IPv4.
-
-    ``looked_at`` (socket inodes) makes repeated calls cheap: sockets in it are skipped, and every
-    socket looked at is added, so a call returns only connections new since the last one."""
-    peers: set[tuple[str, int]] = set()
+def _tcp_sockets(skip: set[str] | None = None) -> Iterator[tuple[str, socket.socket]]:
+    """(inode, a dup of it) for every TCP socket this process holds, closed once the caller is
+    done with it; inodes in ``skip`` are passed over. Fds that close meanwhile are left out."""
     fd_dir = _PROC / "self" / "fd"
     for entry in os.listdir(fd_dir):
         try:
             target = os.readlink(fd_dir / entry)
-            if not target.startswith("socket:") or (looked_at is not None and target in looked_at):
+            if not target.startswith("socket:") or (skip is not None and target in skip):
                 continue
             dup = os.dup(int(entry))  # the fd may close under us; a dup is ours to close
         except (OSError, ValueError):
@@ -52,18 +49,29 @@ def accepted_peers(port: int, looked_at: set[str] | None = None) -> set[tuple[st
             os.close(dup)
             continue
         try:
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
+            if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                yield target, sock
+        finally:
+            sock.close()
+
+
+def accepted_peers(port: int, looked_at: set[str] | None = None) -> set[tuple[str, int]]:
+    """(address, port) of every TCP connection this process holds whose local port is ``port``:
+    the clients of a server listening there. IPv4-mapped IPv6 addresses are given as IPv4.
+
+    ``looked_at`` (socket inodes) makes repeated calls cheap: sockets in it are skipped, and every
+    TCP socket looked at is added, so a call returns only connections new since the last one."""
+    peers: set[tuple[str, int]] = set()
+    for target, sock in _tcp_sockets(looked_at):
+        if looked_at is not None:
+            looked_at.add(target)
+        try:
             if sock.getsockname()[1] != port:
                 continue
             host, peer_port = sock.getpeername()[:2]  # the listening socket has none: OSError
-            peers.add((_unmap(host), peer_port))
         except OSError:
             continue
-        finally:
-            sock.close()
-            if looked_at is not None:
-                looked_at.add(target)
+        peers.add((_unmap(host), peer_port))
     return peers
 
 
@@ -72,27 +80,11 @@ def store_connections(port: int) -> int:
     counting this process's own clients of it (the master's store holds one to itself)."""
     accepted: set[tuple[str, int]] = set()
     own_clients: set[tuple[str, int]] = set()
-    fd_dir = _PROC / "self" / "fd"
-    for entry in os.listdir(fd_dir):
+    for _, sock in _tcp_sockets():
         try:
-            if not os.readlink(fd_dir / entry).startswith("socket:"):
-                continue
-            dup = os.dup(int(entry))
-        except (OSError, ValueError):
-            continue
-        try:
-            sock = socket.socket(fileno=dup)
-        except OSError:
-            os.close(dup)
-            continue
-        try:
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
             local, peer = sock.getsockname()[:2], sock.getpeername()[:2]
         except OSError:
             continue  # a listening socket has no peer
-        finally:
-            sock.close()
         if local[1] == port:
             accepted.add((_unmap(peer[0]), peer[1]))
         elif peer[1] == port:

@@ -9,11 +9,13 @@ in-cluster networking; the process stands in for it. Everything else is the char
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -154,3 +156,17 @@ class ChartOperator:
         self.helm(
             "uninstall", RELEASE, "--namespace", self.namespace, "--wait", "--timeout", "60s", check=False
         )
+
+
+@contextlib.contextmanager
+def operating(plane: ControlPlane, namespace: str) -> Iterator[ChartOperator]:
+    """A namespace under Pod Security ``restricted`` and the chart's operator serving it; on the
+    way out, no request of the operator was refused by RBAC, and both are gone."""
+    plane.create_namespace(namespace, {"pod-security.kubernetes.io/enforce": "restricted"})
+    operator = ChartOperator(plane).install().start()
+    try:
+        yield operator
+        assert not operator.forbidden(), "\n".join(operator.forbidden()[:10])
+    finally:
+        operator.uninstall()
+        plane.delete_namespace(namespace)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.kube import KubeError
-from tests.controlplane.operator import ChartOperator
+from tests.controlplane.operator import ChartOperator, operating
 from tests.helpers import wait_until
 
 NS = "owners"
@@ -24,14 +24,8 @@ PODS = f"/api/v1/namespaces/{NS}/pods"
 
 @pytest.fixture(scope="module")
 def op(control_plane: ControlPlane) -> Iterator[ChartOperator]:
-    control_plane.create_namespace(NS, {"pod-security.kubernetes.io/enforce": "restricted"})
-    operator = ChartOperator(control_plane).install().start()
-    try:
+    with operating(control_plane, NS) as operator:
         yield operator
-        assert not operator.forbidden(), "\n".join(operator.forbidden()[:10])
-    finally:
-        operator.uninstall()
-        control_plane.delete_namespace(NS)
 
 
 def job(name: str, replicas: int = 2, code: str = "import sys; sys.exit(0)", **spec: Any) -> dict[str, Any]:

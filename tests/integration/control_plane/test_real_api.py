@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.controlplane.cluster import CRD, ControlPlane
-from tests.controlplane.operator import ChartOperator
+from tests.controlplane.operator import ChartOperator, operating
 from tests.helpers import REPO, wait_until
 
 NS = "real-api"
@@ -22,14 +22,8 @@ TJ = "/apis/etha.io/v1alpha1/namespaces/" + NS + "/trainingjobs"
 
 @pytest.fixture(scope="module")
 def op(control_plane: ControlPlane) -> Iterator[ChartOperator]:
-    control_plane.create_namespace(NS, {"pod-security.kubernetes.io/enforce": "restricted"})
-    operator = ChartOperator(control_plane).install().start()
-    try:
+    with operating(control_plane, NS) as operator:
         yield operator
-        assert not operator.forbidden(), "\n".join(operator.forbidden()[:10])
-    finally:
-        operator.uninstall()
-        control_plane.delete_namespace(NS)
 
 
 def job(name: str, replicas: int = 2, **container: Any) -> dict[str, Any]:
