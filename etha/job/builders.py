@@ -208,7 +208,3 @@ def inject_env(user: list[dict[str, Any]], injected: dict[str, str]) -> list[dic
     taken = {item.get("name") for item in user}
     return [*user, *({"name": k, "value": v} for k, v in injected.items() if k not in taken)]
 
-
-def build_children(job: JobSpec, attempt: int) -> list[Manifest]:
-    """Every pod of one attempt, master first."""
-    return [build_master_pod(job, attempt), *(build_worker_pod(job, attempt, r) for r in range(job.replicas))]
