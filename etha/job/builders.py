@@ -207,4 +207,3 @@ def inject_env(user: list[dict[str, Any]], injected: dict[str, str]) -> list[dic
     """The user's env entries, then every injected variable the user did not set (by name)."""
     taken = {item.get("name") for item in user}
     return [*user, *({"name": k, "value": v} for k, v in injected.items() if k not in taken)]
-
