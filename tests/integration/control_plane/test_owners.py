@@ -120,10 +120,17 @@ def test_a_job_recreated_while_the_old_pods_terminate_waits_for_them(op: ChartOp
     old_uids = {p["metadata"]["uid"] for p in pods_of(op, "quick")}
     op.plane.admin.delete(f"{TJ}/quick")
     wait_until(lambda: not op.plane.admin.exists(f"{TJ}/quick"), 30, "the first job gone")
-    op.plane.admin.create(TJ, job("quick", code="import sys; sys.exit(0)"))
+    new = op.plane.admin.create(TJ, job("quick", code="import sys; sys.exit(0)"))
     done = wait_for(op, "quick", "Succeeded", lambda s: s.get("phase") == "Succeeded", 120)
-    assert done["restarts"] == 0
-    assert not {p["metadata"]["uid"] for p in pods_of(op, "quick")} & old_uids
+    assert done["restarts"] == 0 and done["workers"]["succeeded"] == 2
+    # Its workers are its own (an old pod may still be terminating beside them, never counted).
+    mine = [
+        p
+        for p in pods_of(op, "quick")
+        if any(r["uid"] == new["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
+    ]
+    assert {p["metadata"]["name"] for p in mine} >= {"quick-worker-0-0", "quick-worker-0-1"}
+    assert not {p["metadata"]["uid"] for p in mine} & old_uids
     op.plane.admin.delete(f"{TJ}/quick")
 
 
