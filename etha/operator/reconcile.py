@@ -313,6 +313,11 @@ def finish(
     return acts
 
 
+def fail(obs: Observed, at: Attempt, acts: Actions, reason: str, message: str, keep_workers: bool) -> Actions:
+    """End the job Failed for ``reason`` (see :func:`finish`)."""
+    return finish(obs, at, acts, c.PHASE_FAILED, c.COND_FAILED, reason, message, keep_workers)
+
+
 def ttl_left(job: JobSpec, completed: datetime | None, now: datetime) -> float | None:
     if job.ttl_seconds_after_finished is None or completed is None:
         return None
@@ -374,12 +379,10 @@ def deadline(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     if left > 0:
         acts.requeue_after = _sooner(acts.requeue_after, left)
         return None
-    return finish(
+    return fail(
         obs,
         at,
         acts,
-        c.PHASE_FAILED,
-        c.COND_FAILED,
         c.REASON_DEADLINE_EXCEEDED,
         f"The job ran longer than spec.activeDeadlineSeconds ({limit}s).",
         keep_workers=False,
@@ -435,12 +438,10 @@ def failure(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
             Event("Warning", c.REASON_RESTARTING, f"{what}; starting attempt {at.number + 1}.")
         )
         return acts
-    return finish(
+    return fail(
         obs,
         at,
         acts,
-        c.PHASE_FAILED,
-        c.COND_FAILED,
         c.REASON_BACKOFF_LIMIT,
         f"{what}; no restarts left (spec.maxRestarts={job.max_restarts}).",
         keep_workers=True,
@@ -461,12 +462,10 @@ def rendezvous(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     if at.uses_master:  # backend etcd: no master to ask, nothing to show
         acts.status["rendezvous"] = view
     if timed_out is not None:
-        return finish(
+        return fail(
             obs,
             at,
             acts,
-            c.PHASE_FAILED,
-            c.COND_FAILED,
             c.REASON_RENDEZVOUS_TIMEOUT,
             timed_out,
             keep_workers=False,
