@@ -50,6 +50,8 @@ COND_SCHEDULED: Final = "PodsScheduled"
 COND_SPEC_REFUSED: Final = "SpecChangeRefused"
 # Condition: an object the job needs exists under its name but is not the job's own.
 COND_CHILD_CONFLICT: Final = "ChildConflict"
+# Condition: an attempt failed and the next one is being started (True until it runs).
+COND_RESTARTING: Final = "Restarting"
 # Condition: the job is suspended.
 COND_SUSPENDED: Final = "Suspended"
 # Condition: the job finished successfully.
@@ -64,6 +66,10 @@ REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 # A pod failed and no restarts remain.
 REASON_BACKOFF_LIMIT: Final = "RestartLimitExceeded"
+# A spec.podFailurePolicy rule with action FailJob matched a failed pod.
+REASON_POD_FAILURE_POLICY: Final = "PodFailurePolicy"
+# A spec.successPolicy rule holds.
+REASON_SUCCESS_POLICY: Final = "SuccessPolicy"
 # A pod failed and a new attempt starts.
 REASON_RESTARTING: Final = "Restarting"
 # Every worker succeeded.
@@ -86,6 +92,8 @@ DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/etha-io/etha-runtime:0.1.0"
 DEFAULT_RENDEZVOUS_TIMEOUT: Final = 900
 # Longest DNS label (pod hostname, service name).
 MAX_DNS_LABEL: Final = 63
+# Attempts a job's name must leave room for in its pods' names (0..999), beyond spec.maxRestarts.
+ATTEMPTS_NAMED: Final = 1000
 # Name of the container in the master pod.
 MASTER_CONTAINER: Final = "rendezvous"
 # Port of the master's read-only HTTP status document (GET /status, GET /healthz); the operator

@@ -25,8 +25,15 @@ def master_address(job: str, namespace: str, attempt: int) -> str:
     return f"{master_name(job, attempt)}.{service_name(job)}.{namespace}.svc"
 
 
+def last_attempt(max_restarts: int) -> int:
+    """The highest attempt number a job's names leave room for: restarts that do not count
+    (disruptions, rules with action Ignore) go on past spec.maxRestarts."""
+    return max(max_restarts, c.ATTEMPTS_NAMED - 1)
+
+
 def longest_child_name(job: str, replicas: int, max_restarts: int) -> str:
-    return max((master_name(job, max_restarts), worker_name(job, max_restarts, replicas - 1)), key=len)
+    last = last_attempt(max_restarts)
+    return max((master_name(job, last), worker_name(job, last, replicas - 1)), key=len)
 
 
 def network_policy_name(job: str) -> str:

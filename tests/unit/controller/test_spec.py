@@ -145,7 +145,8 @@ def test_invalid_spec_names_field_and_expectation(body: dict[str, Any], field: s
 
 
 def test_longest_name_that_fits() -> None:
-    # "-worker-0-9" is 11 characters: a 52-character name is the most that fits for 10 replicas.
-    parse(make_trainingjob(name="a" * 52, replicas=10))
-    with pytest.raises(InvalidSpec, match="use at most 52 characters"):
-        parse(make_trainingjob(name="a" * 53, replicas=10))
+    # "-worker-999-9" is 13 characters (attempts up to 999: restarts that do not count go past
+    # spec.maxRestarts): a 50-character name is the most that fits for 10 replicas.
+    parse(make_trainingjob(name="a" * 50, replicas=10))
+    with pytest.raises(InvalidSpec, match="use at most 50 characters"):
+        parse(make_trainingjob(name="a" * 51, replicas=10))
