@@ -273,6 +273,9 @@ class Controller:
                 else None
             ),
             operator_peer=self.config.operator_peer(),
+            terminating=[
+                p for p in self._children(self.pods, worker.uid) if p["metadata"].get("deletionTimestamp")
+            ],
         )
         master = next(
             (

@@ -227,7 +227,7 @@ class OperatorMetrics:
         if new_phase in c.FINISHED_PHASES and old_phase not in c.FINISHED_PHASES:
             self.jobs_finished.labels(namespace, new_phase).inc()
 
-        counted = max(0, _int(new.get("restarts")) - _int(old.get("restarts")))
+        counted = max(0, _counted(new) - _counted(old))
         attempts = max(0, _int(new.get("attempt")) - _int(old.get("attempt")))
         if counted:
             self.job_restarts.labels(namespace, "true").inc(counted)
@@ -273,6 +273,11 @@ class OperatorMetrics:
         """
         server, thread = start_http_server(port, host, registry=self.registry)
         return MetricsServer(server, thread)
+
+
+def _counted(status: Mapping[str, Any]) -> int:
+    """Restarts that used up spec.maxRestarts (statuses before 0.3 counted every restart)."""
+    return _int(status.get("restartsCountedTowardsMax", status.get("restarts")))
 
 
 def _int(value: object) -> int:

@@ -4,8 +4,10 @@ Pure: :func:`reconcile` takes one :class:`Observed` value (the job, its status, 
 owns, the time) and returns the :class:`Actions` (objects to create, pods to delete, the status
 patch, events, when to look again). The controller applies them. The decision is split by policy,
 tried in order, each a small function that decides or passes: finished, suspended, deadline,
-failure, rendezvous, success, creation. Level-triggered: the same inputs give the same actions, so
-an operator restarted at any point converges, and applying an action twice is harmless.
+success, failure, rendezvous, creation. Success comes before failure: once the success policy
+holds (rank 0 done, say), ranks failing as it leaves do not turn the job into a restart.
+Level-triggered: the same inputs give the same actions, so an operator restarted at any point
+converges, and applying an action twice is harmless.
 """
 
 from __future__ import annotations
@@ -26,11 +28,29 @@ from etha.job.builders import (
     build_worker_pod,
     torch_store_address,
 )
-from etha.job.names import master_name, worker_name
+from etha.job.names import last_attempt, master_name, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
+from etha.job.policies import (
+    ACTION_FAIL_JOB,
+    BACKOFF_RESET_SECONDS,
+    Failure,
+    Verdict,
+    backoff_seconds,
+    decide,
+    success_met,
+)
 from etha.job.spec import JobSpec
 from etha.operator.rendezvous import observe, rendezvous_began, reset_view
-from etha.rendezvous_status import MasterStatus
+from etha.operator.restarts import (
+    describe,
+    failed_pod,
+    first_failure,
+    last_failure,
+    ran_for,
+    vanished_pod,
+    who,
+)
+from etha.rendezvous_status import MasterStatus, rank_ranges
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,8 @@ class Observed:
     master_status: MasterStatus | str | None = None
     #: Selects the operator's pods in the NetworkPolicy (admits them to the master's status port).
     operator_peer: dict[str, Any] | None = None
+    #: The job's pods being deleted, as last seen (an evicted pod's DisruptionTarget condition).
+    terminating: Sequence[Pod] = ()
 
 
 def condition(kind: str, status: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
@@ -164,36 +186,14 @@ def scheduling(
     return None
 
 
-def failure_detail(pod: dict[str, Any]) -> str:
-    """'exit code 3 (Error)' from the first terminated container, or the pod's own reason."""
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term and term.get("exitCode", 0) != 0:
-            reason = term.get("reason") or "Error"
-            return f"container {cs.get('name')} exit code {term.get('exitCode')} ({reason})"
-    reason = status.get("reason") or "Failed"
-    message = status.get("message")
-    return f"{reason}: {message}" if message else str(reason)
-
-
-def restarted_container(pod: Pod) -> str | None:
-    """'container trainer after exit code 1 (Error)' if the kubelet restarted a container of the
-    pod in place (restartPolicy OnFailure), else None."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if int(cs.get("restartCount") or 0) > 0:
-            last = (cs.get("lastState") or {}).get("terminated") or {}
-            why = f" after exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})" if last else ""
-            return f"container {cs.get('name')}{why}"
-    return None
-
-
 @dataclass
 class Attempt:
     """The current attempt as observed: its pods and what they add up to."""
 
     number: int
     restarts: int
+    #: Restarts that used up spec.maxRestarts (the others were disruptions or ignored by a rule).
+    counted: int
     phase: str | None
     conditions: list[dict[str, str]]
     #: The job as this attempt runs it (its pinned size, when the spec changed under it).
@@ -205,6 +205,8 @@ class Attempt:
     counts: dict[str, Any]
     #: The immutable fields changed since the attempt started (refused, see :func:`spec_drift`).
     drift: list[str]
+    #: Why the rendezvous timed out (the ranks missing), once it has.
+    timed_out: str | None = None
 
     @property
     def uses_master(self) -> bool:
@@ -243,6 +245,7 @@ def spec_drift(job: JobSpec, status: Mapping[str, Any], attempt: int) -> list[st
 
 def observe_attempt(obs: Observed, attempt: int, restarts: int) -> Attempt:
     status = obs.status
+    counted = int(status.get("restartsCountedTowardsMax", restarts) or 0)
     job = obs.job
     drift = spec_drift(job, status, attempt)
     if drift:  # refused: the attempt keeps the size it started with
@@ -259,6 +262,7 @@ def observe_attempt(obs: Observed, attempt: int, restarts: int) -> Attempt:
     return Attempt(
         number=attempt,
         restarts=restarts,
+        counted=counted,
         phase=status.get("phase"),
         conditions=list(status.get("conditions") or []),
         job=job,
@@ -279,7 +283,8 @@ def reconcile(obs: Observed) -> Actions:
         return done
     at = observe_attempt(obs, int(obs.status.get("attempt") or 0), int(obs.status.get("restarts") or 0))
     starting(obs, at, acts)
-    for policy in (deadline, failure, rendezvous, success):
+    joining(obs, at, acts)
+    for policy in (deadline, success, failure, rendezvous):
         decided = policy(obs, at, acts)
         if decided is not None:
             return decided
@@ -389,68 +394,102 @@ def deadline(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     )
 
 
-def attempt_failure(obs: Observed, at: Attempt) -> str | None:
-    """Why the current attempt failed, or None: a pod Failed, a container restarted in place
-    (restartPolicy OnFailure: a restarted rank cannot rejoin a rendezvous that happened), or,
-    once the attempt ran, a pod vanished (deleted, evicted, its node gone)."""
-    pods = [p for p in (at.master, *at.workers.values()) if p is not None]
-    for pod in pods:
-        if pod_phase(pod) == "Failed":
-            return f"pod {pod['metadata']['name']} failed: {failure_detail(pod)}"
-    for pod in pods:
-        restarted = restarted_container(pod)
-        if restarted is not None:
-            return f"pod {pod['metadata']['name']} restarted {restarted} (restartPolicy OnFailure)"
+def attempt_failures(obs: Observed, at: Attempt) -> list[Failure]:
+    """How the current attempt failed, if it did: pods that Failed, containers restarted in
+    place (restartPolicy OnFailure: a restarted rank cannot rejoin a rendezvous that happened),
+    and, once the attempt ran, pods that vanished (deleted, evicted, their node gone)."""
+    ranks: dict[str, int | None] = {worker_name(at.job.name, at.number, r): r for r in range(at.job.replicas)}
+    if at.uses_master:
+        ranks[master_name(at.job.name, at.number)] = None
+    out = []
+    for name, rank in ranks.items():
+        pod = at.current.get(name)
+        failed = failed_pod(pod, rank) if pod is not None else None
+        if failed is not None:
+            out.append(failed)
     if at.phase == c.PHASE_RUNNING:
-        expected = [worker_name(at.job.name, at.number, r) for r in range(at.job.replicas)]
-        if at.uses_master:
-            expected.append(master_name(at.job.name, at.number))
-        for name in expected:
-            if name not in at.current:
-                return f"pod {name} disappeared while the job was running (deleted or evicted)"
-    return None
+        going = {p["metadata"]["name"]: p for p in obs.terminating}
+        out.extend(vanished_pod(n, r, going.get(n)) for n, r in ranks.items() if n not in at.current)
+    return out
 
 
 def failure(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
-    """A failed attempt restarts the whole job while spec.maxRestarts allows, else ends it."""
-    what = attempt_failure(obs, at)
-    if what is None:
+    """A failed attempt: the failure policy judges the first failure; the job ends (FailJob, or
+    a counted failure with no restarts left) or restarts after its backoff."""
+    first = first_failure(attempt_failures(obs, at))
+    if first is None:
         return None
+    job = obs.job
+    verdict = decide(job.failure_rules, first)
+    what = f"{who(first)} {first.detail}"
+    acts.status["lastFailure"] = last_failure(first, verdict, at.number, obs.now)
+    if verdict.action == ACTION_FAIL_JOB:
+        message = f"{what}; {describe(verdict)}: the job ends."
+        return fail(obs, at, acts, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False)
+    if verdict.counted and at.counted >= job.max_restarts:
+        message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
+        return fail(obs, at, acts, c.REASON_BACKOFF_LIMIT, message, keep_workers=False)
+    if at.number + 1 > last_attempt(job.max_restarts):
+        message = (
+            f"{what}; {describe(verdict)}; but attempt {at.number + 1} is more than the job's "
+            f"pod names leave room for ({c.ATTEMPTS_NAMED} attempts)."
+        )
+        return fail(obs, at, acts, c.REASON_BACKOFF_LIMIT, message, keep_workers=False)
+    return restart(obs, at, acts, verdict, what)
+
+
+def restart(obs: Observed, at: Attempt, acts: Actions, verdict: Verdict, what: str) -> Actions:
+    """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
+    doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
     job, now = obs.job, obs.now
-    if at.restarts < job.max_restarts:
-        acts.delete_pods.extend([*at.current, *at.stale])
-        acts.status.update(
-            phase=c.PHASE_RESTARTING,
-            attempt=at.number + 1,
-            restarts=at.restarts + 1,
-            conditions=set_condition(
-                at.conditions,
-                condition(
-                    c.COND_RUNNING,
-                    False,
-                    c.REASON_RESTARTING,
-                    f"{what}; restart {at.restarts + 1} of {job.max_restarts}.",
-                    now,
-                ),
-            ),
-        )
-        acts.events.append(
-            Event("Warning", c.REASON_RESTARTING, f"{what}; starting attempt {at.number + 1}.")
-        )
-        return acts
-    return fail(
-        obs,
-        at,
-        acts,
-        c.REASON_BACKOFF_LIMIT,
-        f"{what}; no restarts left (spec.maxRestarts={job.max_restarts}).",
-        keep_workers=True,
+    in_a_row = int(obs.status.get("consecutiveRestarts") or 0)
+    if ran_for(at.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
+        in_a_row = 0
+    delay = backoff_seconds(job.restart_backoff_seconds, in_a_row)
+    starts = now + timedelta(seconds=delay)
+    counted = at.counted + (1 if verdict.counted else 0)
+    budget = f"{counted} of spec.maxRestarts={job.max_restarts} used"
+    counting = (
+        f"restart {at.restarts + 1}, counted ({budget})"
+        if verdict.counted
+        else (f"restart {at.restarts + 1}, not counted ({budget})")
     )
+    message = (
+        f"{what}; {describe(verdict)}; {counting}; attempt {at.number + 1} starts at "
+        f"{timestamp(starts)} (in {delay:g}s)."
+    )
+    conditions = set_condition(
+        at.conditions, condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message, now)
+    )
+    conditions = set_condition(
+        conditions, condition(c.COND_RESTARTING, True, c.REASON_RESTARTING, message, now)
+    )
+    acts.delete_pods.extend([*at.current, *at.stale])
+    acts.status.update(
+        phase=c.PHASE_RESTARTING,
+        attempt=at.number + 1,
+        restarts=at.restarts + 1,
+        restartsCountedTowardsMax=counted,
+        consecutiveRestarts=in_a_row + 1,
+        nextAttemptTime=timestamp(starts),
+        conditions=conditions,
+    )
+    acts.events.append(Event("Warning", c.REASON_RESTARTING, message))
+    acts.requeue_after = _sooner(acts.requeue_after, delay)
+    return acts
 
 
-def rendezvous(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
-    """Who joined (status.rendezvous, backend tcp), and the rendezvous timeout."""
-    view, timed_out = observe(
+def backoff_left(obs: Observed, at: Attempt) -> float:
+    """Seconds until the attempt a restart scheduled may start (0: now)."""
+    if at.phase != c.PHASE_RESTARTING:
+        return 0.0
+    starts = parse_time(obs.status.get("nextAttemptTime"))
+    return max(0.0, (starts - obs.now).total_seconds()) if starts else 0.0
+
+
+def joining(obs: Observed, at: Attempt, acts: Actions) -> None:
+    """Who joined (status.rendezvous, backend tcp); whether the rendezvous timed out."""
+    view, at.timed_out = observe(
         at.job,
         at.number,
         obs.status.get("rendezvous") or {},
@@ -461,34 +500,43 @@ def rendezvous(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     )
     if at.uses_master:  # backend etcd: no master to ask, nothing to show
         acts.status["rendezvous"] = view
-    if timed_out is not None:
-        return fail(
-            obs,
-            at,
-            acts,
-            c.REASON_RENDEZVOUS_TIMEOUT,
-            timed_out,
-            keep_workers=False,
-        )
     left = timeout_left(at.job, view, at.master, at.workers, obs.now)
-    if left is not None:
+    if left is not None and at.timed_out is None:
         acts.requeue_after = _sooner(acts.requeue_after, left)
-    return None
+
+
+def rendezvous(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
+    """Not every rank joined within spec.rendezvous.timeoutSeconds: the job fails naming them."""
+    if at.timed_out is None:
+        return None
+    return fail(obs, at, acts, c.REASON_RENDEZVOUS_TIMEOUT, at.timed_out, keep_workers=False)
 
 
 def success(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
-    """Every worker of the attempt succeeded."""
-    if not all(p is not None and pod_phase(p) == "Succeeded" for p in at.workers.values()):
+    """spec.successPolicy holds (by default: every worker of the attempt succeeded)."""
+    job = at.job
+    done = [r for r, p in at.workers.items() if p is not None and pod_phase(p) == "Succeeded"]
+    met = success_met(job.success_rules, done, job.replicas)
+    if met is None:
         return None
+    if not job.success_rules:
+        message = f"All {job.replicas} workers succeeded."
+        return finish(obs, at, acts, c.PHASE_SUCCEEDED, c.COND_SUCCEEDED, c.REASON_SUCCEEDED, message, True)
+    left = [n for n, p in at.current.items() if still_running(p)]
+    message = (
+        f"spec.successPolicy.rules[{met}] ({job.success_rules[met].describe()}) is met: "
+        f"rank{'s' if len(done) > 1 else ''} {rank_ranges(done)} succeeded"
+        + (f"; stopping the {len(left)} pods still running." if left else ".")
+    )
     return finish(
         obs,
         at,
         acts,
         c.PHASE_SUCCEEDED,
         c.COND_SUCCEEDED,
-        c.REASON_SUCCEEDED,
-        f"All {at.job.replicas} workers succeeded.",
-        keep_workers=True,
+        c.REASON_SUCCESS_POLICY,
+        message,
+        keep_workers=False,
     )
 
 
@@ -496,6 +544,11 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
     """Create what the attempt lacks and report its progress."""
     job, now = at.job, obs.now
     acts.delete_pods.extend(at.stale)
+    wait = backoff_left(obs, at)
+    if wait > 0:  # a restart's backoff: the attempt's pods are made once it is over
+        progress(obs, at, acts)
+        acts.requeue_after = _sooner(acts.requeue_after, wait)
+        return acts
     if at.drift:
         refused(obs, at, acts)
     else:
@@ -510,7 +563,7 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         acts.status["conditions"] = at.conditions
         acts.events.extend(events)
     if running and at.phase != c.PHASE_RUNNING:
-        acts.status["conditions"] = set_condition(
+        at.conditions = set_condition(
             at.conditions,
             condition(
                 c.COND_RUNNING,
@@ -520,6 +573,13 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
                 now,
             ),
         )
+        if any(x.get("type") == c.COND_RESTARTING and x.get("status") == "True" for x in at.conditions):
+            at.conditions = set_condition(
+                at.conditions,
+                condition(c.COND_RESTARTING, False, "Restarted", f"Attempt {at.number} is running.", now),
+            )
+            acts.status["nextAttemptTime"] = None
+        acts.status["conditions"] = at.conditions
         acts.events.append(Event("Normal", "Running", f"All {job.replicas} workers are running."))
     for manifest in acts.create:
         name = manifest["metadata"]["name"]

@@ -201,6 +201,18 @@ def test_no_label_names_a_job_or_a_pod() -> None:
             id="uncounted-restart",
         ),
         pytest.param(
+            {"phase": "Running", "attempt": 0, "restarts": 0, "restartsCountedTowardsMax": 0},
+            {"phase": "Restarting", "attempt": 1, "restarts": 1, "restartsCountedTowardsMax": 0},
+            {"etha_job_restarts_total{counted=false}": 1},
+            id="ignored-by-the-failure-policy",
+        ),
+        pytest.param(
+            {"phase": "Running", "attempt": 1, "restarts": 1, "restartsCountedTowardsMax": 0},
+            {"phase": "Restarting", "attempt": 2, "restarts": 2, "restartsCountedTowardsMax": 1},
+            {"etha_job_restarts_total{counted=true}": 1},
+            id="counted-by-the-failure-policy",
+        ),
+        pytest.param(
             {"phase": "Pending", "conditions": []},
             {"phase": "Running", "conditions": [running("Running", at(42))]},
             {"etha_job_startup_seconds_count": 1, "etha_job_startup_seconds_sum": 42},

@@ -1,0 +1,174 @@
+"""A failed attempt, as the failure policy sees it: which pods failed and how, which came first,
+and what the status says of it. Pure; the decision is ``etha.job.policies.decide``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from etha.job.pods import parse_time, pod_phase, timestamp
+from etha.job.policies import DISRUPTION_TARGET, Failure, Verdict, condition_pairs
+
+Pod = dict[str, Any]
+
+
+def failure_detail(pod: Pod) -> str:
+    """'container trainer exit code 3 (Error)' from the first terminated container, or the pod's
+    own reason."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode", 0) != 0:
+            reason = term.get("reason") or "Error"
+            return f"container {cs.get('name')} exit code {term.get('exitCode')} ({reason})"
+    reason = status.get("reason") or "Failed"
+    message = status.get("message")
+    return f"{reason}: {message}" if message else str(reason)
+
+
+def restarted_container(pod: Pod) -> str | None:
+    """'container trainer after exit code 1 (Error)' if the kubelet restarted a container of the
+    pod in place (restartPolicy OnFailure), else None."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if int(cs.get("restartCount") or 0) > 0:
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            why = f" after exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})" if last else ""
+            return f"container {cs.get('name')}{why}"
+    return None
+
+
+def _statuses(pod: Pod) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _exit_codes(pod: Pod, state: str) -> list[tuple[str, int, str | None]]:
+    """(container, exit code, finishedAt) of the containers whose ``state`` (state, lastState)
+    is a non-zero termination."""
+    out = []
+    for cs in _statuses(pod):
+        term = (cs.get(state) or {}).get("terminated") or {}
+        code = term.get("exitCode")
+        if isinstance(code, int) and code != 0:
+            out.append((str(cs.get("name")), code, term.get("finishedAt")))
+    return out
+
+
+def _disrupted(conditions: Iterable[tuple[str, str]]) -> bool:
+    return (DISRUPTION_TARGET, "True") in conditions
+
+
+def _condition_time(pod: Pod, kind: str) -> str | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            when = cond.get("lastTransitionTime")
+            return str(when) if when else None
+    return None
+
+
+def failed_pod(pod: Pod, rank: int | None) -> Failure | None:
+    """The pod's failure: it Failed, or (restartPolicy OnFailure) a container of it restarted in
+    place, which a rendezvous that happened cannot take back. None if it did neither."""
+    name = pod["metadata"]["name"]
+    conditions = condition_pairs(pod)
+    if pod_phase(pod) == "Failed":
+        codes = _exit_codes(pod, "state")
+        times = [t for _, _, t in codes if t] or [_condition_time(pod, DISRUPTION_TARGET) or ""]
+        return Failure(
+            pod=name,
+            rank=rank,
+            exit_codes=tuple((c, code) for c, code, _ in codes),
+            conditions=conditions,
+            detail=f"failed: {failure_detail(pod)}",
+            disruption=_disrupted(conditions),
+            time=min((t for t in times if t), default=None),
+        )
+    restarted = restarted_container(pod)
+    if restarted is None:
+        return None
+    codes = _exit_codes(pod, "lastState")
+    return Failure(
+        pod=name,
+        rank=rank,
+        exit_codes=tuple((c, code) for c, code, _ in codes),
+        conditions=conditions,
+        detail=f"restarted {restarted} (restartPolicy OnFailure)",
+        disruption=_disrupted(conditions),
+        time=min((t for _, _, t in codes if t), default=None),
+    )
+
+
+def vanished_pod(name: str, rank: int | None, last_seen: Pod | None) -> Failure:
+    """A pod of a running attempt that is gone or going without the operator deleting it:
+    deleted, evicted, or its node lost. A disruption: it matches ``DisruptionTarget`` rules."""
+    conditions = condition_pairs(last_seen) if last_seen is not None else ()
+    if not _disrupted(conditions):
+        conditions = (*conditions, (DISRUPTION_TARGET, "True"))
+    meta = (last_seen or {}).get("metadata") or {}
+    return Failure(
+        pod=name,
+        rank=rank,
+        exit_codes=(),
+        conditions=conditions,
+        detail="disappeared while the job was running (deleted, evicted or its node lost)",
+        disruption=True,
+        time=meta.get("deletionTimestamp") or _condition_time(last_seen or {}, DISRUPTION_TARGET),
+    )
+
+
+def first_failure(failures: Iterable[Failure]) -> Failure | None:
+    """The failure that came first (its time; unknown times last, then in the given order): the
+    one the failure policy judges, since the others are often its consequence."""
+    ordered = list(failures)
+    if not ordered:
+        return None
+    when = {id(f): parse_time(f.time) if f.time else None for f in ordered}
+    known = [f for f in ordered if when[id(f)] is not None]
+    if not known:
+        return ordered[0]
+    return min(known, key=lambda f: when[id(f)] or datetime.max)
+
+
+def who(failure: Failure) -> str:
+    """'pod NAME' (its name says its attempt and rank; status.lastFailure says them apart)."""
+    return f"pod {failure.pod}"
+
+
+def describe(verdict: Verdict) -> str:
+    """The rule that decided, said for a person."""
+    if verdict.rule.startswith("spec."):
+        return f"{verdict.rule} matched (action {verdict.action})"
+    if verdict.rule == "disruption":
+        return "a disruption, which by default does not count (action Ignore)"
+    return f"no spec.podFailurePolicy rule matched (action {verdict.action})"
+
+
+def last_failure(failure: Failure, verdict: Verdict, attempt: int, now: datetime) -> dict[str, Any]:
+    """status.lastFailure: the failure that decided the attempt, and how."""
+    out: dict[str, Any] = {
+        "pod": failure.pod,
+        "role": "master" if failure.rank is None else "worker",
+        "attempt": attempt,
+        "reason": failure.detail,
+        "action": verdict.action,
+        "rule": verdict.rule,
+        "time": failure.time or timestamp(now),
+    }
+    if failure.rank is not None:
+        out["rank"] = failure.rank
+    if failure.exit_codes:
+        out["container"], out["exitCode"] = failure.exit_codes[0]
+    disruption = next((t for t, s in failure.conditions if t == DISRUPTION_TARGET and s == "True"), None)
+    if disruption:
+        out["condition"] = disruption
+    return out
+
+
+def ran_for(conditions: Iterable[Mapping[str, Any]], kind: str, now: datetime) -> float:
+    """Seconds the condition ``kind`` has been True (0 if it is not)."""
+    for cond in conditions:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            since = parse_time(cond.get("lastTransitionTime"))
+            return max(0.0, (now - since).total_seconds()) if since else 0.0
+    return 0.0
