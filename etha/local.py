@@ -5,7 +5,8 @@ would inject (the master's DNS name mapped to 127.0.0.1). Output streams prefixe
 rendezvous is reported as ranks join (the master's status document, as the operator shows it in
 ``status.rendezvous``), and ranks that have not joined within ``spec.rendezvous.timeoutSeconds``
 fail the run, named with their processes. The first worker to fail stops the rest and the command
-exits non-zero naming it; Ctrl-C stops all.
+exits non-zero naming it; Ctrl-C stops all. It runs one attempt (no restarts; spec.podFailurePolicy
+does not apply); spec.successPolicy does: the run succeeds once a rule holds.
 
 A worker whose command is ``torchrun`` (``spec.procsPerWorker``) runs this interpreter's torchrun;
 its processes' lines carry their global rank (torchrun's ``--tee``), and a failure names the first
@@ -36,6 +37,7 @@ import yaml
 from etha import constants as env_names
 from etha.job.builders import build_worker_pod
 from etha.job.names import master_address
+from etha.job.policies import success_met
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.rendezvous_status import BadStatus, MasterStatus, progress, timeout_message
 
@@ -348,7 +350,18 @@ def _supervise(
     runner: _Runner, job: LocalJob, started: float, timeout: float | None, rendezvous: _Rendezvous
 ) -> int:
     workers = {label: p for label, p in runner.procs.items() if label != "master"}
+    rules = job.spec.success_rules
     while True:
+        done = [r for r, label in enumerate(runner.workers) if runner.procs[label].poll() == 0]
+        met = success_met(rules, done, job.replicas) if rules else None
+        if met is not None:  # spec.successPolicy: done before every rank is (a failure after it is moot)
+            runner.say(
+                "etha",
+                f"TrainingJob {job.name} succeeded: spec.successPolicy.rules[{met}] "
+                f"({rules[met].describe()}) is met in {time.monotonic() - started:.1f}s; "
+                "stopping the other processes",
+            )
+            return 0
         for label, proc in workers.items():
             code = proc.poll()
             if code not in (None, 0):

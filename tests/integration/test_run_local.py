@@ -58,6 +58,34 @@ spec:
     assert "[etha] rank 1 failed with exit code 7; stopping the other processes" in res.stdout
 
 
+def test_a_success_policy_ends_the_run_when_rank_0_is_done(tmp_path: Path) -> None:
+    manifest = tmp_path / "rank0.yaml"
+    manifest.write_text(
+        """
+apiVersion: etha.io/v1alpha1
+kind: TrainingJob
+metadata: {name: rank0}
+spec:
+  replicas: 3
+  successPolicy: {rules: [{succeededIndexes: "0"}]}
+  template:
+    spec:
+      containers:
+        - name: w
+          image: local
+          command: ["python", "-c"]
+          args: ["import os, time; time.sleep(0 if os.environ['RANK'] == '0' else 120)"]
+"""
+    )
+    res = run_local(manifest, timeout=60)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert re.search(
+        r"\[etha\] TrainingJob rank0 succeeded: spec.successPolicy.rules\[0\] \(succeededIndexes '0'\) "
+        r"is met in [0-9.]+s; stopping the other processes",
+        res.stdout,
+    ), res.stdout
+
+
 def test_user_env_wins_over_injected(tmp_path: Path) -> None:
     manifest = tmp_path / "env.yaml"
     manifest.write_text(
