@@ -71,6 +71,28 @@ def _check_restarted_then_succeeded(status: dict[str, Any]) -> None:
     assert status["workers"]["succeeded"] == 2, status
 
 
+def _signal_ignored() -> dict[str, Any]:
+    """A worker killed by a signal (exit code 137) under a rule that ignores it: the job restarts
+    without using up its restart budget (spec.maxRestarts is 0) and succeeds."""
+    doc = _long_ddp("signal-ignored")
+    doc["spec"]["maxRestarts"] = 0
+    doc["spec"]["podFailurePolicy"] = {
+        "rules": [{"action": "Ignore", "onExitCodes": {"operator": "In", "values": [137, 143]}}]
+    }
+    return doc
+
+
+def _check_restarted_uncounted(status: dict[str, Any]) -> None:
+    _check_restarted_then_succeeded(status)
+    assert status["restartsCountedTowardsMax"] == 0, status
+    assert status["lastFailure"]["action"] == "Ignore", status
+
+
+def _check_success_policy(status: dict[str, Any]) -> None:
+    done = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert done["reason"] == "SuccessPolicy" and "rank 0 succeeded" in done["message"], done
+
+
 def _check_etcd(status: dict[str, Any]) -> None:
     assert status["workers"]["succeeded"] == 3 and status["masterAddress"].startswith(
         "etcd-rendezvous-worker-0-0."
@@ -146,6 +168,7 @@ def _check_torchrun_failed(status: dict[str, Any]) -> None:
 SCENARIOS = [
     Scenario("allreduce", example("allreduce"), "Succeeded", _check_joined(4)),
     Scenario("ddp", example("ddp"), "Succeeded", _check_joined(2)),
+    Scenario("ddp-policies", example("ddp-policies"), "Succeeded", _check_success_policy),
     Scenario("kvstore-barrier", example("kvstore-barrier"), "Succeeded"),
     Scenario("etcd-rendezvous", example("etcd-rendezvous"), "Succeeded", _check_etcd),
     Scenario("torchrun-ddp", example("torchrun-ddp"), "Succeeded", _check_joined(2), timeout=400),
@@ -165,5 +188,12 @@ SCENARIOS = [
         "Succeeded",
         _check_restarted_then_succeeded,
         disrupt="worker-killed-worker-0-1",
+    ),
+    Scenario(
+        "signal-ignored",
+        _signal_ignored(),
+        "Succeeded",
+        _check_restarted_uncounted,
+        disrupt="signal-ignored-worker-0-1",
     ),
 ]
