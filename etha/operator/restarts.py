@@ -70,32 +70,26 @@ def _condition_time(pod: Pod, kind: str) -> str | None:
 def failed_pod(pod: Pod, rank: int | None) -> Failure | None:
     """The pod's failure: it Failed, or (restartPolicy OnFailure) a container of it restarted in
     place, which a rendezvous that happened cannot take back. None if it did neither."""
-    name = pod["metadata"]["name"]
-    conditions = condition_pairs(pod)
     if pod_phase(pod) == "Failed":
         codes = _exit_codes(pod, "state")
+        detail = f"failed: {failure_detail(pod)}"
         times = [t for _, _, t in codes if t] or [_condition_time(pod, DISRUPTION_TARGET) or ""]
-        return Failure(
-            pod=name,
-            rank=rank,
-            exit_codes=tuple((c, code) for c, code, _ in codes),
-            conditions=conditions,
-            detail=f"failed: {failure_detail(pod)}",
-            disruption=_disrupted(conditions),
-            time=min((t for t in times if t), default=None),
-        )
-    restarted = restarted_container(pod)
-    if restarted is None:
-        return None
-    codes = _exit_codes(pod, "lastState")
+    else:
+        restarted = restarted_container(pod)
+        if restarted is None:
+            return None
+        codes = _exit_codes(pod, "lastState")
+        detail = f"restarted {restarted} (restartPolicy OnFailure)"
+        times = [t for _, _, t in codes if t]
+    conditions = condition_pairs(pod)
     return Failure(
-        pod=name,
+        pod=pod["metadata"]["name"],
         rank=rank,
         exit_codes=tuple((c, code) for c, code, _ in codes),
         conditions=conditions,
-        detail=f"restarted {restarted} (restartPolicy OnFailure)",
+        detail=detail,
         disruption=_disrupted(conditions),
-        time=min((t for _, _, t in codes if t), default=None),
+        time=min((t for t in times if t), default=None),
     )
 
 
