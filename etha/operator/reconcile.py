@@ -526,7 +526,7 @@ def success(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     message = (
         f"spec.successPolicy.rules[{met}] ({job.success_rules[met].describe()}) is met: "
         f"rank{'s' if len(done) > 1 else ''} {rank_ranges(done)} succeeded"
-        + (f"; stopping the {len(left)} pods still running." if left else ".")
+        + (f"; stopping the {len(left)} pod{'s' if len(left) > 1 else ''} still running." if left else ".")
     )
     return finish(
         obs,
