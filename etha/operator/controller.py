@@ -449,7 +449,14 @@ class Controller:
         if pod is None or not pod["metadata"].get("uid") or name in worker.deleting:
             return
         worker.deleting[name] = time.monotonic() + EXPECTATION_TTL
-        if await self.api.delete("Pod", worker.namespace, name, str(pod["metadata"]["uid"])):
+        try:
+            deleted = await self.api.delete("Pod", worker.namespace, name, str(pod["metadata"]["uid"]))
+        except BaseException:
+            # Not deleted (429, 5xx, cancelled): the pod must stay visible, or the next look, a
+            # second away, would not see it and would not try again until the expectation expired.
+            del worker.deleting[name]
+            raise
+        if deleted:
             logger.info("%s/%s: deleted Pod %s", worker.namespace, worker.name, name)
         else:  # gone, or not the pod the index holds: the watch says which, the next look acts on it
             del worker.deleting[name]

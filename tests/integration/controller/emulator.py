@@ -78,6 +78,8 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.faults: tuple[float, random.Random] | None = None
         #: How many faults were injected, by HTTP status.
         self.injected: collections.Counter[int] = collections.Counter()
+        #: Targeted faults: (HTTP method, resource plural) -> the statuses to answer, in order.
+        self.fail_next: dict[tuple[str, str], list[int]] = {}
         self._inflight: set[int] = set()
 
     async def _handle(self, request: Any) -> Any:
@@ -143,9 +145,14 @@ class _VersionedEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return result
 
     def _fault(self, request: Any) -> int | None:
-        if self.faults is None or request.resource is None or request.action in (None, kmock.action.WATCH):
+        if request.resource is None or request.action in (None, kmock.action.WATCH):
             return None
         if not request.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS):
+            return None
+        queued = self.fail_next.get((request.method.name, request.resource.plural))
+        if queued:
+            return queued.pop(0)
+        if self.faults is None:
             return None
         rate, rng = self.faults
         if rng.random() >= rate:

@@ -135,6 +135,26 @@ def test_api_errors_at_random_are_retried_and_jobs_converge(flaky_cluster: Emula
     assert sum(injected.values()) >= 20 and {429, 500, 503} <= injected.keys(), injected
 
 
+def test_a_refused_delete_is_retried_at_the_next_look(flaky_cluster: Emulator) -> None:
+    """The finished job's master: its DELETE answered 503, then 429. The operator tries again a
+    second or two later, not once its 30 s expectation of the deletion expires (CI saw two
+    refusals in a row keep a master for over a minute)."""
+    emu = flaky_cluster
+    emu.submit(make_trainingjob(name="done", namespace=NS, replicas=1))
+    want = {"done-master-0", "done-worker-0-0"}
+    wait_until(lambda: set(emu.pods(NS)) == want, 30, "the pods")
+    for name in sorted(want):
+        emu.set_pod_phase(NS, name, "Running")
+    emu.emulator.fail_next[("DELETE", "pods")] = [503, 429]
+    emu.set_pod_phase(NS, "done-worker-0-0", "Succeeded", exit_code=0)
+    wait_until(lambda: (emu.job(NS, "done").get("status") or {}).get("phase") == "Succeeded", 30, "Succeeded")
+    started = time.monotonic()
+    wait_until(lambda: set(emu.pods(NS)) == {"done-worker-0-0"}, 15, "the master removed")
+    took = time.monotonic() - started
+    assert emu.emulator.fail_next[("DELETE", "pods")] == [], "both refusals were answered"
+    print(f"master removed {took:.1f}s after Succeeded, through two refused deletes")
+
+
 def test_api_server_restarted_mid_job_the_operator_recovers(flaky_cluster: Emulator) -> None:
     """The API server goes away for 3 s mid-job (watches cut, calls refused), then returns with
     the same objects: the operator reconnects and the job runs to Succeeded."""
