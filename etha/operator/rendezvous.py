@@ -187,18 +187,31 @@ def timed_out(
 
 
 def rendezvous_began(job: JobSpec, master: Pod | None, workers: Mapping[int, Pod | None]) -> datetime | None:
-    """When the attempt's rendezvous timeout starts: its master pod's creation (with the etcd
-    backend, its first worker's)."""
-    return created_at(master) if job.etcd_endpoints is None else _earliest(workers)
+    """When the attempt's rendezvous timeout starts: once every pod of the attempt is placed on a
+    node (the last PodScheduled transition; a pod without that condition counts from its
+    creation). None while a pod is missing or unplaced: waiting for GPUs, or for a gang, is not
+    a rendezvous that fails to complete."""
+    pods = [*workers.values(), *([master] if job.etcd_endpoints is None else [])]
+    times = [placed_at(p) for p in pods]
+    if not times or any(t is None for t in times):
+        return None
+    return max(t for t in times if t is not None)
+
+
+def placed_at(pod: Pod | None) -> datetime | None:
+    """When ``pod`` was bound to a node; its creation if it does not say; None if not placed."""
+    if pod is None:
+        return None
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled":
+            if cond.get("status") != "True":
+                return None
+            return parse_time(cond.get("lastTransitionTime")) or created_at(pod)
+    return created_at(pod)
 
 
 def _running(pod: Pod | None) -> bool:
     return pod is not None and pod_phase(pod) in ("Running", "Succeeded")
-
-
-def _earliest(workers: Mapping[int, Pod | None]) -> datetime | None:
-    times = [t for t in (created_at(p) for p in workers.values()) if t is not None]
-    return min(times) if times else None
 
 
 def _ranks(text: object) -> list[int]:

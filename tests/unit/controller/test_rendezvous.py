@@ -9,6 +9,7 @@ import pytest
 
 from etha.job.builders import build_master_pod, build_network_policy
 from etha.job.names import status_port
+from etha.job.pods import timestamp
 from etha.job.spec import parse
 from etha.operator.config import OperatorConfig
 from etha.operator.rendezvous import needs_master_status, pod_state, pod_status_url
@@ -142,12 +143,37 @@ def test_unreadable_master_fails_only_ranks_whose_pods_are_not_running() -> None
     some = pods({0: "Running", 1: "Running", 2: "Running"})
     some.append(make_pod("mnist-worker-0-3", "Pending", created=CREATED, **unschedulable))
     acts = reconcile(job(), STATUS, some, True, START + timedelta(hours=1), master_status="refused")
+    # A pod the scheduler cannot place is not a rank that failed to join: the rendezvous timeout
+    # starts once every pod is placed, and meanwhile the job says why it waits.
+    assert not [c for c in acts.status["conditions"] if c["type"] == "Failed"]
+    (waiting,) = [c for c in acts.status["conditions"] if c["type"] == "PodsScheduled"]
+    assert waiting["message"] == (
+        "Pod mnist-worker-0-3 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    )
+    placed = {
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": timestamp(START)}]
+    }
+    some[-1] = make_pod("mnist-worker-0-3", "Pending", created=CREATED, **placed)
+    acts = reconcile(job(), STATUS, some, True, START + timedelta(hours=1), master_status="refused")
     failed = next(c for c in acts.status["conditions"] if c["type"] == "Failed")
     assert failed["message"] == (
         "Rendezvous timed out: 1 of 4 ranks did not join within spec.rendezvous.timeoutSeconds (60s): "
-        "rank 3 (pod mnist-worker-0-3: Pending: Unschedulable: 0/3 nodes are available: "
-        "3 Insufficient nvidia.com/gpu.)."
+        "rank 3 (pod mnist-worker-0-3: Pending)."
     )
+
+
+def test_the_rendezvous_timeout_starts_when_the_last_pod_is_placed() -> None:
+    """A job that waited an hour for GPUs has its whole rendezvous timeout once placed."""
+    late = START + timedelta(hours=1)
+    placed = {
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": timestamp(late)}]
+    }
+    some = pods({0: "Running", 1: "Running", 2: "Running"})
+    some.append(make_pod("mnist-worker-0-3", "Pending", created=CREATED, **placed))
+    acts = reconcile(job(), STATUS, some, True, late + timedelta(seconds=59), master_status=report())
+    assert acts.status["phase"] != "Failed" and acts.requeue_after == pytest.approx(1.0)
+    acts = reconcile(job(), STATUS, some, True, late + timedelta(seconds=61), master_status=report())
+    assert acts.status["phase"] == "Failed"
 
 
 def test_a_master_that_never_ran_is_named_too() -> None:
