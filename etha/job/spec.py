@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from etha import constants as env_names
@@ -23,6 +23,7 @@ from etha.job.policies import (
     SuccessRule,
     parse_ranges,
 )
+from etha.job.scheduling import GANG_NONE, Scheduling, SchedulingError, parse_scheduling
 from etha.job.security import apply_restricted_defaults, restricted_violations
 from etha.kvstore.errors import InvalidArgumentError
 from etha.kvstore.etcd import parse_endpoint
@@ -73,6 +74,8 @@ class JobSpec:
     success_rules: tuple[SuccessRule, ...] = ()
     #: spec.restartBackoffSeconds: the wait before the second attempt (doubling after).
     restart_backoff_seconds: int = DEFAULT_BACKOFF_SECONDS
+    #: spec.scheduling: the gang, queue, priority and what to do when pods cannot be placed.
+    scheduling: Scheduling = field(default_factory=Scheduling)
 
     @property
     def world_size(self) -> int:
@@ -84,6 +87,8 @@ def parse(
     body: dict[str, Any],
     default_image: str = c.DEFAULT_RUNTIME_IMAGE,
     default_etcd_endpoints: Sequence[str] = (),
+    default_gang: str = GANG_NONE,
+    default_scheduler: str = "",
 ) -> JobSpec:
     """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field."""
     meta = body.get("metadata") or {}
@@ -134,6 +139,16 @@ def parse(
         raise InvalidSpec(
             "spec.rendezvous.backend", f"spec.rendezvous.backend ({backend!r}) must be tcp or etcd."
         )
+    try:
+        scheduling = parse_scheduling(
+            spec.get("scheduling"),
+            default_gang=default_gang,
+            template_scheduler=(template.get("spec") or {}).get("schedulerName"),
+            default_scheduler=default_scheduler,
+            job_labels=meta.get("labels") or {},
+        )
+    except SchedulingError as exc:
+        raise InvalidSpec(exc.field, str(exc)) from None
     image = rdzv.get("image") or default_image
     resources = rdzv.get("resources")
     return JobSpec(
@@ -155,6 +170,7 @@ def parse(
         failure_rules=failure_rules,
         success_rules=success_rules,
         restart_backoff_seconds=backoff,
+        scheduling=scheduling,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etha.job import constants as c
+from etha.job.scheduling import GANG_NONE, GANGS
 from etha.operator.rendezvous import pod_status_url
 
 #: Where a master pod serves its status document; tests whose pods are local processes differ.
@@ -42,6 +43,11 @@ class OperatorConfig:
     retry_delay: float = 1.0
     retry_delay_max: float = 60.0
     status_url: StatusUrl = pod_status_url
+    #: spec.scheduling.gang of a job that names none (ETHA_DEFAULT_GANG; chart scheduling.gang).
+    default_gang: str = GANG_NONE
+    #: The schedulerName every pod asks for unless its template names one (ETHA_SCHEDULER_NAME;
+    #: chart scheduling.schedulerName); empty: the cluster's default scheduler.
+    scheduler_name: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorConfig:
@@ -61,6 +67,11 @@ class OperatorConfig:
         if not concurrency.isdigit() or int(concurrency) < 1:
             raise ConfigError(f"ETHA_CREATE_CONCURRENCY ({concurrency!r}) must be an integer >= 1.")
         values["create_concurrency"] = int(concurrency)
+        gang = environ.get("ETHA_DEFAULT_GANG", "").strip() or GANG_NONE
+        if gang not in GANGS:
+            raise ConfigError(f"ETHA_DEFAULT_GANG ({gang!r}) must be one of {', '.join(GANGS)}.")
+        values["default_gang"] = gang
+        values["scheduler_name"] = environ.get("ETHA_SCHEDULER_NAME", "").strip()
         values.update(overrides)
         return cls(**values)
 

@@ -32,6 +32,7 @@ from etha.job import constants as c
 from etha.job.builders import Manifest
 from etha.job.names import master_name, network_policy_name, service_name
 from etha.job.pods import parse_time, timestamp
+from etha.job.scheduling import group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api, ApiError, ChildRejected
@@ -43,6 +44,7 @@ from etha.operator.reconcile import (
     conflict_condition,
     reconcile,
     set_condition,
+    unschedulable,
 )
 from etha.operator.rendezvous import needs_master_status, poll_interval, read_master_status
 
@@ -255,6 +257,8 @@ class Controller:
                 body,
                 default_image=self.config.runtime_image,
                 default_etcd_endpoints=self.config.default_etcd_endpoints,
+                default_gang=self.config.default_gang,
+                default_scheduler=self.config.scheduler_name,
             )
         except InvalidSpec as exc:
             await self._fail_invalid(worker, status, str(exc))
@@ -295,6 +299,8 @@ class Controller:
                 worker.read_failures = worker.read_failures + 1 if isinstance(report, str) else 0
                 if not isinstance(report, str) or worker.read_failures >= READ_FAILURES_SHOWN:
                     obs = dataclasses.replace(obs, master_status=report)
+        if job.scheduling.kind is not None and unschedulable(pods) is not None:
+            obs = dataclasses.replace(obs, pod_group=await self._pod_group_phase(job, status))
         acts = reconcile(obs)
         # The decision is written before it is carried out: a job that finished or restarts says
         # so before its pods go, so a look after a failed write never mistakes them for vanished.
@@ -304,7 +310,7 @@ class Controller:
         except ChildRejected as exc:
             for name in {p["metadata"]["name"] for p in self._pods_of(worker)} | set(worker.expected):
                 await self._delete_pod(worker, name)
-            await self._fail_invalid(worker, status, str(exc))
+            await self._fail_invalid(worker, status, str(exc), exc.reason)
             return None
         changed = conflict_condition(list(status.get("conditions") or []), conflict, now)
         if changed is not None:
@@ -426,9 +432,11 @@ class Controller:
             worker.expected[name] = (expiry, slim(made) if made.get("metadata") else manifest)
             if kind == "Pod":
                 self.metrics.pods_created((manifest["metadata"].get("labels") or {}).get(c.LABEL_ROLE, ""))
+            elif kind == "PodGroup":
+                await self._delete_earlier_group(job, manifest)
             logger.info("%s/%s: created %s %s", job.namespace, job.name, kind, name)
             return None
-        existing = await self.api.get(kind, job.namespace, name)
+        existing = await self.api.get(kind, job.namespace, name, manifest.get("apiVersion"))
         if existing is None:  # gone between the two calls: the next look creates it
             worker.wake.set()
             return ""
@@ -479,8 +487,32 @@ class Controller:
             worker.offer(fresh)
         return {k: v for k, v in {**status, **patch}.items() if v is not None}
 
-    async def _fail_invalid(self, worker: JobWorker, status: dict[str, Any], message: str) -> None:
-        """End the job Failed with an InvalidSpec condition (once), naming what was wrong."""
+    async def _pod_group_phase(self, job: JobSpec, status: dict[str, Any]) -> str:
+        """The attempt's PodGroup and its phase, for the message of a job whose pods wait."""
+        kind = job.scheduling.kind
+        assert kind is not None
+        name = group_name(job.name, int(status.get("attempt") or 0))
+        group = await self.api.get("PodGroup", job.namespace, name, kind.api_version)
+        if group is None:
+            return f"PodGroup {name} does not exist"
+        phase = (group.get("status") or {}).get("phase")
+        return f"PodGroup {name} is {phase}" if phase else f"PodGroup {name} has no phase yet"
+
+    async def _delete_earlier_group(self, job: JobSpec, made: Manifest) -> None:
+        """A new attempt's PodGroup was made: the previous attempt's, if the job's, goes."""
+        attempt = int((made["metadata"].get("labels") or {}).get(c.LABEL_ATTEMPT) or 0)
+        if attempt == 0:
+            return
+        name, version = group_name(job.name, attempt - 1), made["apiVersion"]
+        old = await self.api.get("PodGroup", job.namespace, name, version)
+        if old is not None and controller_uid(old) == job.uid:
+            await self.api.delete("PodGroup", job.namespace, name, str(old["metadata"]["uid"]), version)
+
+    async def _fail_invalid(
+        self, worker: JobWorker, status: dict[str, Any], message: str, reason: str = c.REASON_INVALID_SPEC
+    ) -> None:
+        """End the job Failed with a condition (once) naming what was wrong: InvalidSpec, or why
+        the cluster cannot run it (``reason``)."""
         if status.get("phase") == c.PHASE_FAILED:
             return
         now = datetime.datetime.now(datetime.UTC)
@@ -489,10 +521,11 @@ class Controller:
             "completionTime": timestamp(now),
             "conditions": set_condition(
                 list(status.get("conditions") or []),
-                condition(c.COND_FAILED, True, c.REASON_INVALID_SPEC, message, now),
+                condition(c.COND_FAILED, True, reason, message, now),
             ),
+            "reason": reason,
         }
-        post(worker.body, "Warning", c.REASON_INVALID_SPEC, message)
+        post(worker.body, "Warning", reason, message)
         logger.error("%s/%s: invalid TrainingJob: %s", worker.namespace, worker.name, message)
         fresh = await self.api.patch_status(worker.namespace, worker.name, patch)
         if fresh is not None:

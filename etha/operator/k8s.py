@@ -45,6 +45,21 @@ class ChildRejected(ApiError):
     """The API server refused an object the operator built (400/422, Pod Security): the spec must
     change, retrying cannot help."""
 
+    reason = c.REASON_INVALID_SPEC
+
+
+class KindMissing(ChildRejected):
+    """The cluster does not serve the kind of a child (a gang scheduler's PodGroup CRD is not
+    installed): the job cannot run as written."""
+
+    reason = c.REASON_MISSING_CRD
+
+
+class GangForbidden(ChildRejected):
+    """The operator's RBAC does not cover the PodGroups of the gang a job asks for."""
+
+    reason = c.REASON_GANG_FORBIDDEN
+
 
 class Api:
     """Calls the operator makes besides kopf's watches: create and delete children, patch a
@@ -72,28 +87,51 @@ class Api:
         retrying cannot help, the user's template must change.
         """
         kind, meta = manifest["kind"], manifest["metadata"]
-        path = _COLLECTIONS[kind].format(namespace=meta["namespace"])
+        path = collection(kind, meta["namespace"], manifest.get("apiVersion"))
         what = f"create {kind} {meta['name']}"
         try:
             return await self._call(what, "POST", path, body=manifest)
         except _Conflict:
             return None
+        except ApiRefused as exc:
+            if kind in _COLLECTIONS or "403" not in str(exc):
+                raise
+            raise GangForbidden(
+                f"{what}: the operator may not create {manifest.get('apiVersion')} {kind}s "
+                f"({exc}): add the gang to the chart's scheduling.gangs (its RBAC), or set "
+                "spec.scheduling.gang to one the operator is granted."
+            ) from exc
+        except _NotFound as exc:
+            if kind in _COLLECTIONS:  # the namespace is gone (the job with it): the next look ends
+                raise ApiUnavailable(f"{what}: the API server answered 404.") from exc
+            group, _, _ = str(manifest.get("apiVersion")).partition("/")
+            crd = f"{kind.lower()}s.{group}"
+            raise KindMissing(
+                f"{what}: the cluster does not serve {manifest.get('apiVersion')} {kind} "
+                f"(no CustomResourceDefinition {crd}): install the scheduler that provides it, "
+                "or set spec.scheduling.gang to another value (none: no gang)."
+            ) from exc
         except (TypeError, ValueError) as exc:  # refused before sending (e.g. not serialisable)
             raise ChildRejected(f"{what}: the object could not be sent: {exc}") from exc
 
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """One Pod, Service, NetworkPolicy or TrainingJob as the API server has it, or None."""
-        path = _COLLECTIONS[kind].format(namespace=namespace) + f"/{name}"
+    async def get(
+        self, kind: str, namespace: str, name: str, api_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """One Pod, Service, NetworkPolicy, PodGroup (``api_version`` says whose) or
+        TrainingJob as the API server has it, or None."""
+        path = collection(kind, namespace, api_version) + f"/{name}"
         try:
             return await self._call(f"get {kind} {name}", "GET", path)
         except _NotFound:
             return None
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+    async def delete(
+        self, kind: str, namespace: str, name: str, uid: str, api_version: str | None = None
+    ) -> bool:
         """Delete the object of that name only if it is still the one with ``uid`` (a
         precondition the API server checks): never another object that took the name since.
         False if it was already gone or replaced."""
-        path = _COLLECTIONS[kind].format(namespace=namespace) + f"/{name}"
+        path = collection(kind, namespace, api_version) + f"/{name}"
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
         try:
             await self._call(f"delete {kind} {name}", "DELETE", path, body=body)
@@ -196,6 +234,16 @@ _COLLECTIONS = {
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
     c.KIND: f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{namespace}}/{c.PLURAL}",
 }
+
+
+def collection(kind: str, namespace: str, api_version: str | None = None) -> str:
+    """The path of a namespace's collection of ``kind``; a PodGroup's from its ``api_version``
+    (scheduler-plugins' and Volcano's share the kind)."""
+    if kind in _COLLECTIONS:
+        return _COLLECTIONS[kind].format(namespace=namespace)
+    if kind == "PodGroup" and api_version:
+        return f"/apis/{api_version}/namespaces/{namespace}/podgroups"
+    raise ValueError(f"no collection known for {api_version or ''} {kind}")
 
 
 def _status_message(exc: ApiException) -> str:

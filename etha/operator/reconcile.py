@@ -24,6 +24,7 @@ from etha.job.builders import (
     Manifest,
     build_master_pod,
     build_network_policy,
+    build_pod_group_of,
     build_service,
     build_worker_pod,
     torch_store_address,
@@ -39,6 +40,7 @@ from etha.job.policies import (
     decide,
     success_met,
 )
+from etha.job.scheduling import ON_TIMEOUT_FAIL
 from etha.job.spec import JobSpec
 from etha.operator.rendezvous import observe, rendezvous_began, reset_view
 from etha.operator.restarts import (
@@ -95,6 +97,9 @@ class Observed:
     operator_peer: dict[str, Any] | None = None
     #: The job's pods being deleted, as last seen (an evicted pod's DisruptionTarget condition).
     terminating: Sequence[Pod] = ()
+    #: The attempt's PodGroup and its phase ("PodGroup j-0 is Pending"), read while its pods
+    #: wait for the scheduler; None otherwise.
+    pod_group: str | None = None
 
 
 def condition(kind: str, status: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
@@ -150,15 +155,19 @@ def still_running(pod: dict[str, Any]) -> bool:
 
 
 def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | None:
-    """(pod name, the scheduler's message) of the first pod the scheduler could not place."""
+    """(pod name, the scheduler's message) of a pod the scheduler could not place: the first
+    that says why in terms of nodes (``0/3 nodes are available: ...``), else the first. A gang's
+    other pods only say they were rejected with it."""
+    found: list[tuple[str, str]] = []
     for pod in pods:
         for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 assert pod is not None
-                return pod["metadata"]["name"], str(
-                    cond.get("message") or cond.get("reason") or "not scheduled"
-                )
-    return None
+                message = str(cond.get("message") or cond.get("reason") or "not scheduled")
+                if "nodes are available" in message:
+                    return pod["metadata"]["name"], message
+                found.append((pod["metadata"]["name"], message))
+    return found[0] if found else None
 
 
 def scheduling(
@@ -166,14 +175,18 @@ def scheduling(
     master: dict[str, Any] | None,
     workers: dict[int, dict[str, Any] | None],
     now: datetime,
+    group: str | None = None,
 ) -> tuple[list[dict[str, str]], list[Event]] | None:
     """The PodsScheduled condition (False with the scheduler's message while a pod of the attempt
     cannot be placed, True once every worker exists and none is unplaced) and its Warning event
-    (once per message); None when nothing changes."""
+    (once per message); None when nothing changes. ``group``: the gang's PodGroup and its phase,
+    said with the message."""
     stuck = unschedulable([master, *workers.values()])
     had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
     if stuck is not None:
         message = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
+        if group:
+            message += f" (gang: {group})"
         new = set_condition(
             conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
         )
@@ -284,7 +297,7 @@ def reconcile(obs: Observed) -> Actions:
     at = observe_attempt(obs, int(obs.status.get("attempt") or 0), int(obs.status.get("restarts") or 0))
     starting(obs, at, acts)
     joining(obs, at, acts)
-    for policy in (deadline, success, failure, rendezvous):
+    for policy in (deadline, success, failure, rendezvous, placement):
         decided = policy(obs, at, acts)
         if decided is not None:
             return decided
@@ -312,7 +325,9 @@ def finish(
         done = set_condition(
             done, condition(c.COND_RUNNING, False, new_phase, f"The job has {new_phase.lower()}.", now)
         )
-    acts.status.update(phase=new_phase, completionTime=timestamp(now), conditions=done, workers=at.counts)
+    acts.status.update(
+        phase=new_phase, completionTime=timestamp(now), conditions=done, workers=at.counts, reason=reason
+    )
     acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
     acts.requeue_after = ttl_left(obs.job, now, now)
     return acts
@@ -557,11 +572,16 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         if pinned.get("attempt") != at.number:
             acts.status["attemptSpec"] = {"attempt": at.number, **pins(job)}
     running = progress(obs, at, acts)
-    scheduled = scheduling(at.conditions, at.master, at.workers, now)
+    scheduled = scheduling(at.conditions, at.master, at.workers, now, obs.pod_group)
     if scheduled is not None:  # why the attempt waits: the scheduler's own words, on the job
         at.conditions, events = scheduled
         acts.status["conditions"] = at.conditions
         acts.events.extend(events)
+        waiting = unplaced_since(at)
+        acts.status["reason"] = c.REASON_UNSCHEDULABLE if waiting is not None else None
+        left = schedule_timeout_left(job, waiting, now)
+        if left is not None and job.scheduling.on_timeout == ON_TIMEOUT_FAIL:
+            acts.requeue_after = _sooner(acts.requeue_after, left)
     if running and at.phase != c.PHASE_RUNNING:
         at.conditions = set_condition(
             at.conditions,
@@ -589,6 +609,42 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
     return acts
 
 
+def unplaced_since(at: Attempt) -> datetime | None:
+    """Since when the attempt's pods wait to be placed: the first of them was made (they are made
+    together, and a placed pod stays placed), else the PodsScheduled condition turned False;
+    None while every pod is placed."""
+    cond = next((x for x in at.conditions if x.get("type") == c.COND_SCHEDULED), None)
+    if cond is None or cond.get("status") != "False":
+        return None
+    created = [parse_time(p["metadata"].get("creationTimestamp")) for p in at.current.values()]
+    known = [t for t in created if t is not None]
+    return min(known) if known else parse_time(cond.get("lastTransitionTime"))
+
+
+def schedule_timeout_left(job: JobSpec, since: datetime | None, now: datetime) -> float | None:
+    """Seconds left of spec.scheduling.scheduleTimeoutSeconds while pods wait to be placed."""
+    timeout = job.scheduling.timeout
+    if since is None or timeout is None:
+        return None
+    return max(0.0, (since + timedelta(seconds=timeout) - now).total_seconds())
+
+
+def placement(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
+    """spec.scheduling.onTimeout FailJob: pods the scheduler could not place (the whole gang, with
+    one) for scheduleTimeoutSeconds end the job, with the scheduler's reason."""
+    job = at.job
+    if job.scheduling.on_timeout != ON_TIMEOUT_FAIL:
+        return None
+    if schedule_timeout_left(job, unplaced_since(at), obs.now) != 0.0:
+        return None
+    why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
+    message = (
+        f"Attempt {at.number} could not be scheduled within spec.scheduling.scheduleTimeoutSeconds "
+        f"({job.scheduling.timeout} s) and spec.scheduling.onTimeout is {ON_TIMEOUT_FAIL}: {why}"
+    )
+    return fail(obs, at, acts, c.REASON_SCHEDULE_TIMEOUT, message, keep_workers=False)
+
+
 def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
     """The Service, NetworkPolicy, master and workers of the attempt that do not exist yet, in
     that order, all at once (a gang scheduler needs every pod before it places any)."""
@@ -598,10 +654,12 @@ def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
         out.append(build_service(job))
     if obs.network_policy is False and at.uses_master:  # backend etcd: no master port to guard
         out.append(build_network_policy(job, obs.operator_peer))
-    if at.master is None and at.uses_master:
-        out.append(build_master_pod(job, at.number))
-    out.extend(build_worker_pod(job, at.number, rank) for rank, pod in at.workers.items() if pod is None)
-    return out
+    pods = [build_master_pod(job, at.number)] if at.master is None and at.uses_master else []
+    pods.extend(build_worker_pod(job, at.number, rank) for rank, pod in at.workers.items() if pod is None)
+    group = build_pod_group_of(job, at.number) if pods else None
+    if group is not None:  # before its pods: the scheduler looks the group up by their label
+        out.append(group)
+    return out + pods
 
 
 def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:

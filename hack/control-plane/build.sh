@@ -20,20 +20,14 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   echo "control plane: KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks ${missing[*]}; building into $dest" >&2
 fi
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "control plane: 'go' is not on PATH. Install Go >= 1.24 (https://go.dev/dl, or apt-get install golang-go)," >&2
-  echo "or point KUBEBUILDER_ASSETS at a folder with ${binaries[*]} (setup-envtest use 1.34.x -p path)." >&2
-  exit 1
-fi
-
-stamp="$dest/.control-plane.stamp"
-want="$(cat "$here/go.mod" "$here/go.sum" "$here/tools.go" "$0" | sha256sum | cut -d' ' -f1)"
-current=1
-for b in "${binaries[@]}"; do [ -x "$dest/$b" ] || current=0; done
-if [ "$current" = 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+what=control-plane
+# shellcheck source=../gobuild.sh
+source "$here/../gobuild.sh"
+if gobuild_current; then
   echo "control plane: $dest is current (${binaries[*]})"
   exit 0
 fi
+gobuild_require_go ", or point KUBEBUILDER_ASSETS at a folder with ${binaries[*]} (setup-envtest use 1.34.x -p path)"
 
 mkdir -p "$dest"
 k8s_version=v1.34.4
@@ -46,25 +40,11 @@ for pkg in "$ver" "$cver"; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
 done
 
-cd "$here"
-export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=mod"
-build() {  # build NAME PACKAGE
-  local start=$SECONDS
-  echo "control plane: building $1 ($2)"
-  if ! go build -trimpath -ldflags "$ldflags" -o "$dest/$1.tmp" "$2"; then
-    echo "control plane: building $1 from $2 failed (see above). Go's module proxy must be reachable," >&2
-    echo "or set KUBEBUILDER_ASSETS to a folder holding prebuilt binaries." >&2
-    rm -f "$dest/$1.tmp"
-    exit 1
-  fi
-  mv "$dest/$1.tmp" "$dest/$1"
-  echo "control plane: $1 built in $((SECONDS - start)) s ($(du -m "$dest/$1" | cut -f1) MB)"
-}
-build etcd go.etcd.io/etcd/server/v3
-build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
-build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-echo "$want" > "$stamp"
+gobuild etcd go.etcd.io/etcd/server/v3 "$ldflags"
+gobuild kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$ldflags"
+gobuild kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags"
+gobuild kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
+gobuild_done
 "$dest/kube-apiserver" --version
 # sed, not head: head leaves as soon as it has its line, and etcd, still writing, dies of
 # SIGPIPE, which pipefail turns into a failed build (seen in CI: make's Error 141).

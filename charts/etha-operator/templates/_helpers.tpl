@@ -61,6 +61,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create"]
 {{- end }}
+{{- $gangs := append (.Values.scheduling.gangs | default list) .Values.scheduling.gang }}
+{{- if has "coscheduling" $gangs }}
+# One PodGroup per attempt (scheduler-plugins' Coscheduling): made, read while pods wait, and
+# the previous attempt's deleted.
+- apiGroups: ["scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "delete"]
+{{- end }}
+{{- if has "volcano" $gangs }}
+- apiGroups: ["scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "delete"]
+{{- end }}
 {{- end -}}
 
 {{- define "etha.operatorImage" -}}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds scheduler-plugins v0.34.7 against the control plane's Kubernetes 1.34.4: its scheduler
+# (kube-scheduler with the Coscheduling plugin) and its controller (which keeps PodGroups' status)
+# into $DEST (default: bin/), and copies the PodGroup CRD beside them. The gang-scheduling tests
+# run them beside the default scheduler. Rebuilds nothing when $DEST is current.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+dest="${DEST:-$root/bin}"
+what=scheduler-plugins
+binaries=(scheduler-plugins-scheduler scheduler-plugins-controller)
+# shellcheck source=../gobuild.sh
+source "$here/../gobuild.sh"
+if gobuild_current && [ -f "$dest/scheduler-plugins-crd.yaml" ]; then
+  echo "$what: $dest is current (${binaries[*]})"
+  exit 0
+fi
+gobuild_require_go ""
+mkdir -p "$dest"
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v0.34.7 -X k8s.io/component-base/version.gitMajor=0 -X k8s.io/component-base/version.gitMinor=34"
+gobuild scheduler-plugins-scheduler sigs.k8s.io/scheduler-plugins/cmd/scheduler "$ldflags"
+gobuild scheduler-plugins-controller sigs.k8s.io/scheduler-plugins/cmd/controller "$ldflags"
+module="$(cd "$here" && go list -m -f '{{.Dir}}' sigs.k8s.io/scheduler-plugins)"
+install -m 0644 "$module/manifests/coscheduling/crd.yaml" "$dest/scheduler-plugins-crd.yaml"
+gobuild_done
