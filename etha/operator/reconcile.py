@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -156,18 +157,35 @@ def still_running(pod: dict[str, Any]) -> bool:
 
 def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | None:
     """(pod name, the scheduler's message) of a pod the scheduler could not place: the first
-    that says why in terms of nodes (``0/3 nodes are available: ...``), else the first. A gang's
-    other pods only say they were rejected with it."""
-    found: list[tuple[str, str]] = []
+    that says why in terms of nodes (``0/3 nodes are available: 3 Insufficient ...``), else the
+    first. A gang's other pods only say they were rejected with it (Coscheduling's "optimistic
+    rejection in PostFilter")."""
+    found: list[tuple[int, str, str]] = []
     for pod in pods:
         for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 assert pod is not None
                 message = str(cond.get("message") or cond.get("reason") or "not scheduled")
-                if "nodes are available" in message:
-                    return pod["metadata"]["name"], message
-                found.append((pod["metadata"]["name"], message))
-    return found[0] if found else None
+                found.append((telling(message), pod["metadata"]["name"], message))
+    if not found:
+        return None
+    best = max(rank for rank, _, _ in found)
+    _, name, message = next(f for f in found if f[0] == best)
+    return name, message
+
+
+def telling(message: str) -> int:
+    """How much a scheduler's message says: 2 names what the nodes lack, 1 says a gang member
+    was rejected with the rest ("optimistic rejection in PostFilter", "rejection in Unreserve"),
+    0 anything else."""
+    if "nodes are available" not in message:
+        return 0
+    return 1 if re.search(r"\brejection in \w+\.?$", message.strip()) else 2
+
+
+#: Pod names in a scheduler's message (``j-worker-0-3``): two messages that differ only there
+#: say the same.
+_POD_NAMES = re.compile(r"[a-z0-9.-]+-(?:master|worker)-\d+(?:-\d+)?")
 
 
 def scheduling(
@@ -187,6 +205,13 @@ def scheduling(
         message = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
         if group:
             message += f" (gang: {group})"
+        if had is not None and had.get("status") == "False":
+            # A gang's pods take turns saying why (one names the missing GPUs, then every one
+            # says it was rejected with the rest): keep the telling reason, and one message
+            # (one event) for as long as it says the same.
+            old = str(had.get("message") or "")
+            if telling(old) > telling(stuck[1]) or _POD_NAMES.sub("", old) == _POD_NAMES.sub("", message):
+                return None
         new = set_condition(
             conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
         )
@@ -577,11 +602,12 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         at.conditions, events = scheduled
         acts.status["conditions"] = at.conditions
         acts.events.extend(events)
-        waiting = unplaced_since(at)
+    waiting = unplaced_since(at)
+    if (obs.status.get("reason") == c.REASON_UNSCHEDULABLE) != (waiting is not None):
         acts.status["reason"] = c.REASON_UNSCHEDULABLE if waiting is not None else None
-        left = schedule_timeout_left(job, waiting, now)
-        if left is not None and job.scheduling.on_timeout == ON_TIMEOUT_FAIL:
-            acts.requeue_after = _sooner(acts.requeue_after, left)
+    left = schedule_timeout_left(job, waiting, now)
+    if left is not None and job.scheduling.on_timeout == ON_TIMEOUT_FAIL:
+        acts.requeue_after = _sooner(acts.requeue_after, left)
     if running and at.phase != c.PHASE_RUNNING:
         at.conditions = set_condition(
             at.conditions,

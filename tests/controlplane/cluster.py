@@ -321,7 +321,22 @@ class ControlPlane:
 
         self._wait_up("kube-apiserver", established)
 
-    def _create_node(self, node: FakeNode) -> None:
+    def spawn(self, name: str, binary: Path, *args: str) -> _Process:
+        """Start one more process of this control plane (stopped with it, or by the caller)."""
+        return self._spawn(name, binary, *args)
+
+    def add_node(self, node: FakeNode, taints: list[dict[str, str]] | None = None) -> None:
+        """One more fake Node, Ready, with ``taints``; the local node plays its kubelet too."""
+        self._create_node(node, taints)
+        if self.node is not None:
+            self.node.nodes.add(node.name)
+
+    def remove_node(self, name: str) -> None:
+        if self.node is not None:
+            self.node.nodes.discard(name)
+        self.admin.delete(f"/api/v1/nodes/{name}")
+
+    def _create_node(self, node: FakeNode, taints: list[dict[str, str]] | None = None) -> None:
         capacity = {
             "cpu": node.cpu,
             "memory": node.memory,
@@ -340,7 +355,7 @@ class ControlPlane:
         }  # fmt: skip
         self.admin.create("/api/v1/nodes", body)
         # Admission taints a new Node not-ready:NoSchedule; only node lifecycle (off) would lift it.
-        self.admin.merge_patch(f"/api/v1/nodes/{node.name}", {"spec": {"taints": None}})
+        self.admin.merge_patch(f"/api/v1/nodes/{node.name}", {"spec": {"taints": taints or None}})
         self.admin.request(
             "PATCH", f"/api/v1/nodes/{node.name}/status", {"status": {"conditions": [ready], "capacity": capacity, "allocatable": capacity}},
             content_type="application/merge-patch+json",

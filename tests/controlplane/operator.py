@@ -159,11 +159,13 @@ class ChartOperator:
 
 
 @contextlib.contextmanager
-def operating(plane: ControlPlane, namespace: str) -> Iterator[ChartOperator]:
-    """A namespace under Pod Security ``restricted`` and the chart's operator serving it; on the
-    way out, no request of the operator was refused by RBAC, and both are gone."""
+def operating(
+    plane: ControlPlane, namespace: str, values: dict[str, Any] | None = None
+) -> Iterator[ChartOperator]:
+    """A namespace under Pod Security ``restricted`` and the chart's operator (with ``values``)
+    serving it; on the way out, no request of the operator was refused by RBAC, and both are gone."""
     plane.create_namespace(namespace, {"pod-security.kubernetes.io/enforce": "restricted"})
-    operator = ChartOperator(plane).install().start()
+    operator = ChartOperator(plane, values=values).install().start()
     try:
         yield operator
         assert not operator.forbidden(), "\n".join(operator.forbidden()[:10])

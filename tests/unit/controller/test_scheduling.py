@@ -229,3 +229,36 @@ def test_placed_pods_clear_the_reason() -> None:
     assert later.status["reason"] is None
     (cond,) = [x for x in later.status["conditions"] if x["type"] == c.COND_SCHEDULED]
     assert cond["status"] == "True"
+
+
+def test_a_gang_keeps_its_telling_reason_while_its_pods_take_turns_saying_they_were_rejected() -> None:
+    """Coscheduling: one member names the missing GPUs, then every member says it was rejected
+    with the rest. The job keeps the reason, and posts one event, not one per turn."""
+    job = gang_job(replicas=2, gang="coscheduling")
+    created = NOW - timedelta(seconds=5)
+    insufficient = (
+        "0/3 nodes are available: 1 Insufficient nvidia.com/gpu. PodGroup gets rejected due to Pod {}"
+    )
+    rejected = "0/1 nodes are available: 1 optimistic rejection in PostFilter."
+    first = [
+        unschedulable_pod("g-master-0", "master", rejected, created),
+        unschedulable_pod("g-worker-0-0", "worker", rejected, created),
+        unschedulable_pod("g-worker-0-1", "worker", insufficient.format("g-worker-0-1"), created),
+    ]
+    acts = reconcile(job, {"attempt": 0}, first, True, NOW, None)
+    (cond,) = [x for x in acts.status["conditions"] if x["type"] == c.COND_SCHEDULED]
+    assert "Insufficient nvidia.com/gpu" in cond["message"] and len(acts.events) == 1
+    status = {"attempt": 0, "conditions": acts.status["conditions"], "reason": "Unschedulable"}
+    # Next turn: every member only says it was rejected with the rest.
+    turn = [unschedulable_pod(p["metadata"]["name"], p["metadata"]["labels"]["etha.io/role"], rejected, created)
+            for p in first]  # fmt: skip
+    later = reconcile(job, status, turn, True, NOW + timedelta(seconds=1), None)
+    assert "conditions" not in later.status and not later.events
+    # Another member names the same lack of GPUs: the same reason, no new event.
+    other = [
+        *turn[:2],
+        unschedulable_pod("g-worker-0-1", "worker", insufficient.format("g-worker-0-0"), created),
+    ]
+    other[1] = unschedulable_pod("g-worker-0-0", "worker", insufficient.format("g-worker-0-0"), created)
+    again = reconcile(job, status, other, True, NOW + timedelta(seconds=2), None)
+    assert "conditions" not in again.status and not again.events
