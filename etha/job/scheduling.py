@@ -43,10 +43,14 @@ GROUP_KINDS = {
 #: What the schedulers read on a pod: scheduler-plugins' label, Volcano's annotation.
 LABEL_COSCHEDULING_GROUP = "scheduling.x-k8s.io/pod-group"
 ANNOTATION_VOLCANO_GROUP = "scheduling.k8s.io/group-name"
-#: Kueue: the LocalQueue label (on the TrainingJob, copied to its pods) and its plain-pod group.
+#: Kueue: the LocalQueue label (on the TrainingJob, copied to its pods) and its plain-pod group
+#: (the names of Kueue v0.17.0's pkg/controller/constants and pkg/controller/jobs/pod/constants).
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
 ANNOTATION_KUEUE_TOTAL = "kueue.x-k8s.io/pod-group-total-count"
+#: "false": a failed pod ends the group's workload (and frees its quota) instead of Kueue waiting
+#: for a replacement pod: etha restarts a whole attempt, as a new group.
+ANNOTATION_KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -197,6 +201,7 @@ def pod_markers(sched: Scheduling, group: str, members: int) -> tuple[dict[str, 
         labels[LABEL_KUEUE_QUEUE] = sched.kueue_queue
         labels[LABEL_KUEUE_GROUP] = group
         annotations[ANNOTATION_KUEUE_TOTAL] = str(members)
+        annotations[ANNOTATION_KUEUE_RETRIABLE] = "false"
     return labels, annotations
 
 

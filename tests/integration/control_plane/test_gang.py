@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
+from etha.job.builders import build_pod_group_of
+from etha.job.spec import parse
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.gang import NODE, SCHEDULER_NAME, gang_scheduling, gang_worker
 from tests.controlplane.jobs import Jobs, condition
 from tests.controlplane.kube import KubeError
 from tests.controlplane.operator import operating
-from tests.helpers import wait_until
+from tests.helpers import REPO, wait_until
 
 NS = "gangs"
 VALUES = {"scheduling": {"gang": "coscheduling", "gangs": ["volcano"], "schedulerName": SCHEDULER_NAME}}
@@ -173,6 +176,60 @@ def test_a_gang_whose_podgroup_crd_is_missing_fails_naming_the_crd(jobs: Jobs) -
     assert "podgroups.scheduling.volcano.sh" in failed["message"], failed
     assert not jobs.pods("no-volcano")  # nothing made, nothing left behind
     jobs.delete("no-volcano")
+
+
+def test_a_volcano_gang_podgroup_is_what_volcanos_crd_accepts(jobs: Jobs) -> None:
+    """Volcano's PodGroup CRD (generated from volcano.sh/apis v1.13.0, tests/data/volcano) on the
+    real API server: the operator's PodGroup is accepted under strict field validation, and the
+    pods name it and the PriorityClass. No Volcano scheduler runs here: the pods stay Pending."""
+    admin = jobs.op.plane.admin
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    crd = next(
+        d
+        for d in yaml.safe_load_all(
+            (REPO / "tests/data/volcano/scheduling.volcano.sh_podgroups.yaml").read_text()
+        )
+        if d
+    )
+    admin.create(crds, crd)
+    admin.create("/apis/scheduling.k8s.io/v1/priorityclasses",
+                 {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "etha-test-high"}, "value": 1000})  # fmt: skip
+    groups = f"/apis/scheduling.volcano.sh/v1beta1/namespaces/{NS}/podgroups"
+    try:
+        wait_until(lambda: _served(admin, groups), 30, "Volcano's PodGroups served")
+        doc = jobs.job("volcano", replicas=2, code="import time; time.sleep(600)",
+                       scheduling={"gang": "volcano", "queue": "research", "priorityClassName": "etha-test-high"})  # fmt: skip
+        doc["spec"]["template"]["spec"]["schedulerName"] = "volcano"
+        job = parse(jobs.create(doc))
+        wait_until(lambda: len(jobs.pods("volcano")) == 3, 60, "the pods")
+        group = admin.get(f"{groups}/volcano-0")
+        assert group["spec"] == {
+            "minMember": 3,
+            "queue": "research",
+            "priorityClassName": "etha-test-high",
+        }, group
+        for pod in jobs.pods("volcano"):
+            assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "volcano-0"
+            assert (
+                pod["spec"]["schedulerName"] == "volcano"
+                and pod["spec"]["priorityClassName"] == "etha-test-high"
+            )
+            assert pod["spec"]["priority"] == 1000  # the Priority admission plugin resolved it
+        built = build_pod_group_of(job, 7)
+        assert built is not None
+        admin.request("POST", groups, built, query={"fieldValidation": "Strict"})  # unknown fields refused
+        jobs.delete("volcano")
+    finally:
+        admin.delete(f"{crds}/{crd['metadata']['name']}")
+        admin.delete("/apis/scheduling.k8s.io/v1/priorityclasses/etha-test-high")
+
+
+def _served(admin: Any, path: str) -> bool:
+    try:
+        admin.get(path)
+    except KubeError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,7 @@ def test_a_kueue_queue_label_makes_the_pods_one_kueue_pod_group_per_attempt() ->
         assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
         assert labels["kueue.x-k8s.io/pod-group-name"] == "g-1"
         assert notes["kueue.x-k8s.io/pod-group-total-count"] == "3"
+        assert notes["kueue.x-k8s.io/retriable-in-group"] == "false"  # a new attempt is a new group
 
 
 @pytest.mark.parametrize(
