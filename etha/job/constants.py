@@ -78,6 +78,11 @@ REASON_SUCCEEDED: Final = "AllWorkersSucceeded"
 REASON_UNSCHEDULABLE: Final = "Unschedulable"
 #: spec.scheduling.onTimeout FailJob: the attempt's pods were not placed in time.
 REASON_SCHEDULE_TIMEOUT: Final = "ScheduleTimeout"
+#: Events about the rendezvous: every rank joined; ranks still missing at half the timeout.
+REASON_RENDEZVOUS_COMPLETE: Final = "RendezvousComplete"
+REASON_RANKS_MISSING: Final = "RanksMissing"
+#: The job is deleted: spec.ttlSecondsAfterFinished passed.
+REASON_TTL_EXPIRED: Final = "TTLExpired"
 #: spec.scheduling.gang names a scheduler whose PodGroup CRD the cluster lacks.
 REASON_MISSING_CRD: Final = "PodGroupCRDMissing"
 #: The operator's RBAC does not let it create the PodGroups of the gang a job asks for.

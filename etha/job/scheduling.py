@@ -5,6 +5,7 @@ reads the spec, builds the PodGroup and what each pod carries."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,8 @@ class Scheduling:
     #: Seconds a gang (or, without one, any pod of the attempt) may stay unplaced.
     timeout: int | None = None
     on_timeout: str = ON_TIMEOUT_WAIT
-    #: The scheduler every pod asks for: the template's schedulerName, else the operator's.
+    #: The scheduler every pod asks for: the template's schedulerName, else the operator's for
+    #: the gang (chart scheduling.schedulerNames), else its default (scheduling.schedulerName).
     scheduler_name: str | None = None
     #: Kueue's LocalQueue (the TrainingJob's kueue.x-k8s.io/queue-name label).
     kueue_queue: str | None = None
@@ -89,6 +91,7 @@ def parse_scheduling(
     default_gang: str = GANG_NONE,
     template_scheduler: Any = None,
     default_scheduler: str | None = None,
+    gang_schedulers: Mapping[str, str] | None = None,
     job_labels: dict[str, Any] | None = None,
 ) -> Scheduling:
     """spec.scheduling read and checked; raises :class:`SchedulingError` naming the field."""
@@ -131,10 +134,11 @@ def parse_scheduling(
             f"{path}.onTimeout",
             f"{path}.onTimeout is {ON_TIMEOUT_FAIL}, which needs {path}.scheduleTimeoutSeconds.",
         )
-    if gang == GANG_NONE and queue is not None:
+    if gang != GANG_VOLCANO and queue is not None:
         raise SchedulingError(
             f"{path}.queue",
-            f"{path}.queue ({queue!r}) is Volcano's queue and needs gang: volcano; for Kueue, label "
+            f"{path}.queue ({queue!r}) is Volcano's queue and needs gang: volcano (the gang is {gang}); "
+            f"for Kueue, label "
             f"the TrainingJob {LABEL_KUEUE_QUEUE}.",
         )
     kueue = (job_labels or {}).get(LABEL_KUEUE_QUEUE)
@@ -146,7 +150,7 @@ def parse_scheduling(
         priority_class=priority,
         timeout=timeout,
         on_timeout=on_timeout,
-        scheduler_name=scheduler or default_scheduler or None,
+        scheduler_name=scheduler or (gang_schedulers or {}).get(gang) or default_scheduler or None,
         kueue_queue=kueue,
     )
 

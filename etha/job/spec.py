@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,7 @@ def parse(
     default_etcd_endpoints: Sequence[str] = (),
     default_gang: str = GANG_NONE,
     default_scheduler: str = "",
+    gang_schedulers: Mapping[str, str] | None = None,
 ) -> JobSpec:
     """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field."""
     meta = body.get("metadata") or {}
@@ -145,6 +146,7 @@ def parse(
             default_gang=default_gang,
             template_scheduler=(template.get("spec") or {}).get("schedulerName"),
             default_scheduler=default_scheduler,
+            gang_schedulers=gang_schedulers,
             job_labels=meta.get("labels") or {},
         )
     except SchedulingError as exc:

@@ -48,6 +48,9 @@ class OperatorConfig:
     #: The schedulerName every pod asks for unless its template names one (ETHA_SCHEDULER_NAME;
     #: chart scheduling.schedulerName); empty: the cluster's default scheduler.
     scheduler_name: str = ""
+    #: The scheduler of each gang's pods (ETHA_GANG_SCHEDULERS, "coscheduling=name,volcano=name";
+    #: chart scheduling.schedulerNames): a gang implies the scheduler that reads its PodGroup.
+    gang_schedulers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorConfig:
@@ -72,6 +75,18 @@ class OperatorConfig:
             raise ConfigError(f"ETHA_DEFAULT_GANG ({gang!r}) must be one of {', '.join(GANGS)}.")
         values["default_gang"] = gang
         values["scheduler_name"] = environ.get("ETHA_SCHEDULER_NAME", "").strip()
+        schedulers: dict[str, str] = {}
+        for item in environ.get("ETHA_GANG_SCHEDULERS", "").split(","):
+            if not item.strip():
+                continue
+            gang_of, sep, name = (x.strip() for x in item.partition("="))
+            if not sep or gang_of not in GANGS or gang_of == GANG_NONE or not name:
+                raise ConfigError(
+                    f"ETHA_GANG_SCHEDULERS entry {item.strip()!r} must be <gang>=<schedulerName> with "
+                    "gang coscheduling or volcano."
+                )
+            schedulers[gang_of] = name
+        values["gang_schedulers"] = schedulers
         values.update(overrides)
         return cls(**values)
 

@@ -259,6 +259,7 @@ class Controller:
                 default_etcd_endpoints=self.config.default_etcd_endpoints,
                 default_gang=self.config.default_gang,
                 default_scheduler=self.config.scheduler_name,
+                gang_schedulers=self.config.gang_schedulers,
             )
         except InvalidSpec as exc:
             await self._fail_invalid(worker, status, str(exc))
@@ -415,7 +416,9 @@ class Controller:
         if not conflicts:
             rest = [m for m in acts.create if m["kind"] == "Pod"]
             await asyncio.gather(
-                *(create(m) for m in rest), *(delete(p) for p in dict.fromkeys(acts.delete_pods))
+                *(create(m) for m in rest),
+                *(delete(p) for p in dict.fromkeys(acts.delete_pods)),
+                *(self._delete_group(job, g) for g in acts.delete_groups),
             )
         if rejected:
             raise rejected[0]  # nothing lost, nothing left behind: the caller deletes what was made
@@ -432,8 +435,6 @@ class Controller:
             worker.expected[name] = (expiry, slim(made) if made.get("metadata") else manifest)
             if kind == "Pod":
                 self.metrics.pods_created((manifest["metadata"].get("labels") or {}).get(c.LABEL_ROLE, ""))
-            elif kind == "PodGroup":
-                await self._delete_earlier_group(job, manifest)
             logger.info("%s/%s: created %s %s", job.namespace, job.name, kind, name)
             return None
         existing = await self.api.get(kind, job.namespace, name, manifest.get("apiVersion"))
@@ -498,15 +499,16 @@ class Controller:
         phase = (group.get("status") or {}).get("phase")
         return f"PodGroup {name} is {phase}" if phase else f"PodGroup {name} has no phase yet"
 
-    async def _delete_earlier_group(self, job: JobSpec, made: Manifest) -> None:
-        """A new attempt's PodGroup was made: the previous attempt's, if the job's, goes."""
-        attempt = int((made["metadata"].get("labels") or {}).get(c.LABEL_ATTEMPT) or 0)
-        if attempt == 0:
+    async def _delete_group(self, job: JobSpec, name: str) -> None:
+        """Delete the job's PodGroup ``name`` if it exists and is the job's (by owner)."""
+        kind = job.scheduling.kind
+        if kind is None:
             return
-        name, version = group_name(job.name, attempt - 1), made["apiVersion"]
-        old = await self.api.get("PodGroup", job.namespace, name, version)
-        if old is not None and controller_uid(old) == job.uid:
-            await self.api.delete("PodGroup", job.namespace, name, str(old["metadata"]["uid"]), version)
+        group = await self.api.get("PodGroup", job.namespace, name, kind.api_version)
+        if group is not None and controller_uid(group) == job.uid:
+            await self.api.delete(
+                "PodGroup", job.namespace, name, str(group["metadata"]["uid"]), kind.api_version
+            )
 
     async def _fail_invalid(
         self, worker: JobWorker, status: dict[str, Any], message: str, reason: str = c.REASON_INVALID_SPEC

@@ -94,7 +94,7 @@ class Api:
         except _Conflict:
             return None
         except ApiRefused as exc:
-            if kind in _COLLECTIONS or "403" not in str(exc):
+            if kind in _COLLECTIONS or "403" not in str(exc) or "cannot create resource" not in str(exc):
                 raise
             raise GangForbidden(
                 f"{what}: the operator may not create {manifest.get('apiVersion')} {kind}s "

@@ -180,7 +180,7 @@ class OperatorMetrics:
         )
         self.rendezvous = Histogram(
             "etha_rendezvous_seconds",
-            "Seconds from an attempt's start (its master pod's creation) to every rank having joined.",
+            "Seconds from an attempt's start (its last pod placed on a node) to every rank having joined.",
             ["namespace"],
             buckets=RENDEZVOUS_BUCKETS,
             registry=r,

@@ -41,7 +41,7 @@ from etha.job.policies import (
     decide,
     success_met,
 )
-from etha.job.scheduling import ON_TIMEOUT_FAIL
+from etha.job.scheduling import ON_TIMEOUT_FAIL, group_name
 from etha.job.spec import JobSpec
 from etha.operator.rendezvous import observe, rendezvous_began, reset_view
 from etha.operator.restarts import (
@@ -69,6 +69,8 @@ class Event:
 class Actions:
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    #: PodGroups of the job to delete (an earlier attempt's, a suspended attempt's).
+    delete_groups: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
@@ -165,6 +167,8 @@ def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | No
         for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 assert pod is not None
+                if cond.get("reason") == "SchedulingGated":
+                    continue  # held back (Kueue's admission gate): not the scheduler's to place yet
                 message = str(cond.get("message") or cond.get("reason") or "not scheduled")
                 found.append((telling(message), pod["metadata"]["name"], message))
     if not found:
@@ -183,6 +187,8 @@ def telling(message: str) -> int:
     return 1 if re.search(r"\brejection in \w+\.?$", message.strip()) else 2
 
 
+#: What :func:`scheduling` adds to the scheduler's message with a gang.
+_GANG_SUFFIX = re.compile(r" \(gang: [^()]*\)$")
 #: Pod names in a scheduler's message (``j-worker-0-3``): two messages that differ only there
 #: say the same.
 _POD_NAMES = re.compile(r"[a-z0-9.-]+-(?:master|worker)-\d+(?:-\d+)?")
@@ -202,20 +208,23 @@ def scheduling(
     stuck = unschedulable([master, *workers.values()])
     had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
     if stuck is not None:
-        message = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
-        if group:
-            message += f" (gang: {group})"
-        if had is not None and had.get("status") == "False":
-            # A gang's pods take turns saying why (one names the missing GPUs, then every one
-            # says it was rejected with the rest): keep the telling reason, and one message
-            # (one event) for as long as it says the same.
-            old = str(had.get("message") or "")
-            if telling(old) > telling(stuck[1]) or _POD_NAMES.sub("", old) == _POD_NAMES.sub("", message):
-                return None
+        said = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
+        old = _GANG_SUFFIX.sub("", str(had.get("message") or "")) if had is not None else ""
+        # A gang's pods take turns saying why (one names the missing GPUs, then every one says
+        # it was rejected with the rest): keep the telling reason, and one event for as long as
+        # it says the same (the PodGroup's phase may change without one).
+        waited = had is not None and had.get("status") == "False"
+        if waited and (
+            telling(old) > telling(stuck[1]) or _POD_NAMES.sub("", old) == _POD_NAMES.sub("", said)
+        ):
+            said = old
+        message = said + (f" (gang: {group})" if group else "")
+        if had is not None and had.get("status") == "False" and had.get("message") == message:
+            return None
         new = set_condition(
             conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
         )
-        changed = had is None or had.get("message") != message
+        changed = had is None or had.get("status") != "False" or old != said
         return new, [Event("Warning", c.REASON_UNSCHEDULABLE, message)] if changed else []
     if had is not None and had.get("status") == "False" and None not in workers.values():
         return set_condition(
@@ -377,6 +386,15 @@ def finished(obs: Observed, acts: Actions) -> Actions | None:
     left = ttl_left(obs.job, parse_time(obs.status.get("completionTime")), obs.now)
     acts.delete_job = left == 0.0
     acts.requeue_after = None if acts.delete_job else left
+    if acts.delete_job:
+        acts.events.append(
+            Event(
+                "Normal",
+                c.REASON_TTL_EXPIRED,
+                f"spec.ttlSecondsAfterFinished ({obs.job.ttl_seconds_after_finished} s) passed since "
+                f"the job {str(obs.status.get('phase')).lower()}: deleting it and its pods.",
+            )
+        )
     return acts
 
 
@@ -386,6 +404,12 @@ def suspended(obs: Observed, acts: Actions) -> Actions | None:
     if not job.suspend:
         return None
     acts.delete_pods.extend(p["metadata"]["name"] for p in obs.pods)
+    if job.scheduling.kind is not None:  # resuming makes the group anew, from the spec as it is then
+        acts.delete_groups.append(group_name(job.name, int(status.get("attempt") or 0)))
+    if status.get("reason") == c.REASON_UNSCHEDULABLE:
+        acts.status["reason"] = None
+    if any(x.get("type") == c.COND_SCHEDULED for x in status.get("conditions") or []):
+        acts.status["conditions"] = forget_waiting(list(status.get("conditions") or []))
     if job.etcd_endpoints is None and status.get("rendezvous"):
         acts.status["rendezvous"] = reset_view(job, int(status.get("attempt") or 0), "Suspended.")
     if status.get("attemptSpec"):
@@ -394,7 +418,7 @@ def suspended(obs: Observed, acts: Actions) -> Actions | None:
         acts.status.update(
             phase=c.PHASE_SUSPENDED,
             conditions=set_condition(
-                list(status.get("conditions") or []),
+                forget_waiting(list(status.get("conditions") or [])),
                 condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", obs.now),
             ),
         )
@@ -504,8 +528,10 @@ def restart(obs: Observed, at: Attempt, acts: Actions, verdict: Verdict, what: s
     conditions = set_condition(
         conditions, condition(c.COND_RESTARTING, True, c.REASON_RESTARTING, message, now)
     )
+    conditions = forget_waiting(conditions)  # the next attempt's pods have not waited yet
     acts.delete_pods.extend([*at.current, *at.stale])
     acts.status.update(
+        reason=None,
         phase=c.PHASE_RESTARTING,
         attempt=at.number + 1,
         restarts=at.restarts + 1,
@@ -539,10 +565,46 @@ def joining(obs: Observed, at: Attempt, acts: Actions) -> None:
         obs.now,
     )
     if at.uses_master:  # backend etcd: no master to ask, nothing to show
+        rendezvous_news(at, obs.status.get("rendezvous") or {}, view, obs.now, acts)
         acts.status["rendezvous"] = view
     left = timeout_left(at.job, view, at.master, at.workers, obs.now)
     if left is not None and at.timed_out is None:
         acts.requeue_after = _sooner(acts.requeue_after, left)
+
+
+def rendezvous_news(
+    at: Attempt, before: Mapping[str, Any], view: dict[str, Any], now: datetime, acts: Actions
+) -> None:
+    """The events a person reads about the rendezvous: every rank joined (once per attempt), and
+    ranks still missing at half the timeout (once per attempt, ``view["slow"]``), naming them
+    while there is time to look."""
+    same = before.get("attempt") == at.number
+    start = parse_time(view.get("startTime"))
+    if view.get("complete"):
+        if not (same and before.get("complete")):
+            took = f" in {(now - start).total_seconds():.0f} s" if start is not None else ""
+            message = f"All {view['total']} ranks joined the rendezvous of attempt {at.number}{took}."
+            acts.events.append(Event("Normal", c.REASON_RENDEZVOUS_COMPLETE, message))
+        return
+    if start is None or view.get("slow") or at.timed_out is not None:
+        return  # (timed out: the failure says who is missing)
+    timeout = at.job.rendezvous_timeout
+    halfway = start + timedelta(seconds=timeout / 2)
+    if now < halfway:
+        acts.requeue_after = _sooner(acts.requeue_after, (halfway - now).total_seconds())
+        return
+    view["slow"] = True
+    missing = str(view.get("missing"))
+    acts.events.append(
+        Event(
+            "Warning",
+            c.REASON_RANKS_MISSING,
+            f"Rendezvous of attempt {at.number}: {view['joinedText']} ranks joined after "
+            f"{(now - start).total_seconds():.0f} s, half of spec.rendezvous.timeoutSeconds "
+            f"({timeout} s); waiting for rank{'s' if ',' in missing or '-' in missing else ''} {missing}. "
+            "The job fails if they have not joined when it runs out.",
+        )
+    )
 
 
 def rendezvous(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
@@ -593,6 +655,8 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         refused(obs, at, acts)
     else:
         acts.create.extend(missing_children(obs, at))
+        if at.number > 0 and any(m["kind"] == "PodGroup" for m in acts.create):
+            acts.delete_groups.append(group_name(job.name, at.number - 1))  # the last attempt's
         pinned = obs.status.get("attemptSpec") or {}
         if pinned.get("attempt") != at.number:
             acts.status["attemptSpec"] = {"attempt": at.number, **pins(job)}
@@ -636,15 +700,13 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
 
 
 def unplaced_since(at: Attempt) -> datetime | None:
-    """Since when the attempt's pods wait to be placed: the first of them was made (they are made
-    together, and a placed pod stays placed), else the PodsScheduled condition turned False;
-    None while every pod is placed."""
+    """Since when the attempt's pods wait to be placed: the PodsScheduled condition turned False
+    (the scheduler first said it could not place one; a pod Kueue still gates is not waiting for
+    the scheduler). None while every pod is placed, and before the attempt has pods."""
     cond = next((x for x in at.conditions if x.get("type") == c.COND_SCHEDULED), None)
-    if cond is None or cond.get("status") != "False":
+    if cond is None or cond.get("status") != "False" or not at.current:
         return None
-    created = [parse_time(p["metadata"].get("creationTimestamp")) for p in at.current.values()]
-    known = [t for t in created if t is not None]
-    return min(known) if known else parse_time(cond.get("lastTransitionTime"))
+    return parse_time(cond.get("lastTransitionTime"))
 
 
 def schedule_timeout_left(job: JobSpec, since: datetime | None, now: datetime) -> float | None:
@@ -661,6 +723,8 @@ def placement(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     job = at.job
     if job.scheduling.on_timeout != ON_TIMEOUT_FAIL:
         return None
+    if unschedulable([at.master, *at.workers.values()]) is None:
+        return None  # placed since the last look (the condition catches up in creation)
     if schedule_timeout_left(job, unplaced_since(at), obs.now) != 0.0:
         return None
     why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
@@ -686,6 +750,11 @@ def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
     if group is not None:  # before its pods: the scheduler looks the group up by their label
         out.append(group)
     return out + pods
+
+
+def forget_waiting(conditions: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conditions without PodsScheduled: a new attempt (or a resumed one) has not waited."""
+    return [x for x in conditions if x.get("type") != c.COND_SCHEDULED]
 
 
 def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:

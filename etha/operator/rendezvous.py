@@ -123,8 +123,8 @@ def observe(
 
     ``report`` is the master's status document, or why it could not be read, or None when it was
     not asked. A rank has joined if the master saw it (by rank, or by its pod's address) or its pod
-    already Succeeded. The timeout runs from the attempt's start (its master pod's creation; with
-    the etcd backend, its first worker's). Without a status document the operator fails only on
+    already Succeeded. The timeout runs from the attempt's start (its last pod placed on a node,
+    :func:`rendezvous_began`). Without a status document the operator fails only on
     what it knows: ranks whose pods are not running cannot have joined.
     """
     total = job.replicas
@@ -158,6 +158,8 @@ def observe(
         view["message"] = progress(len(joined), total, missing)
     elif "message" in before:
         view["message"] = before["message"]
+    if before.get("slow"):
+        view["slow"] = True
 
     if not missing or begun is None or now < begun + timedelta(seconds=job.rendezvous_timeout):
         return view, None

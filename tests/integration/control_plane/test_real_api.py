@@ -120,9 +120,22 @@ def test_integer_quantities_as_users_write_them_reach_the_pods_and_the_job_succe
     apply(op, job("gpu-ints", resources=resources))
     done = wait_phase(op, "gpu-ints", "Succeeded")
     assert done["workers"]["succeeded"] == 2, done
-    events = op.kubectl("get", "events", "-n", NS, "--field-selector", "involvedObject.name=gpu-ints").stdout
     assert "will try again" not in op.log(), op.log()
-    assert "Created" in events, events
+
+    # What a person reads in `kubectl describe tj`: every decision, in order.
+    def described() -> str:
+        return str(op.kubectl("describe", "tj", "gpu-ints", "-n", NS).stdout)
+
+    wait_until(lambda: "All 2 workers succeeded." in described(), 30, "the Succeeded event")
+    text = described().split("Events:", 1)[1]
+    for needle in (
+        "Created Service gpu-ints.",
+        "Created Pod gpu-ints-master-0.",
+        "Created Pod gpu-ints-worker-0-1.",
+    ):
+        assert needle in text, text
+    assert "RendezvousComplete" in text and "All 2 ranks joined the rendezvous of attempt 0" in text, text
+    assert text.index("RendezvousComplete") < text.index("All 2 workers succeeded."), text
 
 
 def test_a_job_asking_for_more_gpus_than_any_node_has_stays_pending_with_the_schedulers_reason(

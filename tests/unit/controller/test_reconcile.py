@@ -321,3 +321,16 @@ def test_an_unschedulable_pod_puts_the_schedulers_reason_on_the_job_once() -> No
     placed = reconcile(job, {"startTime": "2026-01-01T11:59:00Z", **acts.status}, pods, True, NOW, True)
     (cond,) = [x for x in placed.status["conditions"] if x["type"] == "PodsScheduled"]
     assert cond["status"] == "True"
+
+
+def test_a_ttl_deletion_says_why_in_an_event() -> None:
+    job = parse(make_trainingjob(ttlSecondsAfterFinished=30))
+    status = {"phase": "Succeeded", "completionTime": "2026-01-01T12:00:00Z"}
+    acts = reconcile(job, status, [], True, datetime(2026, 1, 1, 12, 0, 31, tzinfo=UTC))
+    assert acts.delete_job
+    assert [(e.reason, e.message) for e in acts.events] == [
+        (
+            "TTLExpired",
+            "spec.ttlSecondsAfterFinished (30 s) passed since the job succeeded: deleting it and its pods.",
+        )
+    ]

@@ -54,7 +54,7 @@ def test_peers_are_attributed_to_ranks_by_their_pods_ip() -> None:
         "missing": "1, 3",
         "complete": False,
         "message": "2/4 joined, waiting for ranks 1, 3",
-        "startTime": CREATED,  # the master pod's creation: the attempt's start
+        "startTime": CREATED,  # the last pod placed (here: created, none says when it was placed)
     }
 
 
@@ -288,3 +288,36 @@ def test_suspend_forgets_the_rendezvous_so_resuming_watches_the_new_master() -> 
     suspended = {**done, **acts.status}
     master = make_pod("mnist-master-0", "Running", role="master", created=CREATED, ip="10.0.0.100")
     assert needs_master_status(job(), suspended, master)
+
+
+def news(acts: Any) -> list[Any]:
+    return [e for e in acts.events if e.reason in ("RanksMissing", "RendezvousComplete")]
+
+
+def test_events_say_the_rendezvous_completed_once_and_ranks_missing_at_half_the_timeout() -> None:
+    """What `kubectl describe tj` tells a person: who is late while there is time to look, and
+    when everyone joined (each once per attempt)."""
+    running = pods({r: "Running" for r in range(4)})
+    early = reconcile(job(timeout=60), STATUS, running, True, START + timedelta(seconds=10),
+                      master_status=report(joined=[0, 1]))  # fmt: skip
+    assert not news(early) and early.requeue_after == pytest.approx(20.0)  # looks again at halfway
+    late = reconcile(job(timeout=60), STATUS, running, True, START + timedelta(seconds=31),
+                     master_status=report(joined=[0, 1]))  # fmt: skip
+    assert [(e.type, e.reason) for e in news(late)] == [("Warning", "RanksMissing")]
+    assert news(late)[0].message == (
+        "Rendezvous of attempt 0: 2/4 ranks joined after 31 s, half of spec.rendezvous.timeoutSeconds "
+        "(60 s); waiting for ranks 2-3. The job fails if they have not joined when it runs out."
+    )
+    assert late.status["rendezvous"]["slow"] is True
+    status = {**STATUS, "rendezvous": late.status["rendezvous"]}
+    again = reconcile(job(timeout=60), status, running, True, START + timedelta(seconds=40),
+                      master_status=report(joined=[0, 1, 2]))  # fmt: skip
+    assert not news(again)  # said once
+    done = reconcile(job(timeout=60), {**STATUS, "rendezvous": again.status["rendezvous"]}, running, True,
+                     START + timedelta(seconds=42), master_status=report(joined=[0, 1, 2, 3]))  # fmt: skip
+    assert [(e.reason, e.message) for e in news(done)] == [
+        ("RendezvousComplete", "All 4 ranks joined the rendezvous of attempt 0 in 42 s.")
+    ]
+    after = reconcile(job(timeout=60), {**STATUS, "rendezvous": done.status["rendezvous"]}, running, True,
+                      START + timedelta(seconds=50), master_status=report(joined=[0, 1, 2, 3]))  # fmt: skip
+    assert not news(after)

@@ -122,9 +122,24 @@ def test_a_bad_kueue_label_names_it() -> None:
         gang_job(labels={"kueue.x-k8s.io/queue-name": "A B"})
 
 
-def test_operator_config_reads_the_default_gang_and_scheduler() -> None:
-    cfg = OperatorConfig.from_env({"ETHA_DEFAULT_GANG": "volcano", "ETHA_SCHEDULER_NAME": "volcano"})
-    assert (cfg.default_gang, cfg.scheduler_name) == ("volcano", "volcano")
+def test_operator_config_reads_the_default_gang_and_schedulers() -> None:
+    cfg = OperatorConfig.from_env(
+        {
+            "ETHA_DEFAULT_GANG": "volcano",
+            "ETHA_SCHEDULER_NAME": "mine",
+            "ETHA_GANG_SCHEDULERS": "volcano=vc, coscheduling=sp",
+        }
+    )
+    assert (cfg.default_gang, cfg.scheduler_name) == ("volcano", "mine")
+    assert cfg.gang_schedulers == {"volcano": "vc", "coscheduling": "sp"}
+    with pytest.raises(ConfigError, match=r"ETHA_GANG_SCHEDULERS entry 'none=x' must be"):
+        OperatorConfig.from_env({"ETHA_GANG_SCHEDULERS": "none=x"})
+    # A gang implies its scheduler; a job without one gets the default.
+    gangs = {"coscheduling": "sp", "volcano": "vc"}
+    for gang, want in (("coscheduling", "sp"), ("volcano", "vc"), ("none", "mine")):
+        body = make_trainingjob(name="g", scheduling={"gang": gang})
+        job = parse(body, default_scheduler="mine", gang_schedulers=gangs)
+        assert build_worker_pod(job, 0, 0)["spec"]["schedulerName"] == want
     assert OperatorConfig.from_env({}).default_gang == "none"
     with pytest.raises(ConfigError, match=r"ETHA_DEFAULT_GANG \('kai'\) must be one of"):
         OperatorConfig.from_env({"ETHA_DEFAULT_GANG": "kai"})
@@ -195,19 +210,80 @@ def test_a_waiting_gang_says_the_schedulers_reason_and_its_podgroup() -> None:
 
 
 def test_on_timeout_fail_job_fails_after_the_timeout_and_not_before() -> None:
+    """The clock starts when the scheduler first said it could not place a pod (the condition's
+    transition), not at the pods' creation (Kueue may have held them back until then)."""
     job = gang_job(replicas=1, gang="coscheduling", scheduleTimeoutSeconds=60, onTimeout="FailJob")
-    created = NOW - timedelta(seconds=70)
-    pods = waiting_pods(created)
-    first = reconcile(job, {"attempt": 0}, pods, True, NOW - timedelta(seconds=30), None)
+    pods = waiting_pods(NOW - timedelta(seconds=300))
+    first = reconcile(job, {"attempt": 0}, pods, True, NOW - timedelta(seconds=40), None)
     assert first.status["phase"] == "Pending"
-    assert first.requeue_after == pytest.approx(20.0)  # 60 s after the pods were made
+    assert first.requeue_after == pytest.approx(60.0)
     status = {"attempt": 0, "conditions": first.status["conditions"]}
-    later = reconcile(job, status, pods, True, NOW, None)
+    before = reconcile(job, status, pods, True, NOW + timedelta(seconds=19), None)
+    assert before.status["phase"] == "Pending" and before.requeue_after == pytest.approx(1.0)
+    later = reconcile(job, status, pods, True, NOW + timedelta(seconds=20), None)
     assert later.status["phase"] == "Failed" and later.status["reason"] == "ScheduleTimeout"
     (failed,) = [x for x in later.status["conditions"] if x["type"] == "Failed"]
     assert "scheduleTimeoutSeconds (60 s)" in failed["message"]
     assert "3 Insufficient nvidia.com/gpu" in failed["message"]
     assert sorted(later.delete_pods) == ["g-master-0", "g-worker-0-0"]
+
+
+def test_a_gang_placed_after_its_timeout_but_before_the_look_is_not_failed() -> None:
+    """The condition says False from the last look; the pods, now, are placed: they decide."""
+    job = gang_job(replicas=1, gang="coscheduling", scheduleTimeoutSeconds=60, onTimeout="FailJob")
+    pods = waiting_pods(NOW - timedelta(seconds=600))
+    first = reconcile(job, {"attempt": 0}, pods, True, NOW - timedelta(seconds=500), None)
+    placed = [make_pod(p["metadata"]["name"], "Running", role=p["metadata"]["labels"]["etha.io/role"], job="g")
+              for p in pods]  # fmt: skip
+    later = reconcile(job, {"attempt": 0, "conditions": first.status["conditions"]}, placed, True, NOW, None)
+    assert later.status["phase"] == "Running", later.status
+
+
+def test_a_restart_or_a_suspension_forgets_why_the_last_attempt_waited() -> None:
+    job = gang_job(replicas=1, gang="coscheduling", scheduleTimeoutSeconds=60, onTimeout="FailJob")
+    pods = waiting_pods(NOW - timedelta(seconds=600))
+    first = reconcile(job, {"attempt": 0}, pods, True, NOW - timedelta(seconds=500), None)
+    waited = {"attempt": 0, "conditions": first.status["conditions"], "reason": "Unschedulable"}
+    body = make_trainingjob(name="g", replicas=1, scheduling={"gang": "coscheduling"}, suspend=True)
+    held = reconcile(parse(body), waited, pods, True, NOW, None)
+    assert held.status["reason"] is None and held.delete_groups == ["g-0"]
+    assert not [x for x in held.status["conditions"] if x["type"] == c.COND_SCHEDULED]
+    # Resumed (the same attempt, no pods yet): nothing has waited, nothing fails.
+    resumed = reconcile(job, {**waited, "phase": "Suspended"}, [], True, NOW, None)
+    assert resumed.status.get("phase") != "Failed" and ("PodGroup", "g-0") in kinds(resumed)
+
+
+def test_a_kueue_gated_pod_is_not_unschedulable() -> None:
+    job = gang_job(replicas=1, labels={"kueue.x-k8s.io/queue-name": "team-a"})
+    gated = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated", "message": "gated"}
+    pods = [make_pod(n, "Pending", role=r, job="g", conditions=[gated]) for n, r in
+            (("g-master-0", "master"), ("g-worker-0-0", "worker"))]  # fmt: skip
+    acts = reconcile(job, {"attempt": 0}, pods, True, NOW, None)
+    assert not [x for x in acts.status.get("conditions") or [] if x["type"] == c.COND_SCHEDULED]
+    assert not acts.status.get("reason")
+
+
+def test_a_new_attempts_podgroup_replaces_the_last_ones() -> None:
+    job = gang_job(replicas=1, gang="coscheduling")
+    acts = reconcile(job, {"attempt": 2, "restarts": 2}, [], True, NOW, None)
+    assert ("PodGroup", "g-2") in kinds(acts) and acts.delete_groups == ["g-1"]
+
+
+def test_the_podgroup_phase_changing_updates_the_message_without_a_new_event() -> None:
+    job = gang_job(replicas=1, gang="coscheduling")
+    pods = waiting_pods(NOW - timedelta(seconds=5))
+    first = reconcile(job, {"attempt": 0}, pods, True, NOW, None, pod_group="PodGroup g-0 is Pending")
+    status = {"attempt": 0, "conditions": first.status["conditions"]}
+    later = reconcile(job, status, pods, True, NOW, None, pod_group="PodGroup g-0 is Scheduling")
+    (cond,) = [x for x in later.status["conditions"] if x["type"] == c.COND_SCHEDULED]
+    assert cond["message"].endswith("(gang: PodGroup g-0 is Scheduling)") and not later.events
+    # A rejected-with-the-gang message after the telling one keeps the telling one (suffix and all).
+    rejected = [unschedulable_pod(p["metadata"]["name"], p["metadata"]["labels"]["etha.io/role"],
+                                  "0/1 nodes are available: 1 optimistic rejection in PostFilter.", NOW)
+                for p in pods]  # fmt: skip
+    status = {"attempt": 0, "conditions": later.status["conditions"]}
+    again = reconcile(job, status, rejected, True, NOW, None, pod_group="PodGroup g-0 is Scheduling")
+    assert "conditions" not in again.status and not again.events
 
 
 def test_on_timeout_wait_keeps_waiting() -> None:
