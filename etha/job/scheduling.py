@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from etha.job.errors import InvalidSpec
+
 #: spec.scheduling.gang values.
 GANG_COSCHEDULING = "coscheduling"
 GANG_VOLCANO = "volcano"
@@ -57,14 +59,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-class SchedulingError(ValueError):
-    """A bad spec.scheduling value; ``field`` is its path."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 @dataclass(frozen=True)
 class Scheduling:
     gang: str = GANG_NONE
@@ -94,24 +88,24 @@ def parse_scheduling(
     gang_schedulers: Mapping[str, str] | None = None,
     job_labels: dict[str, Any] | None = None,
 ) -> Scheduling:
-    """spec.scheduling read and checked; raises :class:`SchedulingError` naming the field."""
+    """spec.scheduling read and checked; raises :class:`InvalidSpec` naming the field."""
     path = "spec.scheduling"
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise SchedulingError(path, f"{path} ({value!r}) must be an object.")
+        raise InvalidSpec(path, f"{path} ({value!r}) must be an object.")
     unknown = sorted(
         set(value) - {"gang", "queue", "priorityClassName", "scheduleTimeoutSeconds", "onTimeout"}
     )
     if unknown:
-        raise SchedulingError(
+        raise InvalidSpec(
             f"{path}.{unknown[0]}",
             f"{path}.{unknown[0]} is not a field; expected gang, queue, priorityClassName, "
             "scheduleTimeoutSeconds or onTimeout.",
         )
     gang = value.get("gang") or default_gang
     if gang not in GANGS:
-        raise SchedulingError(f"{path}.gang", f"{path}.gang ({gang!r}) must be one of {', '.join(GANGS)}.")
+        raise InvalidSpec(f"{path}.gang", f"{path}.gang ({gang!r}) must be one of {', '.join(GANGS)}.")
     queue = _name(
         value.get("queue"), f"{path}.queue", _DNS_LABEL, "a DNS label (lowercase letters, digits, '-')"
     )
@@ -120,22 +114,22 @@ def parse_scheduling(
     )
     timeout = value.get("scheduleTimeoutSeconds")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
-        raise SchedulingError(
+        raise InvalidSpec(
             f"{path}.scheduleTimeoutSeconds",
             f"{path}.scheduleTimeoutSeconds ({timeout!r}) must be an integer of at least 1.",
         )
     on_timeout = value.get("onTimeout") or ON_TIMEOUT_WAIT
     if on_timeout not in ON_TIMEOUTS:
-        raise SchedulingError(
+        raise InvalidSpec(
             f"{path}.onTimeout", f"{path}.onTimeout ({on_timeout!r}) must be one of {', '.join(ON_TIMEOUTS)}."
         )
     if on_timeout == ON_TIMEOUT_FAIL and timeout is None:
-        raise SchedulingError(
+        raise InvalidSpec(
             f"{path}.onTimeout",
             f"{path}.onTimeout is {ON_TIMEOUT_FAIL}, which needs {path}.scheduleTimeoutSeconds.",
         )
     if gang != GANG_VOLCANO and queue is not None:
-        raise SchedulingError(
+        raise InvalidSpec(
             f"{path}.queue",
             f"{path}.queue ({queue!r}) is Volcano's queue and needs gang: volcano (the gang is {gang}); "
             f"for Kueue, label "
@@ -159,7 +153,7 @@ def _name(value: Any, path: str, pattern: re.Pattern[str], what: str) -> str | N
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > 253 or not pattern.match(value):
-        raise SchedulingError(path, f"{path} ({value!r}) must be {what}.")
+        raise InvalidSpec(path, f"{path} ({value!r}) must be {what}.")
     return value
 
 

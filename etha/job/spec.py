@@ -10,6 +10,7 @@ from typing import Any
 
 from etha import constants as env_names
 from etha.job import constants as c
+from etha.job.errors import InvalidSpec as InvalidSpec  # re-exported: the spec's error
 from etha.job.names import longest_child_name
 from etha.job.policies import (
     ACTIONS,
@@ -23,7 +24,7 @@ from etha.job.policies import (
     SuccessRule,
     parse_ranges,
 )
-from etha.job.scheduling import GANG_NONE, Scheduling, SchedulingError, parse_scheduling
+from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
 from etha.job.security import apply_restricted_defaults, restricted_violations
 from etha.kvstore.errors import InvalidArgumentError
 from etha.kvstore.etcd import parse_endpoint
@@ -40,14 +41,6 @@ _RENDEZVOUS_VARS = (
 GPU_RESOURCE = "nvidia.com/gpu"
 #: The string value of spec.procsPerWorker that means "one process per GPU".
 PROCS_AUTO = "auto"
-
-
-class InvalidSpec(ValueError):
-    """A TrainingJob that cannot run; ``field`` is the path of the bad field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -140,17 +133,14 @@ def parse(
         raise InvalidSpec(
             "spec.rendezvous.backend", f"spec.rendezvous.backend ({backend!r}) must be tcp or etcd."
         )
-    try:
-        scheduling = parse_scheduling(
-            spec.get("scheduling"),
-            default_gang=default_gang,
-            template_scheduler=(template.get("spec") or {}).get("schedulerName"),
-            default_scheduler=default_scheduler,
-            gang_schedulers=gang_schedulers,
-            job_labels=meta.get("labels") or {},
-        )
-    except SchedulingError as exc:
-        raise InvalidSpec(exc.field, str(exc)) from None
+    scheduling = parse_scheduling(
+        spec.get("scheduling"),
+        default_gang=default_gang,
+        template_scheduler=(template.get("spec") or {}).get("schedulerName"),
+        default_scheduler=default_scheduler,
+        gang_schedulers=gang_schedulers,
+        job_labels=meta.get("labels") or {},
+    )
     image = rdzv.get("image") or default_image
     resources = rdzv.get("resources")
     return JobSpec(
