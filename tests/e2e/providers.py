@@ -24,6 +24,7 @@ class Provider(Protocol):
     def kill(self, pod: str) -> None: ...
     def dump(self) -> str: ...
     def close(self) -> None: ...
+    def metrics(self) -> str | None: ...
 
 
 class ControlPlaneProvider:
@@ -59,6 +60,10 @@ class ControlPlaneProvider:
 
     def kill(self, pod: str) -> None:
         self.node.kill(NAMESPACE, pod)
+
+    def metrics(self) -> str | None:
+        """The operator's ``GET /metrics``."""
+        return str(self.operator.metrics())
 
     def dump(self) -> str:
         out = self.operator.kubectl(
@@ -193,6 +198,9 @@ class Kind:
     def status(self, job: str) -> dict[str, Any]:
         out = self.kubectl("get", "trainingjob", job, "-n", NAMESPACE, "-o", "json")
         return dict(json.loads(out.stdout).get("status") or {})
+
+    def metrics(self) -> str | None:
+        return None  # the operator's port is inside the cluster (the control-plane run checks it)
 
     def kill(self, pod: str) -> None:
         # A container cannot SIGKILL its own PID 1; a forced delete is the cluster-side fault.

@@ -41,8 +41,53 @@ def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
         p.close()
 
 
+def samples(text: str | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The exposition, parsed by prometheus_client's own parser: value by (name, labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text or "")
+        for s in family.samples
+    }
+
+
+def total(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in values.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def check_metrics(
+    before: str | None, after: str | None, scenario: Scenario, status: dict[str, object]
+) -> None:
+    """What the operator's /metrics says happened during the scenario, against its final status:
+    one job created, one finished in its phase, its restarts, and (for a job that ran once and
+    met in one attempt) one startup and one rendezvous observation."""
+    old, new = samples(before), samples(after)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(new, name, **labels) - total(old, name, **labels)
+
+    got = {
+        "created": delta("etha_jobs_created_total"),
+        "finished": delta("etha_jobs_finished_total", phase=scenario.phase),
+        "restarts": delta("etha_job_restarts_total"),
+    }
+    want = {"created": 1.0, "finished": 1.0, "restarts": float(status.get("restarts") or 0)}
+    conditions = status.get("conditions") or []
+    ran = any(isinstance(x, dict) and x.get("type") == "Running" for x in conditions)  # type: ignore[union-attr]
+    rendezvous = status.get("rendezvous") or {}
+    if want["restarts"] == 0:
+        got["startup"] = delta("etha_job_startup_seconds_count")
+        want["startup"] = 1.0 if ran else 0.0
+        if isinstance(rendezvous, dict) and rendezvous.get("complete") and rendezvous.get("startTime"):
+            got["rendezvous"] = delta("etha_rendezvous_seconds_count")
+            want["rendezvous"] = 1.0
+    assert got == want, f"{scenario.name}: /metrics deltas {got}, expected {want}"
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_scenario(provider: Provider, scenario: Scenario) -> None:
+    before = provider.metrics()
     provider.apply(scenario.manifest)
     deadline = time.monotonic() + scenario.timeout
     status: dict[str, object] = {}
@@ -61,3 +106,15 @@ def test_scenario(provider: Provider, scenario: Scenario) -> None:
         f"status: {status}\n{provider.dump()}"
     )
     scenario.check(status)
+    if before is not None:  # the kind provider cannot reach the operator's port
+        # The job's last transition may still be on its way to the counters: a status write
+        # comes before its observation.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                check_metrics(before, provider.metrics(), scenario, status)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)

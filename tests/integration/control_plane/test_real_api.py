@@ -108,7 +108,7 @@ def test_kubectl_explain_and_the_server_side_columns(op: ChartOperator) -> None:
     apply(op, job("columns", replicas=1, command=["python", "-c", "import time; time.sleep(600)"]))
     wait_phase(op, "columns", "Running")
     header, row = op.kubectl("get", "tj", "columns", "-n", NS).stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "READY", "JOINED", "RESTARTS", "AGE"], header
+    assert header.split() == ["NAME", "PHASE", "READY", "JOINED", "RESTARTS", "REASON", "AGE"], header
     assert row.split()[:2] == ["columns", "Running"] and row.split()[2] == "1/1", row
     op.kubectl("delete", "tj", "columns", "-n", NS, "--wait=false")
 
@@ -135,7 +135,8 @@ def test_integer_quantities_as_users_write_them_reach_the_pods_and_the_job_succe
     ):
         assert needle in text, text
     assert "RendezvousComplete" in text and "All 2 ranks joined the rendezvous of attempt 0" in text, text
-    assert text.index("RendezvousComplete") < text.index("All 2 workers succeeded."), text
+    # (Their order within one second is the event list's, not the operator's: kubectl sorts by
+    # timestamp, to the second.)
 
 
 def test_a_job_asking_for_more_gpus_than_any_node_has_stays_pending_with_the_schedulers_reason(
