@@ -76,8 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             # so no KopfPeering resources and no RBAC for them.
             standalone=True,
             registry=registry,
+            # The metrics served are the ones the controller and the API module count into.
             memo=handlers.operator_memo(
-                config, Api(load_api_client(config.create_concurrency), config.create_concurrency)
+                config,
+                Api(
+                    load_api_client(config.create_concurrency),
+                    config.create_concurrency,
+                    on_request=meter.api_request,
+                ),
+                meter,
             ),
         )
     )

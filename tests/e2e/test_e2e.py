@@ -72,7 +72,13 @@ def check_metrics(
         "finished": delta("etha_jobs_finished_total", phase=scenario.phase),
         "restarts": delta("etha_job_restarts_total"),
     }
-    want = {"created": 1.0, "finished": 1.0, "restarts": float(status.get("restarts") or 0)}
+    got["api requests"] = delta("etha_api_requests_total", verb="create", code="201") > 0
+    want = {
+        "created": 1.0,
+        "finished": 1.0,
+        "restarts": float(status.get("restarts") or 0),
+        "api requests": True,
+    }
     conditions = status.get("conditions") or []
     ran = any(isinstance(x, dict) and x.get("type") == "Running" for x in conditions)  # type: ignore[union-attr]
     rendezvous = status.get("rendezvous") or {}
@@ -82,7 +88,8 @@ def check_metrics(
         if isinstance(rendezvous, dict) and rendezvous.get("complete") and rendezvous.get("startTime"):
             got["rendezvous"] = delta("etha_rendezvous_seconds_count")
             want["rendezvous"] = 1.0
-    assert got == want, f"{scenario.name}: /metrics deltas {got}, expected {want}"
+    shown = "\n".join(line for line in (after or "").splitlines() if line.startswith("etha_job"))
+    assert got == want, f"{scenario.name}: /metrics deltas {got}, expected {want}\n{shown}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
