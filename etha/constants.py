@@ -34,6 +34,9 @@ ENV_WORLD_SIZE_ETHA: Final = "ETHA_WORLD_SIZE"
 ENV_RANK_ETHA: Final = "ETHA_RANK"
 # The TrainingJob's name: the store's default key namespace.
 ENV_JOB_NAME: Final = "ETHA_JOB_NAME"
+# The keys' namespace of backend etcd: one TrainingJob (by namespace, name and uid) and attempt, so
+# two jobs of one name, a job made again, or the next attempt never read each other's keys.
+ENV_KVSTORE_NAMESPACE: Final = "ETHA_KVSTORE_NAMESPACE"
 # Whole-job attempt number, 0 for the first run.
 ENV_ATTEMPT: Final = "ETHA_ATTEMPT"
 

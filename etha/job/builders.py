@@ -13,6 +13,7 @@ from etha.job.names import (
     network_policy_name,
     service_name,
     status_port,
+    store_namespace,
     worker_name,
 )
 from etha.job.scheduling import apply_to_pod, build_pod_group, group_name
@@ -172,6 +173,7 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         rank=rank,
         attempt=attempt,
         etcd_endpoints=job.etcd_endpoints,
+        key_namespace=store_namespace(job.namespace, job.name, job.uid, attempt),
         procs_per_worker=job.procs_per_worker,
         rendezvous_timeout=job.rendezvous_timeout,
     )

@@ -18,6 +18,7 @@ def worker_env(
     etcd_endpoints: list[str] | None = None,
     procs_per_worker: int = 1,
     rendezvous_timeout: int = DEFAULT_RENDEZVOUS_TIMEOUT,
+    key_namespace: str | None = None,
 ) -> dict[str, str]:
     """The contract's variables for one worker, in a stable order.
 
@@ -56,6 +57,8 @@ def worker_env(
         env.update({c.ENV_KVSTORE_HOST: master_addr, c.ENV_KVSTORE_PORT: str(port)})
     else:
         env.update({c.ENV_KVSTORE_BACKEND: "etcd", c.ENV_ETCD_ENDPOINTS: ",".join(etcd_endpoints)})
+        if key_namespace:  # shared by the job's ranks, and by no one else (names.store_namespace)
+            env[c.ENV_KVSTORE_NAMESPACE] = key_namespace
     env.update(
         {
             c.ENV_WORLD_SIZE_ETHA: str(world_size),

@@ -5,6 +5,12 @@ from __future__ import annotations
 from etha.job import constants as c
 
 
+def store_namespace(namespace: str, job: str, uid: str, attempt: int) -> str:
+    """The etcd keys' namespace of one attempt of one TrainingJob (``ETHA_KVSTORE_NAMESPACE``):
+    dots cannot occur in a namespace or a job's name, so no two jobs' namespaces overlap."""
+    return f"{namespace}.{job}.{uid or 'local'}.{attempt}"
+
+
 def service_name(job: str) -> str:
     """The headless Service that gives the job's pods DNS names."""
     return job

@@ -45,7 +45,8 @@ def from_env(
     """Connect to the job's rendezvous store described by the injected environment.
 
     Reads ``ETHA_KVSTORE_HOST``, ``ETHA_KVSTORE_PORT``, ``ETHA_WORLD_SIZE``, ``ETHA_RANK`` and
-    ``ETHA_JOB_NAME`` (the key namespace), falling back to torch's ``MASTER_ADDR``,
+    ``ETHA_JOB_NAME`` (the key namespace; ``ETHA_KVSTORE_NAMESPACE`` first, which the operator
+    sets for backend etcd: the job's and attempt's own), falling back to torch's ``MASTER_ADDR``,
     ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK``; ``ETHA_KVSTORE_TIMEOUT`` (seconds) bounds the wait
     for the master. Records this rank as joined, so the master can log who arrived.
 
@@ -68,7 +69,7 @@ def from_env(
     host = _require(env, c.ENV_KVSTORE_HOST, c.ENV_MASTER_ADDR)
     port = _require_int(env, c.ENV_KVSTORE_PORT, c.ENV_MASTER_PORT, low=1, high=65535)
     world_size, rank, worker = _ranks(env)
-    namespace = env.get(c.ENV_JOB_NAME) or "default"
+    namespace = _namespace(env)
     timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
 
     from etha.kvstore.tcp import TorchTCPStore
@@ -113,13 +114,17 @@ def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
         )
     world_size, rank, worker = _ranks(env)
     timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
-    store = EtcdStore(
-        endpoints, namespace=env.get(c.ENV_JOB_NAME) or "default", component=component, timeout=timeout
-    )
+    store = EtcdStore(endpoints, namespace=_namespace(env), component=component, timeout=timeout)
     store.rank = rank
     store.world_size = world_size
     store.register_join(worker)
     return store
+
+
+def _namespace(env: Mapping[str, str]) -> str:
+    """The keys' namespace: the attempt's own (``ETHA_KVSTORE_NAMESPACE``, backend etcd), else
+    the job's name."""
+    return env.get(c.ENV_KVSTORE_NAMESPACE) or env.get(c.ENV_JOB_NAME) or "default"
 
 
 def _require(env: Mapping[str, str], name: str, fallback: str) -> str:

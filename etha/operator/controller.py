@@ -30,10 +30,12 @@ import kopf
 
 from etha.job import constants as c
 from etha.job.builders import Manifest
-from etha.job.names import master_name, network_policy_name, service_name
+from etha.job.names import master_name, network_policy_name, service_name, store_namespace
 from etha.job.pods import parse_time, timestamp
 from etha.job.scheduling import group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.kvstore.errors import KVStoreError
+from etha.kvstore.etcd import delete_namespace
 from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api, ApiError, ChildRejected
 from etha.operator.metrics import OperatorMetrics
@@ -54,6 +56,8 @@ Body = dict[str, Any]
 
 #: Seconds an object the operator created (or deleted) counts as such before the watch shows it.
 EXPECTATION_TTL = 30.0
+#: Seconds the operator gives etcd to delete a deleted job's keys.
+ETCD_CLEANUP_TIMEOUT = 10.0
 #: Consecutive failed reads of a master's status document before the job's status says so.
 READ_FAILURES_SHOWN = 3
 #: The finalizer kopf put on jobs for the timer of operator versions before 0.2: removed on sight.
@@ -153,6 +157,8 @@ class Controller:
         self.services: Children = {}
         self.policies: Children = {}
         self._gate = asyncio.Semaphore(64)
+        #: Deleted etcd-backend jobs whose keys are being deleted (kept: a task nobody holds may go).
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # --- events --------------------------------------------------------------------------------
 
@@ -170,6 +176,7 @@ class Controller:
                 worker.task.cancel()
             meta = body.get("metadata") or {}
             self.metrics.job_forgotten(str(meta.get("namespace") or "default"), str(meta.get("name")))
+            self._forget_keys(body)
             return
         worker = self.workers.get(uid)
         if worker is None:
@@ -191,8 +198,40 @@ class Controller:
                 if waiting in self.workers:
                     self.workers[waiting].wake.set()
 
+    def _forget_keys(self, body: Body) -> None:
+        """A deleted job with backend etcd: delete the keys of each of its attempts (no rank's
+        close() deletes any; docs/kvstore.md). Keys of a job deleted while the operator was
+        down stay."""
+        try:
+            job = parse(body, default_etcd_endpoints=self.config.default_etcd_endpoints)
+        except InvalidSpec:
+            return  # it never ran
+        if job.etcd_endpoints is None:
+            return
+        last = int((body.get("status") or {}).get("attempt") or 0)
+        names = [store_namespace(job.namespace, job.name, job.uid, a) for a in range(last + 1)]
+        task = asyncio.create_task(self._delete_keys(job, names), name=f"keys of {job.namespace}/{job.name}")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _delete_keys(self, job: JobSpec, names: list[str]) -> None:
+        assert job.etcd_endpoints is not None
+        loop = asyncio.get_running_loop()
+        deleted = 0
+        for name in names:
+            try:
+                deleted += await loop.run_in_executor(
+                    None, delete_namespace, job.etcd_endpoints, name, ETCD_CLEANUP_TIMEOUT
+                )
+            except KVStoreError as exc:
+                logger.warning(
+                    "%s/%s: deleted, but its etcd keys (%s) were not: %s", job.namespace, job.name, name, exc
+                )
+                return
+        logger.info("%s/%s: deleted, and its %d etcd keys with it", job.namespace, job.name, deleted)
+
     async def shutdown(self) -> None:
-        tasks = [w.task for w in self.workers.values() if w.task is not None]
+        tasks = [w.task for w in self.workers.values() if w.task is not None] + list(self._cleanups)
         for task in tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -105,3 +105,32 @@ def test_etcd_backend_lets_worker_zero_host_torchruns_store() -> None:
     )
     assert env["PET_RDZV_ENDPOINT"] == "j-worker-0-0.j.ns.svc:29500"
     assert env["PET_RDZV_CONF"] == "join_timeout=900,read_timeout=900"
+
+
+def test_etcd_keys_are_the_attempts_own() -> None:
+    """Two jobs of one name (two namespaces, or deleted and made again) and two attempts of one
+    job never share etcd keys; the TCP backend's store is the attempt's own master already."""
+    from etha.job.builders import build_worker_pod
+    from etha.job.spec import parse
+    from tests.unit.controller.factories import make_trainingjob
+
+    def key_namespace(namespace: str, uid: str, attempt: int, backend: str = "etcd") -> str | None:
+        body = make_trainingjob(
+            name="j",
+            namespace=namespace,
+            rendezvous={"backend": backend, "etcd": {"endpoints": ["e:2379"]}} if backend == "etcd" else {},
+        )
+        body["metadata"]["uid"] = uid
+        pod = build_worker_pod(parse(body), attempt, 0)
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        return env.get("ETHA_KVSTORE_NAMESPACE")
+
+    assert key_namespace("ns", "u1", 0) == "ns.j.u1.0"
+    seen = {
+        key_namespace("ns", "u1", 0),
+        key_namespace("ns2", "u1", 0),
+        key_namespace("ns", "u2", 0),
+        key_namespace("ns", "u1", 1),
+    }
+    assert len(seen) == 4
+    assert key_namespace("ns", "u1", 0, backend="tcp") is None

@@ -209,3 +209,43 @@ def test_status_writes_survive_other_writers_of_the_same_job(op: ChartOperator) 
     done = wait_phase(op, "contended", "Succeeded")
     assert done["workers"]["succeeded"] == 2 and done["note"] == "other writer 29", done
     assert "409" not in op.log() and "Conflict" not in op.log(), op.log()
+
+
+#: Each rank writes a key of its own to the job's etcd keys, through the injected environment.
+WRITES_A_KEY = (
+    "from etha.kvstore import from_env\n"
+    "store = from_env()\n"
+    "store.set(f'note/{store.rank}', 'written')\n"
+    "store.close()\n"
+)
+
+
+def test_deleting_an_etcd_job_deletes_its_keys_and_no_one_elses(op: ChartOperator) -> None:
+    """backend etcd: no rank's close() deletes keys; the operator deletes the job's (each
+    attempt's namespace) once the TrainingJob is deleted, and leaves another job's."""
+    from etha.kvstore.etcd import EtcdStore
+    from tests.etcd_server import EtcdServer
+
+    etcd = EtcdServer()
+    try:
+        doc = job("etcd-keys", command=["python", "-c", WRITES_A_KEY])
+        doc["spec"]["rendezvous"] = {"backend": "etcd", "etcd": {"endpoints": [etcd.endpoint]}}
+        apply(op, doc)
+        wait_phase(op, "etcd-keys", "Succeeded")
+        uid = op.plane.admin.get(f"{TJ}/etcd-keys")["metadata"]["uid"]
+        mine = EtcdStore([etcd.endpoint], namespace=f"{NS}.etcd-keys.{uid}.0", timeout=5)
+        other = EtcdStore([etcd.endpoint], namespace=f"{NS}.etcd-keys.another-uid.0", timeout=5)
+        try:
+            assert mine.get("note/0") == b"written" and mine.get("note/1") == b"written"
+            other.set("note/0", "another job's")
+            op.kubectl("delete", "tj", "etcd-keys", "-n", NS, "--wait=false")
+            wait_until(lambda: mine.get("note/0") is None, 30, "the job's etcd keys deleted")
+            assert mine.get("note/1") is None
+            assert other.get("note/0") == b"another job's"
+            # 2 notes, 2 joins; said once the last attempt's keys are gone (a moment after).
+            wait_until(lambda: "its 4 etcd keys with it" in op.log(), 10, "the operator's word on it")
+        finally:
+            mine.close()
+            other.close()
+    finally:
+        etcd.stop()

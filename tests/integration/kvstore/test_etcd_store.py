@@ -169,6 +169,32 @@ def test_from_env_builds_an_etcd_store(etcd: EtcdServer) -> None:
         store.close()
 
 
+def test_the_operators_key_namespace_keeps_two_jobs_of_one_name_apart(etcd: EtcdServer) -> None:
+    """ETHA_KVSTORE_NAMESPACE (the job's and attempt's own) wins over ETHA_JOB_NAME: two jobs
+    named "same" (two namespaces) write the same key and each reads its own; deleting one's
+    namespace leaves the other's."""
+    from etha.kvstore import from_env
+    from etha.kvstore.etcd import delete_namespace
+
+    def store(key_namespace: str) -> EtcdStore:
+        env = {"ETHA_KVSTORE_BACKEND": "etcd", "ETHA_ETCD_ENDPOINTS": etcd.endpoint, "ETHA_WORLD_SIZE": "1",
+               "ETHA_RANK": "0", "ETHA_JOB_NAME": "same", "ETHA_KVSTORE_NAMESPACE": key_namespace}  # fmt: skip
+        made = from_env(env)
+        assert isinstance(made, EtcdStore)
+        return made
+
+    a, b = store("team-a.same.uid-a.0"), store("team-b.same.uid-b.0")
+    try:
+        a.set("ckpt", "a's")
+        b.set("ckpt", "b's")
+        assert (a.get("ckpt"), b.get("ckpt")) == (b"a's", b"b's")
+        assert delete_namespace(etcd.endpoint, "team-a.same.uid-a.0") >= 1
+        assert a.get("ckpt") is None and b.get("ckpt") == b"b's"
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
