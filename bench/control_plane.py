@@ -10,6 +10,12 @@
   nothing changing: the operator's API requests per running job per minute (from the API
   server's audit log, by the operator's ServiceAccount) over --window seconds; then one worker
   SIGKILLed, and how long until the job's status shows it.
+- Through to Succeeded (--succeed JOBS): JOBS TrainingJobs x 8 workers created at once, each
+  master asking for 1 CPU (two fake Nodes of 16: at most 32 run at a time, the scheduler holds
+  the rest), every pod run by the local node as processes (the masters are the real
+  `python -m etha.kvstore.server`; the workers exit 0 at once, so torch is imported 100 times,
+  not 900); the time until every job Succeeded, the most running at once, and the operator's API
+  requests per job.
 
     .venv/bin/python bench/control_plane.py [--pods 1024] [--repeat 3]
 """
@@ -111,6 +117,57 @@ def steady(jobs: int, window: float) -> None:
         plane.stop()
 
 
+def succeed(jobs: int, replicas: int = 8) -> None:
+    import tempfile
+
+    from tests.controlplane.node import LocalNode
+
+    plane = ControlPlane().start()
+    node = LocalNode(
+        plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))
+    ).start()
+    op = ChartOperator(plane).install().start()
+    ns = "succeed"
+    user = "system:serviceaccount:etha-system:etha-operator"
+    path = f"/apis/etha.io/v1alpha1/namespaces/{ns}/trainingjobs"
+    try:
+        plane.create_namespace(ns)
+        since = time.time()
+        start = time.monotonic()
+        docs = []
+        for i in range(jobs):
+            job = make_trainingjob(name=f"job-{i}", namespace=ns, replicas=replicas)
+            del job["metadata"]["uid"]
+            job["spec"]["template"]["spec"]["containers"][0]["command"] = ["python", "-c", "pass"]
+            job["spec"]["rendezvous"] = {"resources": {"requests": {"cpu": "1"}}}
+            docs.append(job)
+        op.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        created = time.monotonic() - start
+        most, phases = 0, {}
+        while True:
+            items = plane.admin.get(path)["items"]
+            phases = {}
+            for j in items:
+                phase = j.get("status", {}).get("phase") or "-"
+                phases[phase] = phases.get(phase, 0) + 1
+            most = max(most, phases.get("Running", 0))
+            if phases.get("Succeeded", 0) + phases.get("Failed", 0) == jobs:
+                break
+            if time.monotonic() - start > 1800:
+                raise SystemExit(f"not done after 30 min: {phases}")
+            time.sleep(1.0)
+        took = time.monotonic() - start
+        requests = plane.requests_by(user, since)
+        print(f"{jobs} jobs x {replicas} workers (+ master) created in {created:.1f} s; all finished "
+              f"{took:.1f} s after the first was applied ({jobs / took * 60:.0f} jobs/min): {phases}; "
+              f"at most {most} Running at once (seen at 1 s intervals); {len(requests)} operator "
+              f"requests, {len(requests) / jobs:.1f} per job")  # fmt: skip
+    finally:
+        op.uninstall()
+        node.stop()
+        plane.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,7 +176,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--steady", type=int, default=0, metavar="JOBS", help="Measure steady state instead.")
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument(
+        "--succeed", type=int, default=0, metavar="JOBS", help="Run JOBS x 8 to Succeeded instead."
+    )
     args = parser.parse_args()
+    if args.succeed:
+        succeed(args.succeed)
+        return 0
     if args.steady:
         steady(args.steady, args.window)
         return 0
