@@ -120,9 +120,13 @@ def steady(jobs: int, window: float) -> None:
 def succeed(jobs: int, replicas: int = 8) -> None:
     import tempfile
 
+    from tests.controlplane.cluster import FakeNode
     from tests.controlplane.node import LocalNode
 
-    plane = ControlPlane().start()
+    # Room for every finished pod: a Succeeded pod stays bound to its Node (as a Job's do) and
+    # counts against its 110 pods; with 110, 30 finished jobs filled both Nodes and the masters
+    # placed after them waited forever for workers (ungang'd pods: docs/scheduling.md).
+    plane = ControlPlane(nodes=(FakeNode("node-0", pods=1000), FakeNode("node-1", pods=1000))).start()
     node = LocalNode(
         plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))
     ).start()
@@ -180,6 +184,10 @@ def main() -> int:
         "--succeed", type=int, default=0, metavar="JOBS", help="Run JOBS x 8 to Succeeded instead."
     )
     args = parser.parse_args()
+    import signal
+
+    # A SIGTERM (timeout, Ctrl-\) unwinds like Ctrl-C: every `finally` stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.succeed:
         succeed(args.succeed)
         return 0
