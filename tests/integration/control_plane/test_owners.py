@@ -5,7 +5,6 @@ fails its attempt, and deleting a job never waits for the operator."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.jobs import Jobs, condition
 from tests.controlplane.kube import KubeError
 from tests.controlplane.operator import ChartOperator, operating
 from tests.helpers import wait_until
@@ -28,37 +28,9 @@ def op(control_plane: ControlPlane) -> Iterator[ChartOperator]:
         yield operator
 
 
-def job(name: str, replicas: int = 2, code: str = "import sys; sys.exit(0)", **spec: Any) -> dict[str, Any]:
-    """A job whose workers run ``code`` (no rendezvous: these tests are about the pods)."""
-    container = {"name": "worker", "image": "local", "command": ["python", "-c", code]}
-    return {
-        "apiVersion": "etha.io/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"replicas": replicas, "template": {"spec": {"containers": [container]}}, **spec},
-    }
-
-
-def status(op: ChartOperator, name: str) -> dict[str, Any]:
-    return dict(op.plane.admin.get(f"{TJ}/{name}").get("status") or {})
-
-
-def wait_for(op: ChartOperator, name: str, what: str, test: Any, timeout: float = 90) -> dict[str, Any]:
-    try:
-        wait_until(lambda: test(status(op, name)), timeout, f"{name}: {what}", interval=0.1)
-    except AssertionError as exc:
-        dump = op.kubectl("get", "tj,pods,events", "-n", NS, "-o", "wide", check=False).stdout
-        raise AssertionError(f"{exc}\nstatus: {json.dumps(status(op, name))}\n{dump}\n{op.log(40)}") from None
-    return status(op, name)
-
-
-def condition(st: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((x for x in st.get("conditions") or [] if x["type"] == kind), None)
-
-
-def pods_of(op: ChartOperator, name: str) -> list[dict[str, Any]]:
-    items = op.plane.admin.get(PODS, labelSelector=f"etha.io/job-name={name}")["items"]
-    return list(items)
+@pytest.fixture(scope="module")
+def jobs(op: ChartOperator) -> Jobs:
+    return Jobs(op, NS)
 
 
 def events_of(op: ChartOperator, name: str) -> str:
@@ -67,66 +39,68 @@ def events_of(op: ChartOperator, name: str) -> str:
     )
 
 
-def test_a_job_recreated_over_orphaned_pods_never_counts_them(op: ChartOperator) -> None:
+def test_a_job_recreated_over_orphaned_pods_never_counts_them(op: ChartOperator, jobs: Jobs) -> None:
     """The first job succeeds and is deleted with its pods orphaned; a new job of the same name
     must not be Succeeded on them: it names the pod in its way, waits, and runs its own."""
-    op.plane.admin.create(TJ, job("again"))
-    first = wait_for(op, "again", "Succeeded", lambda s: s.get("phase") == "Succeeded")
+    op.plane.admin.create(TJ, jobs.job("again"))
+    first = jobs.wait_for("again", "Succeeded", lambda s: s.get("phase") == "Succeeded")
     assert first["workers"]["succeeded"] == 2
-    wait_until(lambda: len(pods_of(op, "again")) == 2, 60, "the finished job's master gone")
+    wait_until(lambda: len(jobs.pods("again")) == 2, 60, "the finished job's master gone")
     op.plane.admin.delete(f"{TJ}/again", propagationPolicy="Orphan")
     wait_until(lambda: not op.plane.admin.exists(f"{TJ}/again"), 30, "the first job gone")
-    orphans = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(op, "again")}
+    orphans = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("again")}
     assert set(orphans) == {"again-worker-0-0", "again-worker-0-1"}, orphans
 
-    op.plane.admin.create(TJ, job("again"))
+    op.plane.admin.create(TJ, jobs.job("again"))
 
     def conflict(s: dict[str, Any]) -> str:
         cond = condition(s, "ChildConflict") or {}
         return str(cond.get("message")) if cond.get("status") == "True" else ""
 
     # The orphaned Service and NetworkPolicy are in its way first (nothing is made before them).
-    first_conflict = conflict(wait_for(op, "again", "ChildConflict", conflict))
+    first_conflict = conflict(jobs.wait_for("again", "ChildConflict", conflict))
     assert "owners/again" in first_conflict and "owned by no controller" in first_conflict, first_conflict
     assert first_conflict.startswith(("Service", "NetworkPolicy")), first_conflict
-    assert pods_of(op, "again") and {p["metadata"]["name"] for p in pods_of(op, "again")} == set(orphans)
+    assert jobs.pods("again") and {p["metadata"]["name"] for p in jobs.pods("again")} == set(orphans)
     op.plane.admin.delete(f"/api/v1/namespaces/{NS}/services/again")
     op.plane.admin.delete(f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/again-rendezvous")
-    waiting = wait_for(op, "again", "a Pod in its way", lambda s: "Pod owners/again-worker-0-" in conflict(s))
+    waiting = jobs.wait_for(
+        "again", "a Pod in its way", lambda s: "Pod owners/again-worker-0-" in conflict(s)
+    )
     message = conflict(waiting)
     assert "owned by no controller" in message and "never uses it" in message, message
     assert waiting.get("phase") != "Succeeded"
     assert "ChildConflict" in events_of(op, "again")
     # The orphans are neither adopted nor deleted by it.
     time.sleep(2)
-    now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(op, "again")}
+    now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("again")}
     assert all(now.get(n) == uid for n, uid in orphans.items()), now
 
     for pod in orphans:
         op.plane.admin.delete(f"{PODS}/{pod}")
-    done = wait_for(op, "again", "Succeeded on its own pods", lambda s: s.get("phase") == "Succeeded", 120)
+    done = jobs.wait_for("again", "Succeeded on its own pods", lambda s: s.get("phase") == "Succeeded", 120)
     assert (condition(done, "ChildConflict") or {}).get("status") == "False"
-    uids = {p["metadata"]["uid"] for p in pods_of(op, "again")}
+    uids = {p["metadata"]["uid"] for p in jobs.pods("again")}
     assert uids and not uids & set(orphans.values())
     op.plane.admin.delete(f"{TJ}/again")
 
 
-def test_a_job_recreated_while_the_old_pods_terminate_waits_for_them(op: ChartOperator) -> None:
+def test_a_job_recreated_while_the_old_pods_terminate_waits_for_them(op: ChartOperator, jobs: Jobs) -> None:
     """Deleted (background) and re-created at once: the old pods still terminate (their
     kubelet's grace period), owned by the old uid; the new job waits for them, then runs."""
-    op.plane.admin.create(TJ, job("quick", code="import time; time.sleep(600)"))
-    old = wait_for(op, "quick", "Running", lambda s: s.get("phase") == "Running")
+    op.plane.admin.create(TJ, jobs.job("quick", code="import time; time.sleep(600)"))
+    old = jobs.wait_for("quick", "Running", lambda s: s.get("phase") == "Running")
     assert old["workers"]["running"] == 2
-    old_uids = {p["metadata"]["uid"] for p in pods_of(op, "quick")}
+    old_uids = {p["metadata"]["uid"] for p in jobs.pods("quick")}
     op.plane.admin.delete(f"{TJ}/quick")
     wait_until(lambda: not op.plane.admin.exists(f"{TJ}/quick"), 30, "the first job gone")
-    new = op.plane.admin.create(TJ, job("quick", code="import sys; sys.exit(0)"))
-    done = wait_for(op, "quick", "Succeeded", lambda s: s.get("phase") == "Succeeded", 120)
+    new = op.plane.admin.create(TJ, jobs.job("quick", code="import sys; sys.exit(0)"))
+    done = jobs.wait_for("quick", "Succeeded", lambda s: s.get("phase") == "Succeeded", 120)
     assert done["restarts"] == 0 and done["workers"]["succeeded"] == 2
     # Its workers are its own (an old pod may still be terminating beside them, never counted).
     mine = [
         p
-        for p in pods_of(op, "quick")
+        for p in jobs.pods("quick")
         if any(r["uid"] == new["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
     ]
     assert {p["metadata"]["name"] for p in mine} >= {"quick-worker-0-0", "quick-worker-0-1"}
@@ -134,7 +108,9 @@ def test_a_job_recreated_while_the_old_pods_terminate_waits_for_them(op: ChartOp
     op.plane.admin.delete(f"{TJ}/quick")
 
 
-def test_a_foreign_service_with_the_jobs_name_is_reported_and_never_used(op: ChartOperator) -> None:
+def test_a_foreign_service_with_the_jobs_name_is_reported_and_never_used(
+    op: ChartOperator, jobs: Jobs
+) -> None:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -142,14 +118,14 @@ def test_a_foreign_service_with_the_jobs_name_is_reported_and_never_used(op: Cha
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
     }
     mine = op.plane.admin.create(f"/api/v1/namespaces/{NS}/services", service)
-    op.plane.admin.create(TJ, job("clash"))
-    waiting = wait_for(
-        op, "clash", "ChildConflict", lambda s: (condition(s, "ChildConflict") or {}).get("status") == "True"
+    op.plane.admin.create(TJ, jobs.job("clash"))
+    waiting = jobs.wait_for(
+        "clash", "ChildConflict", lambda s: (condition(s, "ChildConflict") or {}).get("status") == "True"
     )
     message = condition(waiting, "ChildConflict")["message"]  # type: ignore[index]
     assert "Service owners/clash exists and is not this TrainingJob's" in message, message
     assert "ChildConflict" in events_of(op, "clash")
-    assert pods_of(op, "clash") == []  # no pod made on a Service that is not the job's
+    assert jobs.pods("clash") == []  # no pod made on a Service that is not the job's
     untouched = op.plane.admin.get(f"/api/v1/namespaces/{NS}/services/clash")
     assert untouched["metadata"]["uid"] == mine["metadata"]["uid"]
     assert untouched["spec"]["selector"] == {"app": "web"} and not untouched["metadata"].get(
@@ -157,13 +133,13 @@ def test_a_foreign_service_with_the_jobs_name_is_reported_and_never_used(op: Cha
     )
 
     op.plane.admin.delete(f"/api/v1/namespaces/{NS}/services/clash")
-    wait_for(op, "clash", "Succeeded once the Service is gone", lambda s: s.get("phase") == "Succeeded", 120)
+    jobs.wait_for("clash", "Succeeded once the Service is gone", lambda s: s.get("phase") == "Succeeded", 120)
     op.plane.admin.delete(f"{TJ}/clash")
 
 
-def test_replicas_of_a_running_job_are_immutable_unless_suspended(op: ChartOperator) -> None:
-    op.plane.admin.create(TJ, job("fixed", code="import time; time.sleep(600)"))
-    wait_for(op, "fixed", "Running", lambda s: s.get("phase") == "Running")
+def test_replicas_of_a_running_job_are_immutable_unless_suspended(op: ChartOperator, jobs: Jobs) -> None:
+    op.plane.admin.create(TJ, jobs.job("fixed", code="import time; time.sleep(600)"))
+    jobs.wait_for("fixed", "Running", lambda s: s.get("phase") == "Running")
     with pytest.raises(KubeError) as refused:
         op.plane.admin.merge_patch(f"{TJ}/fixed", {"spec": {"replicas": 3}})
     assert refused.value.status == 422
@@ -179,15 +155,15 @@ def test_replicas_of_a_running_job_are_immutable_unless_suspended(op: ChartOpera
 
     # Suspended, it takes the edit; resumed, every pod of the new start agrees on the size.
     op.plane.admin.merge_patch(f"{TJ}/fixed", {"spec": {"suspend": True}})
-    wait_for(op, "fixed", "Suspended", lambda s: s.get("phase") == "Suspended")
-    wait_until(lambda: not pods_of(op, "fixed"), 60, "the suspended job's pods gone")
+    jobs.wait_for("fixed", "Suspended", lambda s: s.get("phase") == "Suspended")
+    wait_until(lambda: not jobs.pods("fixed"), 60, "the suspended job's pods gone")
     op.plane.admin.merge_patch(f"{TJ}/fixed", {"spec": {"replicas": 3}})
     op.plane.admin.merge_patch(f"{TJ}/fixed", {"spec": {"suspend": False}})
-    resumed = wait_for(op, "fixed", "Running with 3", lambda s: s.get("phase") == "Running")
+    resumed = jobs.wait_for("fixed", "Running with 3", lambda s: s.get("phase") == "Running")
     assert resumed["workers"]["total"] == 3
     sizes = {
         env["value"]
-        for pod in pods_of(op, "fixed")
+        for pod in jobs.pods("fixed")
         if pod["metadata"]["labels"]["etha.io/role"] == "worker"
         for env in pod["spec"]["containers"][0]["env"]
         if env["name"] == "WORLD_SIZE"
@@ -196,13 +172,13 @@ def test_replicas_of_a_running_job_are_immutable_unless_suspended(op: ChartOpera
     op.plane.admin.delete(f"{TJ}/fixed")
 
 
-def test_a_container_restarted_in_place_fails_its_attempt(op: ChartOperator) -> None:
+def test_a_container_restarted_in_place_fails_its_attempt(op: ChartOperator, jobs: Jobs) -> None:
     """restartPolicy OnFailure: the kubelet restarts a crashing container, its pod stays
     Running; the restart counts as the attempt's failure, so maxRestarts applies."""
-    doc = job("crashloop", code="import sys; sys.exit(3)", maxRestarts=1)
+    doc = jobs.job("crashloop", code="import sys; sys.exit(3)", maxRestarts=1)
     doc["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
     op.plane.admin.create(TJ, doc)
-    done = wait_for(op, "crashloop", "Failed", lambda s: s.get("phase") == "Failed", 120)
+    done = jobs.wait_for("crashloop", "Failed", lambda s: s.get("phase") == "Failed", 120)
     assert done["restarts"] == 1
     message = condition(done, "Failed")["message"]  # type: ignore[index]
     assert "restarted container worker after exit code 3" in message and "restartPolicy OnFailure" in message
@@ -210,9 +186,9 @@ def test_a_container_restarted_in_place_fails_its_attempt(op: ChartOperator) -> 
     op.plane.admin.delete(f"{TJ}/crashloop")
 
 
-def test_deleting_a_job_while_the_operator_is_stopped_completes(op: ChartOperator) -> None:
-    op.plane.admin.create(TJ, job("orphanless", code="import time; time.sleep(600)"))
-    wait_for(op, "orphanless", "Running", lambda s: s.get("phase") == "Running")
+def test_deleting_a_job_while_the_operator_is_stopped_completes(op: ChartOperator, jobs: Jobs) -> None:
+    op.plane.admin.create(TJ, jobs.job("orphanless", code="import time; time.sleep(600)"))
+    jobs.wait_for("orphanless", "Running", lambda s: s.get("phase") == "Running")
     assert not op.plane.admin.get(f"{TJ}/orphanless")["metadata"].get("finalizers")
     op.stop()
     try:
@@ -222,9 +198,9 @@ def test_deleting_a_job_while_the_operator_is_stopped_completes(op: ChartOperato
             lambda: not op.plane.admin.exists(f"{TJ}/orphanless"), 10, "the job gone without its operator"
         )
         assert time.monotonic() - start < 10
-        wait_until(lambda: not pods_of(op, "orphanless"), 90, "its pods garbage-collected")
+        wait_until(lambda: not jobs.pods("orphanless"), 90, "its pods garbage-collected")
         # A job an older operator left a finalizer on loses it once this one sees it.
-        doc = job("legacy", code="import sys; sys.exit(0)")
+        doc = jobs.job("legacy", code="import sys; sys.exit(0)")
         doc["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]
         op.plane.admin.create(TJ, doc)
     finally:
