@@ -69,19 +69,28 @@ def raw_run(plane: ControlPlane, namespace: str, n: int, threads: int = 32) -> f
     return time.monotonic() - start
 
 
-def steady(jobs: int, window: float) -> None:
-    import signal
+#: The operator's user in the API server's audit log.
+OPERATOR_USER = "system:serviceaccount:etha-system:etha-operator"
+
+
+def running_cluster(plane: ControlPlane) -> tuple[ControlPlane, Any, ChartOperator]:
+    """``plane`` started, the local node as its Nodes' kubelet, the chart's operator running."""
     import tempfile
 
     from tests.controlplane.node import LocalNode
 
-    plane = ControlPlane().start()
+    plane.start()
     node = LocalNode(
         plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))
     ).start()
-    op = ChartOperator(plane).install().start()
+    return plane, node, ChartOperator(plane).install().start()
+
+
+def steady(jobs: int, window: float) -> None:
+    import signal
+
+    plane, node, op = running_cluster(ControlPlane())
     ns = "steady"
-    user = "system:serviceaccount:etha-system:etha-operator"
     try:
         plane.create_namespace(ns)
         for i in range(jobs):
@@ -98,7 +107,7 @@ def steady(jobs: int, window: float) -> None:
         time.sleep(5)  # let the rendezvous reads (which stop once complete) settle
         since = time.time()
         time.sleep(window)
-        requests = plane.requests_by(user, since)
+        requests = plane.requests_by(OPERATOR_USER, since)
         verbs: dict[str, int] = {}
         for event in requests:
             key = f"{event['verb']} {event['objectRef'].get('resource', '')}"
@@ -118,21 +127,14 @@ def steady(jobs: int, window: float) -> None:
 
 
 def succeed(jobs: int, replicas: int = 8) -> None:
-    import tempfile
-
     from tests.controlplane.cluster import FakeNode
-    from tests.controlplane.node import LocalNode
 
     # Room for every finished pod: a Succeeded pod stays bound to its Node (as a Job's do) and
     # counts against its 110 pods; with 110, 30 finished jobs filled both Nodes and the masters
     # placed after them waited forever for workers (ungang'd pods: docs/scheduling.md).
-    plane = ControlPlane(nodes=(FakeNode("node-0", pods=1000), FakeNode("node-1", pods=1000))).start()
-    node = LocalNode(
-        plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))
-    ).start()
-    op = ChartOperator(plane).install().start()
+    nodes = (FakeNode("node-0", pods=1000), FakeNode("node-1", pods=1000))
+    plane, node, op = running_cluster(ControlPlane(nodes=nodes))
     ns = "succeed"
-    user = "system:serviceaccount:etha-system:etha-operator"
     path = f"/apis/etha.io/v1alpha1/namespaces/{ns}/trainingjobs"
     try:
         plane.create_namespace(ns)
@@ -161,7 +163,7 @@ def succeed(jobs: int, replicas: int = 8) -> None:
                 raise SystemExit(f"not done after 30 min: {phases}")
             time.sleep(1.0)
         took = time.monotonic() - start
-        requests = plane.requests_by(user, since)
+        requests = plane.requests_by(OPERATOR_USER, since)
         print(f"{jobs} jobs x {replicas} workers (+ master) created in {created:.1f} s; all finished "
               f"{took:.1f} s after the first was applied ({jobs / took * 60:.0f} jobs/min): {phases}; "
               f"at most {most} Running at once (seen at 1 s intervals); {len(requests)} operator "
