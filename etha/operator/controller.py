@@ -36,18 +36,12 @@ from etha.job.scheduling import group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.kvstore.errors import KVStoreError
 from etha.kvstore.etcd import delete_namespace
+from etha.operator.conditions import condition, set_condition
 from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api, ApiError, ChildRejected
 from etha.operator.metrics import OperatorMetrics
-from etha.operator.reconcile import (
-    Actions,
-    Observed,
-    condition,
-    conflict_condition,
-    reconcile,
-    set_condition,
-    unschedulable,
-)
+from etha.operator.placement import unschedulable
+from etha.operator.reconcile import Actions, Observed, conflict_condition, reconcile
 from etha.operator.rendezvous import needs_master_status, poll_interval, read_master_status
 
 logger = logging.getLogger(__name__)

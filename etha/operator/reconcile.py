@@ -4,7 +4,7 @@ Pure: :func:`reconcile` takes one :class:`Observed` value (the job, its status, 
 owns, the time) and returns the :class:`Actions` (objects to create, pods to delete, the status
 patch, events, when to look again). The controller applies them. The decision is split by policy,
 tried in order, each a small function that decides or passes: finished, suspended, deadline,
-success, failure, rendezvous, creation. Success comes before failure: once the success policy
+success, failure, rendezvous, placement (spec.scheduling.onTimeout), creation. Success comes before failure: once the success policy
 holds (rank 0 done, say), ranks failing as it leaves do not turn the job into a restart.
 Level-triggered: the same inputs give the same actions, so an operator restarted at any point
 converges, and applying an action twice is harmless.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -43,6 +42,14 @@ from etha.job.policies import (
 )
 from etha.job.scheduling import ON_TIMEOUT_FAIL, group_name
 from etha.job.spec import JobSpec
+from etha.operator.conditions import Event, condition, set_condition
+from etha.operator.placement import (
+    forget_waiting,
+    schedule_timeout_left,
+    scheduling,
+    unplaced_since,
+    unschedulable,
+)
 from etha.operator.rendezvous import observe, rendezvous_began, reset_view
 from etha.operator.restarts import (
     describe,
@@ -54,15 +61,6 @@ from etha.operator.restarts import (
     who,
 )
 from etha.rendezvous_status import MasterStatus, rank_ranges
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # "Normal" or "Warning"
-    reason: str
-    message: str
-    #: For a creation event: the child's name (the handler posts it only if it created the child).
-    created: str | None = None
 
 
 @dataclass
@@ -105,33 +103,6 @@ class Observed:
     pod_group: str | None = None
 
 
-def condition(kind: str, status: bool, reason: str, message: str, now: datetime) -> dict[str, str]:
-    return {
-        "type": kind,
-        "status": "True" if status else "False",
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": timestamp(now),
-    }
-
-
-def set_condition(conditions: list[dict[str, str]], new: dict[str, str]) -> list[dict[str, str]]:
-    """Set the condition of ``new``'s type in place (appended if absent), keeping its transition
-    time if its status is unchanged. Order is stable, so an unchanged list compares equal."""
-    out = []
-    found = False
-    for cond in conditions:
-        if cond.get("type") != new["type"]:
-            out.append(cond)
-            continue
-        if not found:
-            if cond.get("status") == new["status"]:
-                new = {**new, "lastTransitionTime": cond.get("lastTransitionTime", new["lastTransitionTime"])}
-            out.append(new)
-            found = True
-    return out if found else [*out, new]
-
-
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
     """status.workers: the current attempt's workers by phase (a missing pod counts as pending)."""
     by_phase = {"Pending": 0, "Running": 0, "Succeeded": 0, "Failed": 0}
@@ -155,82 +126,6 @@ def is_master(pod: dict[str, Any]) -> bool:
 def still_running(pod: dict[str, Any]) -> bool:
     """Not yet Succeeded or Failed: the pod would go on using resources."""
     return pod_phase(pod) not in ("Succeeded", "Failed")
-
-
-def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | None:
-    """(pod name, the scheduler's message) of a pod the scheduler could not place: the first
-    that says why in terms of nodes (``0/3 nodes are available: 3 Insufficient ...``), else the
-    first. A gang's other pods only say they were rejected with it (Coscheduling's "optimistic
-    rejection in PostFilter")."""
-    found: list[tuple[int, str, str]] = []
-    for pod in pods:
-        for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                assert pod is not None
-                if cond.get("reason") == "SchedulingGated":
-                    continue  # held back (Kueue's admission gate): not the scheduler's to place yet
-                message = str(cond.get("message") or cond.get("reason") or "not scheduled")
-                found.append((telling(message), pod["metadata"]["name"], message))
-    if not found:
-        return None
-    best = max(rank for rank, _, _ in found)
-    _, name, message = next(f for f in found if f[0] == best)
-    return name, message
-
-
-def telling(message: str) -> int:
-    """How much a scheduler's message says: 2 names what the nodes lack, 1 says a gang member
-    was rejected with the rest ("optimistic rejection in PostFilter", "rejection in Unreserve"),
-    0 anything else."""
-    if "nodes are available" not in message:
-        return 0
-    return 1 if re.search(r"\brejection in \w+\.?$", message.strip()) else 2
-
-
-#: What :func:`scheduling` adds to the scheduler's message with a gang.
-_GANG_SUFFIX = re.compile(r" \(gang: [^()]*\)$")
-#: Pod names in a scheduler's message (``j-worker-0-3``): two messages that differ only there
-#: say the same.
-_POD_NAMES = re.compile(r"[a-z0-9.-]+-(?:master|worker)-\d+(?:-\d+)?")
-
-
-def scheduling(
-    conditions: list[dict[str, str]],
-    master: dict[str, Any] | None,
-    workers: dict[int, dict[str, Any] | None],
-    now: datetime,
-    group: str | None = None,
-) -> tuple[list[dict[str, str]], list[Event]] | None:
-    """The PodsScheduled condition (False with the scheduler's message while a pod of the attempt
-    cannot be placed, True once every worker exists and none is unplaced) and its Warning event
-    (once per message); None when nothing changes. ``group``: the gang's PodGroup and its phase,
-    said with the message."""
-    stuck = unschedulable([master, *workers.values()])
-    had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
-    if stuck is not None:
-        said = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"
-        old = _GANG_SUFFIX.sub("", str(had.get("message") or "")) if had is not None else ""
-        # A gang's pods take turns saying why (one names the missing GPUs, then every one says
-        # it was rejected with the rest): keep the telling reason, and one event for as long as
-        # it says the same (the PodGroup's phase may change without one).
-        waited = had is not None and had.get("status") == "False"
-        if waited and (
-            telling(old) > telling(stuck[1]) or _POD_NAMES.sub("", old) == _POD_NAMES.sub("", said)
-        ):
-            said = old
-        message = said + (f" (gang: {group})" if group else "")
-        if had is not None and had.get("status") == "False" and had.get("message") == message:
-            return None
-        new = set_condition(
-            conditions, condition(c.COND_SCHEDULED, False, c.REASON_UNSCHEDULABLE, message, now)
-        )
-        changed = had is None or had.get("status") != "False" or old != said
-        return new, [Event("Warning", c.REASON_UNSCHEDULABLE, message)] if changed else []
-    if had is not None and had.get("status") == "False" and None not in workers.values():
-        return set_condition(
-            conditions, condition(c.COND_SCHEDULED, True, "Scheduled", "Every pod is scheduled.", now)
-        ), []
-    return None
 
 
 @dataclass
@@ -666,7 +561,7 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         at.conditions, events = scheduled
         acts.status["conditions"] = at.conditions
         acts.events.extend(events)
-    waiting = unplaced_since(at)
+    waiting = unplaced_since(at.conditions, list(at.current.values()))
     if (obs.status.get("reason") == c.REASON_UNSCHEDULABLE) != (waiting is not None):
         acts.status["reason"] = c.REASON_UNSCHEDULABLE if waiting is not None else None
     left = schedule_timeout_left(job, waiting, now)
@@ -699,24 +594,6 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
     return acts
 
 
-def unplaced_since(at: Attempt) -> datetime | None:
-    """Since when the attempt's pods wait to be placed: the PodsScheduled condition turned False
-    (the scheduler first said it could not place one; a pod Kueue still gates is not waiting for
-    the scheduler). None while every pod is placed, and before the attempt has pods."""
-    cond = next((x for x in at.conditions if x.get("type") == c.COND_SCHEDULED), None)
-    if cond is None or cond.get("status") != "False" or not at.current:
-        return None
-    return parse_time(cond.get("lastTransitionTime"))
-
-
-def schedule_timeout_left(job: JobSpec, since: datetime | None, now: datetime) -> float | None:
-    """Seconds left of spec.scheduling.scheduleTimeoutSeconds while pods wait to be placed."""
-    timeout = job.scheduling.timeout
-    if since is None or timeout is None:
-        return None
-    return max(0.0, (since + timedelta(seconds=timeout) - now).total_seconds())
-
-
 def placement(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     """spec.scheduling.onTimeout FailJob: pods the scheduler could not place (the whole gang, with
     one) for scheduleTimeoutSeconds end the job, with the scheduler's reason."""
@@ -725,7 +602,7 @@ def placement(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
         return None
     if unschedulable([at.master, *at.workers.values()]) is None:
         return None  # placed since the last look (the condition catches up in creation)
-    if schedule_timeout_left(job, unplaced_since(at), obs.now) != 0.0:
+    if schedule_timeout_left(job, unplaced_since(at.conditions, list(at.current.values())), obs.now) != 0.0:
         return None
     why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
     message = (
@@ -750,11 +627,6 @@ def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
     if group is not None:  # before its pods: the scheduler looks the group up by their label
         out.append(group)
     return out + pods
-
-
-def forget_waiting(conditions: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The conditions without PodsScheduled: a new attempt (or a resumed one) has not waited."""
-    return [x for x in conditions if x.get("type") != c.COND_SCHEDULED]
 
 
 def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:
