@@ -4,8 +4,9 @@ Pure: :func:`reconcile` takes one :class:`Observed` value (the job, its status, 
 owns, the time) and returns the :class:`Actions` (objects to create, pods to delete, the status
 patch, events, when to look again). The controller applies them. The decision is split by policy,
 tried in order, each a small function that decides or passes: finished, suspended, deadline,
-success, failure, rendezvous, placement (spec.scheduling.onTimeout), creation. Success comes before failure: once the success policy
-holds (rank 0 done, say), ranks failing as it leaves do not turn the job into a restart.
+success, failure, rendezvous, placement (spec.scheduling.onTimeout), creation. Success comes
+before failure: once the success policy holds (rank 0 done, say), ranks failing as it leaves do
+not turn the job into a restart.
 Level-triggered: the same inputs give the same actions, so an operator restarted at any point
 converges, and applying an action twice is harmless.
 """
