@@ -197,7 +197,7 @@ class Controller:
         close() deletes any; docs/kvstore.md). Keys of a job deleted while the operator was
         down stay."""
         try:
-            job = parse(body, default_etcd_endpoints=self.config.default_etcd_endpoints)
+            job = self._parse(body)
         except InvalidSpec:
             return  # it never ran
         if job.etcd_endpoints is None:
@@ -223,6 +223,19 @@ class Controller:
                 )
                 return
         logger.info("%s/%s: deleted, and its %d etcd keys with it", job.namespace, job.name, deleted)
+
+    def _parse(self, body: Body) -> JobSpec:
+        """The job's spec with the operator's defaults (the same for every look and for the
+        clean-up after it is deleted); raises InvalidSpec."""
+        cfg = self.config
+        return parse(
+            body,
+            default_image=cfg.runtime_image,
+            default_etcd_endpoints=cfg.default_etcd_endpoints,
+            default_gang=cfg.default_gang,
+            default_scheduler=cfg.scheduler_name,
+            gang_schedulers=cfg.gang_schedulers,
+        )
 
     async def shutdown(self) -> None:
         tasks = [w.task for w in self.workers.values() if w.task is not None] + list(self._cleanups)
@@ -286,14 +299,7 @@ class Controller:
     async def _look(self, worker: JobWorker, status: dict[str, Any]) -> float | None:
         body = worker.body
         try:
-            job = parse(
-                body,
-                default_image=self.config.runtime_image,
-                default_etcd_endpoints=self.config.default_etcd_endpoints,
-                default_gang=self.config.default_gang,
-                default_scheduler=self.config.scheduler_name,
-                gang_schedulers=self.config.gang_schedulers,
-            )
+            job = self._parse(body)
         except InvalidSpec as exc:
             await self._fail_invalid(worker, status, str(exc))
             return None

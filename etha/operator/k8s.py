@@ -40,6 +40,11 @@ class ApiUnavailable(ApiError):
 class ApiRefused(ApiError):
     """The API server refused the request (e.g. RBAC's 403): retried, but slowly and loudly."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        #: The HTTP status it answered.
+        self.status = status
+
 
 class ChildRejected(ApiError):
     """The API server refused an object the operator built (400/422, Pod Security): the spec must
@@ -94,7 +99,7 @@ class Api:
         except _Conflict:
             return None
         except ApiRefused as exc:
-            if kind in _COLLECTIONS or "403" not in str(exc) or "cannot create resource" not in str(exc):
+            if kind in _COLLECTIONS or exc.status != 403 or "cannot create resource" not in str(exc):
                 raise
             raise GangForbidden(
                 f"{what}: the operator may not create {manifest.get('apiVersion')} {kind}s "
@@ -192,7 +197,9 @@ class Api:
                 raise ChildRejected(f"{what}: the API server rejected it: {_status_message(exc)}") from exc
             if exc.status in (429, 500, 502, 503, 504):
                 raise ApiUnavailable(f"{what}: the API server answered {exc.status}.") from exc
-            raise ApiRefused(f"{what}: the API server answered {exc.status}: {_status_message(exc)}") from exc
+            raise ApiRefused(
+                f"{what}: the API server answered {exc.status}: {_status_message(exc)}", exc.status
+            ) from exc
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused/reset: the API server is away
             self._on_request(verb, "error")
             raise ApiUnavailable(f"{what}: the API server is not reachable ({type(exc).__name__}).") from exc
