@@ -40,7 +40,7 @@ from etha.operator.conditions import condition, set_condition
 from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api, ApiError, ChildRejected
 from etha.operator.metrics import OperatorMetrics
-from etha.operator.placement import unschedulable
+from etha.operator.placement import telling, unschedulable
 from etha.operator.reconcile import Actions, Observed, conflict_condition, reconcile
 from etha.operator.rendezvous import needs_master_status, poll_interval, read_master_status
 
@@ -339,8 +339,12 @@ class Controller:
                 worker.read_failures = worker.read_failures + 1 if isinstance(report, str) else 0
                 if not isinstance(report, str) or worker.read_failures >= READ_FAILURES_SHOWN:
                     obs = dataclasses.replace(obs, master_status=report)
-        if job.scheduling.kind is not None and unschedulable(pods) is not None:
-            obs = dataclasses.replace(obs, pod_group=await self._pod_group_phase(job, status))
+        stuck = unschedulable(pods) if job.scheduling.kind is not None else None
+        if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
+            told = await self._scheduler_said(job, pods) if telling(stuck[1]) < 2 else []
+            obs = dataclasses.replace(
+                obs, pod_group=await self._pod_group_phase(job, status), scheduler_said=told
+            )
         acts = reconcile(obs)
         # The decision is written before it is carried out: a job that finished or restarts says
         # so before its pods go, so a look after a failed write never mistakes them for vanished.
@@ -537,6 +541,22 @@ class Controller:
             return f"PodGroup {name} does not exist"
         phase = (group.get("status") or {}).get("phase")
         return f"PodGroup {name} is {phase}" if phase else f"PodGroup {name} has no phase yet"
+
+    async def _scheduler_said(self, job: JobSpec, pods: list[Body]) -> list[tuple[str, str]]:
+        """What the scheduler's FailedScheduling events said of these pods, the newest first:
+        a gang's member that named what the nodes lack was rejected with the rest a moment
+        later, and its own condition no longer says it."""
+        names = {p["metadata"]["name"] for p in pods}
+        said = [
+            (
+                str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+                e["involvedObject"]["name"],
+                str(e.get("message")),
+            )
+            for e in await self.api.scheduling_failures(job.namespace)
+            if (e.get("involvedObject") or {}).get("name") in names
+        ]
+        return [(name, message) for _, name, message in sorted(said, reverse=True)]
 
     async def _delete_group(self, job: JobSpec, name: str) -> None:
         """Delete the job's PodGroup ``name`` if it exists and is the job's (by owner)."""

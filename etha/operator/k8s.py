@@ -130,6 +130,14 @@ class Api:
         except _NotFound:
             return None
 
+    async def scheduling_failures(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's FailedScheduling events (what the scheduler said of pods it could
+        not place)."""
+        path = f"/api/v1/namespaces/{namespace}/events"
+        query = {"fieldSelector": "reason=FailedScheduling,involvedObject.kind=Pod"}
+        found = await self._call(f"list FailedScheduling events in {namespace}", "GET", path, query)
+        return list(found.get("items") or [])
+
     async def delete(
         self, kind: str, namespace: str, name: str, uid: str, api_version: str | None = None
     ) -> bool:

@@ -15,11 +15,15 @@ from etha.job.spec import JobSpec
 from etha.operator.conditions import Event, condition, set_condition
 
 
-def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | None:
+def unschedulable(
+    pods: Iterable[dict[str, Any] | None], told: Sequence[tuple[str, str]] = ()
+) -> tuple[str, str] | None:
     """(pod name, the scheduler's message) of a pod the scheduler could not place: the first
     that says why in terms of nodes (``0/3 nodes are available: 3 Insufficient ...``), else the
     first. A gang's other pods only say they were rejected with it (Coscheduling's "optimistic
-    rejection in PostFilter")."""
+    rejection in PostFilter"), and the one that said why may have been rejected with them since:
+    ``told`` is what the scheduler's FailedScheduling events said of the attempt's pods (pod,
+    message), which count when no pod says as much now."""
     found: list[tuple[int, str, str]] = []
     for pod in pods:
         for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
@@ -31,18 +35,21 @@ def unschedulable(pods: Iterable[dict[str, Any] | None]) -> tuple[str, str] | No
                 found.append((telling(message), pod["metadata"]["name"], message))
     if not found:
         return None
+    found.extend((telling(message), name, message) for name, message in told)
     best = max(rank for rank, _, _ in found)
     _, name, message = next(f for f in found if f[0] == best)
     return name, message
 
 
 def telling(message: str) -> int:
-    """How much a scheduler's message says: 2 names what the nodes lack, 1 says a gang member
-    was rejected with the rest ("optimistic rejection in PostFilter", "rejection in Unreserve"),
-    0 anything else."""
+    """How much a scheduler's message says: 2 names what the nodes lack, 1 speaks of the gang
+    (a member rejected with the rest: "optimistic rejection in PostFilter", "rejection in
+    Unreserve"; or the gang not all created yet: "cannot find enough sibling pods"), 0 anything
+    else."""
     if "nodes are available" not in message:
         return 0
-    return 1 if re.search(r"\brejection in \w+\.?$", message.strip()) else 2
+    text = message.strip()
+    return 1 if re.search(r"\brejection in \w+\.?$", text) or "enough sibling pods" in text else 2
 
 
 #: What :func:`scheduling` adds to the scheduler's message with a gang.
@@ -58,12 +65,13 @@ def scheduling(
     workers: dict[int, dict[str, Any] | None],
     now: datetime,
     group: str | None = None,
+    told: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[dict[str, str]], list[Event]] | None:
     """The PodsScheduled condition (False with the scheduler's message while a pod of the attempt
     cannot be placed, True once every worker exists and none is unplaced) and its Warning event
     (once per message); None when nothing changes. ``group``: the gang's PodGroup and its phase,
-    said with the message."""
-    stuck = unschedulable([master, *workers.values()])
+    said with the message; ``told``: see :func:`unschedulable`."""
+    stuck = unschedulable([master, *workers.values()], told)
     had = next((x for x in conditions if x.get("type") == c.COND_SCHEDULED), None)
     if stuck is not None:
         said = f"Pod {stuck[0]} cannot be scheduled: {stuck[1]}"

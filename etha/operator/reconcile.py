@@ -102,6 +102,9 @@ class Observed:
     #: The attempt's PodGroup and its phase ("PodGroup j-0 is Pending"), read while its pods
     #: wait for the scheduler; None otherwise.
     pod_group: str | None = None
+    #: What the scheduler's FailedScheduling events said of the attempt's pods (pod, message),
+    #: read while a gang waits and no pod's own condition says why (placement.unschedulable).
+    scheduler_said: Sequence[tuple[str, str]] = ()
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
@@ -557,7 +560,7 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         if pinned.get("attempt") != at.number:
             acts.status["attemptSpec"] = {"attempt": at.number, **pins(job)}
     running = progress(obs, at, acts)
-    scheduled = scheduling(at.conditions, at.master, at.workers, now, obs.pod_group)
+    scheduled = scheduling(at.conditions, at.master, at.workers, now, obs.pod_group, obs.scheduler_said)
     if scheduled is not None:  # why the attempt waits: the scheduler's own words, on the job
         at.conditions, events = scheduled
         acts.status["conditions"] = at.conditions

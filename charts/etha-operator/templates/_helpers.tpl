@@ -62,6 +62,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["get", "list", "watch", "create"]
 {{- end }}
 {{- $gangs := append (.Values.scheduling.gangs | default list) .Values.scheduling.gang }}
+{{- if or (has "coscheduling" $gangs) (has "volcano" $gangs) }}
+# While a gang waits: what the scheduler said of its pods (a member's own condition is
+# overwritten when it is rejected with the rest).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
+{{- end }}
 {{- if has "coscheduling" $gangs }}
 # One PodGroup per attempt (scheduler-plugins' Coscheduling): made, read while pods wait, and
 # the previous attempt's deleted.

@@ -339,3 +339,24 @@ def test_a_gang_keeps_its_telling_reason_while_its_pods_take_turns_saying_they_w
     other[1] = unschedulable_pod("g-worker-0-0", "worker", insufficient.format("g-worker-0-0"), created)
     again = reconcile(job, status, other, True, NOW + timedelta(seconds=2), None)
     assert "conditions" not in again.status and not again.events
+
+
+def test_a_gang_not_all_made_yet_is_not_a_reason_and_the_schedulers_events_say_why() -> None:
+    """Coscheduling's "cannot find enough sibling pods" (the gang's pods still being created)
+    speaks of the gang, not of the nodes; when every member's condition says only that it was
+    rejected with the rest, the FailedScheduling events (newest first) say what the nodes lack."""
+    from etha.operator.placement import telling, unschedulable
+
+    siblings = "0/3 nodes are available: pre-filter pod g-master-0 cannot find enough sibling pods, current pods number: 1"
+    assert telling(siblings) == 1
+    job = gang_job(replicas=1, gang="coscheduling")
+    created = NOW - timedelta(seconds=5)
+    rejected = "0/1 nodes are available: 1 optimistic rejection in PostFilter."
+    pods = [unschedulable_pod("g-master-0", "master", siblings, created),
+            unschedulable_pod("g-worker-0-0", "worker", rejected, created)]  # fmt: skip
+    told = [("g-worker-0-0", "0/3 nodes are available: 1 Insufficient nvidia.com/gpu.")]
+    assert unschedulable(pods, told) == told[0]
+    assert unschedulable(pods) == ("g-master-0", siblings)  # without the events: the first
+    acts = reconcile(job, {"attempt": 0}, pods, True, NOW, None, scheduler_said=told)
+    (cond,) = [x for x in acts.status["conditions"] if x["type"] == c.COND_SCHEDULED]
+    assert "1 Insufficient nvidia.com/gpu" in cond["message"], cond

@@ -527,3 +527,15 @@ def test_every_dashboard_query_names_only_metrics_the_operator_exports() -> None
 def test_the_promql_reader_finds_names(expr: str, names: set[str], labels: set[str]) -> None:
     """The check above must be able to fail: a typo in a metric name is found."""
     assert promql_names(expr) == (names, labels)
+
+
+def test_a_gang_gets_podgroup_rights_and_may_list_the_schedulers_events() -> None:
+    """Only with a gang configured: PodGroups of its API group, and events list (what the
+    scheduler said of a waiting gang's pods)."""
+    plain = set().union(*(grants(r["rules"]) for r in roles_in(render())))
+    assert ("", "events", "list") not in plain and not {g for g in plain if g[1] == "podgroups"}
+    ganged = set().union(*(grants(r["rules"]) for r in roles_in(render("scheduling.gang=coscheduling"))))
+    assert ganged - plain == {
+        ("", "events", "list"),
+        *(("scheduling.x-k8s.io", "podgroups", verb) for verb in ("get", "create", "delete")),
+    }
