@@ -8,10 +8,13 @@ time they got past it. A run's time is from the last torchrun started to the las
 its barrier (torch's import in every agent and process included: it is what a job waits for);
 also shown, from the last process done importing torch to the last past its barrier.
 
-Two set-ups, side by side, on 127.0.0.1:
+Three set-ups, side by side, on 127.0.0.1:
 
 - ``etha``: the job's master (``python -m etha.kvstore.server``) is the rendezvous endpoint and
-  every agent a client of it (``PET_RDZV_CONF=is_host=false,...``), as the operator configures;
+  every agent a client of it (``PET_RDZV_CONF=is_host=false,...``), as the operator configures by
+  default (c10d; the processes' store is then worker 0's agent's);
+- ``etha-backend``: the same with ``PET_RDZV_BACKEND=etha`` (``spec.rendezvous.torchrunBackend:
+  etha``): the master is the processes' store too;
 - ``worker0``: what a Kubeflow elastic user gets: torchrun's c10d with its own store hosted by
   worker 0's agent (``is_host=true`` there, ``false`` elsewhere), no master process.
 
@@ -58,6 +61,11 @@ with open(os.path.join(sys.argv[1], "rank-%s.json" % os.environ["RANK"]), "w") a
 dist.barrier()
 dist.destroy_process_group()
 """
+
+
+#: etha: c10d through the master (the operator's default); etha-backend: torchrunBackend etha (the
+#: master is the processes' store too); worker0: torchrun's c10d store on worker 0's agent.
+MODES = ["etha", "etha-backend", "worker0"]
 
 
 def free_port() -> int:
@@ -110,6 +118,8 @@ def worker_envs(mode: str, replicas: int, procs: int, port: int) -> list[dict[st
             "OMP_NUM_THREADS": "1",
             **local_env(spec, rank, port, "127.0.0.1"),
         }
+        if mode == "etha-backend":  # spec.rendezvous.torchrunBackend etha: the master is the processes' store
+            env["PET_RDZV_BACKEND"] = "etha"
         if mode == "worker0":  # torchrun's own c10d store, hosted by worker 0's agent
             conf = env["PET_RDZV_CONF"].replace(
                 "is_host=false", f"is_host={'true' if rank == 0 else 'false'}"
@@ -128,7 +138,7 @@ def run_once(
     script = tmp / "probe.py"
     script.write_text(SCRIPT)
     master = None
-    if mode == "etha":
+    if mode in ("etha", "etha-backend"):
         master, port = start_master(out, replicas)
     else:
         port = free_port()
@@ -170,7 +180,12 @@ def run_once(
 def where(tmp: Path) -> None:
     """Where the processes' store lives under each backend, measured (2 workers x 2 processes)."""
     _, _, seen, port = run_once("etha", 2, 2, tmp)
-    print(f"c10d through the master at 127.0.0.1:{port} (what the operator injects); the processes got:")
+    print(f"c10d through the master at 127.0.0.1:{port} (the operator's default); the processes got:")
+    for s in seen:
+        print(f"  worker {s['ETHA_RANK']} group rank {s['GROUP_RANK']}: ", end="")
+        print(f"MASTER_ADDR={s['MASTER_ADDR']} MASTER_PORT={s['MASTER_PORT']}")
+    _, _, seen, port = run_once("etha-backend", 2, 2, tmp)
+    print(f"etha (torchrunBackend: etha) through the master at 127.0.0.1:{port}; the processes got:")
     for s in seen:
         print(f"  worker {s['ETHA_RANK']} group rank {s['GROUP_RANK']}: ", end="")
         print(f"MASTER_ADDR={s['MASTER_ADDR']} MASTER_PORT={s['MASTER_PORT']}")
@@ -203,7 +218,7 @@ def main() -> int:
         "--shapes", nargs="+", default=["2x2", "8x2"], help="workers x processes (default: 2x2 8x2)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per shape and set-up (default 3)")
-    parser.add_argument("--modes", nargs="+", default=["etha", "worker0"], choices=["etha", "worker0"])
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument("--where", action="store_true", help="report where the stores live, then exit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="etha-bench-torchrun-") as tmp:
@@ -226,12 +241,14 @@ def main() -> int:
                 each = ", ".join(f"{r:.2f}" for r in values)
                 tail = statistics.median(tails[mode])
                 print(
-                    f"{shape} {mode:8s} median {medians[mode]:.2f} s (runs {each}); "
+                    f"{shape} {mode:12s} median {medians[mode]:.2f} s (runs {each}); "
                     f"after the last import {tail:.3f} s",
                     flush=True,
                 )
-            if {"etha", "worker0"} <= medians.keys():
-                print(f"{shape} etha / worker0 = {medians['etha'] / medians['worker0']:.2f}", flush=True)
+            for mode in ("etha", "etha-backend"):
+                if {mode, "worker0"} <= medians.keys():
+                    ratio = medians[mode] / medians["worker0"]
+                    print(f"{shape} {mode} / worker0 = {ratio:.2f}", flush=True)
     return 0
 
 

@@ -61,8 +61,12 @@ ENV_PET_RDZV_CONF: Final = "PET_RDZV_CONF"
 ENV_PET_MAX_RESTARTS: Final = "PET_MAX_RESTARTS"
 # Set by torchrun in each process it starts: from_env() then reads torchrun's RANK and WORLD_SIZE.
 ENV_TORCHELASTIC_RUN_ID: Final = "TORCHELASTIC_RUN_ID"
-# torchrun's rendezvous backend the operator configures.
+# torchrun's rendezvous backend the operator configures (spec.rendezvous.torchrunBackend's default).
 TORCHRUN_RDZV_BACKEND: Final = "c10d"
+# etha's own (etha.kvstore.torchrun): c10d, with the master as the processes' store too; needs etha
+# in the worker image.
+TORCHRUN_ETHA_BACKEND: Final = "etha"
+TORCHRUN_BACKENDS: Final = (TORCHRUN_RDZV_BACKEND, TORCHRUN_ETHA_BACKEND)
 
 # --- Rendezvous --------------------------------------------------------------------------------
 # Port the rendezvous master listens on unless spec.rendezvous.port says otherwise.

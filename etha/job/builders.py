@@ -176,6 +176,7 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         key_namespace=store_namespace(job.namespace, job.name, job.uid, attempt),
         procs_per_worker=job.procs_per_worker,
         rendezvous_timeout=job.rendezvous_timeout,
+        torchrun_backend=job.torchrun_backend,
     )
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:

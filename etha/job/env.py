@@ -19,6 +19,7 @@ def worker_env(
     procs_per_worker: int = 1,
     rendezvous_timeout: int = DEFAULT_RENDEZVOUS_TIMEOUT,
     key_namespace: str | None = None,
+    torchrun_backend: str = c.TORCHRUN_RDZV_BACKEND,
 ) -> dict[str, str]:
     """The contract's variables for one worker, in a stable order.
 
@@ -26,7 +27,8 @@ def worker_env(
     ``PET_*`` variables make ``torchrun train.py``, with no flag, start ``procs_per_worker``
     processes that rendezvous (torchrun's ``c10d`` backend) through the store at
     ``master_addr:port``, as a client (``is_host=false``), with torchrun's own restarts off and its
-    timeouts at ``rendezvous_timeout``.
+    timeouts at ``rendezvous_timeout``; ``torchrun_backend`` ``etha`` makes the master the
+    processes' store too (etha.kvstore.torchrun).
 
     With ``etcd_endpoints`` (backend etcd) there is no master pod: etha's store is etcd, and
     torch's env:// store is hosted by rank 0 (``master_addr`` is worker 0's name), so
@@ -51,6 +53,7 @@ def worker_env(
             attempt=attempt,
             rendezvous_timeout=rendezvous_timeout,
             client_only=etcd_endpoints is None,
+            backend=torchrun_backend,
         )
     )
     if etcd_endpoints is None:
@@ -80,12 +83,14 @@ def torchrun_env(
     attempt: int,
     rendezvous_timeout: int,
     client_only: bool = True,
+    backend: str = c.TORCHRUN_RDZV_BACKEND,
 ) -> dict[str, str]:
     """What torchrun reads instead of its flags (``PET_<FLAG>``), for one worker pod.
 
     ``client_only``: the agent never hosts the rendezvous store (``is_host=false``), even when
     the endpoint's name resolves to its own host (127.0.0.1 under run-local): the job's master
-    does. Without it (backend etcd, no master pod) worker 0's agent hosts it.
+    does. Without it (backend etcd, no master pod) worker 0's agent hosts it. ``backend``:
+    ``c10d``, or ``etha`` (c10d whose processes' store is the master too; etha.kvstore.torchrun).
     """
     conf = [f"join_timeout={rendezvous_timeout}", f"read_timeout={rendezvous_timeout}"]
     if client_only:
@@ -94,7 +99,7 @@ def torchrun_env(
         c.ENV_PET_NNODES: str(nnodes),
         c.ENV_PET_NPROC_PER_NODE: str(procs_per_worker),
         c.ENV_PET_NODE_RANK: str(node_rank),
-        c.ENV_PET_RDZV_BACKEND: c.TORCHRUN_RDZV_BACKEND,
+        c.ENV_PET_RDZV_BACKEND: backend,
         c.ENV_PET_RDZV_ENDPOINT: endpoint,
         c.ENV_PET_RDZV_ID: rendezvous_id(job_name, attempt),
         c.ENV_PET_RDZV_CONF: ",".join(conf),

@@ -62,6 +62,9 @@ class JobSpec:
     etcd_endpoints: list[str] | None = None
     #: Processes torchrun starts per worker pod (spec.procsPerWorker, ``auto`` resolved).
     procs_per_worker: int = 1
+    #: torchrun's rendezvous backend (spec.rendezvous.torchrunBackend): ``c10d``, or ``etha``,
+    #: which also makes the master the processes' store (etha.kvstore.torchrun).
+    torchrun_backend: str = env_names.TORCHRUN_RDZV_BACKEND
     #: spec.podFailurePolicy.rules and spec.successPolicy.rules (empty: the defaults).
     failure_rules: tuple[FailureRule, ...] = ()
     success_rules: tuple[SuccessRule, ...] = ()
@@ -133,6 +136,18 @@ def parse(
         raise InvalidSpec(
             "spec.rendezvous.backend", f"spec.rendezvous.backend ({backend!r}) must be tcp or etcd."
         )
+    torchrun = rdzv.get("torchrunBackend", env_names.TORCHRUN_RDZV_BACKEND)
+    if torchrun not in env_names.TORCHRUN_BACKENDS:
+        raise InvalidSpec(
+            "spec.rendezvous.torchrunBackend",
+            f"spec.rendezvous.torchrunBackend ({torchrun!r}) must be c10d or etha.",
+        )
+    if torchrun == env_names.TORCHRUN_ETHA_BACKEND and etcd_endpoints is not None:
+        raise InvalidSpec(
+            "spec.rendezvous.torchrunBackend",
+            "spec.rendezvous.torchrunBackend (etha) needs the job's master (spec.rendezvous.backend "
+            "tcp); with backend etcd there is none: use c10d.",
+        )
     scheduling = parse_scheduling(
         spec.get("scheduling"),
         default_gang=default_gang,
@@ -159,6 +174,7 @@ def parse(
         suspend=suspend,
         etcd_endpoints=etcd_endpoints,
         procs_per_worker=procs,
+        torchrun_backend=str(torchrun),
         failure_rules=failure_rules,
         success_rules=success_rules,
         restart_backoff_seconds=backoff,

@@ -147,6 +147,8 @@ def _torchrun_process_fails() -> dict[str, Any]:
     restarts off) stops that worker's other process and exits 1: the job fails naming the pod."""
     doc = copy.deepcopy(example("torchrun-ddp"))
     doc["metadata"]["name"] = "torchrun-fails"
+    # torch's own c10d backend, the default, end to end (the example itself uses etha's).
+    doc["spec"]["rendezvous"]["torchrunBackend"] = "c10d"
     container = doc["spec"]["template"]["spec"]["containers"][0]
     # --no-python: torchrun runs python3 itself, whose -c program needs no torch.
     container["command"] = [

@@ -1,7 +1,8 @@
 """Run by torchrun in the tests: an unmodified env:// script, plus what it saw, as one PROBE line.
 
 All-reduces rank + 1 over the whole group, reads its ranks through ``etha.kvstore.from_env()``,
-and checks, with a raw client of the job's master, that torch's c10d rendezvous state is there.
+checks, with a raw client of the job's master, that torch's c10d rendezvous state is there, and
+says which store its process group uses (its port).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main() -> None:
     tensor = torch.tensor([float(rank + 1)])
     dist.all_reduce(tensor)
     store = from_env()
+    pg_store = dist.distributed_c10d._get_default_store()
+    while isinstance(pg_store, dist.PrefixStore):
+        pg_store = pg_store.underlying_store
     master = dist.TCPStore(
         os.environ["ETHA_KVSTORE_HOST"],
         int(os.environ["ETHA_KVSTORE_PORT"]),
@@ -47,6 +51,8 @@ def main() -> None:
         "master_addr": os.environ["MASTER_ADDR"],
         "master_port": int(os.environ["MASTER_PORT"]),
         "etha_port": int(os.environ["ETHA_KVSTORE_PORT"]),
+        "pg_store_port": pg_store.port,
+        "agent_store": os.environ["TORCHELASTIC_USE_AGENT_STORE"],
     }
     print("PROBE " + json.dumps(seen), flush=True)
     store.close()

@@ -94,6 +94,24 @@ def test_torchrun_timeouts_follow_the_rendezvous_timeout() -> None:
     assert env["PET_RDZV_CONF"] == "is_host=false,join_timeout=1800,read_timeout=1800"
 
 
+@pytest.mark.parametrize(
+    ("rendezvous", "backend"),
+    [({}, "c10d"), ({"torchrunBackend": "c10d"}, "c10d"), ({"torchrunBackend": "etha"}, "etha")],
+)
+def test_torchrun_backend_is_the_jobs_choice_and_c10d_by_default(
+    rendezvous: dict[str, Any], backend: str
+) -> None:
+    job = parse(make_trainingjob(replicas=2, procsPerWorker=2, rendezvous=rendezvous))
+    for rank in (0, 1):
+        env = {e["name"]: e["value"] for e in build_worker_pod(job, 3, rank)["spec"]["containers"][0]["env"]}
+        assert env["PET_RDZV_BACKEND"] == backend
+        # Everything else is the same: the master is the endpoint, every agent its client.
+        assert (
+            env["PET_RDZV_ENDPOINT"] == f"{env['MASTER_ADDR']}:29500" == f"{env['ETHA_KVSTORE_HOST']}:29500"
+        )
+        assert env["PET_RDZV_CONF"].startswith("is_host=false,") and env["PET_RDZV_ID"].endswith("-3")
+
+
 def test_etcd_backend_lets_worker_zero_host_torchruns_store() -> None:
     env = worker_env(
         job_name="j",

@@ -82,8 +82,25 @@ def test_the_crd_is_accepted_with_every_cel_rule_compiled(op: ChartOperator) -> 
             lambda d: d["spec"].update(replicas=0),
             "spec.replicas: Invalid value: 0: spec.replicas in body should be greater than or equal to 1",
         ),
+        (
+            lambda d: d["spec"].update(rendezvous={"torchrunBackend": "static"}),
+            'spec.rendezvous.torchrunBackend: Unsupported value: "static"',
+        ),
+        (
+            lambda d: d["spec"].update(
+                rendezvous={"backend": "etcd", "etcd": {"endpoints": ["e:2379"]}, "torchrunBackend": "etha"}
+            ),
+            "spec.rendezvous.torchrunBackend etha needs the job's master (spec.rendezvous.backend tcp)",
+        ),
     ],
-    ids=["no-containers", "no-pod-spec", "zero-deadline", "zero-replicas"],
+    ids=[
+        "no-containers",
+        "no-pod-spec",
+        "zero-deadline",
+        "zero-replicas",
+        "torchrun-backend-unknown",
+        "torchrun-backend-etha-without-master",
+    ],
 )
 def test_the_api_server_refuses_a_bad_job_with_the_rules_message(
     op: ChartOperator, edit: Any, message: str

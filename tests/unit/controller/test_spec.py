@@ -108,6 +108,18 @@ def _with_policy(policy: str) -> dict[str, Any]:
             "sets LOCAL_RANK, a torchrun setting the operator sets",
         ),
         (
+            make_trainingjob(rendezvous={"torchrunBackend": "static"}),
+            "spec.rendezvous.torchrunBackend",
+            r"spec.rendezvous.torchrunBackend \('static'\) must be c10d or etha.",
+        ),
+        (
+            make_trainingjob(
+                rendezvous={"backend": "etcd", "etcd": {"endpoints": ["e:2379"]}, "torchrunBackend": "etha"}
+            ),
+            "spec.rendezvous.torchrunBackend",
+            r"\(etha\) needs the job's master \(spec.rendezvous.backend tcp\); with backend etcd",
+        ),
+        (
             _with_gpus("1.5"),
             "spec.template.spec.containers[0].resources.limits['nvidia.com/gpu']",
             r"\('1.5'\) must be a whole number of GPUs.",
@@ -135,6 +147,8 @@ def _with_policy(policy: str) -> dict[str, Any]:
         "procs-bool",
         "env-pet",
         "env-local-rank",
+        "torchrun-backend-unknown",
+        "torchrun-backend-etha-without-master",
         "auto-fractional-gpus",
     ],
 )
