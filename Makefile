@@ -75,7 +75,7 @@ bench-control-plane: venv tools control-plane ## Control plane start time; 1,024
 bench-etcd: venv etcd ## EtcdStore beside TorchTCPStore and barrier at N=256 and 1024 (see docs/benchmarks.md).
 	$(PY) bench/rendezvous.py --sizes 256 1024 --modes etha etcd barrier
 
-bench-torchrun: venv ## torchrun 2x2 and 8x2: all workers started to one process group, through the etha master vs worker 0's store (medians of 3).
+bench-torchrun: venv ## torchrun 2x2 and 8x2: all workers started to one process group, through the etha master (c10d, etha) vs worker 0's store (medians of 3).
 	$(PY) bench/torchrun.py
 
 bench-operator: venv tools control-plane ## Operator under load on the real control plane: 1,000 jobs x 8 workers, API requests per job per minute, failure to status, CPU and RSS.
