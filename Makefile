@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[store,master,operator,dev]'
 	touch $(STAMP)
 
-venv: $(STAMP) ## Create .venv with torch (CPU) and etha with every extra.
+venv: $(STAMP) ## Create .venv: torch 2.13.0 from PyPI (its CUDA build, ~5 GB; runs on the CPU), then etha with every extra.
 
 bin/helm: hack/fetch_tools.py | $(STAMP)  # writes bin/kubectl too
 	$(PY) hack/fetch_tools.py --dest bin
