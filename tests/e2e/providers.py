@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,16 +89,33 @@ class ControlPlaneProvider:
 
 def kind_missing() -> str | None:
     """Why the kind provider cannot run here (one line), or None."""
-    for binary in ("docker", "kind"):
-        if shutil.which(binary) is None:
-            return f"{binary} is not installed"
+    if shutil.which("docker") is None:
+        return "docker is not installed (apt-get install docker.io)"
+    if not (REPO / "bin" / "kind").exists():
+        return "bin/kind is missing (make kind)"
     if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        return "the Docker daemon is not reachable (docker info failed)"
+        return (
+            f"the Docker daemon is not reachable at {os.environ.get('DOCKER_HOST', 'the default socket')}"
+            " (bash hack/kind/docker.sh start)"
+        )
     return None
 
 
+#: Where the kind tier writes what it measured (one line per step), for docs and the closing note.
+TIMINGS = REPO / "build" / "kind" / "e2e-timings.txt"
+
+
+def record(what: str, seconds: float) -> None:
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    with TIMINGS.open("a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {what}: {seconds:.1f} s\n")
+
+
 class Kind:
-    """A kind cluster: both images built and loaded, the chart installed, examples applied.
+    """A two-node kind cluster (hack/kind/cluster.sh: control plane + worker, CoreDNS, a bridge pod
+    network routed between the nodes) on the node image ``make kind-images`` builds, both project
+    images loaded into the nodes (nothing is ever pulled), the chart installed with helm, and the
+    jobs' namespace enforcing Pod Security ``restricted``.
 
     ``ETHA_E2E_KIND_CLUSTER`` names the cluster (default etha-e2e); an existing one is reused and
     kept, a created one is deleted at the end unless ``ETHA_E2E_KEEP=1``.
@@ -106,13 +123,20 @@ class Kind:
 
     name = "kind"
     TAG = "0.1.0"
+    IMAGES = (f"ghcr.io/etha-io/etha-operator:{TAG}", f"ghcr.io/etha-io/etha-runtime:{TAG}")
+    CLUSTER_SH = str(REPO / "hack" / "kind" / "cluster.sh")
 
     def __init__(self) -> None:
         self.cluster = os.environ.get("ETHA_E2E_KIND_CLUSTER", "etha-e2e")
-        existing = self._run("kind", "get", "clusters").stdout.split()
+        for ref in self.IMAGES:
+            if self._run("docker", "image", "inspect", ref, check=False).returncode != 0:
+                raise AssertionError(f"image {ref} is missing: run `make kind-images` (make e2e-kind does).")
+        existing = self._run(str(REPO / "bin" / "kind"), "get", "clusters").stdout.split()
         self.created = self.cluster not in existing
         if self.created:
-            self._run("kind", "create", "cluster", "--name", self.cluster, "--wait", "120s", timeout=600)
+            start = time.monotonic()
+            self._run("bash", self.CLUSTER_SH, "create", self.cluster, timeout=900)
+            record("kind cluster (create, pod network, nodes Ready, CoreDNS)", time.monotonic() - start)
         try:
             self._install()
         except BaseException:
@@ -120,27 +144,37 @@ class Kind:
             raise
 
     def _install(self) -> None:
-        self.kubeconfig = Path(tempfile.mkdtemp(prefix="etha-kind-")) / "kubeconfig"
-        self.kubeconfig.write_text(self._run("kind", "get", "kubeconfig", "--name", self.cluster).stdout)
-        for image, dockerfile in (("etha-operator", "images/operator"), ("etha-runtime", "images/runtime")):
-            ref = f"ghcr.io/etha-io/{image}:{self.TAG}"
-            self._run("docker", "build", "-f", f"{dockerfile}/Dockerfile", "-t", ref, str(REPO), timeout=1800)
-            self._run("kind", "load", "docker-image", ref, "--name", self.cluster, timeout=600)
+        self.kubeconfig = Path(self._run("bash", self.CLUSTER_SH, "kubeconfig", self.cluster).stdout.strip())
+        start = time.monotonic()
+        self._run("bash", self.CLUSTER_SH, "load", self.cluster, *self.IMAGES, timeout=1800)
+        record("kind load docker-image (operator + runtime, 2 nodes)", time.monotonic() - start)
+        start = time.monotonic()
         self._run(
             tool("helm"), "upgrade", "--install", "etha-operator", str(REPO / "charts" / "etha-operator"),
             "--namespace", "etha-system", "--create-namespace", "--set", "image.pullPolicy=Never",
             "--wait", "--timeout", "180s", "--kubeconfig", str(self.kubeconfig), timeout=300,
         )  # fmt: skip
         self._run(
-            tool("helm"), "test", "etha-operator", "-n", "etha-system", "--kubeconfig", str(self.kubeconfig)
-        )
+            tool("helm"), "test", "etha-operator", "-n", "etha-system", "--kubeconfig", str(self.kubeconfig),
+            timeout=300,
+        )  # fmt: skip
+        record("helm install --wait + helm test", time.monotonic() - start)
         self.kubectl("create", "namespace", NAMESPACE, check=False)
+        self.kubectl(
+            "label", "--overwrite", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+        )
 
     def kubectl(
-        self, *args: str, check: bool = True, stdin: str | None = None
+        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return self._run(
-            tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args, check=check, stdin=stdin
+            tool("kubectl"),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            *args,
+            check=check,
+            stdin=stdin,
+            timeout=timeout,
         )
 
     def apply(self, manifest: dict[str, Any]) -> None:
@@ -150,11 +184,19 @@ class Kind:
             rendezvous["etcd"] = {"endpoints": [self._etcd()]}
         self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(body))
 
-    ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+    #: The etcd the node image holds (hack/kind/images.sh: built from hack/kind/k8s), never pulled.
+    ETCD_IMAGE = "registry.k8s.io/etcd:3.6.4-0"
 
     def _etcd(self) -> str:
         """A single-member etcd in the test namespace (created once); its client endpoint."""
         labels = {"app.kubernetes.io/name": "etcd"}
+        restricted = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": 65534,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
         objects = [
             {
                 "apiVersion": "apps/v1",
@@ -170,6 +212,7 @@ class Kind:
                                 {
                                     "name": "etcd",
                                     "image": self.ETCD_IMAGE,
+                                    "imagePullPolicy": "Never",
                                     "command": [
                                         "etcd", "--data-dir=/tmp/etcd",
                                         "--listen-client-urls=http://0.0.0.0:2379",
@@ -177,6 +220,7 @@ class Kind:
                                     ],
                                     "ports": [{"containerPort": 2379}],
                                     "readinessProbe": {"httpGet": {"path": "/health", "port": 2379}},
+                                    "securityContext": restricted,
                                 }
                             ]
                         },
@@ -219,7 +263,7 @@ class Kind:
 
     def close(self) -> None:
         if self.created and os.environ.get("ETHA_E2E_KEEP") != "1":
-            self._run("kind", "delete", "cluster", "--name", self.cluster, check=False)
+            self._run("bash", self.CLUSTER_SH, "delete", self.cluster, check=False, timeout=300)
 
     @staticmethod
     def _run(

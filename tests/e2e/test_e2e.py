@@ -8,14 +8,16 @@ chart's ServiceAccount; a local node running each pod as processes), ``kind`` wi
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.providers import ControlPlaneProvider, Kind, Provider, kind_missing
-from tests.e2e.scenarios import SCENARIOS, Scenario
+from tests.e2e.providers import NAMESPACE, ControlPlaneProvider, Kind, Provider, kind_missing, record
+from tests.e2e.scenarios import SCENARIOS, Scenario, example
 
 pytest.importorskip("kopf")
 
@@ -95,6 +97,7 @@ def check_metrics(
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_scenario(provider: Provider, scenario: Scenario) -> None:
     before = provider.metrics()
+    applied = time.monotonic()
     provider.apply(scenario.manifest)
     deadline = time.monotonic() + scenario.timeout
     status: dict[str, object] = {}
@@ -113,6 +116,8 @@ def test_scenario(provider: Provider, scenario: Scenario) -> None:
         f"status: {status}\n{provider.dump()}"
     )
     scenario.check(status)
+    if provider.name == "kind":
+        record(f"scenario {scenario.id}: kubectl apply to {scenario.phase}", time.monotonic() - applied)
     if before is not None:  # the kind provider cannot reach the operator's port
         # The job's last transition may still be on its way to the counters: a status write
         # comes before its observation.
@@ -125,3 +130,127 @@ def test_scenario(provider: Provider, scenario: Scenario) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+
+# --- kind only: what needs real nodes ---------------------------------------------------------
+
+
+def kind_only(provider: Provider) -> Kind:
+    if not isinstance(provider, Kind):
+        pytest.skip("needs real nodes (kind): `make e2e-kind`")
+    return provider
+
+
+def wait_phase(kind: Kind, job: str, phase: str, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status = kind.status(job)
+        if status.get("phase") == phase or status.get("phase") in FINISHED:
+            break
+        time.sleep(0.5)
+    assert status.get("phase") == phase, (
+        f"{job}: phase {status.get('phase')!r}, expected {phase}\n{kind.dump()}"
+    )
+    return status
+
+
+def pods(kind: Kind, job: str) -> list[dict[str, object]]:
+    out = kind.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"etha.io/job-name={job}", "-o", "json")
+    return list(json.loads(out.stdout)["items"])
+
+
+def test_kind_master_and_workers_on_different_nodes(provider: Provider) -> None:
+    """The workers keep off the node of their job's master (required anti-affinity), so every
+    rank reaches the master across the pod network, by its headless Service's name through
+    CoreDNS, and the job succeeds."""
+    kind = kind_only(provider)
+    doc = copy.deepcopy(example("ddp"))
+    job = doc["metadata"]["name"] = "across-nodes"
+    doc["spec"]["template"]["spec"]["affinity"] = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"etha.io/job-name": job, "etha.io/role": "master"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+    start = time.monotonic()
+    kind.apply(doc)
+    placed: dict[str, str] = {}
+    deadline = time.monotonic() + 300
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        for pod in pods(kind, job):
+            meta, spec = pod["metadata"], pod["spec"]
+            assert isinstance(meta, dict) and isinstance(spec, dict)
+            if spec.get("nodeName"):
+                placed[meta["name"]] = spec["nodeName"]
+        status = kind.status(job)
+        if status.get("phase") in FINISHED:
+            break
+        time.sleep(0.5)
+    assert status.get("phase") == "Succeeded", f"{status}\n{kind.dump()}"
+    record(
+        "across-nodes (ddp, master and workers on different nodes): kubectl apply to Succeeded",
+        time.monotonic() - start,
+    )
+    master = {n for p, n in placed.items() if "-master-" in p}
+    workers = {n for p, n in placed.items() if "-worker-" in p}
+    assert master and workers and not master & workers, f"master on {master}, workers on {workers}"
+    assert str(status.get("masterAddress", "")).startswith(f"{job}-master"), status
+
+
+def test_kind_operator_pod_deleted_mid_job(provider: Provider) -> None:
+    """The operator's pod is deleted while a job trains: the chart's Deployment brings a new one
+    back, which picks the job up, and the job finishes."""
+    kind = kind_only(provider)
+    doc = copy.deepcopy(example("ddp"))
+    job = doc["metadata"]["name"] = "operator-deleted"
+    doc["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "EPOCHS", "value": "150"}]
+    kind.apply(doc)
+    wait_phase(kind, job, "Running", 240)
+    selector = ["-n", "etha-system", "-l", "app.kubernetes.io/name=etha-operator"]
+    before = kind.kubectl("get", "pods", *selector, "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    kind.kubectl("delete", "pod", *selector, "--wait=false")
+    kind.kubectl(
+        "rollout", "status", "deployment/etha-operator", "-n", "etha-system", "--timeout=180s", timeout=200
+    )
+    after = kind.kubectl("get", "pods", *selector, "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    assert after and not set(after) & set(before), (before, after)
+    status = wait_phase(kind, job, "Succeeded", 300)
+    workers = status["workers"]
+    assert isinstance(workers, dict) and workers["succeeded"] == 2, status
+
+
+def test_kind_logs_show_the_rank(provider: Provider) -> None:
+    """`kubectl logs` of a worker shows its own rank (the injected RANK, through torch)."""
+    kind = kind_only(provider)
+    doc = copy.deepcopy(example("allreduce"))
+    job = doc["metadata"]["name"] = "logs-rank"
+    doc["spec"]["replicas"] = 2
+    kind.apply(doc)
+    wait_phase(kind, job, "Succeeded", 240)
+    for rank in (0, 1):
+        out = kind.kubectl("logs", "-n", NAMESPACE, f"{job}-worker-0-{rank}").stdout
+        assert f"rank {rank}/2 on " in out, out
+
+
+def test_kind_restricted_pod_security_is_enforced(provider: Provider) -> None:
+    """The jobs' namespace enforces Pod Security restricted on real admission: a privileged pod is
+    refused there, while every scenario's master and workers ran in it."""
+    kind = kind_only(provider)
+    labels = kind.kubectl("get", "namespace", NAMESPACE, "-o", "jsonpath={.metadata.labels}").stdout
+    assert '"pod-security.kubernetes.io/enforce":"restricted"' in labels, labels
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": NAMESPACE},
+        "spec": {
+            "containers": [{"name": "c", "image": Kind.IMAGES[1], "securityContext": {"privileged": True}}]
+        },
+    }
+    out = kind.kubectl("apply", "-f", "-", stdin=json.dumps(pod), check=False)
+    assert out.returncode != 0 and "violates PodSecurity" in out.stderr, out

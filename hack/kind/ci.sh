@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# ci.sh: the kind tier as CI runs it (make e2e-kind), on a machine of its own.
+#
+# Starts the project's dockerd (hack/kind/docker.sh: forwarding off, no NAT), builds the images
+# (cached by content under build/kind and dockerd's data root), runs `make e2e-kind` on a fresh
+# two-node cluster, and at the end, also on failure or interrupt, deletes the cluster and stops
+# dockerd. Where Docker's engine or debootstrap is missing and cannot be installed, it skips with
+# one line that says why (exit 0).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+here=hack/kind
+cluster="${ETHA_E2E_KIND_CLUSTER:-etha-e2e}"
+
+skip() { echo "kind tier skipped: $*"; exit 0; }
+
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # policy-rc.d: the package must not start Docker's own dockerd, with its default NAT.
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; added_policy=1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || skip "could not install ${missing[*]} (apt-get failed)"
+    [ -z "${added_policy:-}" ] || rm -f /usr/sbin/policy-rc.d
+  else
+    skip "${missing[*]} not installed (needs root and apt-get to install)"
+  fi
+fi
+[ "$(id -u)" = 0 ] || skip "needs root (dockerd, debootstrap)"
+command -v go >/dev/null 2>&1 || skip "Go is not installed (the node image's binaries build from Go modules)"
+
+export DOCKER_HOST=unix:///run/etha-docker/docker.sock
+started_dockerd=0
+cleanup() {
+  local code=$?
+  if [ -x bin/kind ] && bin/kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+    bash "$here/cluster.sh" delete "$cluster" || true
+  fi
+  [ "$started_dockerd" = 0 ] || bash "$here/docker.sh" stop || true
+  exit "$code"
+}
+trap cleanup EXIT INT TERM
+if ! bash "$here/docker.sh" status >/dev/null 2>&1; then started_dockerd=1; fi
+bash "$here/docker.sh" start
+start=$SECONDS
+make e2e-kind
+echo "kind tier: $((SECONDS - start)) s"
