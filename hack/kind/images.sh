@@ -33,6 +33,8 @@ ETHA_TAG="${ETHA_TAG:-0.1.0}"
 NODE_IMAGE="${KIND_NODE_IMAGE:-etha.local/kind-node:$K8S_VERSION}"
 KIND_VERSION=v0.30.0
 HOST_PYTHON="${HOST_PYTHON:-python3}"
+# The project's venv (make venv): its torch is the source of the runtime image's torch (below).
+VENV_PYTHON="${VENV_PYTHON:-$root/.venv/bin/python}"
 
 log() { echo "kind-images: $*"; }
 die() { echo "kind-images: $*" >&2; exit 1; }
@@ -269,30 +271,47 @@ if ! current etha-wheel "$etha_src_hash" || ! ls "$wheels"/etha-*.whl >/dev/null
 fi
 etha_wheel="$(ls "$wheels"/etha-*.whl)"
 
+# torch for the runtime image: PyPI's Linux torch is the CUDA build (2.7 GB of NVIDIA libraries and
+# triton beside its own 1.1 GB) and PyTorch's CPU index is out of reach here, so the wheel is made
+# from the venv's torch with the NVIDIA libraries as stubs (hack/kind/torch_nocuda.py says why
+# that is safe); no second download of torch.
+torch_wheels="$out/torch-wheel"
+torch_hash() { hash_of "$here/torch_nocuda.py" "$("$VENV_PYTHON" -c 'import torch; print(torch.__file__, torch.__version__)')"; }
+[ -x "$VENV_PYTHON" ] || die "$VENV_PYTHON is missing: make venv (its torch becomes the runtime image's)."
+if ! current torch-wheel "$(torch_hash)" || ! ls "$torch_wheels"/torch-*.whl >/dev/null 2>&1; then
+  wait_quiet
+  rm -rf "$torch_wheels"
+  timed "torch+nocuda wheel" "$VENV_PYTHON" "$here/torch_nocuda.py" "$torch_wheels" >/dev/null || die "making the torch+nocuda wheel failed."
+  stamp torch-wheel "$(torch_hash)"
+fi
+torch_req="torch==$(basename "$torch_wheels"/torch-*.whl | cut -d- -f2)"
+
 # etha_image NAME EXTRA REQUIREMENTS...: rootfs base + /opt/etha (a venv made in the chroot, pip
 # there with --no-index), imported; then the Dockerfile for metadata.
 etha_image() {
   local name="$1" extra="$2"; shift 2
   local tag="ghcr.io/etha-io/etha-$name:$ETHA_TAG" rootfs_tag="etha.local/etha-$name-rootfs:$ETHA_TAG"
-  local h; h="$(hash_of "$rootfs/base.stamp" "$etha_wheel" "$root/images/$name/Dockerfile" "$root/examples" "$extra" "$@" "etha-image-1")"
+  local h; h="$(hash_of "$rootfs/base.stamp" "$etha_wheel" "$root/images/$name/Dockerfile" "$root/examples" "$extra" "$@" "$0" "etha-image-2")"
   current "image-etha-$name" "$h" "$tag" && return 0
   wait_quiet
   local start=$SECONDS
   log "building $tag"
-  "$HOST_PYTHON" -m pip download -q --only-binary=:all: -d "$wheels" "$@" "${etha_wheel}[$extra]" \
+  "$HOST_PYTHON" -m pip download -q --only-binary=:all: --find-links "$torch_wheels" -d "$wheels" "$@" "${etha_wheel}[$extra]" \
     || die "downloading the wheels for $name failed (PyPI must be reachable)."
+  rm -f "$wheels"/torch-*+nocuda-*.whl # pip download copies it from $torch_wheels: keep one
   local tree="$out/etha-$name-tree"
   rm -rf "$tree" && cp -a "$rootfs/base" "$tree"
-  mkdir -p "$tree/wheels"
+  mkdir -p "$tree/wheels" "$tree/torch-wheel"
   mount --bind "$wheels" "$tree/wheels"
+  mount --bind "$torch_wheels" "$tree/torch-wheel"
   local ok=0
   in_root "$tree" /usr/bin/python3 -m venv /opt/etha \
-    && in_root "$tree" /opt/etha/bin/pip install -q --no-index --find-links /wheels --no-compile "$@" "/wheels/$(basename "$etha_wheel")[$extra]" \
+    && in_root "$tree" /opt/etha/bin/pip install -q --no-index --find-links /wheels --find-links /torch-wheel --no-compile "$@" "/wheels/$(basename "$etha_wheel")[$extra]" \
     && ok=1
   # Byte-code ahead of time (the images run with PYTHONDONTWRITEBYTECODE and may have a read-only
   # root); a few of torch's and triton's template files are not Python, so failures are expected.
   [ $ok = 1 ] && { in_root "$tree" /opt/etha/bin/python -m compileall -q -j 0 /opt/etha >/dev/null 2>&1 || true; }
-  umount "$tree/wheels"; rmdir "$tree/wheels"
+  umount "$tree/wheels" "$tree/torch-wheel"; rmdir "$tree/wheels" "$tree/torch-wheel"
   [ $ok = 1 ] || die "installing etha[$extra] into the $name rootfs failed."
   in_root "$tree" /opt/etha/bin/pip uninstall -q -y pip >/dev/null 2>&1 || true
   rm -rf "$tree/root/.cache"
@@ -306,7 +325,17 @@ etha_image() {
 }
 bash "$here/rootfs.sh" base "${base_packages[@]}"
 etha_image operator operator
-etha_image runtime master "torch==$TORCH_VERSION"
+etha_image runtime master "$torch_req"
+# Each image starts, offline: the operator imports, torch imports and serves a TCPStore.
+docker run --rm --network none "ghcr.io/etha-io/etha-operator:$ETHA_TAG" python -c 'import etha.operator' \
+  || die "the operator image does not import etha.operator."
+docker run --rm --network none "ghcr.io/etha-io/etha-runtime:$ETHA_TAG" python -c '
+import datetime, torch, etha.kvstore.server
+s = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, timeout=datetime.timedelta(seconds=10))
+s.set("k", "v"); assert s.get("k") == b"v"
+assert not torch.cuda.is_available()
+print("kind-images: runtime image: torch", torch.__version__, "imports, a TCPStore serves, no CUDA")' \
+  || die "the runtime image's torch does not work."
 fi
 
 log "all images current in $((SECONDS - total_start)) s"
