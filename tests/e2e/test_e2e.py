@@ -135,9 +135,12 @@ def test_scenario(provider: Provider, scenario: Scenario) -> None:
 # --- kind only: what needs real nodes ---------------------------------------------------------
 
 
-def kind_only(provider: Provider) -> Kind:
-    if not isinstance(provider, Kind):
-        pytest.skip("needs real nodes (kind): `make e2e-kind`")
+#: The tests below need real nodes: they run on the kind provider only (skipped with it).
+kind_only = pytest.mark.parametrize("provider", ["kind"], indirect=True)
+
+
+def as_kind(provider: Provider) -> Kind:
+    assert isinstance(provider, Kind), provider
     return provider
 
 
@@ -160,11 +163,12 @@ def pods(kind: Kind, job: str) -> list[dict[str, object]]:
     return list(json.loads(out.stdout)["items"])
 
 
+@kind_only
 def test_kind_master_and_workers_on_different_nodes(provider: Provider) -> None:
     """The workers keep off the node of their job's master (required anti-affinity), so every
     rank reaches the master across the pod network, by its headless Service's name through
     CoreDNS, and the job succeeds."""
-    kind = kind_only(provider)
+    kind = as_kind(provider)
     doc = copy.deepcopy(example("ddp"))
     job = doc["metadata"]["name"] = "across-nodes"
     doc["spec"]["template"]["spec"]["affinity"] = {
@@ -203,10 +207,11 @@ def test_kind_master_and_workers_on_different_nodes(provider: Provider) -> None:
     assert str(status.get("masterAddress", "")).startswith(f"{job}-master"), status
 
 
+@kind_only
 def test_kind_operator_pod_deleted_mid_job(provider: Provider) -> None:
     """The operator's pod is deleted while a job trains: the chart's Deployment brings a new one
     back, which picks the job up, and the job finishes."""
-    kind = kind_only(provider)
+    kind = as_kind(provider)
     doc = copy.deepcopy(example("ddp"))
     job = doc["metadata"]["name"] = "operator-deleted"
     doc["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "EPOCHS", "value": "150"}]
@@ -225,9 +230,10 @@ def test_kind_operator_pod_deleted_mid_job(provider: Provider) -> None:
     assert isinstance(workers, dict) and workers["succeeded"] == 2, status
 
 
+@kind_only
 def test_kind_logs_show_the_rank(provider: Provider) -> None:
     """`kubectl logs` of a worker shows its own rank (the injected RANK, through torch)."""
-    kind = kind_only(provider)
+    kind = as_kind(provider)
     doc = copy.deepcopy(example("allreduce"))
     job = doc["metadata"]["name"] = "logs-rank"
     doc["spec"]["replicas"] = 2
@@ -238,10 +244,11 @@ def test_kind_logs_show_the_rank(provider: Provider) -> None:
         assert f"rank {rank}/2 on " in out, out
 
 
+@kind_only
 def test_kind_restricted_pod_security_is_enforced(provider: Provider) -> None:
     """The jobs' namespace enforces Pod Security restricted on real admission: a privileged pod is
     refused there, while every scenario's master and workers ran in it."""
-    kind = kind_only(provider)
+    kind = as_kind(provider)
     labels = kind.kubectl("get", "namespace", NAMESPACE, "-o", "jsonpath={.metadata.labels}").stdout
     assert '"pod-security.kubernetes.io/enforce":"restricted"' in labels, labels
     pod = {
