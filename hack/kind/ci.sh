@@ -18,11 +18,15 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    # policy-rc.d: the package must not start Docker's own dockerd, with its default NAT.
-    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; added_policy=1; }
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-      || skip "could not install ${missing[*]} (apt-get failed)"
-    [ -z "${added_policy:-}" ] || rm -f /usr/sbin/policy-rc.d
+    # policy-rc.d exiting 101: the package must not start Debian's dockerd, with Docker's
+    # defaults (forwarding and NAT). Ours replaces any other for the install, then it is put back.
+    policy=/usr/sbin/policy-rc.d saved=""
+    if [ -e "$policy" ]; then saved="$(mktemp)"; cp -a "$policy" "$saved"; fi
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy"
+    ok=1
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || ok=0
+    if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
+    [ "$ok" = 1 ] || skip "could not install ${missing[*]} (apt-get failed)"
   else
     skip "${missing[*]} not installed (needs root and apt-get to install)"
   fi

@@ -78,8 +78,7 @@ start() {
 JSON
   # --config-file: nothing from /etc/docker/daemon.json; setsid: dockerd outlives this script.
   setsid dockerd --config-file "$run/daemon.json" > "$log" 2>&1 < /dev/null &
-  local i
-  for i in $(seq 1 60); do
+  for _ in $(seq 1 60); do
     if docker info >/dev/null 2>&1; then break; fi
     sleep 0.5
   done

@@ -36,6 +36,7 @@ for b in "${binaries[@]}"; do
   gobuild "$b" "$pkg" "$ldflags"
 done
 # go build -mod=mod may have completed go.sum on the way: stamp the module as it is now.
+# shellcheck disable=SC2034 # read by gobuild_done
 want="$(cat "$here/go.mod" "$here/go.sum" "$here/tools.go" "$here/build.sh" "$here/../../gobuild.sh" | sha256sum | cut -d' ' -f1)"
 gobuild_done
 "$dest/kubelet" --version
