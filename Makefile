@@ -83,8 +83,9 @@ integration: venv tools control-plane scheduler-plugins ## Integration tests onl
 e2e: venv tools control-plane ## End-to-end scenarios on the real control plane (chart installed, operator as its ServiceAccount, local node).
 	$(PY) -m pytest tests/e2e -k control-plane
 
+# --timeout: the first kind test also waits for the cluster, the images loaded into both nodes and helm.
 e2e-kind: venv tools kind-images ## The scenarios on a two-node kind cluster: images built offline, chart installed, real containers.
-	$(KIND_ENV) ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs
+	$(KIND_ENV) ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs --timeout=1500
 
 test: lint typecheck tools control-plane scheduler-plugins ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest

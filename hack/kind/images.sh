@@ -126,7 +126,7 @@ if ! { current pause-bin "$(hash_of "$pause_src")" && [ -x "$bin/pause" ]; }; th
   stamp pause-bin "$(hash_of "$pause_src")"
 fi
 
-kind_dir="$(cd / && GOFLAGS= go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
+kind_dir="$(cd / && GOFLAGS="" go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
 [ -d "$kind_dir/images/base/files" ] || die "kind $KIND_VERSION's module has no images/base/files (at '$kind_dir')."
 
 # --- root file systems ------------------------------------------------------------------------
@@ -246,9 +246,13 @@ EOF
   ctr --address "$ctrd/containerd.sock" -n k8s.io images ls -q
   kill "$ctrd_pid"; wait "$ctrd_pid" 2>/dev/null || true
   rm -rf "$ctrd"
-  import_dir "$tree" "$NODE_IMAGE" "ENV container=docker" "STOPSIGNAL SIGRTMIN+3" \
+  import_dir "$tree" "$NODE_IMAGE-rootfs" "ENV container=docker" \
     'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]'
   rm -rf "$tree"
+  # docker import takes no STOPSIGNAL: a metadata-only build adds it (systemd stops on SIGRTMIN+3).
+  printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$NODE_IMAGE-rootfs" | DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" - >/dev/null \
+    || die "docker build of $NODE_IMAGE (metadata only) failed."
+  docker rmi "$NODE_IMAGE-rootfs" >/dev/null
   stamp node-image "$node_hash"
   log "$NODE_IMAGE built in $((SECONDS - start)) s ($(docker image inspect -f '{{.Size}}' "$NODE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
 fi

@@ -247,8 +247,19 @@ class Kind:
         return None  # the operator's port is inside the cluster (the control-plane run checks it)
 
     def kill(self, pod: str) -> None:
-        # A container cannot SIGKILL its own PID 1; a forced delete is the cluster-side fault.
-        self.kubectl("delete", "pod", pod, "-n", NAMESPACE, "--grace-period=0", "--force")
+        """A master is deleted (the kubelet's grace period: SIGTERM, then the container's exit);
+        a worker's container is SIGKILLed by the node's containerd (exit code 137, as an OOM kill
+        or a crash), since a container cannot SIGKILL its own PID 1."""
+        if "-master-" in pod:
+            self.kubectl("delete", "pod", pod, "-n", NAMESPACE, "--wait=false")
+            return
+        out = self.kubectl(
+            "get", "pod", pod, "-n", NAMESPACE, "-o",
+            "jsonpath={.spec.nodeName} {.status.containerStatuses[0].containerID}",
+        )  # fmt: skip
+        node, container = out.stdout.split()
+        self._run("docker", "exec", node, "ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL",
+                  container.removeprefix("containerd://"))  # fmt: skip
 
     def dump(self) -> str:
         parts = []
