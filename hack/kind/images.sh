@@ -331,9 +331,9 @@ bash "$here/rootfs.sh" base "${base_packages[@]}"
 etha_image operator operator
 etha_image runtime master "$torch_req"
 # Each image starts, offline: the operator imports, torch imports and serves a TCPStore.
-docker run --rm --network none "ghcr.io/etha-io/etha-operator:$ETHA_TAG" python -c 'import etha.operator' \
+docker run --rm --network none --entrypoint python "ghcr.io/etha-io/etha-operator:$ETHA_TAG" -c 'import etha.operator' \
   || die "the operator image does not import etha.operator."
-docker run --rm --network none "ghcr.io/etha-io/etha-runtime:$ETHA_TAG" python -c '
+docker run --rm --network none --entrypoint python "ghcr.io/etha-io/etha-runtime:$ETHA_TAG" -c '
 import datetime, torch, etha.kvstore.server
 s = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, timeout=datetime.timedelta(seconds=10))
 s.set("k", "v"); assert s.get("k") == b"v"
