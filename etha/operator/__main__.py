@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # One active replica (the chart's Deployment uses the Recreate strategy): no peering,
             # so no KopfPeering resources and no RBAC for them.
             standalone=True,
+            identity=own_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is private
             registry=registry,
             # The metrics served are the ones the controller and the API module count into.
             memo=handlers.operator_memo(
@@ -89,6 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def own_identity() -> str:
+    """kopf's name for this operator process: ``user@host``. kopf's own default asks
+    ``getpass.getuser()``, which raises for a numeric user with no /etc/passwd entry, as the
+    images run (65532; the kind tier saw the chart's operator crash at start)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 if __name__ == "__main__":
