@@ -46,7 +46,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 if ! bash "$here/docker.sh" status >/dev/null 2>&1; then started_dockerd=1; fi
-bash "$here/docker.sh" start
+if ! why="$(bash "$here/docker.sh" start 2>&1)"; then
+  started_dockerd=0
+  # A refusal of the network lock (forwarding or NAT on) is a failure, not a skip.
+  if grep -q "refusing\|changed the host's network" <<<"$why"; then echo "$why" >&2; exit 1; fi
+  skip "dockerd cannot run here: $(tail -1 <<<"$why")"
+fi
+echo "$why"
 start=$SECONDS
 make e2e-kind
 echo "kind tier: $((SECONDS - start)) s"

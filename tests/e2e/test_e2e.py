@@ -220,6 +220,9 @@ def test_kind_operator_pod_deleted_mid_job(provider: Provider) -> None:
     selector = ["-n", "etha-system", "-l", "app.kubernetes.io/name=etha-operator"]
     before = kind.kubectl("get", "pods", *selector, "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     kind.kubectl("delete", "pod", *selector, "--wait=false")
+    # The ReplicaSet starts the new pod while the old one is still in its grace period.
+    old = [f"pod/{name}" for name in before]
+    kind.kubectl("wait", "--for=delete", *old, "-n", "etha-system", "--timeout=120s", timeout=150)
     kind.kubectl(
         "rollout", "status", "deployment/etha-operator", "-n", "etha-system", "--timeout=180s", timeout=200
     )
