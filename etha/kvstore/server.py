@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
         while not stop.wait(0.5):
             pass
-        watcher.join(5)
+        watcher.join(FINAL_LOOK_LIMIT)
     finally:
         if not _bounded(lambda: _teardown(http, store), TEARDOWN_LIMIT):
             # torch's server can hang stopping while a client that was frozen mid-request is
@@ -182,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Seconds the master gives its status server and store to stop once asked to shut down.
 TEARDOWN_LIMIT = 5.0
+#: Seconds the join watcher's last look may take once stopping (it asks the store, which can
+#: hang like the teardown): the whole shutdown stays within ~8 s, well inside a pod's grace.
+FINAL_LOOK_LIMIT = 2.0
 
 
 def _teardown(http: ThreadingHTTPServer | None, store: TorchTCPStore) -> None:
