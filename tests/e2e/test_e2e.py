@@ -11,13 +11,16 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.providers import NAMESPACE, ControlPlaneProvider, Kind, Provider, kind_missing, record
 from tests.e2e.scenarios import SCENARIOS, Scenario, example
+from tests.helpers import REPO
 
 pytest.importorskip("kopf")
 
@@ -264,3 +267,22 @@ def test_kind_restricted_pod_security_is_enforced(provider: Provider) -> None:
     }
     out = kind.kubectl("apply", "-f", "-", stdin=json.dumps(pod), check=False)
     assert out.returncode != 0 and "violates PodSecurity" in out.stderr, out
+
+
+@kind_only
+def test_kind_network_lock_holds_with_the_cluster_up(provider: Provider) -> None:
+    """With the two-node cluster up (after the scenarios that ran on it), the host still forwards
+    nothing and no NAT rule of the host masquerades (docker.sh check reads the sysctls and the nat
+    tables; it sends no traffic): a packet from a container has nowhere to go but this machine."""
+    kind = as_kind(provider)
+    nodes = kind.kubectl("get", "nodes", "-o", "name").stdout.split()
+    assert len(nodes) == 2, nodes
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "kind" / "docker.sh"), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+        assert Path(f"/proc/sys/{key}").read_text().strip() == "0", key
