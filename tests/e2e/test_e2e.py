@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,22 +169,40 @@ def pods(kind: Kind, job: str) -> list[dict[str, object]]:
 
 @kind_only
 def test_kind_master_and_workers_on_different_nodes(provider: Provider) -> None:
-    """The workers keep off the node of their job's master (required anti-affinity), so every
-    rank reaches the master across the pod network, by its headless Service's name through
-    CoreDNS, and the job succeeds."""
+    """The master on one node, its workers on the other, so every rank reaches the master across
+    the pod network, by its headless Service's name through CoreDNS, and the job succeeds.
+
+    The placement is made certain, not left to the scheduler's order: the worker node is tainted
+    for this test and only the workers tolerate it (and select it). A required anti-affinity from
+    the master is not enough: when the scheduler places both workers before the master (one per
+    node), that rule leaves the master no node at all (seen: Pending, 'didn't satisfy existing
+    pods anti-affinity rules')."""
     kind = as_kind(provider)
+    node = kind.kubectl(
+        "get",
+        "nodes",
+        "-l",
+        "!node-role.kubernetes.io/control-plane",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ).stdout.strip()
+    assert node, "no worker node"
+    taint = "etha.io/e2e-across-nodes=workers:NoSchedule"
     doc = copy.deepcopy(example("ddp"))
     job = doc["metadata"]["name"] = "across-nodes"
-    doc["spec"]["template"]["spec"]["affinity"] = {
-        "podAntiAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "labelSelector": {"matchLabels": {"etha.io/job-name": job, "etha.io/role": "master"}},
-                    "topologyKey": "kubernetes.io/hostname",
-                }
-            ]
-        }
-    }
+    pod_spec = doc["spec"]["template"]["spec"]
+    pod_spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    pod_spec["tolerations"] = [
+        {"key": "etha.io/e2e-across-nodes", "operator": "Equal", "value": "workers", "effect": "NoSchedule"}
+    ]
+    kind.kubectl("taint", "nodes", node, taint, "--overwrite")
+    try:
+        across_nodes(kind, job, doc)
+    finally:
+        kind.kubectl("taint", "nodes", node, f"{taint}-", check=False)
+
+
+def across_nodes(kind: Kind, job: str, doc: dict[str, Any]) -> None:
     start = time.monotonic()
     kind.apply(doc)
     placed: dict[str, str] = {}
