@@ -17,7 +17,8 @@ etcd's current revision the range still holds as many keys as the state and none
 ``W``: then the state is what a read at that revision would return (a delete shows in the
 count; a put, an overwrite or a delete-and-recreate in the mod revision). Otherwise it waits for
 the watch to catch up and checks again. The check is single-flight per watcher: a waiter that
-arrived before a check was sent, with the state unchanged since, is answered by that check.
+arrived before a check was sent, with the state unchanged since, is answered by that check. A
+state that is still exactly the range's read, sent after the waiter arrived, needs no check.
 
 A watch broken by a connection loss or an etcd restart is re-created from ``W + 1`` (no event is
 missed); a compacted revision falls back to reading the range again. A watcher with no waiters
@@ -29,16 +30,18 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from etha.kvstore._etcd_gateway import BROKEN, RETRY_INTERVAL, Gateway, State, kv_name, range_body, unb64
 from etha.kvstore.errors import StoreConnectionError
 
 logger = logging.getLogger("etha.kvstore.etcd")
+T = TypeVar("T")
 
 #: Seconds a watcher with no waiters keeps following etcd (so that successive waits share it).
 LINGER = 10.0
@@ -95,7 +98,9 @@ class Check:
 class Watcher:
     """The state of one key range, kept current by one watch (see the module docstring)."""
 
-    def __init__(self, gateway: Gateway, key: str, range_end: str | None) -> None:
+    def __init__(
+        self, gateway: Gateway, key: str, range_end: str | None, seed: tuple[State, int, float] | None = None
+    ) -> None:
         self.gateway = gateway
         self.key = key
         self.range_end = range_end
@@ -109,6 +114,13 @@ class Watcher:
         self.tallies: dict[tuple[str, bytes, frozenset[str] | None], Tally] = {}
         self.idle_since = time.monotonic()
         self.stopped = False
+        self.events = 0  # events applied since the watcher started (what etcd delivered to it)
+        self._results: dict[Hashable, object] = {}
+        self._results_revision = -1
+        self._read_at = (-1, 0.0)  # the revision of the last read of the range, and when it was sent
+        if seed is not None:  # a read of the range (state, revision, when it was sent) to start from
+            self.state, self.revision = dict(seed[0]), seed[1]
+            self._read_at, self.synced = (seed[1], seed[2]), True
         self._check_lock = threading.Lock()
         self._last_check: Check | None = None
         self._thread = threading.Thread(target=self._run, name="etha-etcd-watch", daemon=True)
@@ -148,6 +160,16 @@ class Watcher:
             if not self.waiters:
                 self.idle_since = time.monotonic()
 
+    def result(self, memo: Hashable, compute: Callable[[State], T]) -> T:
+        """``compute(state)``, once per revision for the waits with the same ``memo`` key (N
+        threads waiting for the same N keys would each build the same O(N) answer). Call with
+        the lock."""
+        if self._results_revision != self.revision:
+            self._results, self._results_revision = {}, self.revision
+        if memo not in self._results:
+            self._results[memo] = compute(self.state)
+        return self._results[memo]  # type: ignore[return-value]
+
     def wait_changed(self, revision: int, deadline: float) -> None:
         """Block until the state moves past ``revision`` (or is read again), or the deadline."""
         with self.lock:
@@ -159,6 +181,10 @@ class Watcher:
     def check(self, revision: int, size: int, arrived: float, deadline: float) -> bool:
         """Whether the state as of ``revision`` (``size`` keys) is still exact at etcd's current
         revision, as seen by a request sent after ``arrived``. Raises StoreConnectionError."""
+        with self.lock:
+            read_revision, read_sent = self._read_at
+        if read_revision == revision and read_sent >= arrived:
+            return True  # the state is a read sent after the waiter came: linearizable as it is
         with self._check_lock:
             last = self._last_check
             if last is not None and last.revision == revision and last.size == size and last.sent >= arrived:
@@ -208,11 +234,13 @@ class Watcher:
             _forget(self)
 
     def _read(self) -> None:
+        sent = time.monotonic()
         out = self.gateway.call("/v3/kv/range", range_body(self.key, self.range_end), READ_SLICE * 5)
         state = {kv_name(kv): unb64(kv.get("value", "")) for kv in out.get("kvs") or []}
         with self.lock:
             self.state = state
             self.revision = int(out["header"]["revision"])
+            self._read_at = (self.revision, sent)
             for t in self.tallies.values():
                 t.count = sum(t.counts(n, v) for n, v in state.items())
             self.synced = True
@@ -248,6 +276,7 @@ class Watcher:
             self.problem = None
             if not events:
                 return
+            self.events += len(events)
             for event in events:
                 kv = event["kv"]
                 name = kv_name(kv)
@@ -280,8 +309,11 @@ _WATCHERS: dict[tuple[object, ...], Watcher] = {}
 _WATCHERS_LOCK = threading.Lock()
 
 
-def watcher(gateway: Gateway, key: str, range_end: str | None) -> Watcher:
-    """This process's watcher of [key, range_end) on the cluster of ``gateway`` (started if needed)."""
+def watcher(
+    gateway: Gateway, key: str, range_end: str | None, seed: tuple[State, int, float] | None = None
+) -> Watcher:
+    """This process's watcher of [key, range_end) on the cluster of ``gateway`` (started if needed,
+    from ``seed``, a read of the range just made: its state, revision and when it was sent)."""
     sig = (tuple(gateway.members), key, range_end)
     with _WATCHERS_LOCK:
         found = _WATCHERS.get(sig)
@@ -290,7 +322,7 @@ def watcher(gateway: Gateway, key: str, range_end: str | None) -> Watcher:
                 if not found.stopped:
                     found.idle_since = time.monotonic()
                     return found
-        made = Watcher(gateway, key, range_end)
+        made = Watcher(gateway, key, range_end, seed)
         _WATCHERS[sig] = made
         return made
 
@@ -300,3 +332,13 @@ def _forget(w: Watcher) -> None:
         sig = (tuple(w.gateway.members), w.key, w.range_end)
         if _WATCHERS.get(sig) is w:
             del _WATCHERS[sig]
+
+
+def _after_fork() -> None:
+    """A forked child has none of its parent's watcher threads: forget the parent's watchers."""
+    global _WATCHERS_LOCK
+    _WATCHERS_LOCK = threading.Lock()
+    _WATCHERS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
