@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from etha.constants import JOINED_KEY_PREFIX
-from etha.kvstore import _etcd_watch
+from etha.kvstore import _etcd_lead, _etcd_watch
 from etha.kvstore._etcd_gateway import Gateway, LeaseNotFound, State, b64, parse_endpoint, prefix_end, unb64
 from etha.kvstore.base import KVStore, check_keys, check_str, check_timeout, check_wait_for_keys, matches
 from etha.kvstore.errors import (
@@ -83,6 +83,7 @@ class EtcdStore(KVStore):
         ):
             raise InvalidArgumentError(f"lease_ttl ({lease_ttl!r}) must be a whole number of seconds >= 1.")
         self._closed = False
+        self._prepared = False
         self._lease: int | None = None
         self._lease_ttl = lease_ttl or 0
         self._renewed = 0.0  # monotonic time of the lease's last confirmed renewal
@@ -114,6 +115,9 @@ class EtcdStore(KVStore):
         if self._lease is not None:
             body["lease"] = str(self._lease)
         self._call("/v3/kv/put", body, self.timeout)
+        if not self._prepared:  # a rank that writes waits next: have the election's lease ready
+            self._prepared = True
+            _etcd_lead.prepare(self._gateway)
 
     def get(self, key: str, *, component: str | None = None) -> bytes | None:
         """See base class."""
@@ -204,15 +208,31 @@ class EtcdStore(KVStore):
             names = (n[len(root) :] for n, v in state.items() if v == want)
             return sorted(n for n in names if matches(prefix, suffix, n))
 
-        return self._wait(
-            start,
-            prefix_end(start),
-            ready,
-            found,
-            timeout,
-            f"{expected_count} keys matching {key_pattern!r} with value {value!r}",
-            lambda s: f"{tallies[0].count if tallies else 0} of {expected_count} found",
+        what = f"{expected_count} keys matching {key_pattern!r} with value {value!r}"
+        counter = _etcd_watch.Tally(start, suffix, want, members)
+
+        def count(state: State) -> int:
+            return sum(counter.counts(n, v) for n, v in state.items())
+
+        def gave_up(why: str, state: State | None) -> StoreTimeoutError:
+            seen = [] if state is None else [f"{count(state)} of {expected_count} found"]
+            return self._timed_out(timeout, what, [*seen, why])
+
+        question = _etcd_lead.Question(
+            key=start,
+            range_end=prefix_end(start),
+            signature=[suffix, value, order, expected_count],
+            waiter=ready,
+            satisfied=lambda state: count(state) >= expected_count,
+            found=found,
+            memo=("keys", suffix, want, None if order is None else tuple(order)),
         )
+        arrived = time.monotonic()
+        self._usable()
+        answer = _etcd_lead.wait(
+            self._gateway, self._full(f"{self.namespace}/"), question, arrived, arrived + timeout, gave_up
+        )
+        return list(answer)  # the processes' waiting threads share one answer: each gets a copy
 
     def close(self, cleanup: bool = True) -> None:
         """See base class. Never deletes a key, with or without ``cleanup`` (accepted for the
@@ -278,14 +298,17 @@ class EtcdStore(KVStore):
                 if watch.problem or not watch.synced:
                     extra.append(watch.problem or f"etcd at {self._gateway.describe()} was not read yet")
             if why:
-                extra.append(why.rstrip("."))
-            note = f" ({'; '.join(extra)})" if extra else ""
-            raise StoreTimeoutError(
-                f"Waited {timeout:g}s for {what} on etcd at {self._gateway.describe()}; "
-                f"it did not happen{note}."
-            )
+                extra.append(why)
+            raise self._timed_out(timeout, what, extra)
         finally:
             watch.remove(waiter)
+
+    def _timed_out(self, timeout: float, what: str, extra: list[str]) -> StoreTimeoutError:
+        said = [e.rstrip(".") for e in extra if e]
+        note = f" ({'; '.join(said)})" if said else ""
+        return StoreTimeoutError(
+            f"Waited {timeout:g}s for {what} on etcd at {self._gateway.describe()}; it did not happen{note}."
+        )
 
     def _call(self, path: str, body: dict[str, Any], limit: float) -> dict[str, Any]:
         self._usable()

@@ -1,0 +1,640 @@
+"""One watch per rendezvous across processes, for ``EtcdStore.wait_for_keys``.
+
+:mod:`etha.kvstore._etcd_watch` gives each process one watch per key range, so when P processes
+wait for the same N keys etcd still delivers every write P times (P x N events through the JSON
+gateway: at N=1,024 over 8 processes, as much etcd CPU as the puts themselves). Here the
+processes waiting for the same keys (same range, pattern, value, candidates and count: a
+**round**) elect one **leader** among them, in a transaction that also reads the range, so a
+wait whose keys are all there already is over after that one request.
+
+- The leader follows the range with its process's shared watcher, as a lone process does. Once
+  its state (exact as of revision ``W``, ``S`` keys) satisfies the wait, it **publishes** in one
+  transaction: *if no key of the range changed after W*, write the round's **done** key (``W``,
+  ``S`` and the answer, the matching keys' names), delete its **lead** key, and count the range.
+  The condition and the count (``S`` again: no key deleted either) are the check a lone waiter
+  makes before it returns (see :mod:`etha.kvstore._etcd_watch`), so publishing costs no extra
+  request.
+- The others **follow**: they watch only the round's two keys. When done changes, they check, as
+  the leader did, that the range still holds ``S`` keys none of which changed after ``W``: then
+  the answer in done is the answer at etcd's current revision, and they return it. The check is
+  one small request per process (shared by its waiting threads, sent after each arrived): a stale
+  or forged done key cannot make a wait return early, and a key deleted after the leader saw it
+  makes the check fail. When the lead key goes (its leader finished, timed out, or its process
+  died and its lease expired) they elect again.
+
+So etcd delivers N events to the leader and a few to each follower: N + O(P) instead of P x N.
+An answer too large for a done key (over :data:`ANSWER_LIMIT` bytes) is left out of it; then
+followers read the range instead.
+
+The lead key lives on a lease of :data:`LEAD_TTL` seconds that this process renews while it leads:
+a leader that is killed holds the others up for at most that long (they still meet their own
+timeouts). A round's keys live under ``/etha/<namespace>/\x00lead/`` (no component name holds a
+NUL), so :func:`~etha.kvstore.etcd.delete_namespace` removes them with the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from etha.kvstore import _etcd_watch
+from etha.kvstore._etcd_gateway import (
+    Gateway,
+    LeaseNotFound,
+    State,
+    b64,
+    kv_name,
+    prefix_end,
+    range_body,
+    unb64,
+)
+from etha.kvstore.errors import StoreConnectionError
+
+#: Seconds a leader's lead key outlives its process (how long followers of a dead leader wait).
+LEAD_TTL = 5
+#: Where a namespace's rounds live, after ``/etha/<namespace>/``: never a component's root.
+ROUNDS = "\x00lead/"
+#: Bytes of answer a done key carries at most (a larger one makes the followers read the range).
+ANSWER_LIMIT = 256 * 1024
+
+LEAD, FOLLOW = "lead", "follow"
+Answer = list[str]
+
+
+@dataclass(frozen=True)
+class Question:
+    """One wait, in the terms of this module: the range, what tells waits apart, and how to
+    test and answer a state of the range."""
+
+    key: str
+    range_end: str
+    signature: object
+    #: A tallied waiter on the range's watcher (called with the watcher's lock).
+    waiter: Callable[[_etcd_watch.Watcher], _etcd_watch.Waiter]
+    satisfied: Callable[[State], bool]
+    found: Callable[[State], Answer]
+    #: The key under which the watcher computes ``found`` once per revision for all its waiters.
+    memo: Hashable
+
+    def answer(self, state: State) -> Answer | None:
+        return self.found(state) if self.satisfied(state) else None
+
+
+class Lease:
+    """This process's lease for its lead keys on one etcd cluster: granted when first needed,
+    renewed every ``LEAD_TTL / 3`` s while this process leads a round, left to expire after."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.lock = threading.Lock()
+        self.id: int | None = None
+        self.renewed = 0.0  # when etcd last granted or renewed it
+        self.holders = 0
+        self._renewing = False
+        self._preparing: threading.Event | None = None  # set when a background grant is over
+
+    def usable(self) -> int | None:
+        """The lease's id if etcd surely still has it (renewed within half its TTL). With the lock."""
+        if self.id is not None and (self.holders > 0 or time.monotonic() - self.renewed < LEAD_TTL / 2):
+            return self.id
+        return None
+
+    def prepare(self) -> None:
+        """Grant the lease in the background, so that an election soon after needs no grant
+        first (a store that writes is about to wait, as a rank in a rendezvous does)."""
+        with self.lock:
+            if self.usable() is not None or self._preparing is not None:
+                return
+            self._preparing = over = threading.Event()
+        threading.Thread(target=self._prepare, args=(over,), name="etha-etcd-lead-grant", daemon=True).start()
+
+    def _prepare(self, over: threading.Event) -> None:
+        try:
+            self._grant(time.monotonic() + LEAD_TTL)
+        except Exception:  # the election grants one itself, and reports why it could not
+            pass
+        finally:
+            with self.lock:
+                self._preparing = None
+            over.set()
+
+    def _grant(self, deadline: float) -> None:
+        sent = time.monotonic()
+        out = self.gateway.call("/v3/lease/grant", {"TTL": LEAD_TTL}, _left(deadline))
+        with self.lock:
+            if self.usable() is None:
+                self.id, self.renewed = int(out["ID"]), sent
+
+    def acquire(self, deadline: float) -> int:
+        """The lease's id (granted if needed), counted as held until :meth:`release`."""
+        while True:
+            with self.lock:
+                lease = self.usable()
+                if lease is not None:
+                    self.holders += 1
+                    if not self._renewing:
+                        self._renewing = True
+                        threading.Thread(target=self._renew, name="etha-etcd-lead-lease", daemon=True).start()
+                    return lease
+                preparing = self._preparing
+            if preparing is not None:  # a grant is on its way: wait for it rather than send another
+                preparing.wait(_left(deadline))
+                with self.lock:
+                    if self.usable() is not None:
+                        continue
+            self._grant(deadline)
+
+    def release(self) -> None:
+        with self.lock:
+            self.holders -= 1
+
+    def lost(self, lease: int) -> None:
+        """etcd no longer knows ``lease``: the next :meth:`acquire` grants a new one."""
+        with self.lock:
+            if self.id == lease:
+                self.id = None
+
+    def _renew(self) -> None:
+        every = LEAD_TTL / 3
+        while True:
+            time.sleep(every)
+            with self.lock:
+                lease = self.id
+                if self.holders <= 0 or lease is None:
+                    self._renewing = False
+                    return
+            try:
+                out = self.gateway.call("/v3/lease/keepalive", {"ID": str(lease)}, every)
+            except LeaseNotFound:
+                self.lost(lease)
+                continue
+            except StoreConnectionError:
+                continue  # the followers elect another leader if this lasts past the TTL
+            if int((out.get("result") or {}).get("TTL") or 0) <= 0:
+                self.lost(lease)
+            else:
+                with self.lock:
+                    self.renewed = time.monotonic() - every
+
+
+@dataclass
+class Read:
+    """One read of a round's range: its state and revision, when the request was sent, and
+    (once a waiter asked) the answer it gives: every waiter of the round asks the same
+    question, so the O(N) answer is computed once per read, not once per waiting thread."""
+
+    state: State
+    revision: int
+    sent: float
+    answered: bool = False
+    answer: Answer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer_to(self, question: Question) -> Answer | None:
+        with self.lock:
+            if not self.answered:
+                self.answer, self.answered = question.answer(self.state), True
+            return self.answer
+
+
+@dataclass
+class Verdict:
+    """A single-flight request's outcome, reused by the threads that arrived before it was sent."""
+
+    sig: object
+    sent: float
+    outcome: Any
+
+
+class SingleFlight:
+    """One request at a time for the same ``sig``; a thread that arrived before the last one for
+    ``sig`` was sent takes its outcome (the request was linearizable for it too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: Verdict | None = None
+
+    def run(self, sig: object, arrived: float, ask: Callable[[], Any]) -> Any:
+        with self._lock:
+            last = self._last
+            if last is not None and last.sig == sig and last.sent >= arrived:
+                return last.outcome
+            sent = time.monotonic()
+            outcome = ask()
+            self._last = Verdict(sig, sent, outcome)
+            return outcome
+
+
+class Round:
+    """This process's part in one round (see the module docstring)."""
+
+    def __init__(self, gateway: Gateway, base: str, question: Question) -> None:
+        self.gateway = gateway
+        self.base = base
+        self.lead_key, self.done_key = base + "lead", base + "done"
+        self.key, self.range_end = question.key, question.range_end
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lock = threading.Lock()
+        self.role: str | None = None
+        self.electing: threading.Event | None = None
+        self.baseline: bytes | None = None  # done's value when this process last elected
+        self.leader = ""  # who leads, as the election saw it
+        self.lease_id: int | None = None
+        self.users = 0
+        self._read_lock = threading.Lock()
+        self._last_read: Read | None = None
+        self._publish = SingleFlight()
+        self._verify = SingleFlight()
+
+    # --- roles ----------------------------------------------------------------------------------
+
+    def elect(self, deadline: float) -> tuple[str, bytes | None]:
+        """This process's role (electing once for all its threads) and done's value as of then.
+        The election also reads the range (see :meth:`answered`)."""
+        while True:
+            with self.lock:
+                if self.role is not None:
+                    return self.role, self.baseline
+                electing = self.electing
+                if electing is None:
+                    electing = self.electing = threading.Event()
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                electing.wait(max(deadline - time.monotonic(), 0))
+                if time.monotonic() >= deadline:
+                    raise StoreConnectionError(f"no leader elected on etcd at {self._where()} in time")
+                continue
+            try:
+                role, baseline = self._elect(deadline)
+                with self.lock:
+                    self.role, self.baseline = role, baseline
+                return role, baseline
+            finally:
+                with self.lock:
+                    self.electing = None
+                electing.set()
+
+    def _elect(self, deadline: float) -> tuple[str, bytes | None]:
+        lease = _lease(self.gateway)
+        for _ in range(3):
+            lease_id = lease.acquire(deadline)
+            claim = {"key": b64(self.lead_key), "value": b64(self.me), "lease": str(lease_id)}
+            keys = {"request_range": range_body(self.key, self.range_end)}
+            body = {
+                "compare": [{"key": b64(self.lead_key), "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": claim}, keys],
+                "failure": [{"request_range": range_body(self.base, prefix_end(self.base))}, keys],
+            }
+            sent = time.monotonic()
+            try:
+                out = self.gateway.call("/v3/kv/txn", body, _left(deadline))
+            except LeaseNotFound:
+                lease.release()
+                lease.lost(lease_id)
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            responses = out.get("responses") or [{}, {}]
+            with self._read_lock:
+                self._last_read = Read(_state(responses[1]), _revision(out), sent)
+            if out.get("succeeded"):
+                self.lease_id, self.leader = lease_id, self.me
+                return LEAD, None
+            lease.release()
+            state = _state(responses[0])
+            self.leader = state.get(self.lead_key, b"").decode("utf-8", "replace")
+            return FOLLOW, state.get(self.done_key)
+        raise StoreConnectionError(f"etcd at {self._where()} kept refusing this process's lease")
+
+    def publish(
+        self, revision: int, size: int, answer: Answer, arrived: float, deadline: float
+    ) -> bool | None:
+        """The leader's check and publication in one transaction (see the module docstring):
+        True if the state of ``revision`` (``size`` keys) is still exact, and published; False
+        if a key changed since (wait for the watch); None if published but a key was deleted
+        since (the round is over without an answer: elect again)."""
+
+        def ask() -> bool | None:
+            record = {"by": self.me, "revision": revision, "size": size, "nonce": uuid.uuid4().hex[:8]}
+            value = json.dumps({**record, "answer": answer})
+            if len(value) > ANSWER_LIMIT:
+                value = json.dumps(record)
+            body = {
+                "compare": [
+                    {
+                        "key": b64(self.key),
+                        "range_end": b64(self.range_end),
+                        "target": "MOD",
+                        "result": "LESS",
+                        "mod_revision": str(revision + 1),
+                    }
+                ],
+                "success": [
+                    {"request_put": {"key": b64(self.done_key), "value": b64(value)}},
+                    {"request_delete_range": {"key": b64(self.lead_key)}},
+                    {"request_range": range_body(self.key, self.range_end, count_only=True)},
+                ],
+            }
+            out = self.gateway.call("/v3/kv/txn", body, _left(deadline))
+            if not out.get("succeeded"):
+                return False
+            self._stepped_down_as_leader()
+            counted = (out.get("responses") or [{}, {}, {}])[2].get("response_range") or {}
+            return True if int(counted.get("count") or 0) == size else None
+
+        outcome: bool | None = self._publish.run((revision, size), arrived, ask)
+        return outcome
+
+    def abandon(self, deadline: float) -> None:
+        """The last of this process's leading threads gave up: delete the lead key (if still
+        ours) so that the followers elect another leader now, not when the lease expires."""
+        with self.lock:
+            if self.role != LEAD or self.users > 1:
+                return
+        self._stepped_down_as_leader()
+        compare = [{"key": b64(self.lead_key), "target": "VALUE", "value": b64(self.me)}]
+        ops = [{"request_delete_range": {"key": b64(self.lead_key)}}]
+        # If etcd does not answer, the lead key expires with the lease; the followers then elect again.
+        with contextlib.suppress(StoreConnectionError):
+            self.gateway.call("/v3/kv/txn", {"compare": compare, "success": ops}, _left(deadline, 1.0))
+
+    def _stepped_down_as_leader(self) -> None:
+        with self.lock:
+            if self.role != LEAD:
+                return
+            self.role = None  # later arrivals elect again
+            held, self.lease_id = self.lease_id, None
+        if held is not None:
+            _lease(self.gateway).release()
+
+    def stepped_down(self) -> None:
+        """The lead key is gone (seen by a follower): elect again on the next look."""
+        with self.lock:
+            if self.role == FOLLOW:
+                self.role = None
+
+    # --- reads and checks -----------------------------------------------------------------------
+
+    def last_read(self) -> Read | None:
+        with self._read_lock:
+            return self._last_read
+
+    def answered(self, arrived: float, question: Question) -> Read | None:
+        """The last read (the election's, say) if it was sent after ``arrived`` and answers."""
+        with self._read_lock:
+            last = self._last_read
+        if last is not None and last.sent >= arrived and last.answer_to(question) is not None:
+            return last
+        return None
+
+    def read(self, arrived: float, deadline: float) -> Read:
+        """The range as read by a request sent after ``arrived`` (one read shared by threads)."""
+        with self._read_lock:
+            last = self._last_read
+            if last is not None and last.sent >= arrived:
+                return last
+            sent = time.monotonic()
+            out = self.gateway.call("/v3/kv/range", range_body(self.key, self.range_end), _left(deadline))
+            self._last_read = Read(_state({"response_range": out}), _revision(out), sent)
+            return self._last_read
+
+    def verify(self, done: bytes, arrived: float, deadline: float, question: Question) -> Answer | None:
+        """A follower's look at a new done value: its answer if the range is still as the leader
+        published it (one small request per process), else None."""
+        try:
+            record = json.loads(done)
+            revision, size = int(record["revision"]), int(record["size"])
+            answer = record.get("answer")
+        except (ValueError, TypeError, KeyError):
+            record = None
+        if record is None or not isinstance(answer, list):  # no answer in it: read the range
+            got = self.read(arrived, deadline).answer_to(question)
+            return None if got is None else list(got)
+
+        def ask() -> bool:
+            ops = [
+                {"request_range": range_body(self.key, self.range_end, count_only=True)},
+                {
+                    "request_range": range_body(
+                        self.key, self.range_end, keys_only=True, limit=1, min_mod_revision=str(revision + 1)
+                    )
+                },
+            ]
+            out = self.gateway.call("/v3/kv/txn", {"success": ops}, _left(deadline))
+            count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
+            return int(count.get("count") or 0) == size and not changed.get("kvs")
+
+        exact: bool = self._verify.run(done, arrived, ask)
+        return [str(k) for k in answer] if exact else None
+
+    def _where(self) -> str:
+        return self.gateway.describe()
+
+
+def wait(
+    gateway: Gateway,
+    namespace_root: str,
+    question: Question,
+    arrived: float,
+    deadline: float,
+    gave_up: Callable[[str, State | None], Exception],
+) -> Answer:
+    """Wait, with the other processes that wait for the same, until ``question`` is satisfied;
+    return its answer. ``gave_up(why, state)`` is the error to raise at the deadline (``state``:
+    the range as last seen, if known)."""
+    sig = json.dumps([question.key, question.signature], sort_keys=True, default=str)
+    base = f"{namespace_root}{ROUNDS}{hashlib.sha256(sig.encode()).hexdigest()[:32]}/"
+    rnd = _round(gateway, base, question)
+    last: State | None = None
+    why = ""
+    try:
+        while True:
+            try:
+                role, baseline = rnd.elect(deadline)
+            except StoreConnectionError as exc:
+                raise gave_up(str(exc), last) from exc
+            early = rnd.answered(arrived, question)
+            if role == LEAD:
+                if early is not None and early.answer is not None:
+                    _publish_early(rnd, early, arrived, deadline)
+                    return early.answer
+                out = _lead(rnd, question, arrived, deadline, gave_up)
+                if out is not None:
+                    return out
+                continue  # a key went as the leader published: elect again
+            if early is not None and early.answer is not None:
+                return early.answer
+            watch = _etcd_watch.watcher(gateway, base, prefix_end(base))
+            lead, done = rnd.lead_key, rnd.done_key
+            waiter = _etcd_watch.Waiter(_moved(lead, done, baseline))
+            watch.add(waiter)
+            try:
+                woke = waiter.event.wait(max(deadline - time.monotonic(), 0))
+            finally:
+                watch.remove(waiter)
+            if not woke:
+                with watch.lock:
+                    why = watch.problem or why or f"following the watch of {rnd.leader or 'another process'}"
+                raise gave_up(why, _final_read(rnd, last))
+            with watch.lock:
+                gone, done_now = lead not in watch.state, watch.state.get(done)
+            if done_now is not None and done_now != baseline:
+                try:
+                    got = rnd.verify(done_now, arrived, deadline, question)
+                except StoreConnectionError as exc:
+                    why = str(exc)
+                else:
+                    if got is not None:
+                        return got
+                with rnd.lock:
+                    if rnd.role == FOLLOW:
+                        rnd.baseline = done_now
+                baseline = done_now
+            if gone:
+                rnd.stepped_down()
+    finally:
+        _leave(rnd)
+
+
+def _publish_early(rnd: Round, read: Read, arrived: float, deadline: float) -> None:
+    """The election's read answered the leader: publish it for the followers (best effort: the
+    answer holds for this thread anyway, its read having been sent after it arrived)."""
+    try:
+        published = rnd.publish(read.revision, len(read.state), read.answer or [], arrived, deadline)
+    except StoreConnectionError:
+        published = False
+    if published is not True:
+        rnd.abandon(deadline)
+
+
+def _lead(
+    rnd: Round,
+    question: Question,
+    arrived: float,
+    deadline: float,
+    gave_up: Callable[[str, State | None], Exception],
+) -> Answer | None:
+    """Follow the range until the wait is satisfied and published; None if the round ended
+    without an answer (elect again). Raises ``gave_up(...)`` at the deadline."""
+    read = rnd.last_read()
+    seed = None if read is None else (read.state, read.revision, read.sent)
+    watch = _etcd_watch.watcher(rnd.gateway, rnd.key, rnd.range_end, seed)
+    with watch.lock:
+        waiter = question.waiter(watch)
+    watch.add(waiter)
+    why = ""
+    try:
+        while waiter.event.wait(max(deadline - time.monotonic(), 0)):
+            with watch.lock:
+                if not (watch.synced and waiter.ready(watch.state)):
+                    watch.rearm(waiter)
+                    continue
+                revision, size = watch.revision, len(watch.state)
+                out: Answer = watch.result(question.memo, question.found)
+            try:
+                published = rnd.publish(revision, size, out, arrived, deadline)
+            except StoreConnectionError as exc:
+                why = str(exc)
+                break
+            if published is True:
+                return list(out)
+            if published is None:
+                return None
+            watch.wait_changed(revision, deadline)
+        with watch.lock:
+            state = dict(watch.state) if watch.synced else None
+            problem = watch.problem or (
+                "" if watch.synced else f"etcd at {rnd.gateway.describe()} was not read yet"
+            )
+        rnd.abandon(deadline)
+        raise gave_up("; ".join(x.rstrip(".") for x in (problem, why) if x), state)
+    finally:
+        watch.remove(waiter)
+
+
+def _state(response: dict[str, Any]) -> State:
+    """The keys and values of a transaction's range response."""
+    kvs = (response.get("response_range") or {}).get("kvs") or []
+    return {kv_name(kv): unb64(kv.get("value", "")) for kv in kvs}
+
+
+def _revision(out: dict[str, Any]) -> int:
+    return int((out.get("header") or {}).get("revision") or 0)
+
+
+def _moved(lead: str, done: str, baseline: bytes | None) -> Callable[[State], bool]:
+    """Whether the round moved on: its leader gone, or done changed since ``baseline``."""
+    return lambda s: lead not in s or s.get(done) != baseline
+
+
+def _final_read(rnd: Round, last: State | None) -> State | None:
+    """What the range holds now, for a timeout's message (best effort, at most a second)."""
+    try:
+        return rnd.read(time.monotonic(), time.monotonic() + 1.0).state
+    except StoreConnectionError:
+        return last
+
+
+_ROUNDS: dict[tuple[object, ...], Round] = {}
+_LEASES: dict[tuple[object, ...], Lease] = {}
+_LOCK = threading.Lock()
+
+
+def _round(gateway: Gateway, base: str, question: Question) -> Round:
+    sig = (tuple(gateway.members), base)
+    with _LOCK:
+        found = _ROUNDS.get(sig)
+        if found is None:
+            found = _ROUNDS[sig] = Round(gateway, base, question)
+        found.users += 1
+        return found
+
+
+def _leave(rnd: Round) -> None:
+    sig = (tuple(rnd.gateway.members), rnd.base)
+    with _LOCK:
+        rnd.users -= 1
+        if rnd.users <= 0 and rnd.role != LEAD and _ROUNDS.get(sig) is rnd:
+            del _ROUNDS[sig]
+
+
+def prepare(gateway: Gateway) -> None:
+    """Have this process's lease for lead keys ready (see :meth:`Lease.prepare`)."""
+    _lease(gateway).prepare()
+
+
+def _lease(gateway: Gateway) -> Lease:
+    sig = tuple(gateway.members)
+    with _LOCK:
+        found = _LEASES.get(sig)
+        if found is None:
+            found = _LEASES[sig] = Lease(gateway)
+        return found
+
+
+def _after_fork() -> None:
+    """A forked child has none of its parent's threads: forget the parent's rounds and leases."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _ROUNDS.clear()
+    _LEASES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _left(deadline: float, cap: float | None = None) -> float:
+    left = max(deadline - time.monotonic(), 0.01)
+    return left if cap is None else max(min(left, cap), 0.5)

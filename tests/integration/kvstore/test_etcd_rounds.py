@@ -1,0 +1,293 @@
+"""The waits of many processes for the same keys on etcd: one leader watches, the others follow
+(etha.kvstore._etcd_lead), against a real etcd and real processes.
+
+Two stores of one process whose endpoint lists differ (the same etcd, spelt twice) keep apart
+what a process shares (watches, rounds, leases), as two processes do; the tests that need a
+process to die use real processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from etha.kvstore import StoreTimeoutError
+from etha.kvstore._etcd_lead import LEAD_TTL
+from etha.kvstore.etcd import EtcdStore, delete_namespace
+from tests.etcd_server import EtcdServer
+from tests.helpers import TEST_ENV, wait_until
+
+#: An address nothing listens on: a second entry that makes an endpoint list another "process".
+NOBODY = "127.0.0.1:9"
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"r{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def stores(etcd: EtcdServer, namespace: str) -> Iterator[Callable[[int], EtcdStore]]:
+    """``stores(i)``: a store of "process" i (its own endpoint list) in the test's namespace."""
+    made: list[EtcdStore] = []
+
+    def make(i: int) -> EtcdStore:
+        store = EtcdStore([etcd.endpoint] + [NOBODY] * i, namespace=namespace, timeout=10)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def gateway(etcd: EtcdServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(f"http://{etcd.endpoint}{path}", json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        out: dict[str, Any] = json.loads(resp.read())
+        return out
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def round_keys(etcd: EtcdServer, namespace: str) -> dict[str, str]:
+    """The lead and done keys of the namespace's rounds (name -> value)."""
+    root = f"/etha/{namespace}/\x00lead/"
+    end = root[:-1] + chr(ord(root[-1]) + 1)
+    kvs = gateway(etcd, "/v3/kv/range", {"key": b64(root), "range_end": b64(end)}).get("kvs") or []
+    return {
+        base64.b64decode(kv["key"]).decode()[len(root) :]: base64.b64decode(kv.get("value", "")).decode()
+        for kv in kvs
+    }
+
+
+def leads(etcd: EtcdServer, namespace: str) -> list[str]:
+    return [v for k, v in round_keys(etcd, namespace).items() if k.endswith("/lead")]
+
+
+def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # checked by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def waiter_process(etcd: EtcdServer, namespace: str, count: int, timeout: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.kvstore.etcd_waiter", etcd.endpoint, namespace,
+         str(count), str(timeout)],
+        stdout=subprocess.PIPE, text=True, env=TEST_ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline()) == {"started": True}
+    return proc
+
+
+def outcome(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_processes_waiting_for_the_same_keys_share_one_watch_of_them(
+    etcd: EtcdServer, namespace: str, stores: Callable[[int], EtcdStore]
+) -> None:
+    """Four processes wait for 40 keys: all get them, and etcd delivered the 40 writes to one
+    watch (the leader's), not to four."""
+    n, procs = 40, 4
+    waiters = [waiter_process(etcd, namespace, n, 30) for _ in range(procs)]
+    try:
+        wait_until(lambda: len(leads(etcd, namespace)) == 1, 10, "a leader elected")
+        time.sleep(0.5)  # the followers' elections: they are waiting too
+        writer = stores(0)
+        for r in range(n):
+            writer.set(f"rank/{r}", "1")
+        results = [outcome(p, 30) for p in waiters]
+    finally:
+        for p in waiters:
+            p.kill()
+            p.wait()
+    want = sorted(f"rank/{r}" for r in range(n))
+    assert [r.get("keys", r.get("error")) for r in results] == [want] * procs
+    events = [r["events"] for r in results]
+    assert sum(events) <= n and sorted(events)[:-1] == [0] * (procs - 1), events
+    assert leads(etcd, namespace) == []  # the leader stepped down once done
+
+
+def test_keys_already_there_take_one_request_per_process(
+    etcd: EtcdServer, stores: Callable[[int], EtcdStore]
+) -> None:
+    writer = stores(0)
+    for r in range(5):
+        writer.set(f"rank/{r}", "1")
+    got = [stores(i).wait_for_keys("rank/*", 5, timeout=5) for i in (1, 2, 3)]
+    assert got == [[f"rank/{r}" for r in range(5)]] * 3
+
+
+def test_a_killed_leader_holds_the_others_up_only_for_its_lease(
+    etcd: EtcdServer, namespace: str, stores: Callable[[int], EtcdStore]
+) -> None:
+    leader = waiter_process(etcd, namespace, 3, 60)
+    try:
+        wait_until(lambda: len(leads(etcd, namespace)) == 1, 10, "the first process to lead")
+        assert f":{leader.pid}:" in leads(etcd, namespace)[0]
+        follower = stores(1)
+        thread, out = in_thread(lambda: follower.wait_for_keys("rank/*", 3, timeout=30))
+        time.sleep(0.5)
+        assert f":{leader.pid}:" in leads(etcd, namespace)[0]  # the follower did not take over
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        killed = time.monotonic()
+        writer = stores(0)
+        for r in range(3):
+            writer.set(f"rank/{r}", "1")
+        thread.join(LEAD_TTL + 10)
+        assert out == [["rank/0", "rank/1", "rank/2"]]
+        assert time.monotonic() - killed < LEAD_TTL + 3
+    finally:
+        leader.kill()
+        leader.wait()
+
+
+def test_a_leader_that_times_out_hands_over_at_once(
+    etcd: EtcdServer, namespace: str, stores: Callable[[int], EtcdStore]
+) -> None:
+    first, second, writer = stores(1), stores(2), stores(0)
+    writer.set("rank/0", "1")
+    lead_thread, lead_out = in_thread(lambda: first.wait_for_keys("rank/*", 3, timeout=1))
+    wait_until(lambda: len(leads(etcd, namespace)) == 1, 5, "the first store to lead")
+    follow_thread, follow_out = in_thread(lambda: second.wait_for_keys("rank/*", 3, timeout=30))
+    lead_thread.join(5)
+    assert len(lead_out) == 1 and isinstance(lead_out[0], StoreTimeoutError)
+    assert "1 of 3 found" in str(lead_out[0])
+    handed = time.monotonic()
+    writer.set("rank/1", "1")
+    writer.set("rank/2", "1")
+    follow_thread.join(10)
+    assert follow_out == [["rank/0", "rank/1", "rank/2"]]
+    assert time.monotonic() - handed < LEAD_TTL - 1  # not held up until the first one's lease expired
+
+
+def test_a_follower_that_times_out_says_how_many_keys_there_are(
+    etcd: EtcdServer, namespace: str, stores: Callable[[int], EtcdStore]
+) -> None:
+    leader, follower, writer = stores(1), stores(2), stores(0)
+    writer.set("rank/0", "1")
+    thread, _ = in_thread(lambda: leader.wait_for_keys("rank/*", 3, timeout=4))
+    wait_until(lambda: len(leads(etcd, namespace)) == 1, 5, "a leader")
+    start = time.monotonic()
+    with pytest.raises(StoreTimeoutError, match=r"3 keys matching 'rank/\*'.*1 of 3 found"):
+        follower.wait_for_keys("rank/*", 3, timeout=1)
+    assert time.monotonic() - start < 1 + 1.5
+    thread.join(10)
+
+
+def test_a_done_key_that_does_not_match_the_keys_ends_no_wait(
+    etcd: EtcdServer, namespace: str, stores: Callable[[int], EtcdStore]
+) -> None:
+    """A follower returns an answer only once it has checked that the keys are as the leader
+    saw them: a done key from an older state of the keys, or garbage, makes it wait on."""
+    leader, follower, writer = stores(1), stores(2), stores(0)
+    writer.set("rank/0", "1")
+    old = int(gateway(etcd, "/v3/kv/range", {"key": b64("x")})["header"]["revision"])
+    writer.set("rank/1", "1")
+    lead_thread, lead_out = in_thread(lambda: leader.wait_for_keys("rank/*", 3, timeout=30))
+    wait_until(lambda: len(leads(etcd, namespace)) == 1, 5, "a leader")
+    follow_thread, follow_out = in_thread(lambda: follower.wait_for_keys("rank/*", 3, timeout=30))
+    time.sleep(0.5)
+    done = next(k for k in round_keys(etcd, namespace)).rsplit("/", 1)[0] + "/done"
+    done_key = f"/etha/{namespace}/\x00lead/{done}"
+    stale = {"revision": old, "size": 1, "answer": ["rank/0", "rank/1", "rank/2"]}
+    for value in (json.dumps(stale), "not json"):
+        gateway(etcd, "/v3/kv/put", {"key": b64(done_key), "value": b64(value)})
+        time.sleep(0.5)
+        assert follow_out == [] and lead_out == []
+    writer.set("rank/2", "1")
+    lead_thread.join(10)
+    follow_thread.join(10)
+    assert lead_out == follow_out == [["rank/0", "rank/1", "rank/2"]]
+
+
+def test_the_order_of_candidate_keys_is_each_callers_own(stores: Callable[[int], EtcdStore]) -> None:
+    writer = stores(0)
+    keys = [f"rank/{r}" for r in range(4)]
+    threads = [
+        in_thread(
+            lambda i=i, order=order: stores(i).wait_for_keys("rank/*", 4, candidate_keys=order, timeout=10)
+        )
+        for i, order in ((1, keys), (2, keys[::-1]))
+    ]
+    time.sleep(0.3)
+    for key in keys:
+        writer.set(key, "1")
+    for thread, _ in threads:
+        thread.join(10)
+    assert [out for _, out in threads] == [[keys], [keys[::-1]]]
+
+
+def test_delete_namespace_removes_the_rounds_too(
+    etcd: EtcdServer, namespace: str, stores: Callable[[int], EtcdStore]
+) -> None:
+    writer = stores(0)
+    writer.set("rank/0", "1")
+    assert stores(1).wait_for_keys("rank/*", 1, timeout=5) == ["rank/0"]
+    assert round_keys(etcd, namespace)  # the round's done key
+    assert delete_namespace([etcd.endpoint], namespace) >= 2
+    assert round_keys(etcd, namespace) == {}
+
+
+def _wait_in_child(endpoint: str, namespace: str, queue: Any) -> None:
+    store = EtcdStore([endpoint], namespace=namespace, timeout=10)
+    try:
+        queue.put(store.wait_for_keys("rank/*", 2, timeout=5))
+    except BaseException as exc:  # reported to the parent
+        queue.put(repr(exc))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_process_forked_after_a_wait_waits_with_its_own_watch(etcd: EtcdServer, namespace: str) -> None:
+    """A forked child has none of its parent's watcher threads: it must not wait on them."""
+    store = EtcdStore([etcd.endpoint], namespace=namespace, timeout=10)
+    try:
+        store.set("rank/0", "1")
+        with pytest.raises(StoreTimeoutError):
+            store.wait_for_keys("rank/*", 2, timeout=0.3)  # the parent's watcher now lingers
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_wait_in_child, args=(etcd.endpoint, namespace, queue))
+        child.start()
+        time.sleep(0.5)
+        store.set("rank/1", "1")
+        assert queue.get(timeout=10) == ["rank/0", "rank/1"]
+        child.join(10)
+    finally:
+        store.close()
