@@ -57,7 +57,7 @@ from etha.kvstore._etcd_gateway import (
     range_body,
     unb64,
 )
-from etha.kvstore.errors import StoreConnectionError
+from etha.kvstore.errors import InvalidArgumentError, StoreConnectionError
 
 #: Seconds a leader's lead key outlives its process (how long followers of a dead leader wait).
 LEAD_TTL = 5
@@ -90,8 +90,14 @@ class Question:
 
 
 class Lease:
-    """This process's lease for its lead keys on one etcd cluster: granted when first needed,
-    renewed every ``LEAD_TTL / 3`` s while this process leads a round, left to expire after."""
+    """This process's lease for its lead keys on one etcd cluster: granted when first needed (or
+    just before, see :meth:`prepare`), renewed every ``LEAD_TTL / 3`` s while this process leads
+    a round, left to expire after.
+
+    Its ID is chosen here (etcd grants a lease the ID its client asks for), so an election can
+    name it while the grant is still on its way: etcd checks a put's lease only in the branch of
+    a transaction it runs, so a process that loses the election never needed the lease, and one
+    that wins before the grant arrived is told "lease not found" and tries once more after it."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -100,7 +106,7 @@ class Lease:
         self.renewed = 0.0  # when etcd last granted or renewed it
         self.holders = 0
         self._renewing = False
-        self._preparing: threading.Event | None = None  # set when a background grant is over
+        self._pending: tuple[int, threading.Event] | None = None  # a grant on its way, and its end
 
     def usable(self) -> int | None:
         """The lease's id if etcd surely still has it (renewed within half its TTL). With the lock."""
@@ -109,49 +115,58 @@ class Lease:
         return None
 
     def prepare(self) -> None:
-        """Grant the lease in the background, so that an election soon after needs no grant
-        first (a store that writes is about to wait, as a rank in a rendezvous does)."""
+        """Grant the lease in the background, so that an election soon after need not wait for
+        a grant (a store that writes is about to wait, as a rank in a rendezvous does)."""
         with self.lock:
-            if self.usable() is not None or self._preparing is not None:
+            if self.usable() is not None or self._pending is not None:
                 return
-            self._preparing = over = threading.Event()
-        threading.Thread(target=self._prepare, args=(over,), name="etha-etcd-lead-grant", daemon=True).start()
+            pending = self._pending = (_new_id(), threading.Event())
+        threading.Thread(
+            target=self._grant_later, args=pending, name="etha-etcd-lead-grant", daemon=True
+        ).start()
 
-    def _prepare(self, over: threading.Event) -> None:
+    def _grant_later(self, lease_id: int, over: threading.Event) -> None:
         try:
-            self._grant(time.monotonic() + LEAD_TTL)
+            self._grant(lease_id, time.monotonic() + LEAD_TTL)
         except Exception:  # the election grants one itself, and reports why it could not
             pass
         finally:
             with self.lock:
-                self._preparing = None
+                if self._pending is not None and self._pending[0] == lease_id:
+                    self._pending = None
             over.set()
 
-    def _grant(self, deadline: float) -> None:
+    def _grant(self, lease_id: int, deadline: float) -> None:
         sent = time.monotonic()
-        out = self.gateway.call("/v3/lease/grant", {"TTL": LEAD_TTL}, _left(deadline))
+        try:
+            self.gateway.call("/v3/lease/grant", {"TTL": LEAD_TTL, "ID": str(lease_id)}, _left(deadline))
+        except InvalidArgumentError as exc:  # a grant retried after a lost answer: it is ours
+            if "already exists" not in str(exc):
+                raise
         with self.lock:
             if self.usable() is None:
-                self.id, self.renewed = int(out["ID"]), sent
+                self.id, self.renewed = lease_id, sent
 
-    def acquire(self, deadline: float) -> int:
-        """The lease's id (granted if needed), counted as held until :meth:`release`."""
+    def acquire(self, deadline: float, optimistic: bool = False) -> int:
+        """The lease's id, counted as held until :meth:`release`: granted if needed, or (if
+        ``optimistic``) the id of a grant still on its way."""
         while True:
             with self.lock:
-                lease = self.usable()
+                lease, pending = self.usable(), self._pending
+                if lease is None and optimistic and pending is not None:
+                    lease = pending[0]
                 if lease is not None:
                     self.holders += 1
                     if not self._renewing:
                         self._renewing = True
                         threading.Thread(target=self._renew, name="etha-etcd-lead-lease", daemon=True).start()
                     return lease
-                preparing = self._preparing
-            if preparing is not None:  # a grant is on its way: wait for it rather than send another
-                preparing.wait(_left(deadline))
+            if pending is not None:  # a grant is on its way: wait for it rather than send another
+                pending[1].wait(_left(deadline))
                 with self.lock:
                     if self.usable() is not None:
                         continue
-            self._grant(deadline)
+            self._grant(_new_id(), deadline)
 
     def release(self) -> None:
         with self.lock:
@@ -169,9 +184,11 @@ class Lease:
             time.sleep(every)
             with self.lock:
                 lease = self.id
-                if self.holders <= 0 or lease is None:
+                if self.holders <= 0:
                     self._renewing = False
                     return
+            if lease is None:
+                continue  # its grant is still on its way
             try:
                 out = self.gateway.call("/v3/lease/keepalive", {"ID": str(lease)}, every)
             except LeaseNotFound:
@@ -184,6 +201,11 @@ class Lease:
             else:
                 with self.lock:
                     self.renewed = time.monotonic() - every
+
+
+def _new_id() -> int:
+    """A lease ID for etcd to grant: random, positive, 62 bits (a clash is not worth a thought)."""
+    return (int.from_bytes(os.urandom(8), "big") >> 2) or 1
 
 
 @dataclass
@@ -287,8 +309,8 @@ class Round:
 
     def _elect(self, deadline: float) -> tuple[str, bytes | None]:
         lease = _lease(self.gateway)
-        for _ in range(3):
-            lease_id = lease.acquire(deadline)
+        for attempt in range(3):
+            lease_id = lease.acquire(deadline, optimistic=attempt == 0)
             claim = {"key": b64(self.lead_key), "value": b64(self.me), "lease": str(lease_id)}
             keys = {"request_range": range_body(self.key, self.range_end)}
             body = {

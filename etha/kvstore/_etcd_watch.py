@@ -3,8 +3,11 @@
 When N workers each wait for the same N keys, a watch per waiter makes etcd deliver every write
 to every waiter (N^2 events through the JSON gateway) and each waiter re-evaluate its match on
 every event. Instead, the waiters of one process that wait on the same key range share one
-:class:`Watcher`: a thread that reads the range once, then follows one watch from the revision
-after it, keeping the range's state (key -> value) and, per pattern waited on, a count of the
+:class:`Watcher`: a thread that starts one watch of the range from etcd's current revision
+``H``, reads the range as of ``H`` (a watch from a past revision would be served by etcd's
+catch-up loop, which runs every 100 ms: measured here, the leader of a rendezvous got its
+events 90 ms late), then follows the watch, keeping the range's state (key -> value) and,
+per pattern waited on, a count of the
 keys that match it and hold the wanted value (updated per event, O(1)). A waiter registers a
 cheap predicate (a count against a threshold, or one key's value); the watcher thread tests it
 after each watch response and wakes only the waiters whose predicate holds.
@@ -37,8 +40,17 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from etha.kvstore._etcd_gateway import BROKEN, RETRY_INTERVAL, Gateway, State, kv_name, range_body, unb64
-from etha.kvstore.errors import StoreConnectionError
+from etha.kvstore._etcd_gateway import (
+    BROKEN,
+    RETRY_INTERVAL,
+    Gateway,
+    HttpConn,
+    State,
+    kv_name,
+    range_body,
+    unb64,
+)
+from etha.kvstore.errors import InvalidArgumentError, KVStoreError
 
 logger = logging.getLogger("etha.kvstore.etcd")
 T = TypeVar("T")
@@ -118,6 +130,7 @@ class Watcher:
         self._results: dict[Hashable, object] = {}
         self._results_revision = -1
         self._read_at = (-1, 0.0)  # the revision of the last read of the range, and when it was sent
+        self._fresh = True  # the next watch starts from now, the state read as of its start
         if seed is not None:  # a read of the range (state, revision, when it was sent) to start from
             self.state, self.revision = dict(seed[0]), seed[1]
             self._read_at, self.synced = (seed[1], seed[2]), True
@@ -218,13 +231,11 @@ class Watcher:
         try:
             while self._needed():
                 try:
-                    if not self.synced:
-                        self._read()
                     self._follow()
                 except Compacted:
                     with self.lock:
-                        self.synced = False
-                except (*BROKEN, StoreConnectionError) as exc:
+                        self.synced, self._fresh = False, True
+                except (*BROKEN, KVStoreError) as exc:
                     with self.lock:
                         self.problem = f"etcd at {self.gateway.describe()} is not answering ({exc})"
                     logger.info("etcd watch on %r broke (%s); resuming from revision %d", self.key, exc,
@@ -233,14 +244,20 @@ class Watcher:
         finally:
             _forget(self)
 
-    def _read(self) -> None:
-        sent = time.monotonic()
-        out = self.gateway.call("/v3/kv/range", range_body(self.key, self.range_end), READ_SLICE * 5)
+    def _read(self, revision: int, sent: float) -> None:
+        """Read the range as of ``revision`` (the start of a watch whose request was ``sent``)."""
+        body = range_body(self.key, self.range_end, revision=str(revision))
+        try:
+            out = self.gateway.call("/v3/kv/range", body, READ_SLICE * 5)
+        except InvalidArgumentError as exc:
+            if "compacted" in str(exc):
+                raise Compacted() from exc
+            raise
         state = {kv_name(kv): unb64(kv.get("value", "")) for kv in out.get("kvs") or []}
         with self.lock:
             self.state = state
-            self.revision = int(out["header"]["revision"])
-            self._read_at = (self.revision, sent)
+            self.revision = revision
+            self._read_at = (revision, sent)
             for t in self.tallies.values():
                 t.count = sum(t.counts(n, v) for n, v in state.items())
             self.synced = True
@@ -248,9 +265,22 @@ class Watcher:
             self._wake()
 
     def _follow(self) -> None:
-        create = range_body(self.key, self.range_end, start_revision=str(self.revision + 1))
-        conn = self.gateway.open_watch(create, time.monotonic() + READ_SLICE * 5)
+        """Follow a watch of the range. A fresh start watches from now and reads the range as of
+        the watch's start (a watch from a past revision is served by etcd's catch-up loop,
+        which runs every 100 ms: a wait would lose up to that much behind any write). After a
+        break, the watch resumes from the revision after the state's (no event is missed)."""
+        fresh = self._fresh
+        extra = {} if fresh else {"start_revision": str(self.revision + 1)}
+        sent = time.monotonic()
+        conn = self.gateway.open_watch(range_body(self.key, self.range_end, **extra), sent + READ_SLICE * 5)
         try:
+            if fresh:
+                start = self._created(conn)
+                with self.lock:
+                    seeded = self.synced and self.revision == start
+                if not seeded:
+                    self._read(start, sent)
+                self._fresh = False
             while self._needed():
                 try:
                     line = conn.readline(READ_SLICE)
@@ -267,6 +297,14 @@ class Watcher:
                 self._apply(result)
         finally:
             conn.close()
+
+    def _created(self, conn: HttpConn) -> int:
+        """The revision a new watch starts after (from etcd's "created" answer)."""
+        line = conn.readline(READ_SLICE * 5)
+        result = (json.loads(line).get("result") or {}) if line else {}
+        if not result.get("created"):
+            raise ConnectionResetError(f"the watch was not created: {line[:200]!r}")
+        return int((result.get("header") or {}).get("revision") or 0)
 
     def _apply(self, result: dict[str, Any]) -> None:
         if result.get("compact_revision") and int(result["compact_revision"]) > self.revision:
