@@ -18,7 +18,7 @@ wait whose keys are all there already is over after that one request.
   the leader did, that the range still holds ``S`` keys none of which changed after ``W``: then
   the answer in done is the answer at etcd's current revision, and they return it. The check is
   one small request per process (shared by its waiting threads, sent after each arrived): a stale
-  or forged done key cannot make a wait return early, and a key deleted after the leader saw it
+  done key (of an earlier round) cannot make a wait return early, and a key deleted after the leader saw it
   makes the check fail. When the lead key goes (its leader finished, timed out, or its process
   died and its lease expired) they elect again.
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -57,7 +58,9 @@ from etha.kvstore._etcd_gateway import (
     range_body,
     unb64,
 )
-from etha.kvstore.errors import InvalidArgumentError, StoreConnectionError
+from etha.kvstore.errors import InvalidArgumentError, KVStoreError, StoreConnectionError
+
+logger = logging.getLogger("etha.kvstore.etcd")
 
 #: Seconds a leader's lead key outlives its process (how long followers of a dead leader wait).
 LEAD_TTL = 5
@@ -89,47 +92,102 @@ class Question:
         return self.found(state) if self.satisfied(state) else None
 
 
-class Lease:
-    """This process's lease for its lead keys on one etcd cluster: granted when first needed (or
-    just before, see :meth:`prepare`), renewed every ``LEAD_TTL / 3`` s while this process leads
-    a round, left to expire after.
+class Leases:
+    """This process's leases for lead keys on one etcd cluster: **one per leadership term**, renewed
+    every ``LEAD_TTL / 3`` s while the term lasts and then left alone (or revoked), so a lead key
+    always expires ``LEAD_TTL`` seconds after its term ended, whatever became of its delete.
 
-    Its ID is chosen here (etcd grants a lease the ID its client asks for), so an election can
-    name it while the grant is still on its way: etcd checks a put's lease only in the branch of
-    a transaction it runs, so a process that loses the election never needed the lease, and one
-    that wins before the grant arrived is told "lease not found" and tries once more after it."""
+    A spare is granted ahead, from a store's first write (:meth:`prepare`). Its ID is chosen here
+    (etcd grants a lease the ID its client asks for), so an election can name it while the grant
+    is still on its way: etcd checks a put's lease only in the branch of a transaction it runs, so
+    a process that loses the election never needed the lease, and one that wins before the grant
+    arrived is told "lease not found" and tries once more after it."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.lock = threading.Lock()
-        self.id: int | None = None
-        self.renewed = 0.0  # when etcd last granted or renewed it
-        self.holders = 0
-        self._renewing = False
+        self._spare: tuple[int, float] | None = None  # a granted lease no term holds, and when
         self._pending: tuple[int, threading.Event] | None = None  # a grant on its way, and its end
-
-    def usable(self) -> int | None:
-        """The lease's id if etcd surely still has it (renewed within half its TTL). With the lock."""
-        if self.id is not None and (self.holders > 0 or time.monotonic() - self.renewed < LEAD_TTL / 2):
-            return self.id
-        return None
+        self._held: set[int] = set()  # the leases of the terms this process leads now
+        self._renewing = False
 
     def prepare(self) -> None:
-        """Grant the lease in the background, so that an election soon after need not wait for
-        a grant (a store that writes is about to wait, as a rank in a rendezvous does)."""
+        """Grant a spare in the background, so that an election soon after need not wait for a
+        grant (a store that writes is about to wait, as a rank in a rendezvous does)."""
         with self.lock:
-            if self.usable() is not None or self._pending is not None:
+            if self._fresh_spare() is not None or self._pending is not None:
                 return
             pending = self._pending = (_new_id(), threading.Event())
         threading.Thread(
-            target=self._grant_later, args=pending, name="etha-etcd-lead-grant", daemon=True
+            target=self._grant_spare, args=pending, name="etha-etcd-lead-grant", daemon=True
         ).start()
 
-    def _grant_later(self, lease_id: int, over: threading.Event) -> None:
+    def candidate(self, deadline: float, optimistic: bool) -> int:
+        """A lease to claim a lead key with: the spare, or (if ``optimistic``) a spare still being
+        granted (its grant started now if need be), or one granted now."""
+        if optimistic:
+            self.prepare()
+        while True:
+            with self.lock:
+                spare, pending = self._fresh_spare(), self._pending
+                if spare is not None:
+                    return spare
+                if optimistic and pending is not None:
+                    return pending[0]
+            if pending is None:
+                break
+            pending[1].wait(_left(deadline))  # a grant is on its way: wait for it, not send another
+            with self.lock:
+                if self._fresh_spare() is None:
+                    break
+        lease_id, sent = _new_id(), time.monotonic()
+        self._grant(lease_id, deadline)
+        with self.lock:
+            self._spare = (lease_id, sent)
+        return lease_id
+
+    def hold(self, lease_id: int) -> None:
+        """A claim with ``lease_id`` won: renew it until :meth:`release` (it is no spare now)."""
+        with self.lock:
+            if self._spare is not None and self._spare[0] == lease_id:
+                self._spare = None
+            self._held.add(lease_id)
+            if not self._renewing:
+                self._renewing = True
+                threading.Thread(target=self._renew, name="etha-etcd-lead-lease", daemon=True).start()
+
+    def release(self, lease_id: int, revoke_within: float = 0.0) -> None:
+        """The term of ``lease_id`` ended: stop renewing it, and revoke it (which deletes the lead
+        key with it) if ``revoke_within`` seconds are given; if that fails, it expires."""
+        with self.lock:
+            self._held.discard(lease_id)
+        if revoke_within > 0:
+            with contextlib.suppress(KVStoreError):
+                self.gateway.call("/v3/lease/revoke", {"ID": str(lease_id)}, revoke_within)
+
+    def lost(self, lease_id: int) -> None:
+        """etcd does not know ``lease_id`` (expired, or not granted yet): never offer it again."""
+        with self.lock:
+            if self._spare is not None and self._spare[0] == lease_id:
+                self._spare = None
+            self._held.discard(lease_id)
+
+    def _fresh_spare(self) -> int | None:
+        """The spare's ID if etcd surely still has it (granted within half its TTL). With the lock."""
+        if self._spare is not None and time.monotonic() - self._spare[1] < LEAD_TTL / 2:
+            return self._spare[0]
+        return None
+
+    def _grant_spare(self, lease_id: int, over: threading.Event) -> None:
+        sent = time.monotonic()
         try:
-            self._grant(lease_id, time.monotonic() + LEAD_TTL)
-        except Exception:  # the election grants one itself, and reports why it could not
-            pass
+            self._grant(lease_id, sent + LEAD_TTL)
+        except Exception as exc:  # the election grants one itself, and reports why it could not
+            logger.debug("could not grant a spare etcd lease: %s", exc)
+        else:
+            with self.lock:
+                if lease_id not in self._held:  # an optimistic claim may have taken it already
+                    self._spare = (lease_id, sent)
         finally:
             with self.lock:
                 if self._pending is not None and self._pending[0] == lease_id:
@@ -137,70 +195,32 @@ class Lease:
             over.set()
 
     def _grant(self, lease_id: int, deadline: float) -> None:
-        sent = time.monotonic()
         try:
             self.gateway.call("/v3/lease/grant", {"TTL": LEAD_TTL, "ID": str(lease_id)}, _left(deadline))
         except InvalidArgumentError as exc:  # a grant retried after a lost answer: it is ours
             if "already exists" not in str(exc):
                 raise
-        with self.lock:
-            if self.usable() is None:
-                self.id, self.renewed = lease_id, sent
-
-    def acquire(self, deadline: float, optimistic: bool = False) -> int:
-        """The lease's id, counted as held until :meth:`release`: granted if needed, or (if
-        ``optimistic``) the id of a grant still on its way."""
-        while True:
-            with self.lock:
-                lease, pending = self.usable(), self._pending
-                if lease is None and optimistic and pending is not None:
-                    lease = pending[0]
-                if lease is not None:
-                    self.holders += 1
-                    if not self._renewing:
-                        self._renewing = True
-                        threading.Thread(target=self._renew, name="etha-etcd-lead-lease", daemon=True).start()
-                    return lease
-            if pending is not None:  # a grant is on its way: wait for it rather than send another
-                pending[1].wait(_left(deadline))
-                with self.lock:
-                    if self.usable() is not None:
-                        continue
-            self._grant(_new_id(), deadline)
-
-    def release(self) -> None:
-        with self.lock:
-            self.holders -= 1
-
-    def lost(self, lease: int) -> None:
-        """etcd no longer knows ``lease``: the next :meth:`acquire` grants a new one."""
-        with self.lock:
-            if self.id == lease:
-                self.id = None
 
     def _renew(self) -> None:
         every = LEAD_TTL / 3
         while True:
             time.sleep(every)
             with self.lock:
-                lease = self.id
-                if self.holders <= 0:
+                held = sorted(self._held)
+                if not held:
                     self._renewing = False
                     return
-            if lease is None:
-                continue  # its grant is still on its way
-            try:
-                out = self.gateway.call("/v3/lease/keepalive", {"ID": str(lease)}, every)
-            except LeaseNotFound:
-                self.lost(lease)
-                continue
-            except StoreConnectionError:
-                continue  # the followers elect another leader if this lasts past the TTL
-            if int((out.get("result") or {}).get("TTL") or 0) <= 0:
-                self.lost(lease)
-            else:
-                with self.lock:
-                    self.renewed = time.monotonic() - every
+            for lease_id in held:
+                try:
+                    out = self.gateway.call("/v3/lease/keepalive", {"ID": str(lease_id)}, every)
+                except LeaseNotFound:
+                    self.lost(lease_id)
+                    continue
+                except Exception as exc:  # the followers elect another leader if this lasts a TTL
+                    logger.debug("could not renew etcd lease %s: %s", lease_id, exc)
+                    continue
+                if int((out.get("result") or {}).get("TTL") or 0) <= 0:
+                    self.lost(lease_id)
 
 
 def _new_id() -> int:
@@ -270,8 +290,9 @@ class Round:
         self.electing: threading.Event | None = None
         self.baseline: bytes | None = None  # done's value when this process last elected
         self.leader = ""  # who leads, as the election saw it
-        self.lease_id: int | None = None
-        self.users = 0
+        self.term: int | None = None  # the lease of this process's term as leader
+        self.users = 0  # this process's threads in the round
+        self.leading = 0  # those of them on the leader's path
         self._read_lock = threading.Lock()
         self._last_read: Read | None = None
         self._publish = SingleFlight()
@@ -294,6 +315,9 @@ class Round:
                     mine = False
             if not mine:
                 electing.wait(max(deadline - time.monotonic(), 0))
+                with self.lock:
+                    if self.role is not None:
+                        return self.role, self.baseline
                 if time.monotonic() >= deadline:
                     raise StoreConnectionError(f"no leader elected on etcd at {self._where()} in time")
                 continue
@@ -308,10 +332,10 @@ class Round:
                 electing.set()
 
     def _elect(self, deadline: float) -> tuple[str, bytes | None]:
-        lease = _lease(self.gateway)
+        leases = _leases(self.gateway)
         for attempt in range(3):
-            lease_id = lease.acquire(deadline, optimistic=attempt == 0)
-            claim = {"key": b64(self.lead_key), "value": b64(self.me), "lease": str(lease_id)}
+            lease_id = leases.candidate(deadline, optimistic=attempt == 0)
+            claim = {**self._claim(), "lease": str(lease_id)}
             keys = {"request_range": range_body(self.key, self.range_end)}
             body = {
                 "compare": [{"key": b64(self.lead_key), "target": "CREATE", "create_revision": "0"}],
@@ -322,21 +346,25 @@ class Round:
             try:
                 out = self.gateway.call("/v3/kv/txn", body, _left(deadline))
             except LeaseNotFound:
-                lease.release()
-                lease.lost(lease_id)
+                leases.lost(lease_id)
                 continue
-            except BaseException:
-                lease.release()
-                raise
             responses = out.get("responses") or [{}, {}]
-            with self._read_lock:
-                self._last_read = Read(_state(responses[1]), _revision(out), sent)
+            self._last_read = Read(_state(responses[1]), _revision(out), sent)
             if out.get("succeeded"):
-                self.lease_id, self.leader = lease_id, self.me
+                leases.hold(lease_id)
+                self.term, self.leader = lease_id, self.me
                 return LEAD, None
-            lease.release()
+            kvs = (responses[0].get("response_range") or {}).get("kvs") or []
             state = _state(responses[0])
             self.leader = state.get(self.lead_key, b"").decode("utf-8", "replace")
+            if self.leader == self.me:  # our own claim: a request retried after its answer was lost,
+                lead_lease = next((kv.get("lease") for kv in kvs if kv_name(kv) == self.lead_key), None)
+                # ... or a term of ours whose delete failed: move the key onto this term's lease
+                if str(lead_lease) != str(lease_id) and not self._reclaim(lease_id, deadline):
+                    continue
+                leases.hold(lease_id)
+                self.term = lease_id
+                return LEAD, None
             return FOLLOW, state.get(self.done_key)
         raise StoreConnectionError(f"etcd at {self._where()} kept refusing this process's lease")
 
@@ -365,41 +393,63 @@ class Round:
                 ],
                 "success": [
                     {"request_put": {"key": b64(self.done_key), "value": b64(value)}},
-                    {"request_delete_range": {"key": b64(self.lead_key)}},
+                    {"request_txn": {"compare": [self._ours()], "success": [self._delete_lead()]}},
                     {"request_range": range_body(self.key, self.range_end, count_only=True)},
                 ],
             }
             out = self.gateway.call("/v3/kv/txn", body, _left(deadline))
             if not out.get("succeeded"):
                 return False
-            self._stepped_down_as_leader()
+            self._step_down(revoke_within=0.0)  # the lead key went with the transaction
             counted = (out.get("responses") or [{}, {}, {}])[2].get("response_range") or {}
             return True if int(counted.get("count") or 0) == size else None
 
         outcome: bool | None = self._publish.run((revision, size), arrived, ask)
         return outcome
 
-    def abandon(self, deadline: float) -> None:
-        """The last of this process's leading threads gave up: delete the lead key (if still
-        ours) so that the followers elect another leader now, not when the lease expires."""
-        with self.lock:
-            if self.role != LEAD or self.users > 1:
-                return
-        self._stepped_down_as_leader()
-        compare = [{"key": b64(self.lead_key), "target": "VALUE", "value": b64(self.me)}]
-        ops = [{"request_delete_range": {"key": b64(self.lead_key)}}]
-        # If etcd does not answer, the lead key expires with the lease; the followers then elect again.
-        with contextlib.suppress(StoreConnectionError):
-            self.gateway.call("/v3/kv/txn", {"compare": compare, "success": ops}, _left(deadline, 1.0))
+    def _reclaim(self, lease_id: int, deadline: float) -> bool:
+        """Put our lead key on ``lease_id`` (the lease of the term starting now), if still ours."""
+        body = {
+            "compare": [self._ours()],
+            "success": [{"request_put": {**self._claim(), "lease": str(lease_id)}}],
+        }
+        try:
+            return bool(self.gateway.call("/v3/kv/txn", body, _left(deadline)).get("succeeded"))
+        except LeaseNotFound:
+            _leases(self.gateway).lost(lease_id)
+            return False
 
-    def _stepped_down_as_leader(self) -> None:
+    def enter_lead(self) -> None:
+        with self.lock:
+            self.leading += 1
+
+    def leave_lead(self, deadline: float) -> None:
+        """A thread left the leader's path (answered, timed out, or raised anything at all): if it
+        was the last one and nobody published, step down now, so that the followers elect
+        another leader at once rather than when the lease expires."""
+        with self.lock:
+            self.leading -= 1
+            last = self.leading <= 0 and self.role == LEAD
+        if last:
+            self._step_down(revoke_within=_left(deadline, 1.0))
+
+    def _step_down(self, revoke_within: float) -> None:
         with self.lock:
             if self.role != LEAD:
                 return
             self.role = None  # later arrivals elect again
-            held, self.lease_id = self.lease_id, None
-        if held is not None:
-            _lease(self.gateway).release()
+            term, self.term = self.term, None
+        if term is not None:  # revoking the term's lease deletes its lead key (only that one)
+            _leases(self.gateway).release(term, revoke_within)
+
+    def _claim(self) -> dict[str, Any]:
+        return {"key": b64(self.lead_key), "value": b64(self.me)}
+
+    def _ours(self) -> dict[str, Any]:
+        return {"key": b64(self.lead_key), "target": "VALUE", "value": b64(self.me)}
+
+    def _delete_lead(self) -> dict[str, Any]:
+        return {"request_delete_range": {"key": b64(self.lead_key)}}
 
     def stepped_down(self) -> None:
         """The lead key is gone (seen by a follower): elect again on the next look."""
@@ -410,13 +460,11 @@ class Round:
     # --- reads and checks -----------------------------------------------------------------------
 
     def last_read(self) -> Read | None:
-        with self._read_lock:
-            return self._last_read
+        return self._last_read  # one attribute: read and replaced atomically
 
     def answered(self, arrived: float, question: Question) -> Read | None:
         """The last read (the election's, say) if it was sent after ``arrived`` and answers."""
-        with self._read_lock:
-            last = self._last_read
+        last = self._last_read
         if last is not None and last.sent >= arrived and last.answer_to(question) is not None:
             return last
         return None
@@ -489,18 +537,22 @@ def wait(
                 raise gave_up(str(exc), last) from exc
             early = rnd.answered(arrived, question)
             if role == LEAD:
-                if early is not None and early.answer is not None:
-                    _publish_early(rnd, early, arrived, deadline)
-                    return early.answer
-                out = _lead(rnd, question, arrived, deadline, gave_up)
-                if out is not None:
-                    return out
+                rnd.enter_lead()
+                try:
+                    if early is not None and early.answer is not None:
+                        _publish_early(rnd, early, arrived, deadline)
+                        return early.answer
+                    out = _lead(rnd, question, arrived, deadline, gave_up)
+                    if out is not None:
+                        return out
+                finally:
+                    rnd.leave_lead(deadline)
                 continue  # a key went as the leader published: elect again
             if early is not None and early.answer is not None:
                 return early.answer
             watch = _etcd_watch.watcher(gateway, base, prefix_end(base))
             lead, done = rnd.lead_key, rnd.done_key
-            waiter = _etcd_watch.Waiter(_moved(lead, done, baseline))
+            waiter = _etcd_watch.Waiter(_moved(lead, done, baseline, rnd.me.encode()))
             watch.add(waiter)
             try:
                 woke = waiter.event.wait(max(deadline - time.monotonic(), 0))
@@ -511,7 +563,7 @@ def wait(
                     why = watch.problem or why or f"following the watch of {rnd.leader or 'another process'}"
                 raise gave_up(why, _final_read(rnd, last))
             with watch.lock:
-                gone, done_now = lead not in watch.state, watch.state.get(done)
+                gone, done_now = watch.state.get(lead) in (None, rnd.me.encode()), watch.state.get(done)
             if done_now is not None and done_now != baseline:
                 try:
                     got = rnd.verify(done_now, arrived, deadline, question)
@@ -532,13 +584,10 @@ def wait(
 
 def _publish_early(rnd: Round, read: Read, arrived: float, deadline: float) -> None:
     """The election's read answered the leader: publish it for the followers (best effort: the
-    answer holds for this thread anyway, its read having been sent after it arrived)."""
-    try:
-        published = rnd.publish(read.revision, len(read.state), read.answer or [], arrived, deadline)
-    except StoreConnectionError:
-        published = False
-    if published is not True:
-        rnd.abandon(deadline)
+    answer holds for this thread anyway, its read having been sent after it arrived; if nothing
+    is published, :meth:`Round.leave_lead` steps down)."""
+    with contextlib.suppress(KVStoreError):
+        rnd.publish(read.revision, len(read.state), read.answer or [], arrived, deadline)
 
 
 def _lead(
@@ -580,7 +629,6 @@ def _lead(
             problem = watch.problem or (
                 "" if watch.synced else f"etcd at {rnd.gateway.describe()} was not read yet"
             )
-        rnd.abandon(deadline)
         raise gave_up("; ".join(x.rstrip(".") for x in (problem, why) if x), state)
     finally:
         watch.remove(waiter)
@@ -596,9 +644,10 @@ def _revision(out: dict[str, Any]) -> int:
     return int((out.get("header") or {}).get("revision") or 0)
 
 
-def _moved(lead: str, done: str, baseline: bytes | None) -> Callable[[State], bool]:
-    """Whether the round moved on: its leader gone, or done changed since ``baseline``."""
-    return lambda s: lead not in s or s.get(done) != baseline
+def _moved(lead: str, done: str, baseline: bytes | None, me: bytes) -> Callable[[State], bool]:
+    """Whether the round moved on: its leader gone or this process (another of its threads
+    took the lead: lead with it), or done changed since ``baseline``."""
+    return lambda s: s.get(lead) in (None, me) or s.get(done) != baseline
 
 
 def _final_read(rnd: Round, last: State | None) -> State | None:
@@ -610,7 +659,7 @@ def _final_read(rnd: Round, last: State | None) -> State | None:
 
 
 _ROUNDS: dict[tuple[object, ...], Round] = {}
-_LEASES: dict[tuple[object, ...], Lease] = {}
+_LEASES: dict[tuple[object, ...], Leases] = {}
 _LOCK = threading.Lock()
 
 
@@ -628,21 +677,21 @@ def _leave(rnd: Round) -> None:
     sig = (tuple(rnd.gateway.members), rnd.base)
     with _LOCK:
         rnd.users -= 1
-        if rnd.users <= 0 and rnd.role != LEAD and _ROUNDS.get(sig) is rnd:
+        if rnd.users <= 0 and _ROUNDS.get(sig) is rnd:  # the last thread (no one leads: see leave_lead)
             del _ROUNDS[sig]
 
 
 def prepare(gateway: Gateway) -> None:
-    """Have this process's lease for lead keys ready (see :meth:`Lease.prepare`)."""
-    _lease(gateway).prepare()
+    """Have a lease for a lead key ready (see :meth:`Leases.prepare`)."""
+    _leases(gateway).prepare()
 
 
-def _lease(gateway: Gateway) -> Lease:
+def _leases(gateway: Gateway) -> Leases:
     sig = tuple(gateway.members)
     with _LOCK:
         found = _LEASES.get(sig)
         if found is None:
-            found = _LEASES[sig] = Lease(gateway)
+            found = _LEASES[sig] = Leases(gateway)
         return found
 
 

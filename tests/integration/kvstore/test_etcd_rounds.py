@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from etha.kvstore import StoreTimeoutError
+from etha.kvstore import StoreTimeoutError, _etcd_lead, _etcd_watch
+from etha.kvstore._etcd_gateway import Gateway
 from etha.kvstore._etcd_lead import LEAD_TTL
 from etha.kvstore.etcd import EtcdStore, delete_namespace
 from tests.etcd_server import EtcdServer
@@ -291,3 +292,85 @@ def test_a_process_forked_after_a_wait_waits_with_its_own_watch(etcd: EtcdServer
         child.join(10)
     finally:
         store.close()
+
+
+def test_a_claim_whose_answer_was_lost_is_taken_as_won(
+    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch, stores: Callable[[int], EtcdStore]
+) -> None:
+    """etcd applied the claim but its answer was lost: the retried claim meets our own lead key.
+    The process must lead, not follow itself until its timeout."""
+    real_post = Gateway._post
+    armed = [True]
+
+    def post(
+        self: Gateway, host: str, port: int, path: str, payload: str, deadline: float
+    ) -> tuple[int, bytes]:
+        out = real_post(self, host, port, path, payload, deadline)
+        if armed[0] and path == "/v3/kv/txn" and '"CREATE"' in payload:
+            armed[0] = False
+            raise ConnectionResetError("the answer was lost (made up by the test)")
+        return out
+
+    monkeypatch.setattr(Gateway, "_post", post)
+    store = stores(1)
+    thread, out = in_thread(lambda: store.wait_for_keys("rank/*", 1, timeout=LEAD_TTL + 5))
+    wait_until(lambda: not armed[0], 5, "the claim sent")
+    time.sleep(0.5)
+    written = time.monotonic()
+    stores(0).set("rank/0", "1")
+    thread.join(LEAD_TTL + 10)
+    assert out == [["rank/0"]]
+    assert time.monotonic() - written < 2  # not after its own lead key expired
+
+
+def test_a_process_whose_last_leading_thread_gives_up_steps_down_though_others_follow(
+    etcd: EtcdServer, namespace: str, monkeypatch: pytest.MonkeyPatch, stores: Callable[[int], EtcdStore]
+) -> None:
+    """Process P: thread B leads (after Q handed over) while thread C of P still sits in the
+    follower's path. When B gives up, P must not keep the lead with nobody leading, or C and
+    R (following P) would wait out their timeouts with every key written."""
+    real_watcher = _etcd_watch.watcher
+
+    def slow_watcher(*args: Any, **kwargs: Any) -> _etcd_watch.Watcher:
+        if threading.current_thread().name == "C" and "\x00lead" in args[1]:
+            time.sleep(1.5)  # C is descheduled between its role and its watch of the round
+        return real_watcher(*args, **kwargs)
+
+    monkeypatch.setattr(_etcd_lead._etcd_watch, "watcher", slow_watcher)
+    q, p, r = stores(1), stores(2), stores(3)
+    out: dict[str, object] = {}
+    threads: list[threading.Thread] = []
+
+    def start(name: str, store: EtcdStore, timeout: float) -> None:
+        def run() -> None:
+            try:
+                out[name] = store.wait_for_keys("rank/*", 2, timeout=timeout)
+            except StoreTimeoutError:
+                out[name] = "timed out"
+
+        threads.append(threading.Thread(target=run, name=name, daemon=True))
+        threads[-1].start()
+
+    def role_of(store: EtcdStore) -> str | None:
+        rounds = [
+            rnd for (members, _), rnd in list(_etcd_lead._ROUNDS.items()) if list(members) == store.endpoints
+        ]
+        return rounds[0].role if rounds else None
+
+    start("Q", q, 1.0)
+    wait_until(lambda: role_of(q) == "lead", 5, "Q to lead")
+    start("B", p, 3.0)
+    wait_until(lambda: role_of(p) == "follow", 5, "P to follow Q")
+    start("C", p, 12.0)
+    wait_until(lambda: role_of(p) == "lead", 5, "P to lead once Q gave up")
+    start("R", r, 12.0)
+    wait_until(lambda: role_of(r) == "follow", 5, "R to follow P")
+    wait_until(lambda: "B" in out, 10, "B to give up")
+    written = time.monotonic()
+    writer = stores(0)
+    writer.set("rank/0", "1")
+    writer.set("rank/1", "1")
+    for thread in threads:
+        thread.join(15)
+    assert out == {"Q": "timed out", "B": "timed out", "C": ["rank/0", "rank/1"], "R": ["rank/0", "rank/1"]}
+    assert time.monotonic() - written < LEAD_TTL
