@@ -462,10 +462,14 @@ class Round:
     def last_read(self) -> Read | None:
         return self._last_read  # one attribute: read and replaced atomically
 
-    def answered(self, arrived: float, question: Question) -> Read | None:
-        """The last read (the election's, say) if it was sent after ``arrived`` and answers."""
+    def answered(self, arrived: float, deadline: float, question: Question) -> Read | None:
+        """The last read (the election's, say) if it answers and was sent after ``arrived``, or
+        (a thread that came while the election was on its way) is still exact: one small check
+        per process, instead of waiting for the leader's publication."""
         last = self._last_read
-        if last is not None and last.sent >= arrived and last.answer_to(question) is not None:
+        if last is None or last.answer_to(question) is None:
+            return None
+        if last.sent >= arrived or self.exact(last.revision, len(last.state), arrived, deadline):
             return last
         return None
 
@@ -493,6 +497,13 @@ class Round:
             got = self.read(arrived, deadline).answer_to(question)
             return None if got is None else list(got)
 
+        return [str(k) for k in answer] if self.exact(revision, size, arrived, deadline) else None
+
+    def exact(self, revision: int, size: int, arrived: float, deadline: float) -> bool:
+        """Whether the range, as of ``revision`` with ``size`` keys, is still so at etcd's current
+        revision: as many keys, none modified after ``revision`` (one small transaction, shared
+        by the threads that arrived before it was sent). Raises StoreConnectionError."""
+
         def ask() -> bool:
             ops = [
                 {"request_range": range_body(self.key, self.range_end, count_only=True)},
@@ -506,8 +517,8 @@ class Round:
             count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
             return int(count.get("count") or 0) == size and not changed.get("kvs")
 
-        exact: bool = self._verify.run(done, arrived, ask)
-        return [str(k) for k in answer] if exact else None
+        exact: bool = self._verify.run((revision, size), arrived, ask)
+        return exact
 
     def _where(self) -> str:
         return self.gateway.describe()
@@ -535,7 +546,10 @@ def wait(
                 role, baseline = rnd.elect(deadline)
             except StoreConnectionError as exc:
                 raise gave_up(str(exc), last) from exc
-            early = rnd.answered(arrived, question)
+            try:
+                early = rnd.answered(arrived, deadline, question)
+            except StoreConnectionError as exc:
+                why, early = str(exc), None
             if role == LEAD:
                 rnd.enter_lead()
                 try:

@@ -374,3 +374,43 @@ def test_a_process_whose_last_leading_thread_gives_up_steps_down_though_others_f
         thread.join(15)
     assert out == {"Q": "timed out", "B": "timed out", "C": ["rank/0", "rank/1"], "R": ["rank/0", "rank/1"]}
     assert time.monotonic() - written < LEAD_TTL
+
+
+def test_waits_whose_keys_are_there_do_not_wait_for_a_stalled_leader(
+    etcd: EtcdServer, namespace: str, monkeypatch: pytest.MonkeyPatch, stores: Callable[[int], EtcdStore]
+) -> None:
+    """The leader is frozen (SIGSTOP) and publishes nothing. A process that waits once every key
+    is there answers from its election's read; a second thread of it, which came while that
+    election was on its way, from one check of that read, not after the leader's lease ran out."""
+    leader = waiter_process(etcd, namespace, 2, 60)
+    real_post = Gateway._post
+    second: list[tuple[threading.Thread, list[object]]] = []
+    store = stores(1)
+
+    def post(
+        self: Gateway, host: str, port: int, path: str, payload: str, deadline: float
+    ) -> tuple[int, bytes]:
+        out = real_post(self, host, port, path, payload, deadline)
+        if '"CREATE"' in payload and not second:  # the election is answered; before it returns:
+            second.append(in_thread(lambda: store.wait_for_keys("rank/*", 2, timeout=30)))
+            time.sleep(0.5)
+        return out
+
+    try:
+        wait_until(lambda: len(leads(etcd, namespace)) == 1, 10, "the first process to lead")
+        leader.send_signal(signal.SIGSTOP)
+        writer = stores(0)
+        writer.set("rank/0", "1")
+        writer.set("rank/1", "1")
+        monkeypatch.setattr(Gateway, "_post", post)
+        start = time.monotonic()
+        assert store.wait_for_keys("rank/*", 2, timeout=30) == ["rank/0", "rank/1"]
+        thread, out = second[0]
+        thread.join(30)
+        assert out == [["rank/0", "rank/1"]]
+        assert time.monotonic() - start < 2.5 < LEAD_TTL
+        assert f":{leader.pid}:" in leads(etcd, namespace)[0]  # the frozen leader still holds its key
+    finally:
+        leader.send_signal(signal.SIGCONT)
+        leader.kill()
+        leader.wait()
