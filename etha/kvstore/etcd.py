@@ -223,7 +223,7 @@ class EtcdStore(KVStore):
             range_end=prefix_end(start),
             signature=[suffix, value, order, expected_count],
             waiter=ready,
-            satisfied=lambda state: count(state) >= expected_count,
+            needed=expected_count,
             found=found,
             memo=("keys", suffix, want, None if order is None else tuple(order)),
         )
