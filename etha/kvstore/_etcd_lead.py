@@ -23,8 +23,8 @@ wait whose keys are all there already is over after that one request.
   died and its lease expired) they elect again.
 
 So etcd delivers N events to the leader and a few to each follower: N + O(P) instead of P x N.
-An answer too large for a done key (over :data:`ANSWER_LIMIT` bytes) is left out of it; then
-followers read the range instead.
+An answer too large for a done key (over :data:`~etha.kvstore._etcd_round.ANSWER_LIMIT`
+bytes) is left out of it; then followers read the range instead.
 
 The lead key lives on a lease of :data:`LEAD_TTL` seconds that this process renews while it leads:
 a leader that is killed holds the others up for at most that long (they still meet their own

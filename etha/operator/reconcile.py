@@ -9,27 +9,18 @@ before failure: once the success policy holds (rank 0 done, say), ranks failing 
 not turn the job into a restart.
 Level-triggered: the same inputs give the same actions, so an operator restarted at any point
 converges, and applying an action twice is harmless.
+
+This module holds the order and the policies; :mod:`etha.operator.attempt` the input, the output
+and the attempt as observed; :mod:`etha.operator.creation` the creation and placement steps.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from etha.job import constants as c
-from etha.job.builders import (
-    Manifest,
-    build_master_pod,
-    build_network_policy,
-    build_pod_group_of,
-    build_service,
-    build_worker_pod,
-    torch_store_address,
-)
 from etha.job.names import last_attempt, master_name, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.policies import (
@@ -41,15 +32,24 @@ from etha.job.policies import (
     decide,
     success_met,
 )
-from etha.job.scheduling import ON_TIMEOUT_FAIL, group_name
+from etha.job.scheduling import group_name
 from etha.job.spec import JobSpec
+from etha.operator.attempt import (
+    Actions,
+    Attempt,
+    Observed,
+    fail,
+    finish,
+    is_master,
+    observe_attempt,
+    sooner,
+    still_running,
+    ttl_left,
+)
 from etha.operator.conditions import Event, condition, set_condition
+from etha.operator.creation import creation, placement
 from etha.operator.placement import (
     forget_waiting,
-    schedule_timeout_left,
-    scheduling,
-    unplaced_since,
-    unschedulable,
 )
 from etha.operator.rendezvous import observe, rendezvous_began, reset_view
 from etha.operator.restarts import (
@@ -61,164 +61,12 @@ from etha.operator.restarts import (
     vanished_pod,
     who,
 )
-from etha.rendezvous_status import MasterStatus, rank_ranges
+from etha.rendezvous_status import rank_ranges
 
-
-@dataclass
-class Actions:
-    create: list[Manifest] = field(default_factory=list)
-    delete_pods: list[str] = field(default_factory=list)
-    #: PodGroups of the job to delete (an earlier attempt's, a suspended attempt's).
-    delete_groups: list[str] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    delete_job: bool = False
-    #: Seconds after which time itself changes the decision (deadline, TTL, rendezvous timeout).
-    requeue_after: float | None = None
+__all__ = ["Actions", "Observed", "conflict_condition", "reconcile"]
 
 
 Pod = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Observed:
-    """One look at a job: everything the decision depends on."""
-
-    job: JobSpec
-    status: Mapping[str, Any]
-    #: The pods the job owns (its controller ownerReference), any attempt; none being deleted.
-    pods: Sequence[Pod]
-    #: Its Service exists (and is its own).
-    service: bool
-    now: datetime
-    #: Its NetworkPolicy exists; None when the operator manages none.
-    network_policy: bool | None = None
-    #: The current master's status document, why it could not be read, or None if not asked.
-    master_status: MasterStatus | str | None = None
-    #: Selects the operator's pods in the NetworkPolicy (admits them to the master's status port).
-    operator_peer: dict[str, Any] | None = None
-    #: The job's pods being deleted, as last seen (an evicted pod's DisruptionTarget condition).
-    terminating: Sequence[Pod] = ()
-    #: The attempt's PodGroup and its phase ("PodGroup j-0 is Pending"), read while its pods
-    #: wait for the scheduler; None otherwise.
-    pod_group: str | None = None
-    #: What the scheduler's FailedScheduling events said of the attempt's pods (pod, message),
-    #: read while a gang waits and no pod's own condition says why (placement.unschedulable).
-    scheduler_said: Sequence[tuple[str, str]] = ()
-
-
-def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
-    """status.workers: the current attempt's workers by phase (a missing pod counts as pending)."""
-    by_phase = {"Pending": 0, "Running": 0, "Succeeded": 0, "Failed": 0}
-    for worker in workers:
-        phase = pod_phase(worker) if worker is not None else "Pending"
-        by_phase[phase if phase in by_phase else "Pending"] += 1  # "Unknown" (a lost node) too
-    return {
-        "total": replicas,
-        "running": by_phase["Running"],
-        "succeeded": by_phase["Succeeded"],
-        "failed": by_phase["Failed"],
-        "pending": by_phase["Pending"],
-        "readyText": f"{by_phase['Running']}/{replicas}",
-    }
-
-
-def is_master(pod: dict[str, Any]) -> bool:
-    return (pod["metadata"].get("labels") or {}).get(c.LABEL_ROLE) == c.ROLE_MASTER
-
-
-def still_running(pod: dict[str, Any]) -> bool:
-    """Not yet Succeeded or Failed: the pod would go on using resources."""
-    return pod_phase(pod) not in ("Succeeded", "Failed")
-
-
-@dataclass
-class Attempt:
-    """The current attempt as observed: its pods and what they add up to."""
-
-    number: int
-    restarts: int
-    #: Restarts that used up spec.maxRestarts (the others were disruptions or ignored by a rule).
-    counted: int
-    phase: str | None
-    conditions: list[dict[str, str]]
-    #: The job as this attempt runs it (its pinned size, when the spec changed under it).
-    job: JobSpec
-    current: dict[str, Pod]
-    stale: list[str]
-    master: Pod | None
-    workers: dict[int, Pod | None]
-    counts: dict[str, Any]
-    #: The immutable fields changed since the attempt started (refused, see :func:`spec_drift`).
-    drift: list[str]
-    #: Why the rendezvous timed out (the ranks missing), once it has.
-    timed_out: str | None = None
-
-    @property
-    def uses_master(self) -> bool:
-        return self.job.etcd_endpoints is None  # backend etcd: no master pod
-
-
-#: Fields a running attempt cannot take a change of (the CRD's CEL rules refuse them too).
-IMMUTABLE_FIELDS = ("replicas", "procsPerWorker", "template", "rendezvous")
-
-
-def pins(job: JobSpec) -> dict[str, Any]:
-    """What an attempt is pinned to when its pods are made: its size and a hash per immutable
-    field (status.attemptSpec)."""
-    values = {
-        "replicas": job.replicas,
-        "procsPerWorker": job.procs_per_worker,
-        "template": job.template,
-        "rendezvous": [job.port, job.image, job.master_resources, job.rendezvous_timeout, job.etcd_endpoints],
-    }
-    hashes = {
-        k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in values.items()
-    }
-    return {"replicas": job.replicas, "hashes": hashes}
-
-
-def spec_drift(job: JobSpec, status: Mapping[str, Any], attempt: int) -> list[str]:
-    """The immutable fields whose value differs from what this attempt was pinned to."""
-    pinned = status.get("attemptSpec") or {}
-    if pinned.get("attempt") != attempt:
-        return []
-    now = pins(job)["hashes"]
-    return [
-        f"spec.{k}" for k in IMMUTABLE_FIELDS if (pinned.get("hashes") or {}).get(k) not in (None, now[k])
-    ]
-
-
-def observe_attempt(obs: Observed, attempt: int, restarts: int) -> Attempt:
-    status = obs.status
-    counted = int(status.get("restartsCountedTowardsMax", restarts) or 0)
-    job = obs.job
-    drift = spec_drift(job, status, attempt)
-    if drift:  # refused: the attempt keeps the size it started with
-        job = replace(job, replicas=int((status.get("attemptSpec") or {}).get("replicas") or job.replicas))
-    current: dict[str, Pod] = {}
-    stale: list[str] = []
-    for pod in obs.pods:
-        name = pod["metadata"]["name"]
-        if (pod["metadata"].get("labels") or {}).get(c.LABEL_ATTEMPT) == str(attempt):
-            current[name] = pod
-        else:
-            stale.append(name)
-    workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
-    return Attempt(
-        number=attempt,
-        restarts=restarts,
-        counted=counted,
-        phase=status.get("phase"),
-        conditions=list(status.get("conditions") or []),
-        job=job,
-        current=current,
-        stale=stale,
-        master=current.get(master_name(job.name, attempt)),
-        workers=workers,
-        counts=worker_counts(workers.values(), job.replicas),
-        drift=drift,
-    )
 
 
 def reconcile(obs: Observed) -> Actions:
@@ -235,46 +83,6 @@ def reconcile(obs: Observed) -> Actions:
         if decided is not None:
             return decided
     return creation(obs, at, acts)
-
-
-def finish(
-    obs: Observed,
-    at: Attempt,
-    acts: Actions,
-    new_phase: str,
-    cond: str,
-    reason: str,
-    message: str,
-    keep_workers: bool,
-) -> Actions:
-    """End the job: the master (and, unless ``keep_workers``, the workers) stop."""
-    now = obs.now
-    for name, pod in at.current.items():
-        if (is_master(pod) or not keep_workers) and still_running(pod):
-            acts.delete_pods.append(name)
-    acts.delete_pods.extend(at.stale)
-    done = set_condition(at.conditions, condition(cond, True, reason, message, now))
-    if any(x.get("type") == c.COND_RUNNING and x.get("status") == "True" for x in done):
-        done = set_condition(
-            done, condition(c.COND_RUNNING, False, new_phase, f"The job has {new_phase.lower()}.", now)
-        )
-    acts.status.update(
-        phase=new_phase, completionTime=timestamp(now), conditions=done, workers=at.counts, reason=reason
-    )
-    acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
-    acts.requeue_after = ttl_left(obs.job, now, now)
-    return acts
-
-
-def fail(obs: Observed, at: Attempt, acts: Actions, reason: str, message: str, keep_workers: bool) -> Actions:
-    """End the job Failed for ``reason`` (see :func:`finish`)."""
-    return finish(obs, at, acts, c.PHASE_FAILED, c.COND_FAILED, reason, message, keep_workers)
-
-
-def ttl_left(job: JobSpec, completed: datetime | None, now: datetime) -> float | None:
-    if job.ttl_seconds_after_finished is None or completed is None:
-        return None
-    return max(0.0, (completed + timedelta(seconds=job.ttl_seconds_after_finished) - now).total_seconds())
 
 
 def finished(obs: Observed, acts: Actions) -> Actions | None:
@@ -345,7 +153,7 @@ def deadline(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     start = parse_time(obs.status.get("startTime")) or obs.now
     left = (start + timedelta(seconds=limit) - obs.now).total_seconds()
     if left > 0:
-        acts.requeue_after = _sooner(acts.requeue_after, left)
+        acts.requeue_after = sooner(acts.requeue_after, left)
         return None
     return fail(
         obs,
@@ -440,16 +248,8 @@ def restart(obs: Observed, at: Attempt, acts: Actions, verdict: Verdict, what: s
         conditions=conditions,
     )
     acts.events.append(Event("Warning", c.REASON_RESTARTING, message))
-    acts.requeue_after = _sooner(acts.requeue_after, delay)
+    acts.requeue_after = sooner(acts.requeue_after, delay)
     return acts
-
-
-def backoff_left(obs: Observed, at: Attempt) -> float:
-    """Seconds until the attempt a restart scheduled may start (0: now)."""
-    if at.phase != c.PHASE_RESTARTING:
-        return 0.0
-    starts = parse_time(obs.status.get("nextAttemptTime"))
-    return max(0.0, (starts - obs.now).total_seconds()) if starts else 0.0
 
 
 def joining(obs: Observed, at: Attempt, acts: Actions) -> None:
@@ -468,7 +268,7 @@ def joining(obs: Observed, at: Attempt, acts: Actions) -> None:
         acts.status["rendezvous"] = view
     left = timeout_left(at.job, view, at.master, at.workers, obs.now)
     if left is not None and at.timed_out is None:
-        acts.requeue_after = _sooner(acts.requeue_after, left)
+        acts.requeue_after = sooner(acts.requeue_after, left)
 
 
 def rendezvous_news(
@@ -490,7 +290,7 @@ def rendezvous_news(
     timeout = at.job.rendezvous_timeout
     halfway = start + timedelta(seconds=timeout / 2)
     if now < halfway:
-        acts.requeue_after = _sooner(acts.requeue_after, (halfway - now).total_seconds())
+        acts.requeue_after = sooner(acts.requeue_after, (halfway - now).total_seconds())
         return
     view["slow"] = True
     missing = str(view.get("missing"))
@@ -541,135 +341,6 @@ def success(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
     )
 
 
-def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
-    """Create what the attempt lacks and report its progress."""
-    job, now = at.job, obs.now
-    acts.delete_pods.extend(at.stale)
-    wait = backoff_left(obs, at)
-    if wait > 0:  # a restart's backoff: the attempt's pods are made once it is over
-        progress(obs, at, acts)
-        acts.requeue_after = _sooner(acts.requeue_after, wait)
-        return acts
-    if at.drift:
-        refused(obs, at, acts)
-    else:
-        acts.create.extend(missing_children(obs, at))
-        if at.number > 0 and any(m["kind"] == "PodGroup" for m in acts.create):
-            acts.delete_groups.append(group_name(job.name, at.number - 1))  # the last attempt's
-        pinned = obs.status.get("attemptSpec") or {}
-        if pinned.get("attempt") != at.number:
-            acts.status["attemptSpec"] = {"attempt": at.number, **pins(job)}
-    running = progress(obs, at, acts)
-    scheduled = scheduling(at.conditions, at.master, at.workers, now, obs.pod_group, obs.scheduler_said)
-    if scheduled is not None:  # why the attempt waits: the scheduler's own words, on the job
-        at.conditions, events = scheduled
-        acts.status["conditions"] = at.conditions
-        acts.events.extend(events)
-    waiting = unplaced_since(at.conditions, list(at.current.values()))
-    if (obs.status.get("reason") == c.REASON_UNSCHEDULABLE) != (waiting is not None):
-        acts.status["reason"] = c.REASON_UNSCHEDULABLE if waiting is not None else None
-    left = schedule_timeout_left(job, waiting, now)
-    if left is not None and job.scheduling.on_timeout == ON_TIMEOUT_FAIL:
-        acts.requeue_after = _sooner(acts.requeue_after, left)
-    if running and at.phase != c.PHASE_RUNNING:
-        at.conditions = set_condition(
-            at.conditions,
-            condition(
-                c.COND_RUNNING,
-                True,
-                "AllWorkersRunning",
-                f"All {job.replicas} workers and the master are running.",
-                now,
-            ),
-        )
-        if any(x.get("type") == c.COND_RESTARTING and x.get("status") == "True" for x in at.conditions):
-            at.conditions = set_condition(
-                at.conditions,
-                condition(c.COND_RESTARTING, False, "Restarted", f"Attempt {at.number} is running.", now),
-            )
-            acts.status["nextAttemptTime"] = None
-        acts.status["conditions"] = at.conditions
-        acts.events.append(Event("Normal", "Running", f"All {job.replicas} workers are running."))
-    for manifest in acts.create:
-        name = manifest["metadata"]["name"]
-        acts.events.append(
-            Event("Normal", c.REASON_CREATED, f"Created {manifest['kind']} {name}.", created=name)
-        )
-    return acts
-
-
-def placement(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
-    """spec.scheduling.onTimeout FailJob: pods the scheduler could not place (the whole gang, with
-    one) for scheduleTimeoutSeconds end the job, with the scheduler's reason."""
-    job = at.job
-    if job.scheduling.on_timeout != ON_TIMEOUT_FAIL:
-        return None
-    if unschedulable([at.master, *at.workers.values()]) is None:
-        return None  # placed since the last look (the condition catches up in creation)
-    if schedule_timeout_left(job, unplaced_since(at.conditions, list(at.current.values())), obs.now) != 0.0:
-        return None
-    why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
-    message = (
-        f"Attempt {at.number} could not be scheduled within spec.scheduling.scheduleTimeoutSeconds "
-        f"({job.scheduling.timeout} s) and spec.scheduling.onTimeout is {ON_TIMEOUT_FAIL}: {why}"
-    )
-    return fail(obs, at, acts, c.REASON_SCHEDULE_TIMEOUT, message, keep_workers=False)
-
-
-def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
-    """The Service, NetworkPolicy, master and workers of the attempt that do not exist yet, in
-    that order, all at once (a gang scheduler needs every pod before it places any)."""
-    job = at.job
-    out = []
-    if not obs.service:
-        out.append(build_service(job))
-    if obs.network_policy is False and at.uses_master:  # backend etcd: no master port to guard
-        out.append(build_network_policy(job, obs.operator_peer))
-    pods = [build_master_pod(job, at.number)] if at.master is None and at.uses_master else []
-    pods.extend(build_worker_pod(job, at.number, rank) for rank, pod in at.workers.items() if pod is None)
-    group = build_pod_group_of(job, at.number) if pods else None
-    if group is not None:  # before its pods: the scheduler looks the group up by their label
-        out.append(group)
-    return out + pods
-
-
-def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:
-    """The attempt's phase and counts in the status; True when it is running."""
-    job = at.job
-    active = at.counts["running"] + at.counts["succeeded"]
-    master_up = not at.uses_master or (at.master is not None and pod_phase(at.master) == "Running")
-    running = active == job.replicas and master_up
-    phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
-    if at.phase == c.PHASE_RESTARTING and not running:
-        phase = c.PHASE_RESTARTING
-    acts.status.update(
-        phase=phase,
-        attempt=at.number,
-        restarts=at.restarts,
-        masterAddress=f"{torch_store_address(job, at.number)}:{job.port}",
-        workers=at.counts,
-    )
-    return running
-
-
-def refused(obs: Observed, at: Attempt, acts: Actions) -> None:
-    """A spec edit the running attempt cannot take (an API server without the CRD's CEL rules
-    let it through): say so once; the attempt keeps what it started with."""
-    fields = ", ".join(at.drift)
-    message = (
-        f"{fields} changed while attempt {at.number} runs: refused, the attempt keeps "
-        f"{at.job.replicas} workers and its template. These fields are immutable unless the job "
-        "is suspended; suspend it to change them, or create a new TrainingJob."
-    )
-    had = next((x for x in at.conditions if x.get("type") == c.COND_SPEC_REFUSED), None)
-    if had is None or had.get("message") != message or had.get("status") != "True":
-        at.conditions = set_condition(
-            at.conditions, condition(c.COND_SPEC_REFUSED, True, c.REASON_IMMUTABLE_FIELD, message, obs.now)
-        )
-        acts.status["conditions"] = at.conditions
-        acts.events.append(Event("Warning", c.REASON_IMMUTABLE_FIELD, message))
-
-
 def timeout_left(
     job: JobSpec,
     view: Mapping[str, Any],
@@ -703,7 +374,3 @@ def conflict_condition(
     return set_condition(
         conditions, condition(c.COND_CHILD_CONFLICT, False, "Resolved", "No object is in the way.", now)
     )
-
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
