@@ -1,0 +1,96 @@
+"""The operator's view of one TrainingJob between two looks: its worker (the event that wakes
+it, what it created or deleted a moment ago) and how a child is told to be the job's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from etha.job.builders import Manifest
+
+Body = dict[str, Any]
+
+#: Seconds an object the operator created (or deleted) counts as such before the watch shows it.
+EXPECTATION_TTL = 30.0
+
+
+class Children(Protocol):
+    """What the controller reads of kopf's indexes: a job's children by the job's uid."""
+
+    def __contains__(self, uid: object) -> bool: ...
+    def __getitem__(self, uid: str) -> Iterable[Body]: ...
+
+
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (its ownerReference with controller: true), if any."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def slim(body: Mapping[str, Any]) -> Body:
+    """What the controller reads of a child: kept in the index for every pod of every job."""
+    meta = body.get("metadata") or {}
+    out: Body = {
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+            if k in meta
+        },
+    }
+    spec = body.get("spec") or {}
+    if "containers" in spec:  # a pod: the master's ports locate its status document
+        out["spec"] = {
+            "containers": [
+                {"name": x.get("name"), "ports": x.get("ports") or []} for x in spec["containers"]
+            ],
+            "restartPolicy": spec.get("restartPolicy"),
+        }
+        out["status"] = body.get("status") or {}
+    return out
+
+
+def _resource_version(body: Mapping[str, Any]) -> int | None:
+    text = (body.get("metadata") or {}).get("resourceVersion")
+    return int(text) if isinstance(text, str) and text.isdigit() else None
+
+
+@dataclass
+class JobWorker:
+    """One TrainingJob's loop and what it remembers between two looks."""
+
+    body: Body
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    #: Created by this operator, not in the index yet: name -> (expiry, manifest).
+    expected: dict[str, tuple[float, Manifest]] = field(default_factory=dict)
+    #: Deleted by this operator, maybe still in the index: name -> expiry.
+    deleting: dict[str, float] = field(default_factory=dict)
+    #: Consecutive failed reconciles (the retry backoff) and object conflicts (their backoff).
+    failures: int = 0
+    conflicts: int = 0
+    #: Consecutive reads of the master's status document that failed.
+    read_failures: int = 0
+
+    @property
+    def uid(self) -> str:
+        return str(self.body["metadata"]["uid"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"].get("namespace") or "default")
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    def offer(self, body: Body) -> None:
+        """Keep ``body`` unless it is older than the one held (a late event after our own patch)."""
+        new, held = _resource_version(body), _resource_version(self.body)
+        if new is None or held is None or new >= held:
+            self.body = body
