@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etha.kvstore._peers import PeerTracker
-from etha.kvstore.server import serve_status
+from etha.kvstore._status_http import serve_status
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:
