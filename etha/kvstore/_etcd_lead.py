@@ -37,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -46,6 +44,7 @@ from etha.kvstore import _etcd_watch
 from etha.kvstore._etcd_gateway import Gateway, State, prefix_end
 from etha.kvstore._etcd_lease import LEAD_TTL, prepare
 from etha.kvstore._etcd_round import FOLLOW, LEAD, Answer, Question, Read, Round
+from etha.kvstore._registry import Registry
 from etha.kvstore.errors import KVStoreError, StoreConnectionError
 
 __all__ = ["LEAD_TTL", "Question", "prepare", "wait"]
@@ -195,13 +194,12 @@ def _final_read(rnd: Round, last: State | None) -> State | None:
         return last
 
 
-_ROUNDS: dict[tuple[object, ...], Round] = {}
-_LOCK = threading.Lock()
+_ROUNDS: Registry[tuple[object, ...], Round] = Registry()
 
 
 def _round(gateway: Gateway, base: str, question: Question) -> Round:
     sig = (tuple(gateway.members), base)
-    with _LOCK:
+    with _ROUNDS.lock:
         found = _ROUNDS.get(sig)
         if found is None:
             found = _ROUNDS[sig] = Round(gateway, base, question)
@@ -211,17 +209,7 @@ def _round(gateway: Gateway, base: str, question: Question) -> Round:
 
 def _leave(rnd: Round) -> None:
     sig = (tuple(rnd.gateway.members), rnd.base)
-    with _LOCK:
+    with _ROUNDS.lock:
         rnd.users -= 1
         if rnd.users <= 0 and _ROUNDS.get(sig) is rnd:  # the last thread (no one leads: see leave_lead)
             del _ROUNDS[sig]
-
-
-def _after_fork() -> None:
-    """A forked child has none of its parent's threads: forget the parent's rounds."""
-    global _LOCK
-    _LOCK = threading.Lock()
-    _ROUNDS.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)

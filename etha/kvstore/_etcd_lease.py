@@ -12,6 +12,7 @@ import threading
 import time
 
 from etha.kvstore._etcd_gateway import Gateway, LeaseNotFound
+from etha.kvstore._registry import Registry
 from etha.kvstore.errors import InvalidArgumentError, KVStoreError
 
 logger = logging.getLogger("etha.kvstore.etcd")
@@ -156,14 +157,13 @@ def _new_id() -> int:
     return (int.from_bytes(os.urandom(8), "big") >> 2) or 1
 
 
-_LEASES: dict[tuple[object, ...], Leases] = {}
-_LOCK = threading.Lock()
+_LEASES: Registry[tuple[object, ...], Leases] = Registry()
 
 
 def leases(gateway: Gateway) -> Leases:
     """This process's leases on the cluster of ``gateway``."""
     sig = tuple(gateway.members)
-    with _LOCK:
+    with _LEASES.lock:
         found = _LEASES.get(sig)
         if found is None:
             found = _LEASES[sig] = Leases(gateway)
@@ -173,16 +173,6 @@ def leases(gateway: Gateway) -> Leases:
 def prepare(gateway: Gateway) -> None:
     """Have a lease for a lead key ready (see :meth:`Leases.prepare`)."""
     leases(gateway).prepare()
-
-
-def _after_fork() -> None:
-    """A forked child has none of its parent's threads: forget the parent's leases."""
-    global _LOCK
-    _LOCK = threading.Lock()
-    _LEASES.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def left(deadline: float, cap: float | None = None) -> float:

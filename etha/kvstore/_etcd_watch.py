@@ -33,7 +33,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -50,6 +49,7 @@ from etha.kvstore._etcd_gateway import (
     range_body,
     unb64,
 )
+from etha.kvstore._registry import Registry
 from etha.kvstore.errors import InvalidArgumentError, KVStoreError
 
 logger = logging.getLogger("etha.kvstore.etcd")
@@ -343,8 +343,7 @@ class Watcher:
         self.changed.notify_all()
 
 
-_WATCHERS: dict[tuple[object, ...], Watcher] = {}
-_WATCHERS_LOCK = threading.Lock()
+_WATCHERS: Registry[tuple[object, ...], Watcher] = Registry()
 
 
 def watcher(
@@ -353,7 +352,7 @@ def watcher(
     """This process's watcher of [key, range_end) on the cluster of ``gateway`` (started if needed,
     from ``seed``, a read of the range just made: its state, revision and when it was sent)."""
     sig = (tuple(gateway.members), key, range_end)
-    with _WATCHERS_LOCK:
+    with _WATCHERS.lock:
         found = _WATCHERS.get(sig)
         if found is not None:
             with found.lock:
@@ -366,17 +365,7 @@ def watcher(
 
 
 def _forget(w: Watcher) -> None:
-    with _WATCHERS_LOCK:
+    with _WATCHERS.lock:
         sig = (tuple(w.gateway.members), w.key, w.range_end)
         if _WATCHERS.get(sig) is w:
             del _WATCHERS[sig]
-
-
-def _after_fork() -> None:
-    """A forked child has none of its parent's watcher threads: forget the parent's watchers."""
-    global _WATCHERS_LOCK
-    _WATCHERS_LOCK = threading.Lock()
-    _WATCHERS.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)

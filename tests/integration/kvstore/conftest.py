@@ -8,12 +8,21 @@ from pathlib import Path
 import pytest
 
 from etha.kvstore import KVStore
+from tests.etcd_server import EtcdServer
 from tests.helpers import MasterProcess
 
 pytest.importorskip("torch", reason="the store tests need torch: install the 'store' extra")
 os.environ.setdefault("RES_OPTIONS", "timeout:1 attempts:1")
 
 from etha.kvstore.tcp import TorchTCPStore
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    """One real etcd per test module (127.0.0.1, a temporary data dir); stopped after it."""
+    server = EtcdServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

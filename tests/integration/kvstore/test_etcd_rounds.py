@@ -35,13 +35,6 @@ from tests.helpers import TEST_ENV, wait_until
 NOBODY = "127.0.0.1:9"
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def namespace() -> str:
     return f"r{uuid.uuid4().hex[:8]}"

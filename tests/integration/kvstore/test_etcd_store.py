@@ -27,13 +27,6 @@ from tests.helpers import wait_until
 from tests.integration.kvstore.contract import OUTAGE_TIMEOUT, KVStoreContract, MakeStore
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def make_store(etcd: EtcdServer) -> Iterator[MakeStore]:
     stores: list[EtcdStore] = []
