@@ -16,6 +16,7 @@ import base64
 import binascii
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -49,6 +50,7 @@ class Gateway:
             raise InvalidArgumentError("endpoints must name at least one etcd member (host:port).")
         self.members = [parse_endpoint(e) for e in endpoints]
         self._local = threading.local()
+        self._pid = os.getpid()
         self._preferred = 0
 
     def describe(self) -> str:
@@ -105,6 +107,8 @@ class Gateway:
     def _post(self, host: str, port: int, path: str, payload: str, deadline: float) -> tuple[int, bytes]:
         """One request on this thread's keep-alive connection to the member (a fresh one if a
         kept connection turns out to be closed by the server)."""
+        if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
+            self._local, self._pid = threading.local(), os.getpid()
         conns: dict[tuple[str, int], HttpConn] = self._local.__dict__.setdefault("conns", {})
         body = payload.encode("utf-8")
         for attempt in (0, 1):

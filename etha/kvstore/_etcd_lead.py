@@ -75,13 +75,9 @@ def wait(
                 role, baseline = rnd.elect(deadline)
             except StoreConnectionError as exc:
                 raise gave_up(str(exc), last) from exc
-            try:
-                early = rnd.answered(arrived, deadline, question)
-            except StoreConnectionError as exc:
-                why, early = str(exc), None
-            if role == LEAD:
-                rnd.enter_lead()
+            if role == LEAD:  # counted as leading by elect(): leave_lead, whatever happens
                 try:
+                    early = _answered(rnd, arrived, deadline, question)
                     if early is not None and early.answer is not None:
                         _publish_early(rnd, early, arrived, deadline)
                         return early.answer
@@ -91,6 +87,7 @@ def wait(
                 finally:
                     rnd.leave_lead(deadline)
                 continue  # a key went as the leader published: elect again
+            early = _answered(rnd, arrived, deadline, question)
             if early is not None and early.answer is not None:
                 return early.answer
             watch = _etcd_watch.watcher(gateway, base, prefix_end(base))
@@ -123,6 +120,15 @@ def wait(
                 rnd.stepped_down()
     finally:
         _leave(rnd)
+
+
+def _answered(rnd: Round, arrived: float, deadline: float, question: Question) -> Read | None:
+    """The round's last read if it answers this wait (see :meth:`Round.answered`); None if not,
+    or if etcd could not be asked."""
+    try:
+        return rnd.answered(arrived, deadline, question)
+    except StoreConnectionError:
+        return None
 
 
 def _publish_early(rnd: Round, read: Read, arrived: float, deadline: float) -> None:
@@ -170,6 +176,8 @@ def _lead(
             if published is None:
                 return None
             watch.wait_changed(revision, deadline)
+            if time.monotonic() >= deadline:
+                break  # the event stays set while the state does: no spinning past the deadline
         with watch.lock:
             state = dict(watch.state) if watch.synced else None
             problem = watch.problem or (
@@ -211,5 +219,8 @@ def _leave(rnd: Round) -> None:
     sig = (tuple(rnd.gateway.members), rnd.base)
     with _ROUNDS.lock:
         rnd.users -= 1
-        if rnd.users <= 0 and _ROUNDS.get(sig) is rnd:  # the last thread (no one leads: see leave_lead)
+        last = rnd.users <= 0 and _ROUNDS.get(sig) is rnd
+        if last:
             del _ROUNDS[sig]
+    if last:
+        rnd.abandoned()  # no thread leads now (leave_lead saw to it): a backstop, never a wait

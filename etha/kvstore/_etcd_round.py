@@ -4,13 +4,15 @@ requests that elect, publish and check (see that module for the protocol).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,8 +103,10 @@ class SingleFlight:
             return True, last.outcome
         return False, None
 
-    def run(self, sig: object, arrived: float, ask: Callable[[], Any]) -> Any:
-        with self._lock:
+    def run(self, sig: object, arrived: float, ask: Callable[[], Any], deadline: float) -> Any:
+        """``ask()``'s outcome, or the last one's; raises StoreConnectionError at ``deadline``
+        (a request in flight for a thread with more time does not hold this one past its own)."""
+        with _held(self._lock, deadline):
             last = self._last
             if last is not None and last.sig == sig and last.sent >= arrived:
                 return last.outcome
@@ -110,6 +114,32 @@ class SingleFlight:
             outcome = ask()
             self._last = Verdict(sig, sent, outcome)
             return outcome
+
+
+class _Process:
+    """This process's token in lead keys (a new one after a fork): a round of this process
+    knows its own lead key, even one a round before it left (see :meth:`Round._elect`)."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex[:8]
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self.token = uuid.uuid4().hex[:8]
+
+
+_PROCESS = _Process()
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock, deadline: float) -> Iterator[None]:
+    """``lock``, waited for until ``deadline`` at the most (then StoreConnectionError)."""
+    if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        raise StoreConnectionError("etcd did not answer a request this wait shares in time")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Round:
@@ -120,7 +150,9 @@ class Round:
         self.base = base
         self.lead_key, self.done_key = base + "lead", base + "done"
         self.key, self.range_end = question.key, question.range_end
-        self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The same for every round of this process on this cluster (so its own lead keys are known).
+        members = hashlib.sha256(repr(gateway.members).encode()).hexdigest()[:6]
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{_PROCESS.token}.{members}"
         self.lock = threading.Lock()
         self.role: str | None = None
         self.electing: threading.Event | None = None
@@ -138,11 +170,12 @@ class Round:
 
     def elect(self, deadline: float) -> tuple[str, bytes | None]:
         """This process's role (electing once for all its threads) and done's value as of then.
-        The election also reads the range (see :meth:`answered`)."""
+        The election also reads the range (see :meth:`answered`). A thread told LEAD counts as
+        leading (under the lock, so that no step down misses it) until :meth:`leave_lead`."""
         while True:
             with self.lock:
                 if self.role is not None:
-                    return self.role, self.baseline
+                    return self._told()
                 electing = self.electing
                 if electing is None:
                     electing = self.electing = threading.Event()
@@ -153,7 +186,7 @@ class Round:
                 electing.wait(max(deadline - time.monotonic(), 0))
                 with self.lock:
                     if self.role is not None:
-                        return self.role, self.baseline
+                        return self._told()
                 if time.monotonic() >= deadline:
                     raise StoreConnectionError(f"no leader elected on etcd at {self._where()} in time")
                 continue
@@ -161,7 +194,7 @@ class Round:
                 role, baseline = self._elect(deadline)
                 with self.lock:
                     self.role, self.baseline = role, baseline
-                return role, baseline
+                    return self._told()
             finally:
                 with self.lock:
                     self.electing = None
@@ -247,7 +280,7 @@ class Round:
             leading = self.role == LEAD
         if not leading:  # another thread of ours published (or we stepped down): just check
             return self.exact(revision, size, arrived, deadline)
-        outcome = self._publish.run((revision, size), arrived, ask)
+        outcome = self._publish.run((revision, size), arrived, ask, deadline)
         return outcome  # type: ignore[no-any-return]
 
     def _reclaim(self, lease_id: int, deadline: float) -> bool:
@@ -262,9 +295,12 @@ class Round:
             _leases(self.gateway).lost(lease_id)
             return False
 
-    def enter_lead(self) -> None:
-        with self.lock:
+    def _told(self) -> tuple[str, bytes | None]:
+        """The role and baseline, counting the caller as leading if it leads. With the lock."""
+        assert self.role is not None
+        if self.role == LEAD:
             self.leading += 1
+        return self.role, self.baseline
 
     def leave_lead(self, deadline: float) -> None:
         """A thread left the leader's path (answered, timed out, or raised anything at all): if it
@@ -275,6 +311,13 @@ class Round:
             last = self.leading <= 0 and self.role == LEAD
         if last:
             self._step_down(revoke_within=_left(deadline, 1.0))
+
+    def abandoned(self) -> None:
+        """The round's last thread left: if it still leads (it should not), step down."""
+        with self.lock:
+            stray = self.role == LEAD
+        if stray:
+            self._step_down(revoke_within=1.0)
 
     def _step_down(self, revoke_within: float) -> None:
         with self.lock:
@@ -318,7 +361,7 @@ class Round:
 
     def read(self, arrived: float, deadline: float) -> Read:
         """The range as read by a request sent after ``arrived`` (one read shared by threads)."""
-        with self._read_lock:
+        with _held(self._read_lock, deadline):
             last = self._last_read
             if last is not None and last.sent >= arrived:
                 return last
@@ -360,7 +403,7 @@ class Round:
             count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
             return int(count.get("count") or 0) == size and not changed.get("kvs")
 
-        exact: bool = self._verify.run((revision, size), arrived, ask)
+        exact: bool = self._verify.run((revision, size), arrived, ask, deadline)
         return exact
 
     def _where(self) -> str:

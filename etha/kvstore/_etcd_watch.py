@@ -31,6 +31,7 @@ stops after :data:`LINGER` seconds.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import threading
@@ -50,7 +51,7 @@ from etha.kvstore._etcd_gateway import (
     unb64,
 )
 from etha.kvstore._registry import Registry
-from etha.kvstore.errors import InvalidArgumentError, KVStoreError
+from etha.kvstore.errors import InvalidArgumentError, KVStoreError, StoreConnectionError
 
 logger = logging.getLogger("etha.kvstore.etcd")
 T = TypeVar("T")
@@ -198,7 +199,10 @@ class Watcher:
             read_revision, read_sent = self._read_at
         if read_revision == revision and read_sent >= arrived:
             return True  # the state is a read sent after the waiter came: linearizable as it is
-        with self._check_lock:
+        if not self._check_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise StoreConnectionError(f"etcd at {self.gateway.describe()} did not answer a check in time")
+        with contextlib.ExitStack() as held:
+            held.callback(self._check_lock.release)
             last = self._last_check
             if last is not None and last.revision == revision and last.size == size and last.sent >= arrived:
                 return last.exact
@@ -241,6 +245,12 @@ class Watcher:
                     logger.info("etcd watch on %r broke (%s); resuming from revision %d", self.key, exc,
                                 self.revision + 1)  # fmt: skip
                     time.sleep(RETRY_INTERVAL)
+                except Exception as exc:  # an answer not as expected: start again, from a fresh read
+                    logger.exception("etcd watch on %r failed; starting it again", self.key)
+                    with self.lock:
+                        self.problem = f"etcd at {self.gateway.describe()} answered the watch oddly ({exc})"
+                        self.synced, self._fresh = False, True
+                    time.sleep(RETRY_INTERVAL)
         finally:
             _forget(self)
 
@@ -254,10 +264,13 @@ class Watcher:
                 raise Compacted() from exc
             raise
         state = {kv_name(kv): unb64(kv.get("value", "")) for kv in out.get("kvs") or []}
+        current = int((out.get("header") or {}).get("revision") or 0)  # the read is linearizable
         with self.lock:
             self.state = state
             self.revision = revision
-            self._read_at = (revision, sent)
+            # The watch's start is its member's revision, which may lag the cluster's: the state
+            # is known current (a waiter needs no check) only if nothing was written since.
+            self._read_at = (revision, sent) if current == revision else (-1, 0.0)
             for t in self.tallies.values():
                 t.count = sum(t.counts(n, v) for n, v in state.items())
             self.synced = True

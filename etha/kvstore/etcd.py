@@ -293,6 +293,8 @@ class EtcdStore(KVStore):
                     why = str(exc)
                     break
                 watch.wait_changed(revision, deadline)
+                if time.monotonic() >= deadline:
+                    break  # the event stays set while the state does: no spinning past the deadline
             with watch.lock:
                 extra = [detail(watch.state)] if detail is not None and watch.synced else []
                 if watch.problem or not watch.synced:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from etha.kvstore import StoreTimeoutError, _etcd_lead, _etcd_watch
+from etha.kvstore import StoreTimeoutError, _etcd_lead, _etcd_round, _etcd_watch
 from etha.kvstore._etcd_gateway import Gateway
 from etha.kvstore._etcd_lead import LEAD_TTL
 from etha.kvstore.etcd import EtcdStore, delete_namespace
@@ -407,3 +407,53 @@ def test_waits_whose_keys_are_there_do_not_wait_for_a_stalled_leader(
         leader.send_signal(signal.SIGCONT)
         leader.kill()
         leader.wait()
+
+
+def test_a_watch_from_a_member_behind_the_cluster_does_not_answer_from_the_past(
+    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch, stores: Callable[[int], EtcdStore]
+) -> None:
+    """A new watch starts at its member's revision, which may lag the cluster's: the state read
+    as of it is then not known current, and a wait must check before it answers from it. Here
+    the member is made to lag by one write: the value it shows was replaced before the wait."""
+    writer = stores(0)
+    writer.set("k", "old")
+    writer.set("k", "new")
+    real_created = _etcd_watch.Watcher._created
+
+    def behind(self: _etcd_watch.Watcher, conn: Any) -> int:
+        return real_created(self, conn) - 1
+
+    monkeypatch.setattr(_etcd_watch.Watcher, "_created", behind)
+    start = time.monotonic()
+    with pytest.raises(StoreTimeoutError):
+        stores(1).wait_for_value("k", "old", timeout=1)
+    assert time.monotonic() - start < 1 + 1.5  # and no spinning past the deadline either
+    monkeypatch.undo()
+    assert stores(2).wait_for_value("k", "new", timeout=5) == b"new"
+
+
+def test_a_leading_thread_that_raises_anything_leaves_no_lead_key(
+    etcd: EtcdServer, namespace: str, monkeypatch: pytest.MonkeyPatch, stores: Callable[[int], EtcdStore]
+) -> None:
+    """Between its election and its wait, a leading thread meets an error that is not etcd's:
+    the process must step down (or every process waiting for these keys would follow a lead
+    key that nobody watches behind, renewed for as long as the process lives)."""
+    real_answered = _etcd_round.Round.answered
+
+    def broken(self: _etcd_round.Round, *args: Any) -> Any:
+        if self.role == "lead":
+            raise RuntimeError("made up by the test")
+        return real_answered(self, *args)
+
+    monkeypatch.setattr(_etcd_round.Round, "answered", broken)
+    with pytest.raises(RuntimeError, match="made up"):
+        stores(1).wait_for_keys("rank/*", 1, timeout=5)
+    assert leads(etcd, namespace) == []
+    monkeypatch.setattr(_etcd_round.Round, "answered", real_answered)
+    thread, out = in_thread(lambda: stores(2).wait_for_keys("rank/*", 1, timeout=10))
+    time.sleep(0.3)
+    written = time.monotonic()
+    stores(0).set("rank/0", "1")
+    thread.join(10)
+    assert out == [["rank/0"]]
+    assert time.monotonic() - written < 2
