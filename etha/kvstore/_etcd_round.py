@@ -4,7 +4,6 @@ requests that elect, publish and check (see that module for the protocol).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,8 @@ from etha.kvstore._etcd_gateway import (
 )
 from etha.kvstore._etcd_lease import leases as _leases
 from etha.kvstore._etcd_lease import left as _left
+from etha.kvstore._single_flight import SingleFlight
+from etha.kvstore._single_flight import held as _held
 from etha.kvstore.errors import StoreConnectionError
 
 #: Bytes of answer a done key carries at most (a larger one makes the followers read the range).
@@ -79,43 +80,6 @@ class Read:
             return self.answer
 
 
-@dataclass
-class Verdict:
-    """A single-flight request's outcome, reused by the threads that arrived before it was sent."""
-
-    sig: object
-    sent: float
-    outcome: Any
-
-
-class SingleFlight:
-    """One request at a time for the same ``sig``; a thread that arrived before the last one for
-    ``sig`` was sent takes its outcome (the request was linearizable for it too)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: Verdict | None = None
-
-    def reuse(self, sig: object, arrived: float) -> tuple[bool, Any]:
-        """(True, outcome) if the last request for ``sig`` was sent after ``arrived``."""
-        last = self._last
-        if last is not None and last.sig == sig and last.sent >= arrived:
-            return True, last.outcome
-        return False, None
-
-    def run(self, sig: object, arrived: float, ask: Callable[[], Any], deadline: float) -> Any:
-        """``ask()``'s outcome, or the last one's; raises StoreConnectionError at ``deadline``
-        (a request in flight for a thread with more time does not hold this one past its own)."""
-        with _held(self._lock, deadline):
-            last = self._last
-            if last is not None and last.sig == sig and last.sent >= arrived:
-                return last.outcome
-            sent = time.monotonic()
-            outcome = ask()
-            self._last = Verdict(sig, sent, outcome)
-            return outcome
-
-
 class _Process:
     """This process's token in lead keys (a new one after a fork): a round of this process
     knows its own lead key, even one a round before it left (see :meth:`Round._elect`)."""
@@ -129,17 +93,6 @@ class _Process:
 
 
 _PROCESS = _Process()
-
-
-@contextlib.contextmanager
-def _held(lock: threading.Lock, deadline: float) -> Iterator[None]:
-    """``lock``, waited for until ``deadline`` at the most (then StoreConnectionError)."""
-    if not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-        raise StoreConnectionError("etcd did not answer a request this wait shares in time")
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 class Round:
@@ -391,17 +344,7 @@ class Round:
         by the threads that arrived before it was sent). Raises StoreConnectionError."""
 
         def ask() -> bool:
-            ops = [
-                {"request_range": range_body(self.key, self.range_end, count_only=True)},
-                {
-                    "request_range": range_body(
-                        self.key, self.range_end, keys_only=True, limit=1, min_mod_revision=str(revision + 1)
-                    )
-                },
-            ]
-            out = self.gateway.call("/v3/kv/txn", {"success": ops}, _left(deadline))
-            count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
-            return int(count.get("count") or 0) == size and not changed.get("kvs")
+            return _etcd_watch.still_exact(self.gateway, self.key, self.range_end, revision, size, deadline)
 
         exact: bool = self._verify.run((revision, size), arrived, ask, deadline)
         return exact

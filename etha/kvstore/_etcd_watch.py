@@ -31,7 +31,6 @@ stops after :data:`LINGER` seconds.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import logging
 import threading
@@ -51,7 +50,8 @@ from etha.kvstore._etcd_gateway import (
     unb64,
 )
 from etha.kvstore._registry import Registry
-from etha.kvstore.errors import InvalidArgumentError, KVStoreError, StoreConnectionError
+from etha.kvstore._single_flight import SingleFlight
+from etha.kvstore.errors import InvalidArgumentError, KVStoreError
 
 logger = logging.getLogger("etha.kvstore.etcd")
 T = TypeVar("T")
@@ -97,17 +97,6 @@ class Waiter:
     event: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass
-class Check:
-    """The outcome of one freshness check: the state as of ``revision`` (``size`` keys) was still
-    exact when a request sent at ``sent`` was answered."""
-
-    revision: int
-    size: int
-    sent: float
-    exact: bool
-
-
 class Watcher:
     """The state of one key range, kept current by one watch (see the module docstring)."""
 
@@ -135,8 +124,7 @@ class Watcher:
         if seed is not None:  # a read of the range (state, revision, when it was sent) to start from
             self.state, self.revision = dict(seed[0]), seed[1]
             self._read_at, self.synced = (seed[1], seed[2]), True
-        self._check_lock = threading.Lock()
-        self._last_check: Check | None = None
+        self._checks = SingleFlight()
         self._thread = threading.Thread(target=self._run, name="etha-etcd-watch", daemon=True)
         self._thread.start()
 
@@ -199,27 +187,12 @@ class Watcher:
             read_revision, read_sent = self._read_at
         if read_revision == revision and read_sent >= arrived:
             return True  # the state is a read sent after the waiter came: linearizable as it is
-        if not self._check_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise StoreConnectionError(f"etcd at {self.gateway.describe()} did not answer a check in time")
-        with contextlib.ExitStack() as held:
-            held.callback(self._check_lock.release)
-            last = self._last_check
-            if last is not None and last.revision == revision and last.size == size and last.sent >= arrived:
-                return last.exact
-            sent = time.monotonic()
-            ops = [
-                {"request_range": range_body(self.key, self.range_end, count_only=True)},
-                {
-                    "request_range": range_body(
-                        self.key, self.range_end, keys_only=True, limit=1, min_mod_revision=str(revision + 1)
-                    )
-                },
-            ]
-            out = self.gateway.call("/v3/kv/txn", {"success": ops}, max(deadline - sent, 0.01))
-            count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
-            exact = int(count.get("count") or 0) == size and not changed.get("kvs")
-            self._last_check = Check(revision, size, sent, exact)
-            return exact
+
+        def ask() -> bool:
+            return still_exact(self.gateway, self.key, self.range_end, revision, size, deadline)
+
+        exact: bool = self._checks.run((revision, size), arrived, ask, deadline)
+        return exact
 
     # --- the watcher thread ---------------------------------------------------------------------
 
@@ -357,6 +330,21 @@ class Watcher:
 
 
 _WATCHERS: Registry[tuple[object, ...], Watcher] = Registry()
+
+
+def still_exact(
+    gateway: Gateway, key: str, range_end: str | None, revision: int, size: int, deadline: float
+) -> bool:
+    """Whether [key, range_end) at etcd's current revision still holds ``size`` keys, none
+    modified after ``revision``: then its state is the one as of ``revision`` (one small txn)."""
+    after = str(revision + 1)
+    ops = [
+        {"request_range": range_body(key, range_end, count_only=True)},
+        {"request_range": range_body(key, range_end, keys_only=True, limit=1, min_mod_revision=after)},
+    ]
+    out = gateway.call("/v3/kv/txn", {"success": ops}, max(deadline - time.monotonic(), 0.01))
+    count, changed = (r.get("response_range") or {} for r in out.get("responses") or [{}, {}])
+    return int(count.get("count") or 0) == size and not changed.get("kvs")
 
 
 def watcher(
