@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,13 +329,14 @@ def test_a_replicas_edit_the_api_server_let_through_is_refused_and_the_attempt_k
 def test_two_reconciles_of_one_job_never_interleave(
     operator: Operator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A burst of events (pods changing, the spec edited) while each reconcile is slowed down:
-    never two at once for one job."""
+    """Bursts of events (pods changing, the spec edited), each sent while a slowed-down reconcile
+    of the job is running: never two at once for one job."""
     from etha.operator.controller import Controller
 
     in_flight: dict[str, int] = {}
     most: dict[str, int] = {}
     calls = []
+    entered = threading.Event()
     original = Controller.reconcile
 
     async def slow(self: Controller, worker: Any) -> float | None:
@@ -342,8 +344,9 @@ def test_two_reconciles_of_one_job_never_interleave(
         in_flight[uid] = in_flight.get(uid, 0) + 1
         most[uid] = max(most.get(uid, 0), in_flight[uid])
         calls.append(uid)
+        entered.set()
         try:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
             return await original(self, worker)
         finally:
             in_flight[uid] -= 1
@@ -353,12 +356,16 @@ def test_two_reconciles_of_one_job_never_interleave(
         emu.submit(make_trainingjob(name="busy", namespace=NS, replicas=4))
         pods = {"busy-master-0", *(f"busy-worker-0-{r}" for r in range(4))}
         wait_until(lambda: set(emu.pods(NS)) == pods, 20, "the pods")
-        for i in range(6):
+        for i in range(5):
+            # A burst must cause a reconcile; the next burst is sent as soon as that one has
+            # begun, so it lands while the reconcile runs.
+            entered.clear()
             for pod in sorted(pods):
                 emu.set_pod_phase(NS, pod, "Running" if i % 2 == 0 else "Pending")
             patch_spec(emu, "busy", {"maxRestarts": i})
+            assert entered.wait(20), f"no reconcile began after burst {i}"
         for pod in sorted(pods):
             emu.set_pod_phase(NS, pod, "Running")
         wait_until(lambda: phase(emu, "busy") == "Running", 20, "Running")
-    assert len(calls) >= 5, calls
+    assert len(calls) >= 6, calls
     assert set(most.values()) == {1}, most
