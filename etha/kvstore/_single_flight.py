@@ -43,9 +43,9 @@ class SingleFlight:
         """``ask()``'s outcome, or the last one's; raises StoreConnectionError at ``deadline``
         (a request in flight for a thread with more time does not hold this one past its own)."""
         with held(self._lock, deadline):
-            last = self._last
-            if last is not None and last.sig == sig and last.sent >= arrived:
-                return last.outcome
+            hit, outcome = self.reuse(sig, arrived)
+            if hit:
+                return outcome
             sent = time.monotonic()
             outcome = ask()
             self._last = Verdict(sig, sent, outcome)
