@@ -4,7 +4,7 @@ Runs in the master pod the operator creates (and as a local process under ``etha
 Hosts a torch TCPStore on an IPv4 socket it binds itself, logs every rank that joins (see
 ``_peers``: an unmodified env:// script is recognised by its connection), serves a read-only
 status document over HTTP (``--status-port``: ``GET /status``, ``GET /healthz``, and Prometheus
-metrics at ``GET /metrics``), and exits 0 on SIGTERM or SIGINT.
+metrics at ``GET /metrics``), and exits 0 on SIGTERM or SIGINT (within ``SHUTDOWN_LIMIT``).
 
 ``/metrics`` needs prometheus_client (the ``master`` extra, which the runtime image installs); it is
 imported by the status server only (:mod:`etha.kvstore._status_http`), once it starts, never by
@@ -15,6 +15,7 @@ master works as before.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import ipaddress
 import logging
 import os
@@ -22,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -121,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s, shutting down", signal.Signals(signum).name)
+        # Whatever hangs from here on (a C++ call holding the GIL included), the process ends
+        # within SHUTDOWN_LIMIT: faulthandler's own thread needs no GIL, prints every thread's
+        # stack to the log, and exits 1.
+        faulthandler.dump_traceback_later(SHUTDOWN_LIMIT, exit=True)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -135,67 +140,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KVStoreError as exc:
         logger.error("%s", exc)
         return 1
+    code = 1
+    try:
+        code = _serve(args, store, stop)
+    finally:
+        # The store is not closed: the process ends here, and the kernel closes the listener and
+        # every client's connection with it, which is all that stopping the server would do for
+        # the clients. torch's server stops in its destructor, which runs with the GIL held and
+        # can hang while a client that was frozen mid-request is still connected: CI saw a
+        # SIGSTOPped-then-resumed master stay past its 15 s grace and be SIGKILLed.
+        logging.shutdown()
+        os._exit(code)
+
+
+def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event) -> int:
+    """Serve until ``stop`` is set; 0 once stopped, 1 if the status server cannot start."""
     job = f" for job {args.job}" if args.job else ""
     logger.info("rendezvous master%s listening on %s:%d", job, args.host, store.port)
     tracker = PeerTracker(store.port, args.world_size)
     lock = threading.Lock()
     http: ThreadingHTTPServer | None = None
-    try:
-        if args.status_port is not None:
-            try:
-                http = serve_status(args.host, args.status_port, tracker, lock, args.job)
-            except OSError as exc:
-                logger.error("cannot serve status on %s:%d: %s", args.host, args.status_port, exc)
-                return 1
-            logger.info(
-                "status on http://%s:%d/status (metrics at /metrics)", args.host, http.server_address[1]
-            )
-            if args.status_port_file is not None:
-                _write_port(args.status_port_file, http.server_address[1])
-        if args.port_file is not None:
-            _write_port(args.port_file, store.port)
-        watcher = threading.Thread(
-            target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
-        )
-        watcher.start()
-        # A timed wait: the main thread must get back to the interpreter to run signal handlers,
-        # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
-        while not stop.wait(0.5):
-            pass
-        watcher.join(FINAL_LOOK_LIMIT)
-    finally:
-        if not _bounded(lambda: _teardown(http, store), TEARDOWN_LIMIT):
-            # torch's server can hang stopping while a client that was frozen mid-request is
-            # still connected (seen after SIGSTOP/SIGCONT). The process is ending: its sockets
-            # close with it, so exit instead of being killed by the kubelet after the grace.
-            logger.warning("the store did not stop within %gs; exiting without it", TEARDOWN_LIMIT)
-            logger.info("rendezvous master stopped")
-            logging.shutdown()
-            os._exit(0)
+    if args.status_port is not None:
+        try:
+            http = serve_status(args.host, args.status_port, tracker, lock, args.job)
+        except OSError as exc:
+            logger.error("cannot serve status on %s:%d: %s", args.host, args.status_port, exc)
+            return 1
+        logger.info("status on http://%s:%d/status (metrics at /metrics)", args.host, http.server_address[1])
+        if args.status_port_file is not None:
+            _write_port(args.status_port_file, http.server_address[1])
+    if args.port_file is not None:
+        _write_port(args.port_file, store.port)
+    watcher = threading.Thread(
+        target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
+    )
+    watcher.start()
+    # A timed wait: the main thread must get back to the interpreter to run signal handlers,
+    # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
+    while not stop.wait(0.5):
+        pass
+    watcher.join(FINAL_LOOK_LIMIT)
+    if http is not None:
+        http.shutdown()
+        http.server_close()
     logger.info("rendezvous master stopped")
     return 0
 
 
-#: Seconds the master gives its status server and store to stop once asked to shut down.
-TEARDOWN_LIMIT = 5.0
-#: Seconds the join watcher's last look may take once stopping (it asks the store, which can
-#: hang like the teardown): the whole shutdown stays within ~8 s, well inside a pod's grace.
+#: Seconds from SIGTERM (or SIGINT) to the process's exit at the latest, well inside a pod's grace.
+SHUTDOWN_LIMIT = 10.0
+#: Seconds the join watcher's last look may take once stopping (it asks the store).
 FINAL_LOOK_LIMIT = 2.0
-
-
-def _teardown(http: ThreadingHTTPServer | None, store: TorchTCPStore) -> None:
-    if http is not None:
-        http.shutdown()
-        http.server_close()
-    store.close()
-
-
-def _bounded(call: Callable[[], None], limit: float) -> bool:
-    """Run ``call`` in a daemon thread; False if it had not returned after ``limit`` seconds."""
-    thread = threading.Thread(target=call, name="teardown", daemon=True)
-    thread.start()
-    thread.join(limit)
-    return not thread.is_alive()
 
 
 def _write_port(path: Path, port: int) -> None:

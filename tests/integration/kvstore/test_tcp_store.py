@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from etha.kvstore import StoreConnectionError, StoreTimeoutError
+from etha.kvstore.server import SHUTDOWN_LIMIT
 from etha.kvstore.tcp import DEADLINE_MARGIN, POLL_INTERVAL, TorchTCPStore
-from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, wait_until
+from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, stop_process, wait_until
 from tests.integration.kvstore.conftest import MasterOutage
 from tests.integration.kvstore.contract import MARGIN, KVStoreContract
 
@@ -223,6 +225,57 @@ def test_master_stopped_mid_wait_times_out_within_timeout(tmp_path: Path) -> Non
         # resumed, it still shuts down cleanly on SIGTERM
         assert master.stop() == 0, master.log()
         store.close()
+
+
+def test_master_stops_at_once_with_clients_still_connected_mid_request(tmp_path: Path) -> None:
+    """SIGTERM with a client connected and another frozen halfway through a request: exit 0 at once."""
+    master = MasterProcess(tmp_path)
+    store = TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=30, wait_for_workers=False)
+    frozen = socket.create_connection(("127.0.0.1", master.port))
+    try:
+        store.set("k", "v")
+        frozen.sendall(b"\x00\x00\x00")  # the start of a request, never finished nor read from
+        start = time.monotonic()
+        code = master.stop()
+        assert code == 0, master.log()
+        assert time.monotonic() - start < SHUTDOWN_LIMIT / 2, master.log()
+        assert "rendezvous master stopped" in master.log()
+    finally:
+        frozen.close()
+        store.close()
+
+
+def test_a_master_whose_shutdown_hangs_with_the_gil_held_is_gone_within_the_limit(tmp_path: Path) -> None:
+    """The backstop: a C call that keeps the GIL (as torch's destructors can) does not outlast it."""
+    port_file, status_file = tmp_path / "port", tmp_path / "status-port"
+    script = textwrap.dedent(
+        """
+        import ctypes, socketserver, sys
+        from etha.kvstore import server
+        # libc's sleep through PyDLL keeps the GIL for its whole minute.
+        socketserver.BaseServer.shutdown = lambda self: ctypes.PyDLL(None).sleep(60)
+        sys.exit(server.main(sys.argv[1:]))
+        """
+    )
+    args = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+    args += ["--status-port", "0", "--status-port-file", str(status_file)]
+    log = tmp_path / "master.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, *args], stdout=out, stderr=subprocess.STDOUT, env=TEST_ENV
+        )
+        try:
+            wait_until(lambda: status_file.exists() or proc.poll() is not None, 60, "the master to listen")
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(SHUTDOWN_LIMIT + 10)
+            took = time.monotonic() - start
+        finally:
+            stop_process(proc, 5)
+    text = log.read_text(errors="replace")
+    assert code == 1, text
+    assert SHUTDOWN_LIMIT - 1 < took < SHUTDOWN_LIMIT + 5, (took, text)
+    assert "Timeout (0:00:10)!" in text and "most recent call first" in text, text  # every thread's stack
 
 
 def test_calls_run_in_the_callers_thread(tmp_path: Path) -> None:
