@@ -4,7 +4,8 @@ Runs in the master pod the operator creates (and as a local process under ``etha
 Hosts a torch TCPStore on an IPv4 socket it binds itself, logs every rank that joins (see
 ``_peers``: an unmodified env:// script is recognised by its connection), serves a read-only
 status document over HTTP (``--status-port``: ``GET /status``, ``GET /healthz``, and Prometheus
-metrics at ``GET /metrics``), and exits 0 on SIGTERM or SIGINT (within ``SHUTDOWN_LIMIT``).
+metrics at ``GET /metrics``), and exits 0 on SIGTERM or SIGINT, at the latest ``SHUTDOWN_LIMIT``
+seconds after it (1, with every thread's stack in the log, if its shutdown hung).
 
 ``/metrics`` needs prometheus_client (the ``master`` extra, which the runtime image installs); it is
 imported by the status server only (:mod:`etha.kvstore._status_http`), once it starts, never by
@@ -143,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 1
     try:
         code = _serve(args, store, stop)
+    except Exception:  # os._exit below would drop the traceback
+        logger.exception("the rendezvous master failed")
     finally:
         # The store is not closed: the process ends here, and the kernel closes the listener and
         # every client's connection with it, which is all that stopping the server would do for

@@ -362,6 +362,20 @@ def test_server_refuses_bad_port() -> None:
     assert "--port (70000) must be in 0..65535" in res.stderr
 
 
+def test_server_that_fails_while_serving_logs_why_and_exits_1(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "port"
+    args = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(missing)]
+    res = subprocess.run(
+        [sys.executable, "-m", "etha.kvstore.server", *args],
+        capture_output=True,
+        text=True,
+        env=TEST_ENV,
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "the rendezvous master failed" in res.stderr and "FileNotFoundError" in res.stderr, res.stderr
+
+
 def test_candidate_list_over_torchs_per_request_limit(make_tcp_store: Callable[..., TorchTCPStore]) -> None:
     """torch's server resets a connection sent over 131,072 keys at once; such a list still works."""
     store = make_tcp_store()
