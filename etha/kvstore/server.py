@@ -149,9 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         # The store is not closed: the process ends here, and the kernel closes the listener and
         # every client's connection with it, which is all that stopping the server would do for
-        # the clients. torch's server stops in its destructor, which runs with the GIL held and
-        # can hang while a client that was frozen mid-request is still connected: CI saw a
-        # SIGSTOPped-then-resumed master stay past its 15 s grace and be SIGKILLed.
+        # the clients. torch's server stops in its destructor, which runs with the GIL held: CI
+        # saw a SIGSTOPped-then-resumed master hang there, past its 15 s grace, with no log line.
         logging.shutdown()
         os._exit(code)
 
