@@ -10,7 +10,20 @@ from typing import Any
 
 from etha.job import constants as c
 from etha.job.scheduling import GANG_NONE, GANGS
-from etha.operator.rendezvous import pod_status_url
+
+
+def pod_status_url(pod: dict[str, Any]) -> str | None:
+    """``http://<pod IP>:<status port>/status`` of a master pod, once it has an IP."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    for container in pod["spec"].get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == c.MASTER_STATUS_PORT_NAME:
+                host = f"[{ip}]" if ":" in ip else ip
+                return f"http://{host}:{port['containerPort']}/status"
+    return None  # a master made by an operator without status ports
+
 
 #: Where a master pod serves its status document; tests whose pods are local processes differ.
 StatusUrl = Callable[[dict[str, Any]], "str | None"]
@@ -92,6 +105,11 @@ class OperatorConfig:
 
     def replace(self, **changes: Any) -> OperatorConfig:
         return dataclasses.replace(self, **changes)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before trying again after ``attempts`` failures in a row: ``retry_delay``,
+        doubling, at most ``retry_delay_max``."""
+        return float(min(self.retry_delay * 2 ** (max(1, attempts) - 1), self.retry_delay_max))
 
     def operator_peer(self) -> dict[str, Any] | None:
         """The NetworkPolicyPeer that selects the operator's pods, or None when its namespace is

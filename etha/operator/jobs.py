@@ -1,5 +1,6 @@
-"""The operator's view of one TrainingJob between two looks: its worker (the event that wakes
-it, what it created or deleted a moment ago) and how a child is told to be the job's.
+"""The operator's memory of one TrainingJob between two looks: its worker (the event that wakes
+it, what it created or deleted a moment ago, what its last writes met) and how a child is told to
+be the job's.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class JobWorker:
     #: Consecutive failed reconciles (the retry backoff) and object conflicts (their backoff).
     failures: int = 0
     conflicts: int = 0
+    #: The object in a child's way that the last creation met (said for a person), if any.
+    conflict: str | None = None
+    #: A child the API server rejected (message, reason): the job ends Failed at the next look.
+    rejected: tuple[str, str] | None = None
     #: Consecutive reads of the master's status document that failed.
     read_failures: int = 0
 

@@ -1,31 +1,30 @@
-"""Carry out a decision of :func:`etha.operator.reconcile.reconcile` for one TrainingJob:
-create and delete its children (Services and NetworkPolicies before pods), write its status, post
-its events, and remember what was just made or deleted until the watches show it. Every request
-goes through :class:`etha.operator.k8s.Api`.
+"""Carry out a decision of :func:`etha.operator.reconcile.reconcile` for one TrainingJob, and
+only write: one status patch (the decision is written before it is carried out: a job that
+finished or restarts says so before its pods go, so a look after a failed write never mistakes
+them for vanished), then its children (Services and NetworkPolicies before pods), then its events
+once the patch succeeded, the finalizer and the job's deletion. It remembers what it just made or
+deleted until the watches show it, and what it met (an object in the way, a rejected child) for
+the next look to decide on. Every request goes through :class:`etha.operator.k8s.Api`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
 
 from etha.job import constants as c
 from etha.job.builders import Manifest
-from etha.job.pods import timestamp
-from etha.job.scheduling import group_name
 from etha.job.spec import JobSpec
-from etha.operator.conditions import condition, set_condition
 from etha.operator.config import OperatorConfig
 from etha.operator.jobs import EXPECTATION_TTL, Body, JobWorker, controller_uid, slim
 from etha.operator.k8s import Api, ChildRejected
 from etha.operator.metrics import OperatorMetrics
-from etha.operator.reconcile import Actions
+from etha.operator.reconcile import KOPF_FINALIZER, Actions
 
 logger = logging.getLogger("etha.operator.controller")
 
@@ -49,13 +48,29 @@ class Writer:
         #: Objects in a job's way, by (kind, namespace, name): the uids of the jobs waiting on them.
         self.waiting_on = waiting_on
 
-    async def apply(self, worker: JobWorker, job: JobSpec, acts: Actions, pods: list[Body]) -> str | None:
-        """Create and delete what ``acts`` says; the first conflict met (an object in the way),
-        or None. Services and NetworkPolicies first: pods are made only once those are the job's."""
+    async def apply(self, worker: JobWorker, job: JobSpec | None, acts: Actions) -> None:
+        """Carry out ``acts`` for ``worker``'s job (``job``: its spec, None if it has none)."""
+        await self.write_status(worker, acts.status)
+        created = await self._children(worker, job, acts) if job is not None else set()
+        for event in acts.events:
+            if event.created is not None and event.created not in created:
+                continue  # it already existed (another look, or an operator restarted midway)
+            post(worker.body, event.type, event.reason, event.message)
+        for name in acts.delete_pods if job is None else ():
+            await self.delete_pod(worker, name)
+        if acts.remove_finalizer:
+            await self.api.remove_finalizer(worker.body, KOPF_FINALIZER)
+        if acts.delete_job and job is not None:
+            logger.info("%s/%s: ttlSecondsAfterFinished passed; deleting it", job.namespace, job.name)
+            await self.api.delete(c.KIND, job.namespace, job.name, job.uid)
+
+    async def _children(self, worker: JobWorker, job: JobSpec, acts: Actions) -> set[str]:
+        """Create and delete what ``acts`` says; the names created. Services and NetworkPolicies
+        first: pods are made only once those are the job's. What it meets is remembered for the
+        next look: the first conflict (an object in the way), a child the API server rejected."""
         gate = asyncio.Semaphore(self.config.create_concurrency)
         created: set[str] = set()
         conflicts: list[str] = []
-
         rejected: list[ChildRejected] = []
 
         async def create(manifest: Manifest) -> None:
@@ -85,10 +100,19 @@ class Writer:
                 *(delete(p) for p in dict.fromkeys(acts.delete_pods)),
                 *(self._delete_group(job, g) for g in acts.delete_groups),
             )
-        if rejected:
-            raise rejected[0]  # nothing lost, nothing left behind: the caller deletes what was made
-        self._post_events(worker, acts, created)
-        return conflicts[0] if conflicts else None
+        self._met(worker, conflicts[0] if conflicts else None, rejected[0] if rejected else None)
+        return created
+
+    def _met(self, worker: JobWorker, conflict: str | None, rejected: ChildRejected | None) -> None:
+        """Remember what creation met; wake the worker when the next look has news to write
+        (a child rejected, an object no longer in the way; a new conflict waits its backoff)."""
+        if rejected is not None:  # nothing lost, nothing left behind: the next look fails the job
+            worker.rejected = (str(rejected), rejected.reason)
+            worker.wake.set()
+        if conflict is None and worker.conflict is not None:
+            worker.wake.set()
+        worker.conflicts = worker.conflicts + 1 if conflict is not None else 0
+        worker.conflict = conflict
 
     async def _create(self, worker: JobWorker, job: JobSpec, manifest: Manifest) -> str | None:
         """Create one child: None if created; "" if it exists and is the job's; else the
@@ -135,50 +159,19 @@ class Writer:
         else:  # gone, or not the pod the index holds: the watch says which, the next look acts on it
             del worker.deleting[name]
 
-    def _post_events(self, worker: JobWorker, acts: Actions, created: set[str]) -> None:
-        for event in acts.events:
-            if event.created is not None and event.created not in created:
-                continue  # it already existed (another look, or an operator restarted midway)
-            post(worker.body, event.type, event.reason, event.message)
-
-    async def write_status(
-        self, worker: JobWorker, status: dict[str, Any], fields: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Patch the fields of ``fields`` that differ from ``status``; the status as written."""
-        patch = {k: v for k, v in fields.items() if status.get(k) != v}
+    async def write_status(self, worker: JobWorker, fields: dict[str, Any]) -> None:
+        """Patch the fields of ``fields`` that differ from the job's status (one request, none
+        for no change); the job's body is then the one the API server returned."""
+        status = worker.body.get("status") or {}
+        patch = merge_patch(status, fields)
         if not patch:
-            return status  # no write (and no new resourceVersion) for no change
+            return  # no write (and no new resourceVersion) for no change
         fresh = await self.api.patch_status(worker.namespace, worker.name, patch)
         if fresh is not None:
             worker.offer(fresh)
-        return {k: v for k, v in {**status, **patch}.items() if v is not None}
-
-    async def pod_group_phase(self, job: JobSpec, status: dict[str, Any]) -> str:
-        """The attempt's PodGroup and its phase, for the message of a job whose pods wait."""
-        kind = job.scheduling.kind
-        assert kind is not None
-        name = group_name(job.name, int(status.get("attempt") or 0))
-        group = await self.api.get("PodGroup", job.namespace, name, kind.api_version)
-        if group is None:
-            return f"PodGroup {name} does not exist"
-        phase = (group.get("status") or {}).get("phase")
-        return f"PodGroup {name} is {phase}" if phase else f"PodGroup {name} has no phase yet"
-
-    async def scheduler_said(self, job: JobSpec, pods: list[Body]) -> list[tuple[str, str]]:
-        """What the scheduler's FailedScheduling events said of these pods, the newest first:
-        a gang's member that named what the nodes lack was rejected with the rest a moment
-        later, and its own condition no longer says it."""
-        names = {p["metadata"]["name"] for p in pods}
-        said = [
-            (
-                str(e.get("lastTimestamp") or e.get("eventTime") or ""),
-                e["involvedObject"]["name"],
-                str(e.get("message")),
-            )
-            for e in await self.api.scheduling_failures(job.namespace)
-            if (e.get("involvedObject") or {}).get("name") in names
-        ]
-        return [(name, message) for _, name, message in sorted(said, reverse=True)]
+        else:  # (an API without an answer body): what the job now says, as patched
+            merged = {k: v for k, v in {**status, **fields}.items() if v is not None}
+            worker.body = {**worker.body, "status": merged}
 
     async def _delete_group(self, job: JobSpec, name: str) -> None:
         """Delete the job's PodGroup ``name`` if it exists and is the job's (by owner)."""
@@ -191,28 +184,22 @@ class Writer:
                 "PodGroup", job.namespace, name, str(group["metadata"]["uid"]), kind.api_version
             )
 
-    async def fail_invalid(
-        self, worker: JobWorker, status: dict[str, Any], message: str, reason: str = c.REASON_INVALID_SPEC
-    ) -> None:
-        """End the job Failed with a condition (once) naming what was wrong: InvalidSpec, or why
-        the cluster cannot run it (``reason``)."""
-        if status.get("phase") == c.PHASE_FAILED:
-            return
-        now = datetime.datetime.now(datetime.UTC)
-        patch = {
-            "phase": c.PHASE_FAILED,
-            "completionTime": timestamp(now),
-            "conditions": set_condition(
-                list(status.get("conditions") or []),
-                condition(c.COND_FAILED, True, reason, message, now),
-            ),
-            "reason": reason,
-        }
-        post(worker.body, "Warning", reason, message)
-        logger.error("%s/%s: invalid TrainingJob: %s", worker.namespace, worker.name, message)
-        fresh = await self.api.patch_status(worker.namespace, worker.name, patch)
-        if fresh is not None:
-            worker.offer(fresh)
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns the fields of ``new`` in ``old`` into
+    ``new``'s: unchanged fields left out, and in an object, the keys ``new`` no longer has set
+    to null (a merge patch keeps keys it does not name: an object that lost one would differ
+    after every patch, and every look would patch it again)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        was = old.get(key)
+        if value == was:
+            continue
+        if isinstance(value, dict) and isinstance(was, dict):
+            patch[key] = {**dict.fromkeys(set(was) - set(value)), **merge_patch(was, value)}
+        else:
+            patch[key] = value
+    return patch
 
 
 def conflict_message(kind: str, job: JobSpec, existing: Body, going: bool) -> str:

@@ -369,3 +369,65 @@ def test_two_reconciles_of_one_job_never_interleave(
         wait_until(lambda: phase(emu, "busy") == "Running", 20, "Running")
     assert len(calls) >= 6, calls
     assert set(most.values()) == {1}, most
+
+
+def test_every_look_patches_the_status_at_most_once(
+    operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One look is observe -> decide -> apply, and apply writes the status in one request: a job
+    taken through an object in its way, creation, a restart and success never gets two status
+    patches from one look (before the reshaping, the ChildConflict condition was a second)."""
+    import contextvars
+
+    from etha.operator.controller import Controller
+    from etha.operator.k8s import Api
+
+    look: contextvars.ContextVar[int] = contextvars.ContextVar("look", default=-1)
+    looks = [0]
+    patches: dict[int, int] = {}
+    reconcile, patch_status = Controller.reconcile, Api.patch_status
+
+    async def counted_look(self: Controller, worker: Any) -> float | None:
+        looks[0] += 1
+        look.set(looks[0])
+        return await reconcile(self, worker)
+
+    async def counted_patch(self: Api, namespace: str, name: str, status: dict[str, Any]) -> Any:
+        patches[look.get()] = patches.get(look.get(), 0) + 1
+        return await patch_status(self, namespace, name, status)
+
+    monkeypatch.setattr(Controller, "reconcile", counted_look)
+    monkeypatch.setattr(Api, "patch_status", counted_patch)
+    with operated_emulator(operator) as emu:
+        emu.request(
+            "POST",
+            f"/api/v1/namespaces/{NS}/services",
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "once", "namespace": NS}},
+        )
+        emu.submit(make_trainingjob(name="once", namespace=NS, replicas=2, maxRestarts=1))
+        wait_until(
+            lambda: any(
+                x["type"] == "ChildConflict" and x["status"] == "True"
+                for x in (emu.job(NS, "once").get("status") or {}).get("conditions") or []
+            ),
+            20,
+            "ChildConflict",
+        )
+        emu.request("DELETE", f"/api/v1/namespaces/{NS}/services/once")
+        wait_until(lambda: "once-worker-0-1" in emu.pods(NS), 30, "attempt 0")
+        emu.set_pod_phase(NS, "once-worker-0-1", "Failed", exit_code=3)
+        second = {"once-master-1", "once-worker-1-0", "once-worker-1-1"}
+        wait_until(lambda: set(emu.pods(NS)) == second, 30, "exactly attempt 1's pods")
+        for pod in sorted(second):
+            emu.set_pod_phase(NS, pod, "Running")
+        wait_until(lambda: phase(emu, "once") == "Running", 20, "Running again")
+        for pod in ("once-worker-1-0", "once-worker-1-1"):
+            emu.set_pod_phase(NS, pod, "Succeeded", exit_code=0)
+        wait_until(lambda: phase(emu, "once") == "Succeeded", 20, "Succeeded")
+    assert -1 not in patches, "a status patch outside any look"
+    assert sum(patches.values()) >= 6, patches  # the status did change all along
+    # ...and settles: no look patches what the last one wrote (a merge patch keeps the keys it
+    # does not name: status.rendezvous without the last attempt's startTime was patched again
+    # and again through the restart's backoff, ~650 patches here, before the writer nulled them).
+    assert sum(patches.values()) <= 30, patches
+    assert max(patches.values()) == 1, {n: k for n, k in patches.items() if k > 1}

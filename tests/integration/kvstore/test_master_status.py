@@ -129,7 +129,7 @@ def test_status_endpoint_is_read_only(master: MasterProcess) -> None:
 
 def test_operator_reads_the_document_or_says_why_not(master: MasterProcess) -> None:
     pytest.importorskip("aiohttp")
-    from etha.operator.rendezvous import read_master_status
+    from etha.operator.observe import read_master_status
     from etha.rendezvous_status import MasterStatus
 
     doc = asyncio.run(read_master_status(f"http://127.0.0.1:{master.status_port}/status"))

@@ -184,7 +184,7 @@ def test_a_second_reconcile_of_an_unchanged_job_changes_no_status(phases: tuple[
 
 
 def test_set_condition_keeps_order_and_transition_time() -> None:
-    from etha.operator.conditions import condition, set_condition
+    from etha.operator.reconcile.conditions import condition, set_condition
 
     a = condition("A", True, "r", "m", NOW)
     b = condition("B", False, "r", "m", NOW)

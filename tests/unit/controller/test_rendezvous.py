@@ -11,8 +11,8 @@ from etha.job.builders import build_master_pod, build_network_policy
 from etha.job.names import status_port
 from etha.job.pods import timestamp
 from etha.job.spec import parse
-from etha.operator.config import OperatorConfig
-from etha.operator.rendezvous import needs_master_status, pod_state, pod_status_url
+from etha.operator.config import OperatorConfig, pod_status_url
+from etha.operator.reconcile.joins import needs_master_status, pod_state
 from etha.rendezvous_status import MasterStatus
 from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
 
@@ -299,8 +299,11 @@ def test_events_say_the_rendezvous_completed_once_and_ranks_missing_at_half_the_
     when everyone joined (each once per attempt)."""
     running = pods({r: "Running" for r in range(4)})
     early = reconcile(job(timeout=60), STATUS, running, True, START + timedelta(seconds=10),
-                      master_status=report(joined=[0, 1]))  # fmt: skip
+                      master_status=report(joined=[0, 1]), master_poll=(60.0, 60.0))  # fmt: skip
     assert not news(early) and early.requeue_after == pytest.approx(20.0)  # looks again at halfway
+    polled = reconcile(job(timeout=60), STATUS, running, True, START + timedelta(seconds=10),
+                       master_status=report(joined=[0, 1]))  # fmt: skip
+    assert polled.requeue_after == pytest.approx(1.0)  # unless the master is read again before
     late = reconcile(job(timeout=60), STATUS, running, True, START + timedelta(seconds=31),
                      master_status=report(joined=[0, 1]))  # fmt: skip
     assert [(e.type, e.reason) for e in news(late)] == [("Warning", "RanksMissing")]

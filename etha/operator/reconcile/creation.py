@@ -1,10 +1,13 @@
-"""Bring an attempt's children into being: the creation step of the decision (after the
-policies of :mod:`etha.operator.reconcile` have passed), and placement (spec.scheduling.onTimeout).
+"""Bring an attempt's children into being: the creation step of the decision, after every
+policy of :mod:`etha.operator.reconcile` has passed; the attempt's phase and counts.
 
 Pure, like the rest of the decision.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from etha.job import constants as c
 from etha.job.builders import (
@@ -18,27 +21,23 @@ from etha.job.builders import (
 )
 from etha.job.pods import parse_time, pod_phase
 from etha.job.scheduling import ON_TIMEOUT_FAIL, group_name
-from etha.operator.attempt import Actions, Attempt, Observed, fail, pins, sooner
-from etha.operator.conditions import Event, condition, set_condition
-from etha.operator.placement import (
-    schedule_timeout_left,
-    scheduling,
-    unplaced_since,
-    unschedulable,
-)
+from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.model import Actions, Attempt, Observed, pins
+from etha.operator.reconcile.placement import schedule_timeout_left, scheduling, unplaced_since
 
 
-def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
+def creation(obs: Observed, at: Attempt) -> Actions:
     """Create what the attempt lacks and report its progress."""
     job, now = at.job, obs.now
-    acts.delete_pods.extend(at.stale)
+    acts = Actions(delete_pods=list(at.stale))
     wait = backoff_left(obs, at)
     if wait > 0:  # a restart's backoff: the attempt's pods are made once it is over
-        progress(obs, at, acts)
-        acts.requeue_after = sooner(acts.requeue_after, wait)
+        acts.status.update(progress(at)[0])
+        acts.requeue_after = wait
         return acts
+    conditions = at.conditions
     if at.drift:
-        refused(obs, at, acts)
+        conditions = refused(obs, at, acts)
     else:
         acts.create.extend(missing_children(obs, at))
         if at.number > 0 and any(m["kind"] == "PodGroup" for m in acts.create):
@@ -46,36 +45,21 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
         pinned = obs.status.get("attemptSpec") or {}
         if pinned.get("attempt") != at.number:
             acts.status["attemptSpec"] = {"attempt": at.number, **pins(job)}
-    running = progress(obs, at, acts)
-    scheduled = scheduling(at.conditions, at.master, at.workers, now, obs.pod_group, obs.scheduler_said)
+    fields, running = progress(at)
+    acts.status.update(fields)
+    scheduled = scheduling(conditions, at.master, at.workers, now, obs.pod_group, obs.scheduler_said)
     if scheduled is not None:  # why the attempt waits: the scheduler's own words, on the job
-        at.conditions, events = scheduled
-        acts.status["conditions"] = at.conditions
+        conditions, events = scheduled
+        acts.status["conditions"] = conditions
         acts.events.extend(events)
-    waiting = unplaced_since(at.conditions, list(at.current.values()))
+    waiting = unplaced_since(conditions, list(at.current.values()))
     if (obs.status.get("reason") == c.REASON_UNSCHEDULABLE) != (waiting is not None):
         acts.status["reason"] = c.REASON_UNSCHEDULABLE if waiting is not None else None
     left = schedule_timeout_left(job, waiting, now)
     if left is not None and job.scheduling.on_timeout == ON_TIMEOUT_FAIL:
-        acts.requeue_after = sooner(acts.requeue_after, left)
+        acts.requeue_after = left
     if running and at.phase != c.PHASE_RUNNING:
-        at.conditions = set_condition(
-            at.conditions,
-            condition(
-                c.COND_RUNNING,
-                True,
-                "AllWorkersRunning",
-                f"All {job.replicas} workers and the master are running.",
-                now,
-            ),
-        )
-        if any(x.get("type") == c.COND_RESTARTING and x.get("status") == "True" for x in at.conditions):
-            at.conditions = set_condition(
-                at.conditions,
-                condition(c.COND_RESTARTING, False, "Restarted", f"Attempt {at.number} is running.", now),
-            )
-            acts.status["nextAttemptTime"] = None
-        acts.status["conditions"] = at.conditions
+        acts.status["conditions"] = now_running(at, conditions, now, acts)
         acts.events.append(Event("Normal", "Running", f"All {job.replicas} workers are running."))
     for manifest in acts.create:
         name = manifest["metadata"]["name"]
@@ -85,22 +69,19 @@ def creation(obs: Observed, at: Attempt, acts: Actions) -> Actions:
     return acts
 
 
-def placement(obs: Observed, at: Attempt, acts: Actions) -> Actions | None:
-    """spec.scheduling.onTimeout FailJob: pods the scheduler could not place (the whole gang, with
-    one) for scheduleTimeoutSeconds end the job, with the scheduler's reason."""
-    job = at.job
-    if job.scheduling.on_timeout != ON_TIMEOUT_FAIL:
-        return None
-    if unschedulable([at.master, *at.workers.values()]) is None:
-        return None  # placed since the last look (the condition catches up in creation)
-    if schedule_timeout_left(job, unplaced_since(at.conditions, list(at.current.values())), obs.now) != 0.0:
-        return None
-    why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
-    message = (
-        f"Attempt {at.number} could not be scheduled within spec.scheduling.scheduleTimeoutSeconds "
-        f"({job.scheduling.timeout} s) and spec.scheduling.onTimeout is {ON_TIMEOUT_FAIL}: {why}"
-    )
-    return fail(obs, at, acts, c.REASON_SCHEDULE_TIMEOUT, message, keep_workers=False)
+def now_running(
+    at: Attempt, conditions: list[dict[str, str]], now: datetime, acts: Actions
+) -> list[dict[str, str]]:
+    """The conditions of an attempt all of whose pods run: Running, and a restart done."""
+    message = f"All {at.job.replicas} workers and the master are running."
+    conditions = set_condition(conditions, condition(c.COND_RUNNING, True, "AllWorkersRunning", message, now))
+    if any(x.get("type") == c.COND_RESTARTING and x.get("status") == "True" for x in conditions):
+        conditions = set_condition(
+            conditions,
+            condition(c.COND_RESTARTING, False, "Restarted", f"Attempt {at.number} is running.", now),
+        )
+        acts.status["nextAttemptTime"] = None
+    return conditions
 
 
 def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
@@ -120,8 +101,8 @@ def missing_children(obs: Observed, at: Attempt) -> list[Manifest]:
     return out + pods
 
 
-def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:
-    """The attempt's phase and counts in the status; True when it is running."""
+def progress(at: Attempt) -> tuple[dict[str, Any], bool]:
+    """The attempt's phase and counts for the status; True when it is running."""
     job = at.job
     active = at.counts["running"] + at.counts["succeeded"]
     master_up = not at.uses_master or (at.master is not None and pod_phase(at.master) == "Running")
@@ -129,17 +110,17 @@ def progress(obs: Observed, at: Attempt, acts: Actions) -> bool:
     phase = c.PHASE_RUNNING if running else c.PHASE_PENDING
     if at.phase == c.PHASE_RESTARTING and not running:
         phase = c.PHASE_RESTARTING
-    acts.status.update(
-        phase=phase,
-        attempt=at.number,
-        restarts=at.restarts,
-        masterAddress=f"{torch_store_address(job, at.number)}:{job.port}",
-        workers=at.counts,
-    )
-    return running
+    fields = {
+        "phase": phase,
+        "attempt": at.number,
+        "restarts": at.restarts,
+        "masterAddress": f"{torch_store_address(job, at.number)}:{job.port}",
+        "workers": at.counts,
+    }
+    return fields, running
 
 
-def refused(obs: Observed, at: Attempt, acts: Actions) -> None:
+def refused(obs: Observed, at: Attempt, acts: Actions) -> list[dict[str, str]]:
     """A spec edit the running attempt cannot take (an API server without the CRD's CEL rules
     let it through): say so once; the attempt keeps what it started with."""
     fields = ", ".join(at.drift)
@@ -149,12 +130,14 @@ def refused(obs: Observed, at: Attempt, acts: Actions) -> None:
         "is suspended; suspend it to change them, or create a new TrainingJob."
     )
     had = next((x for x in at.conditions if x.get("type") == c.COND_SPEC_REFUSED), None)
-    if had is None or had.get("message") != message or had.get("status") != "True":
-        at.conditions = set_condition(
-            at.conditions, condition(c.COND_SPEC_REFUSED, True, c.REASON_IMMUTABLE_FIELD, message, obs.now)
-        )
-        acts.status["conditions"] = at.conditions
-        acts.events.append(Event("Warning", c.REASON_IMMUTABLE_FIELD, message))
+    if had is not None and had.get("message") == message and had.get("status") == "True":
+        return at.conditions
+    conditions = set_condition(
+        at.conditions, condition(c.COND_SPEC_REFUSED, True, c.REASON_IMMUTABLE_FIELD, message, obs.now)
+    )
+    acts.status["conditions"] = conditions
+    acts.events.append(Event("Warning", c.REASON_IMMUTABLE_FIELD, message))
+    return conditions
 
 
 def backoff_left(obs: Observed, at: Attempt) -> float:

@@ -1,6 +1,7 @@
-"""Why an attempt's pods wait for the scheduler: the PodsScheduled condition from the pods'
-own PodScheduled conditions (the telling message of a gang's members kept), and how long they have
-waited (spec.scheduling.scheduleTimeoutSeconds). Pure: decides from values, does nothing."""
+"""The placement policy: why an attempt's pods wait for the scheduler (the PodsScheduled
+condition from the pods' own PodScheduled conditions, the telling message of a gang's members
+kept), how long they have waited, and ``spec.scheduling.onTimeout: FailJob`` once they waited
+``scheduleTimeoutSeconds``. Pure: decides from values, does nothing."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 
 from etha.job import constants as c
 from etha.job.pods import parse_time
+from etha.job.scheduling import ON_TIMEOUT_FAIL
 from etha.job.spec import JobSpec
-from etha.operator.conditions import Event, condition, set_condition
+from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.model import Actions, Attempt, Observed, fail
 
 
 def unschedulable(
@@ -121,3 +124,21 @@ def schedule_timeout_left(job: JobSpec, since: datetime | None, now: datetime) -
 def forget_waiting(conditions: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conditions without PodsScheduled: a new attempt (or a resumed one) has not waited."""
     return [x for x in conditions if x.get("type") != c.COND_SCHEDULED]
+
+
+def placement(obs: Observed, at: Attempt) -> Actions | None:
+    """spec.scheduling.onTimeout FailJob: pods the scheduler could not place (the whole gang, with
+    one) for scheduleTimeoutSeconds end the job, with the scheduler's reason."""
+    job = at.job
+    if job.scheduling.on_timeout != ON_TIMEOUT_FAIL:
+        return None
+    if unschedulable([at.master, *at.workers.values()]) is None:
+        return None  # placed since the last look (the condition catches up in creation)
+    if schedule_timeout_left(job, unplaced_since(at.conditions, list(at.current.values())), obs.now) != 0.0:
+        return None
+    why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
+    message = (
+        f"Attempt {at.number} could not be scheduled within spec.scheduling.scheduleTimeoutSeconds "
+        f"({job.scheduling.timeout} s) and spec.scheduling.onTimeout is {ON_TIMEOUT_FAIL}: {why}"
+    )
+    return fail(obs, at, c.REASON_SCHEDULE_TIMEOUT, message, keep_workers=False)

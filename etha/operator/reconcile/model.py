@@ -1,6 +1,6 @@
-"""What the operator sees of a TrainingJob and what it decides for it: the :class:`Observed`
-input and :class:`Actions` output of :func:`etha.operator.reconcile.reconcile`, the current
-:class:`Attempt` as observed, and what every policy uses to end one (:func:`finish`, :func:`fail`).
+"""The decision's values: the :class:`Observed` input and :class:`Actions` output of
+:func:`etha.operator.reconcile.reconcile`, the current :class:`Attempt` as observed (frozen: no
+policy changes it), and what every policy uses to end a job (:func:`finish`, :func:`fail`).
 
 Pure, like the rest of the decision.
 """
@@ -21,7 +21,8 @@ from etha.job.builders import (
 from etha.job.names import master_name, worker_name
 from etha.job.pods import pod_phase, timestamp
 from etha.job.spec import JobSpec
-from etha.operator.conditions import Event, condition, set_condition
+from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.joins import joined_view
 from etha.rendezvous_status import MasterStatus
 
 Pod = dict[str, Any]
@@ -29,15 +30,63 @@ Pod = dict[str, Any]
 
 @dataclass
 class Actions:
+    """Everything one look decides; the Writer carries it out in this order: the status patch,
+    the children, the events (once the patch succeeded), the finalizer, the job's deletion."""
+
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     #: PodGroups of the job to delete (an earlier attempt's, a suspended attempt's).
     delete_groups: list[str] = field(default_factory=list)
+    #: The status fields to set (None removes one); the Writer patches only what differs.
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    #: Remove kopf's finalizer of operator versions before 0.2 (:data:`KOPF_FINALIZER`).
+    remove_finalizer: bool = False
+    #: ttlSecondsAfterFinished passed: delete the job (its children go by garbage collection).
     delete_job: bool = False
-    #: Seconds after which time itself changes the decision (deadline, TTL, rendezvous timeout).
+    #: Seconds until the next look that time alone calls for (a deadline, a TTL, a rendezvous
+    #: timeout, a master still being joined, an expectation to forget); None: only events wake it.
     requeue_after: float | None = None
+
+    def then(self, later: Actions) -> Actions:
+        """These actions followed by ``later``'s: its status fields win, lists add up, the
+        sooner look counts."""
+        return Actions(
+            create=[*self.create, *later.create],
+            delete_pods=[*self.delete_pods, *later.delete_pods],
+            delete_groups=[*self.delete_groups, *later.delete_groups],
+            status={**self.status, **later.status},
+            events=[*self.events, *later.events],
+            remove_finalizer=self.remove_finalizer or later.remove_finalizer,
+            delete_job=self.delete_job or later.delete_job,
+            requeue_after=sooner(self.requeue_after, later.requeue_after),
+        )
+
+
+#: The finalizer kopf put on jobs for the timer of operator versions before 0.2: removed on sight.
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A job the operator will not run: its spec is invalid, or the API server rejected a child
+    made from it (``reason``). It ends Failed naming why, once."""
+
+    status: Mapping[str, Any]
+    message: str
+    now: datetime
+    reason: str = c.REASON_INVALID_SPEC
+    #: The job's pods (a rejected child's siblings made before it): deleted.
+    pods: Sequence[str] = ()
+    finalizer: bool = False
+
+
+@dataclass(frozen=True)
+class Deleting:
+    """A job being deleted: its children go by garbage collection; only a finalizer of ours
+    could hold it."""
+
+    finalizer: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +114,17 @@ class Observed:
     #: What the scheduler's FailedScheduling events said of the attempt's pods (pod, message),
     #: read while a gang waits and no pod's own condition says why (placement.unschedulable).
     scheduler_said: Sequence[tuple[str, str]] = ()
+    #: An object of a child's name in the job's way, as the last creation met it (None: none).
+    conflict: str | None = None
+    #: Seconds until creation is tried again past that object (the conflict backoff).
+    retry_in: float | None = None
+    #: Seconds until the operator forgets a child it made or deleted that the watch never showed.
+    settle_in: float | None = None
+    #: Reading the master's status document while ranks join: first after ``base`` seconds, then
+    #: a tenth of the master's age, at most ``cap`` (OperatorConfig.master_poll_interval*).
+    master_poll: tuple[float, float] = (1.0, 10.0)
+    #: kopf's finalizer of operator versions before 0.2 is on the job.
+    finalizer: bool = False
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
@@ -92,15 +152,17 @@ def still_running(pod: dict[str, Any]) -> bool:
     return pod_phase(pod) not in ("Succeeded", "Failed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attempt:
-    """The current attempt as observed: its pods and what they add up to."""
+    """The current attempt as observed: its pods, what they add up to and who joined. Made once
+    per look by :func:`observe_attempt`; no policy changes it."""
 
     number: int
     restarts: int
     #: Restarts that used up spec.maxRestarts (the others were disruptions or ignored by a rule).
     counted: int
     phase: str | None
+    #: The job's conditions as this look starts (a resumed job's Suspended turned False).
     conditions: list[dict[str, str]]
     #: The job as this attempt runs it (its pinned size, when the spec changed under it).
     job: JobSpec
@@ -111,8 +173,10 @@ class Attempt:
     counts: dict[str, Any]
     #: The immutable fields changed since the attempt started (refused, see :func:`spec_drift`).
     drift: list[str]
+    #: status.rendezvous as observed (backend tcp): who joined, who is missing.
+    joins: dict[str, Any]
     #: Why the rendezvous timed out (the ranks missing), once it has.
-    timed_out: str | None = None
+    timed_out: str | None
 
     @property
     def uses_master(self) -> bool:
@@ -149,8 +213,11 @@ def spec_drift(job: JobSpec, status: Mapping[str, Any], attempt: int) -> list[st
     ]
 
 
-def observe_attempt(obs: Observed, attempt: int, restarts: int) -> Attempt:
+def observe_attempt(obs: Observed) -> Attempt:
+    """The current attempt (``status.attempt``) as ``obs`` shows it."""
     status = obs.status
+    attempt = int(status.get("attempt") or 0)
+    restarts = int(status.get("restarts") or 0)
     counted = int(status.get("restartsCountedTowardsMax", restarts) or 0)
     job = obs.job
     drift = spec_drift(job, status, attempt)
@@ -164,27 +231,39 @@ def observe_attempt(obs: Observed, attempt: int, restarts: int) -> Attempt:
             current[name] = pod
         else:
             stale.append(name)
+    master = current.get(master_name(job.name, attempt))
     workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
+    conditions = list(status.get("conditions") or [])
+    if status.get("phase") == c.PHASE_SUSPENDED:  # resumed
+        conditions = set_condition(conditions, resumed(obs.now))
+    joins, timed_out = joined_view(
+        job, attempt, status.get("rendezvous") or {}, master, workers, obs.master_status, obs.now
+    )
     return Attempt(
         number=attempt,
         restarts=restarts,
         counted=counted,
         phase=status.get("phase"),
-        conditions=list(status.get("conditions") or []),
+        conditions=conditions,
         job=job,
         current=current,
         stale=stale,
-        master=current.get(master_name(job.name, attempt)),
+        master=master,
         workers=workers,
         counts=worker_counts(workers.values(), job.replicas),
         drift=drift,
+        joins=joins,
+        timed_out=timed_out,
     )
+
+
+def resumed(now: datetime) -> dict[str, str]:
+    return condition(c.COND_SUSPENDED, False, "Resumed", "spec.suspend is false.", now)
 
 
 def finish(
     obs: Observed,
     at: Attempt,
-    acts: Actions,
     new_phase: str,
     cond: str,
     reason: str,
@@ -193,6 +272,7 @@ def finish(
 ) -> Actions:
     """End the job: the master (and, unless ``keep_workers``, the workers) stop."""
     now = obs.now
+    acts = Actions()
     for name, pod in at.current.items():
         if (is_master(pod) or not keep_workers) and still_running(pod):
             acts.delete_pods.append(name)
@@ -210,9 +290,9 @@ def finish(
     return acts
 
 
-def fail(obs: Observed, at: Attempt, acts: Actions, reason: str, message: str, keep_workers: bool) -> Actions:
+def fail(obs: Observed, at: Attempt, reason: str, message: str, keep_workers: bool) -> Actions:
     """End the job Failed for ``reason`` (see :func:`finish`)."""
-    return finish(obs, at, acts, c.PHASE_FAILED, c.COND_FAILED, reason, message, keep_workers)
+    return finish(obs, at, c.PHASE_FAILED, c.COND_FAILED, reason, message, keep_workers)
 
 
 def ttl_left(job: JobSpec, completed: datetime | None, now: datetime) -> float | None:

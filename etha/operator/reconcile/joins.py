@@ -1,55 +1,23 @@
-"""Rendezvous visibility: which ranks have joined, and the timeout that names the ones that did not.
+"""Who joined an attempt's rendezvous, as observed: ``status.rendezvous`` and the timeout that
+names the ranks that did not join.
 
-The master serves ``GET /status`` (``etha.kvstore.server``): the ranks it recognised itself and the
-addresses of the peers it could not (pods on other hosts). The operator knows each worker pod's IP,
-so it turns those addresses into ranks. Everything here is pure except ``read_master_status``.
+The master serves ``GET /status``: the ranks it recognised itself and the addresses of the peers it
+could not (pods on other hosts). The operator knows each worker pod's IP, so it turns those
+addresses into ranks. Pure: the read itself is :mod:`etha.operator.observe`'s.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
-
 from etha.job import constants as c
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.spec import JobSpec
-from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
+from etha.rendezvous_status import MasterStatus, progress, rank_ranges, timeout_message
 
 Pod = dict[str, Any]
-
-#: Seconds the operator waits for a master's status document before giving up for this round.
-READ_TIMEOUT = 2.0
-
-
-def pod_status_url(pod: Pod) -> str | None:
-    """``http://<pod IP>:<status port>/status`` of a master pod, once it has an IP."""
-    ip = (pod.get("status") or {}).get("podIP")
-    if not ip:
-        return None
-    for container in pod["spec"].get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == c.MASTER_STATUS_PORT_NAME:
-                host = f"[{ip}]" if ":" in ip else ip
-                return f"http://{host}:{port['containerPort']}/status"
-    return None  # a master made by an operator without status ports
-
-
-async def read_master_status(url: str) -> MasterStatus | str:
-    """The master's status document, or why it could not be read (a one-line reason)."""
-    try:
-        timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
-            if response.status != 200:
-                return f"GET {url} answered HTTP {response.status}"
-            return MasterStatus.parse(json.loads(await response.read()))
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return f"GET {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
-    except (ValueError, BadStatus) as exc:
-        return f"GET {url} returned no status document: {exc}"
 
 
 def needs_master_status(job: JobSpec, status: Mapping[str, Any], master: Pod | None) -> bool:
@@ -110,7 +78,7 @@ def reset_view(job: JobSpec, attempt: int, message: str) -> dict[str, Any]:
     }
 
 
-def observe(
+def joined_view(
     job: JobSpec,
     attempt: int,
     previous: Mapping[str, Any],

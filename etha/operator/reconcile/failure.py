@@ -1,14 +1,29 @@
-"""A failed attempt, as the failure policy sees it: which pods failed and how, which came first,
-and what the status says of it. Pure; the decision is ``etha.job.policies.decide``."""
+"""The failure policy: which pods of the attempt failed and how, which came first, what
+``spec.podFailurePolicy`` and ``spec.maxRestarts`` say of it (the rules themselves are
+:func:`etha.job.policies.decide`'s, shared with ``etha run-local``), and the restart. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from etha.job import constants as c
+from etha.job.names import last_attempt, master_name, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
-from etha.job.policies import DISRUPTION_TARGET, Failure, Verdict, condition_pairs
+from etha.job.policies import (
+    ACTION_FAIL_JOB,
+    BACKOFF_RESET_SECONDS,
+    DISRUPTION_TARGET,
+    Failure,
+    Verdict,
+    backoff_seconds,
+    condition_pairs,
+    decide,
+)
+from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.model import Actions, Attempt, Observed, fail
+from etha.operator.reconcile.placement import forget_waiting
 
 Pod = dict[str, Any]
 
@@ -166,3 +181,87 @@ def ran_for(conditions: Iterable[Mapping[str, Any]], kind: str, now: datetime) -
             since = parse_time(cond.get("lastTransitionTime"))
             return max(0.0, (now - since).total_seconds()) if since else 0.0
     return 0.0
+
+
+def attempt_failures(obs: Observed, at: Attempt) -> list[Failure]:
+    """How the current attempt failed, if it did: pods that Failed, containers restarted in
+    place (restartPolicy OnFailure: a restarted rank cannot rejoin a rendezvous that happened),
+    and, once the attempt ran, pods that vanished (deleted, evicted, their node gone)."""
+    ranks: dict[str, int | None] = {worker_name(at.job.name, at.number, r): r for r in range(at.job.replicas)}
+    if at.uses_master:
+        ranks[master_name(at.job.name, at.number)] = None
+    out = []
+    for name, rank in ranks.items():
+        pod = at.current.get(name)
+        failed = failed_pod(pod, rank) if pod is not None else None
+        if failed is not None:
+            out.append(failed)
+    if at.phase == c.PHASE_RUNNING:
+        going = {p["metadata"]["name"]: p for p in obs.terminating}
+        out.extend(vanished_pod(n, r, going.get(n)) for n, r in ranks.items() if n not in at.current)
+    return out
+
+
+def failure(obs: Observed, at: Attempt) -> Actions | None:
+    """A failed attempt: the failure policy judges the first failure; the job ends (FailJob, or
+    a counted failure with no restarts left) or restarts after its backoff. None: no failure."""
+    first = first_failure(attempt_failures(obs, at))
+    if first is None:
+        return None
+    job = obs.job
+    verdict = decide(job.failure_rules, first)
+    what = f"{who(first)} {first.detail}"
+    seen = Actions(status={"lastFailure": last_failure(first, verdict, at.number, obs.now)})
+    if verdict.action == ACTION_FAIL_JOB:
+        message = f"{what}; {describe(verdict)}: the job ends."
+        return seen.then(fail(obs, at, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False))
+    if verdict.counted and at.counted >= job.max_restarts:
+        message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
+        return seen.then(fail(obs, at, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
+    if at.number + 1 > last_attempt(job.max_restarts):
+        message = (
+            f"{what}; {describe(verdict)}; but attempt {at.number + 1} is more than the job's "
+            f"pod names leave room for ({c.ATTEMPTS_NAMED} attempts)."
+        )
+        return seen.then(fail(obs, at, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
+    return seen.then(restart(obs, at, verdict, what))
+
+
+def restart(obs: Observed, at: Attempt, verdict: Verdict, what: str) -> Actions:
+    """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
+    doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
+    job, now = obs.job, obs.now
+    in_a_row = int(obs.status.get("consecutiveRestarts") or 0)
+    if ran_for(at.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
+        in_a_row = 0
+    delay = backoff_seconds(job.restart_backoff_seconds, in_a_row)
+    starts = now + timedelta(seconds=delay)
+    counted = at.counted + (1 if verdict.counted else 0)
+    budget = f"{counted} of spec.maxRestarts={job.max_restarts} used"
+    counting = f"restart {at.restarts + 1}, {'counted' if verdict.counted else 'not counted'} ({budget})"
+    message = (
+        f"{what}; {describe(verdict)}; {counting}; attempt {at.number + 1} starts at "
+        f"{timestamp(starts)} (in {delay:g}s)."
+    )
+    conditions = set_condition(
+        at.conditions, condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message, now)
+    )
+    conditions = set_condition(
+        conditions, condition(c.COND_RESTARTING, True, c.REASON_RESTARTING, message, now)
+    )
+    conditions = forget_waiting(conditions)  # the next attempt's pods have not waited yet
+    return Actions(
+        delete_pods=[*at.current, *at.stale],
+        status={
+            "reason": None,
+            "phase": c.PHASE_RESTARTING,
+            "attempt": at.number + 1,
+            "restarts": at.restarts + 1,
+            "restartsCountedTowardsMax": counted,
+            "consecutiveRestarts": in_a_row + 1,
+            "nextAttemptTime": timestamp(starts),
+            "conditions": conditions,
+        },
+        events=[Event("Warning", c.REASON_RESTARTING, message)],
+        requeue_after=delay,
+    )

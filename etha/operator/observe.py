@@ -1,0 +1,231 @@
+"""Every read of one look at a TrainingJob, in one place: the job's spec, the children kopf's
+indexes hold (and those just made or deleted whose events are still on the way), the master's
+status document while ranks join, the gang's PodGroup and the scheduler's words while pods wait,
+and what the last look's writes met (an object in the way, a child the API server rejected). It
+returns the frozen value :func:`etha.operator.reconcile.reconcile` decides from, and changes
+nothing in the cluster.
+
+kopf waits until every index holds its initial listing before it calls any other handler, so an
+operator restarted at any point observes a complete cache. What the cache cannot know yet (pods
+created or deleted a moment ago) the job's worker remembers for a short while, as
+controller-runtime's "expectations" do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from etha.job import constants as c
+from etha.job.names import master_name, network_policy_name, service_name
+from etha.job.scheduling import group_name
+from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.operator.config import OperatorConfig
+from etha.operator.jobs import Body, Children, JobWorker
+from etha.operator.k8s import Api
+from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
+from etha.operator.reconcile.joins import needs_master_status
+from etha.operator.reconcile.placement import telling, unschedulable
+from etha.rendezvous_status import BadStatus, MasterStatus
+
+#: Seconds the operator waits for a master's status document before giving up for this round.
+READ_TIMEOUT = 2.0
+#: Consecutive failed reads of a master's status document before the job's status says so.
+READ_FAILURES_SHOWN = 3
+
+
+def _empty() -> Children:
+    return dict[str, list[Body]]()
+
+
+@dataclasses.dataclass
+class Cache:
+    """kopf's indexes of the job's children, by the job's uid (live views the handlers attach)."""
+
+    pods: Children = dataclasses.field(default_factory=_empty)
+    services: Children = dataclasses.field(default_factory=_empty)
+    policies: Children = dataclasses.field(default_factory=_empty)
+
+    @staticmethod
+    def children(index: Children, uid: str) -> list[Body]:
+        return list(index[uid]) if uid in index else []
+
+
+class Observer:
+    """Makes one look's observed value for a job's worker (see the module docstring)."""
+
+    def __init__(self, config: OperatorConfig, api: Api, cache: Cache) -> None:
+        self.config = config
+        self.api = api
+        self.cache = cache
+
+    def parse(self, body: Body) -> JobSpec:
+        """The job's spec with the operator's defaults (the same for every look and for the
+        clean-up after it is deleted); raises InvalidSpec."""
+        cfg = self.config
+        return parse(
+            body,
+            default_image=cfg.runtime_image,
+            default_etcd_endpoints=cfg.default_etcd_endpoints,
+            default_gang=cfg.default_gang,
+            default_scheduler=cfg.scheduler_name,
+            gang_schedulers=cfg.gang_schedulers,
+        )
+
+    async def look(self, worker: JobWorker) -> Observed | Refused | Deleting:
+        body = worker.body
+        meta = body["metadata"]
+        finalizer = KOPF_FINALIZER in (meta.get("finalizers") or [])
+        if meta.get("deletionTimestamp"):
+            return Deleting(finalizer=finalizer)
+        status = dict(body.get("status") or {})
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            job = self.parse(body)
+        except InvalidSpec as exc:
+            return Refused(status, str(exc), now, finalizer=finalizer)
+        if worker.rejected is not None:
+            if status.get("phase") != c.PHASE_FAILED:
+                made = {p["metadata"]["name"] for p in self.pods_of(worker)} | set(worker.expected)
+                message, reason = worker.rejected
+                return Refused(status, message, now, reason, sorted(made), finalizer)
+            worker.rejected = None
+        pods = self.pods_of(worker)
+        obs = Observed(
+            job=job,
+            status=status,
+            pods=pods,
+            service=self.owns(worker, self.cache.services, service_name(job.name)),
+            now=now,
+            network_policy=(
+                self.owns(worker, self.cache.policies, network_policy_name(job.name))
+                if self.config.network_policy
+                else None
+            ),
+            operator_peer=self.config.operator_peer(),
+            terminating=[
+                p
+                for p in Cache.children(self.cache.pods, worker.uid)
+                if p["metadata"].get("deletionTimestamp")
+            ],
+            master_status=await self.master_status(worker, job, status, pods),
+            conflict=worker.conflict,
+            retry_in=self.config.backoff(worker.conflicts) if worker.conflict is not None else None,
+            settle_in=settle_in(worker),
+            master_poll=(self.config.master_poll_interval, self.config.master_poll_interval_max),
+            finalizer=finalizer,
+        )
+        stuck = unschedulable(pods) if job.scheduling.kind is not None else None
+        if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
+            told = await self.scheduler_said(job, pods) if telling(stuck[1]) < 2 else []
+            obs = dataclasses.replace(
+                obs, pod_group=await self.pod_group_phase(job, status), scheduler_said=told
+            )
+        return obs
+
+    # --- the cache -----------------------------------------------------------------------------
+
+    def pods_of(self, worker: JobWorker) -> list[Body]:
+        """The job's own pods as the operator knows them: the index, less those being deleted,
+        plus those it created whose events have not arrived."""
+        now = time.monotonic()
+        cached = {p["metadata"]["name"]: p for p in Cache.children(self.cache.pods, worker.uid)}
+        for name, expiry in list(worker.deleting.items()):
+            if name not in cached or expiry < now or cached[name]["metadata"].get("deletionTimestamp"):
+                del worker.deleting[name]
+        out = [
+            p
+            for name, p in cached.items()
+            if not p["metadata"].get("deletionTimestamp") and name not in worker.deleting
+        ]
+        for name, (expiry, manifest) in list(worker.expected.items()):
+            if name in cached or expiry < now:
+                del worker.expected[name]
+            elif manifest["kind"] == "Pod":
+                out.append(manifest)  # no status yet: Pending
+        return out
+
+    def owns(self, worker: JobWorker, index: Children, name: str) -> bool:
+        """The job owns a live child of this name (or has just created it)."""
+        if name in worker.expected:
+            return True
+        return any(
+            x["metadata"]["name"] == name and not x["metadata"].get("deletionTimestamp")
+            for x in Cache.children(index, worker.uid)
+        )
+
+    # --- the master, the scheduler -------------------------------------------------------------
+
+    async def master_status(
+        self, worker: JobWorker, job: JobSpec, status: dict[str, Any], pods: list[Body]
+    ) -> MasterStatus | str | None:
+        """The master's status document while its ranks join (None when not asked). One failed
+        read (a busy master, a slow node) is not news: a failure counts once reads keep failing,
+        so the status does not flap between two messages meanwhile."""
+        name = master_name(job.name, int(status.get("attempt") or 0))
+        master = next((p for p in pods if p["metadata"]["name"] == name), None)
+        if not needs_master_status(job, status, master):
+            return None
+        assert master is not None
+        url = self.config.status_url(master)
+        if not url:
+            return None
+        report = await read_master_status(url)
+        worker.read_failures = worker.read_failures + 1 if isinstance(report, str) else 0
+        if isinstance(report, str) and worker.read_failures < READ_FAILURES_SHOWN:
+            return None
+        return report
+
+    async def pod_group_phase(self, job: JobSpec, status: dict[str, Any]) -> str:
+        """The attempt's PodGroup and its phase, for the message of a job whose pods wait."""
+        kind = job.scheduling.kind
+        assert kind is not None
+        name = group_name(job.name, int(status.get("attempt") or 0))
+        group = await self.api.get("PodGroup", job.namespace, name, kind.api_version)
+        if group is None:
+            return f"PodGroup {name} does not exist"
+        phase = (group.get("status") or {}).get("phase")
+        return f"PodGroup {name} is {phase}" if phase else f"PodGroup {name} has no phase yet"
+
+    async def scheduler_said(self, job: JobSpec, pods: list[Body]) -> list[tuple[str, str]]:
+        """What the scheduler's FailedScheduling events said of these pods, the newest first:
+        a gang's member that named what the nodes lack was rejected with the rest a moment
+        later, and its own condition no longer says it."""
+        names = {p["metadata"]["name"] for p in pods}
+        said = [
+            (
+                str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+                e["involvedObject"]["name"],
+                str(e.get("message")),
+            )
+            for e in await self.api.scheduling_failures(job.namespace)
+            if (e.get("involvedObject") or {}).get("name") in names
+        ]
+        return [(name, message) for _, name, message in sorted(said, reverse=True)]
+
+
+def settle_in(worker: JobWorker) -> float | None:
+    """Seconds until the first expectation of ``worker`` expires (the watch never confirmed it)."""
+    if not worker.expected and not worker.deleting:
+        return None
+    soonest = min([e for e, _ in worker.expected.values()] + list(worker.deleting.values()))
+    return max(0.0, soonest - time.monotonic()) + 0.1
+
+
+async def read_master_status(url: str) -> MasterStatus | str:
+    """The master's status document, or why it could not be read (a one-line reason)."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+            if response.status != 200:
+                return f"GET {url} answered HTTP {response.status}"
+            return MasterStatus.parse(json.loads(await response.read()))
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return f"GET {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
+    except (ValueError, BadStatus) as exc:
+        return f"GET {url} returned no status document: {exc}"

@@ -1,0 +1,39 @@
+"""``spec.suspend``: no pods while it is true; resuming starts the current attempt afresh. Pure."""
+
+from __future__ import annotations
+
+from etha.job import constants as c
+from etha.job.scheduling import group_name
+from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.joins import reset_view
+from etha.operator.reconcile.model import Actions, Observed
+from etha.operator.reconcile.placement import forget_waiting
+
+
+def suspended(obs: Observed) -> Actions | None:
+    """The actions of a suspended job; None for a job that is not."""
+    job, status = obs.job, obs.status
+    if not job.suspend:
+        return None
+    acts = Actions()
+    acts.delete_pods.extend(p["metadata"]["name"] for p in obs.pods)
+    if job.scheduling.kind is not None:  # resuming makes the group anew, from the spec as it is then
+        acts.delete_groups.append(group_name(job.name, int(status.get("attempt") or 0)))
+    if status.get("reason") == c.REASON_UNSCHEDULABLE:
+        acts.status["reason"] = None
+    if any(x.get("type") == c.COND_SCHEDULED for x in status.get("conditions") or []):
+        acts.status["conditions"] = forget_waiting(list(status.get("conditions") or []))
+    if job.etcd_endpoints is None and status.get("rendezvous"):
+        acts.status["rendezvous"] = reset_view(job, int(status.get("attempt") or 0), "Suspended.")
+    if status.get("attemptSpec"):
+        acts.status["attemptSpec"] = None  # resuming pins the spec anew
+    if status.get("phase") != c.PHASE_SUSPENDED:
+        acts.status.update(
+            phase=c.PHASE_SUSPENDED,
+            conditions=set_condition(
+                forget_waiting(list(status.get("conditions") or [])),
+                condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", obs.now),
+            ),
+        )
+        acts.events.append(Event("Normal", "Suspended", "Job suspended; its pods are deleted."))
+    return acts

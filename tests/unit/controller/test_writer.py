@@ -1,0 +1,51 @@
+"""The Writer's status patch: only what changed, and keys an object lost set to null."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from etha.operator.writer import merge_patch
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "patch"),
+    [
+        ({"phase": "Running"}, {"phase": "Running"}, {}),
+        ({"phase": "Pending"}, {"phase": "Running"}, {"phase": "Running"}),
+        ({}, {"reason": None}, {}),
+        ({"reason": "Unschedulable"}, {"reason": None}, {"reason": None}),
+        (
+            {"rendezvous": {"attempt": 0, "startTime": "t0", "complete": True}},
+            {"rendezvous": {"attempt": 1, "complete": False}},
+            {"rendezvous": {"attempt": 1, "complete": False, "startTime": None}},
+        ),
+        (
+            {"conditions": [{"type": "A"}, {"type": "B"}]},
+            {"conditions": [{"type": "A"}]},
+            {"conditions": [{"type": "A"}]},
+        ),
+        ({"workers": {"a": {"b": 1, "c": 2}}}, {"workers": {"a": {"b": 1}}}, {"workers": {"a": {"c": None}}}),
+    ],
+    ids=["unchanged", "changed", "absent-to-null", "removed", "object-lost-a-key", "list-replaced", "nested"],
+)
+def test_merge_patch(old: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]) -> None:
+    assert merge_patch(old, new) == patch
+
+
+def test_applying_the_patch_gives_the_new_fields() -> None:
+    def apply(doc: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:  # RFC 7386
+        out = dict(doc)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = apply(out[key], value)
+            else:
+                out[key] = value
+        return out
+
+    old = {"phase": "Running", "rendezvous": {"attempt": 0, "startTime": "t0", "slow": True}}
+    new = {"rendezvous": {"attempt": 1, "joined": 0}}
+    assert apply(old, merge_patch(old, new)) == {"phase": "Running", **new}
