@@ -37,6 +37,10 @@ from etha.rendezvous_status import BadStatus, MasterStatus
 READ_TIMEOUT = 2.0
 #: Consecutive failed reads of a master's status document before the job's status says so.
 READ_FAILURES_SHOWN = 3
+#: What a status document may take besides its ranks and addresses, and per worker (see
+#: :func:`status_size_limit`).
+STATUS_BASE_BYTES = 16 * 1024
+STATUS_BYTES_PER_REPLICA = 64
 
 
 def _empty() -> Children:
@@ -175,7 +179,7 @@ class Observer:
         url = self.config.status_url(master)
         if not url:
             return None
-        report = await read_master_status(url)
+        report = await read_master_status(url, status_size_limit(job.replicas))
         worker.read_failures = worker.read_failures + 1 if isinstance(report, str) else 0
         if isinstance(report, str) and worker.read_failures < READ_FAILURES_SHOWN:
             return None
@@ -217,15 +221,36 @@ def settle_in(worker: JobWorker) -> float | None:
     return max(0.0, soonest - time.monotonic()) + 0.1
 
 
-async def read_master_status(url: str) -> MasterStatus | str:
-    """The master's status document, or why it could not be read (a one-line reason)."""
+def status_size_limit(replicas: int) -> int:
+    """The most bytes a master's status document may take for a job of ``replicas`` workers: a
+    few KiB of fields, and a rank and an address per worker (a master that answers more is not
+    read further: the operator's memory stays bounded whatever a job's image serves)."""
+    return STATUS_BASE_BYTES + STATUS_BYTES_PER_REPLICA * max(1, replicas)
+
+
+async def read_master_status(url: str, limit: int = STATUS_BASE_BYTES) -> MasterStatus | str:
+    """The master's status document, or why it could not be read (a one-line reason). At most
+    ``limit`` bytes are read, never decompressed (the master's image is the job author's)."""
     try:
         timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
+            session.get(url, headers={"Accept-Encoding": "identity"}) as response,
+        ):
             if response.status != 200:
                 return f"GET {url} answered HTTP {response.status}"
-            return MasterStatus.parse(json.loads(await response.read()))
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                return f"GET {url} answered with Content-Encoding {encoding!r}; expected plain JSON"
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    break
+            if len(body) > limit:
+                return f"GET {url} answered more than {limit} bytes; a status document of this job is smaller"
+            return MasterStatus.parse(json.loads(body))
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return f"GET {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
-    except (ValueError, BadStatus) as exc:
+    except (ValueError, RecursionError, BadStatus) as exc:
         return f"GET {url} returned no status document: {exc}"
