@@ -30,7 +30,7 @@ from etha.operator.jobs import Body, Children, JobWorker
 from etha.operator.k8s import Api
 from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
 from etha.operator.reconcile.joins import needs_master_status
-from etha.operator.reconcile.placement import telling, unschedulable
+from etha.operator.reconcile.placement import how_telling, unschedulable
 from etha.rendezvous_status import BadStatus, MasterStatus
 
 #: Seconds the operator waits for a master's status document before giving up for this round.
@@ -100,7 +100,7 @@ class Observer:
                 return Refused(status, message, now, reason, sorted(made), finalizer)
             worker.rejected = None
         pods = self.pods_of(worker)
-        obs = Observed(
+        observed = Observed(
             job=job,
             status=status,
             pods=pods,
@@ -126,11 +126,11 @@ class Observer:
         )
         stuck = unschedulable(pods) if job.scheduling.kind is not None else None
         if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
-            told = await self.scheduler_said(job, pods) if telling(stuck[1]) < 2 else []
-            obs = dataclasses.replace(
-                obs, pod_group=await self.pod_group_phase(job, status), scheduler_said=told
+            told = await self.scheduler_said(job, pods) if how_telling(stuck[1]) < 2 else []
+            observed = dataclasses.replace(
+                observed, pod_group=await self.pod_group_phase(job, status), scheduler_said=told
             )
-        return obs
+        return observed
 
     # --- the cache -----------------------------------------------------------------------------
 

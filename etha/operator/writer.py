@@ -48,24 +48,24 @@ class Writer:
         #: Objects in a job's way, by (kind, namespace, name): the uids of the jobs waiting on them.
         self.waiting_on = waiting_on
 
-    async def apply(self, worker: JobWorker, job: JobSpec | None, acts: Actions) -> None:
-        """Carry out ``acts`` for ``worker``'s job (``job``: its spec, None if it has none)."""
-        await self.write_status(worker, acts.status)
-        created = await self._children(worker, job, acts) if job is not None else set()
-        for event in acts.events:
+    async def apply(self, worker: JobWorker, job: JobSpec | None, actions: Actions) -> None:
+        """Carry out ``actions`` for ``worker``'s job (``job``: its spec, None if it has none)."""
+        await self.write_status(worker, actions.status)
+        created = await self._children(worker, job, actions) if job is not None else set()
+        for event in actions.events:
             if event.created is not None and event.created not in created:
                 continue  # it already existed (another look, or an operator restarted midway)
             post(worker.body, event.type, event.reason, event.message)
-        for name in acts.delete_pods if job is None else ():
+        for name in actions.delete_pods if job is None else ():
             await self.delete_pod(worker, name)
-        if acts.remove_finalizer:
+        if actions.remove_finalizer:
             await self.api.remove_finalizer(worker.body, KOPF_FINALIZER)
-        if acts.delete_job and job is not None:
+        if actions.delete_job and job is not None:
             logger.info("%s/%s: ttlSecondsAfterFinished passed; deleting it", job.namespace, job.name)
             await self.api.delete(c.KIND, job.namespace, job.name, job.uid)
 
-    async def _children(self, worker: JobWorker, job: JobSpec, acts: Actions) -> set[str]:
-        """Create and delete what ``acts`` says; the names created. Services and NetworkPolicies
+    async def _children(self, worker: JobWorker, job: JobSpec, actions: Actions) -> set[str]:
+        """Create and delete what ``actions`` says; the names created. Services and NetworkPolicies
         first: pods are made only once those are the job's. What it meets is remembered for the
         next look: the first conflict (an object in the way), a child the API server rejected."""
         gate = asyncio.Semaphore(self.config.create_concurrency)
@@ -91,14 +91,14 @@ class Writer:
             async with gate:
                 await self.delete_pod(worker, name)
 
-        first = [m for m in acts.create if m["kind"] != "Pod"]
+        first = [m for m in actions.create if m["kind"] != "Pod"]
         await asyncio.gather(*(create(m) for m in first))
         if not conflicts:
-            rest = [m for m in acts.create if m["kind"] == "Pod"]
+            rest = [m for m in actions.create if m["kind"] == "Pod"]
             await asyncio.gather(
                 *(create(m) for m in rest),
-                *(delete(p) for p in dict.fromkeys(acts.delete_pods)),
-                *(self._delete_group(job, g) for g in acts.delete_groups),
+                *(delete(p) for p in dict.fromkeys(actions.delete_pods)),
+                *(self._delete_group(job, g) for g in actions.delete_groups),
             )
         self._met(worker, conflicts[0] if conflicts else None, rejected[0] if rejected else None)
         return created
@@ -156,7 +156,7 @@ class Writer:
             raise
         if deleted:
             logger.info("%s/%s: deleted Pod %s", worker.namespace, worker.name, name)
-        else:  # gone, or not the pod the index holds: the watch says which, the next look acts on it
+        else:  # gone, or not the pod the index holds: the watch says which, the next look actions on it
             del worker.deleting[name]
 
     async def write_status(self, worker: JobWorker, fields: dict[str, Any]) -> None:

@@ -64,44 +64,44 @@ def reconcile(look: Observed | Refused | Deleting) -> Actions:
         return Actions(remove_finalizer=look.finalizer)  # its children go by garbage collection
     if isinstance(look, Refused):
         return rejected(look)
-    obs = look
-    decided = finished(obs) or suspended(obs) or attempt(obs)
-    decided = decided.then(conflict(obs, decided))
-    return Actions(remove_finalizer=obs.finalizer).then(decided).then(next_look(obs, decided))
+    observed = look
+    decided = finished(observed) or suspended(observed) or current_attempt(observed)
+    decided = decided.then(conflict(observed, decided))
+    return Actions(remove_finalizer=observed.finalizer).then(decided).then(next_look(observed, decided))
 
 
-def attempt(obs: Observed) -> Actions:
+def current_attempt(observed: Observed) -> Actions:
     """The current attempt: what it shows, then the first policy that decides, else creation."""
-    at = observe_attempt(obs)
-    shown = starting(obs, at).then(joining(obs, at))
-    left = deadline_left(obs)
+    attempt = observe_attempt(observed)
+    shown = starting(observed, attempt).then(joining(observed, attempt))
+    left = deadline_left(observed)
     if left:
         shown.requeue_after = sooner(shown.requeue_after, left)
     for policy in POLICIES:
-        decided = policy(obs, at)
+        decided = policy(observed, attempt)
         if decided is not None:
             return shown.then(decided)
-    return shown.then(creation(obs, at))
+    return shown.then(creation(observed, attempt))
 
 
-def starting(obs: Observed, at: Attempt) -> Actions:
+def starting(observed: Observed, attempt: Attempt) -> Actions:
     """The first look at a running job records its start; a resumed one says so."""
-    acts = Actions()
-    if not obs.status.get("startTime"):
-        acts.status["startTime"] = timestamp(obs.now)
-    if at.phase == c.PHASE_SUSPENDED:  # (the Resumed condition is in at.conditions already)
-        acts.status["conditions"] = at.conditions
-        acts.events.append(Event("Normal", "Resumed", "Job resumed."))
-    return acts
+    actions = Actions()
+    if not observed.status.get("startTime"):
+        actions.status["startTime"] = timestamp(observed.now)
+    if attempt.phase == c.PHASE_SUSPENDED:  # (the Resumed condition is in at.conditions already)
+        actions.status["conditions"] = attempt.conditions
+        actions.events.append(Event("Normal", "Resumed", "Job resumed."))
+    return actions
 
 
-def next_look(obs: Observed, decided: Actions) -> Actions:
+def next_look(observed: Observed, decided: Actions) -> Actions:
     """When to look again besides what time does to the policies: the master's status document
     while ranks join, an expectation to forget, creation tried again past a conflict."""
-    status = {**obs.status, **decided.status}
-    name = master_name(obs.job.name, int(status.get("attempt") or 0))
-    master = next((p for p in obs.pods if p["metadata"]["name"] == name), None)
-    wake = sooner(obs.settle_in, obs.retry_in if obs.conflict is not None else None)
-    if not decided.delete_job and needs_master_status(obs.job, status, master):
-        wake = sooner(wake, poll_interval(master, obs.now, *obs.master_poll))
+    status = {**observed.status, **decided.status}
+    name = master_name(observed.job.name, int(status.get("attempt") or 0))
+    master = next((p for p in observed.pods if p["metadata"]["name"] == name), None)
+    wake = sooner(observed.settle_in, observed.retry_in if observed.conflict is not None else None)
+    if not decided.delete_job and needs_master_status(observed.job, status, master):
+        wake = sooner(wake, poll_interval(master, observed.now, *observed.master_poll))
     return Actions(requeue_after=wake)

@@ -10,14 +10,18 @@ from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.model import Actions, Observed
 
 
-def conflict(obs: Observed, decided: Actions) -> Actions:
+def conflict(observed: Observed, decided: Actions) -> Actions:
     """The condition (and a Warning event) on top of the conditions ``decided`` writes, when
     what the last creation met differs from what the status says."""
-    conditions = decided.status.get("conditions", obs.status.get("conditions") or [])
-    changed = conflict_condition(list(conditions), obs.conflict, obs.now)
+    conditions = decided.status.get("conditions", observed.status.get("conditions") or [])
+    changed = conflict_condition(list(conditions), observed.conflict, observed.now)
     if changed is None:
         return Actions()
-    events = [Event("Warning", c.REASON_CHILD_CONFLICT, obs.conflict)] if obs.conflict is not None else []
+    events = (
+        [Event("Warning", c.REASON_CHILD_CONFLICT, observed.conflict)]
+        if observed.conflict is not None
+        else []
+    )
     return Actions(status={"conditions": changed}, events=events)
 
 

@@ -9,24 +9,24 @@ from etha.job.pods import parse_time
 from etha.operator.reconcile.model import Actions, Attempt, Observed, fail
 
 
-def deadline_left(obs: Observed) -> float | None:
+def deadline_left(observed: Observed) -> float | None:
     """Seconds until the deadline passes (0: it has); None without one."""
-    limit = obs.job.active_deadline_seconds
+    limit = observed.job.active_deadline_seconds
     if limit is None:
         return None
-    start = parse_time(obs.status.get("startTime")) or obs.now
-    return max(0.0, (start + timedelta(seconds=limit) - obs.now).total_seconds())
+    start = parse_time(observed.status.get("startTime")) or observed.now
+    return max(0.0, (start + timedelta(seconds=limit) - observed.now).total_seconds())
 
 
-def deadline(obs: Observed, at: Attempt) -> Actions | None:
+def deadline(observed: Observed, attempt: Attempt) -> Actions | None:
     """Fail the job once its deadline passed; None before (the look then comes when it will:
     :func:`deadline_left`)."""
-    if deadline_left(obs) != 0.0:
+    if deadline_left(observed) != 0.0:
         return None
     return fail(
-        obs,
-        at,
+        observed,
+        attempt,
         c.REASON_DEADLINE_EXCEEDED,
-        f"The job ran longer than spec.activeDeadlineSeconds ({obs.job.active_deadline_seconds}s).",
+        f"The job ran longer than spec.activeDeadlineSeconds ({observed.job.active_deadline_seconds}s).",
         keep_workers=False,
     )

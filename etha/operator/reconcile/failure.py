@@ -139,7 +139,7 @@ def first_failure(failures: Iterable[Failure]) -> Failure | None:
     return min(known, key=lambda f: when[id(f)] or datetime.max)
 
 
-def who(failure: Failure) -> str:
+def pod_of(failure: Failure) -> str:
     """'pod NAME' (its name says its attempt and rank; status.lastFailure says them apart)."""
     return f"pod {failure.pod}"
 
@@ -183,80 +183,82 @@ def ran_for(conditions: Iterable[Mapping[str, Any]], kind: str, now: datetime) -
     return 0.0
 
 
-def attempt_failures(obs: Observed, at: Attempt) -> list[Failure]:
+def attempt_failures(observed: Observed, attempt: Attempt) -> list[Failure]:
     """How the current attempt failed, if it did: pods that Failed, containers restarted in
     place (restartPolicy OnFailure: a restarted rank cannot rejoin a rendezvous that happened),
     and, once the attempt ran, pods that vanished (deleted, evicted, their node gone)."""
-    ranks: dict[str, int | None] = {worker_name(at.job.name, at.number, r): r for r in range(at.job.replicas)}
-    if at.uses_master:
-        ranks[master_name(at.job.name, at.number)] = None
+    ranks: dict[str, int | None] = {
+        worker_name(attempt.job.name, attempt.number, r): r for r in range(attempt.job.replicas)
+    }
+    if attempt.uses_master:
+        ranks[master_name(attempt.job.name, attempt.number)] = None
     out = []
     for name, rank in ranks.items():
-        pod = at.current.get(name)
+        pod = attempt.current.get(name)
         failed = failed_pod(pod, rank) if pod is not None else None
         if failed is not None:
             out.append(failed)
-    if at.phase == c.PHASE_RUNNING:
-        going = {p["metadata"]["name"]: p for p in obs.terminating}
-        out.extend(vanished_pod(n, r, going.get(n)) for n, r in ranks.items() if n not in at.current)
+    if attempt.phase == c.PHASE_RUNNING:
+        going = {p["metadata"]["name"]: p for p in observed.terminating}
+        out.extend(vanished_pod(n, r, going.get(n)) for n, r in ranks.items() if n not in attempt.current)
     return out
 
 
-def failure(obs: Observed, at: Attempt) -> Actions | None:
+def failure(observed: Observed, attempt: Attempt) -> Actions | None:
     """A failed attempt: the failure policy judges the first failure; the job ends (FailJob, or
     a counted failure with no restarts left) or restarts after its backoff. None: no failure."""
-    first = first_failure(attempt_failures(obs, at))
+    first = first_failure(attempt_failures(observed, attempt))
     if first is None:
         return None
-    job = obs.job
+    job = observed.job
     verdict = decide(job.failure_rules, first)
-    what = f"{who(first)} {first.detail}"
-    seen = Actions(status={"lastFailure": last_failure(first, verdict, at.number, obs.now)})
+    what = f"{pod_of(first)} {first.detail}"
+    seen = Actions(status={"lastFailure": last_failure(first, verdict, attempt.number, observed.now)})
     if verdict.action == ACTION_FAIL_JOB:
         message = f"{what}; {describe(verdict)}: the job ends."
-        return seen.then(fail(obs, at, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False))
-    if verdict.counted and at.counted >= job.max_restarts:
+        return seen.then(fail(observed, attempt, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False))
+    if verdict.counted and attempt.counted >= job.max_restarts:
         message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
-        return seen.then(fail(obs, at, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
-    if at.number + 1 > last_attempt(job.max_restarts):
+        return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
+    if attempt.number + 1 > last_attempt(job.max_restarts):
         message = (
-            f"{what}; {describe(verdict)}; but attempt {at.number + 1} is more than the job's "
+            f"{what}; {describe(verdict)}; but attempt {attempt.number + 1} is more than the job's "
             f"pod names leave room for ({c.ATTEMPTS_NAMED} attempts)."
         )
-        return seen.then(fail(obs, at, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
-    return seen.then(restart(obs, at, verdict, what))
+        return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
+    return seen.then(restart(observed, attempt, verdict, what))
 
 
-def restart(obs: Observed, at: Attempt, verdict: Verdict, what: str) -> Actions:
+def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str) -> Actions:
     """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
     doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
-    job, now = obs.job, obs.now
-    in_a_row = int(obs.status.get("consecutiveRestarts") or 0)
-    if ran_for(at.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
+    job, now = observed.job, observed.now
+    in_a_row = int(observed.status.get("consecutiveRestarts") or 0)
+    if ran_for(attempt.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
         in_a_row = 0
     delay = backoff_seconds(job.restart_backoff_seconds, in_a_row)
     starts = now + timedelta(seconds=delay)
-    counted = at.counted + (1 if verdict.counted else 0)
+    counted = attempt.counted + (1 if verdict.counted else 0)
     budget = f"{counted} of spec.maxRestarts={job.max_restarts} used"
-    counting = f"restart {at.restarts + 1}, {'counted' if verdict.counted else 'not counted'} ({budget})"
+    counting = f"restart {attempt.restarts + 1}, {'counted' if verdict.counted else 'not counted'} ({budget})"
     message = (
-        f"{what}; {describe(verdict)}; {counting}; attempt {at.number + 1} starts at "
+        f"{what}; {describe(verdict)}; {counting}; attempt {attempt.number + 1} starts at "
         f"{timestamp(starts)} (in {delay:g}s)."
     )
     conditions = set_condition(
-        at.conditions, condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message, now)
+        attempt.conditions, condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message, now)
     )
     conditions = set_condition(
         conditions, condition(c.COND_RESTARTING, True, c.REASON_RESTARTING, message, now)
     )
     conditions = forget_waiting(conditions)  # the next attempt's pods have not waited yet
     return Actions(
-        delete_pods=[*at.current, *at.stale],
+        delete_pods=[*attempt.current, *attempt.stale],
         status={
             "reason": None,
             "phase": c.PHASE_RESTARTING,
-            "attempt": at.number + 1,
-            "restarts": at.restarts + 1,
+            "attempt": attempt.number + 1,
+            "restarts": attempt.restarts + 1,
             "restartsCountedTowardsMax": counted,
             "consecutiveRestarts": in_a_row + 1,
             "nextAttemptTime": timestamp(starts),

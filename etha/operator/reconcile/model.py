@@ -213,19 +213,19 @@ def spec_drift(job: JobSpec, status: Mapping[str, Any], attempt: int) -> list[st
     ]
 
 
-def observe_attempt(obs: Observed) -> Attempt:
+def observe_attempt(observed: Observed) -> Attempt:
     """The current attempt (``status.attempt``) as ``obs`` shows it."""
-    status = obs.status
+    status = observed.status
     attempt = int(status.get("attempt") or 0)
     restarts = int(status.get("restarts") or 0)
     counted = int(status.get("restartsCountedTowardsMax", restarts) or 0)
-    job = obs.job
+    job = observed.job
     drift = spec_drift(job, status, attempt)
     if drift:  # refused: the attempt keeps the size it started with
         job = replace(job, replicas=int((status.get("attemptSpec") or {}).get("replicas") or job.replicas))
     current: dict[str, Pod] = {}
     stale: list[str] = []
-    for pod in obs.pods:
+    for pod in observed.pods:
         name = pod["metadata"]["name"]
         if (pod["metadata"].get("labels") or {}).get(c.LABEL_ATTEMPT) == str(attempt):
             current[name] = pod
@@ -235,9 +235,9 @@ def observe_attempt(obs: Observed) -> Attempt:
     workers = {r: current.get(worker_name(job.name, attempt, r)) for r in range(job.replicas)}
     conditions = list(status.get("conditions") or [])
     if status.get("phase") == c.PHASE_SUSPENDED:  # resumed
-        conditions = set_condition(conditions, resumed(obs.now))
+        conditions = set_condition(conditions, resumed(observed.now))
     joins, timed_out = joined_view(
-        job, attempt, status.get("rendezvous") or {}, master, workers, obs.master_status, obs.now
+        job, attempt, status.get("rendezvous") or {}, master, workers, observed.master_status, observed.now
     )
     return Attempt(
         number=attempt,
@@ -262,8 +262,8 @@ def resumed(now: datetime) -> dict[str, str]:
 
 
 def finish(
-    obs: Observed,
-    at: Attempt,
+    observed: Observed,
+    attempt: Attempt,
     new_phase: str,
     cond: str,
     reason: str,
@@ -271,28 +271,28 @@ def finish(
     keep_workers: bool,
 ) -> Actions:
     """End the job: the master (and, unless ``keep_workers``, the workers) stop."""
-    now = obs.now
-    acts = Actions()
-    for name, pod in at.current.items():
+    now = observed.now
+    actions = Actions()
+    for name, pod in attempt.current.items():
         if (is_master(pod) or not keep_workers) and still_running(pod):
-            acts.delete_pods.append(name)
-    acts.delete_pods.extend(at.stale)
-    done = set_condition(at.conditions, condition(cond, True, reason, message, now))
+            actions.delete_pods.append(name)
+    actions.delete_pods.extend(attempt.stale)
+    done = set_condition(attempt.conditions, condition(cond, True, reason, message, now))
     if any(x.get("type") == c.COND_RUNNING and x.get("status") == "True" for x in done):
         done = set_condition(
             done, condition(c.COND_RUNNING, False, new_phase, f"The job has {new_phase.lower()}.", now)
         )
-    acts.status.update(
-        phase=new_phase, completionTime=timestamp(now), conditions=done, workers=at.counts, reason=reason
+    actions.status.update(
+        phase=new_phase, completionTime=timestamp(now), conditions=done, workers=attempt.counts, reason=reason
     )
-    acts.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
-    acts.requeue_after = ttl_left(obs.job, now, now)
-    return acts
+    actions.events.append(Event("Normal" if new_phase == c.PHASE_SUCCEEDED else "Warning", reason, message))
+    actions.requeue_after = ttl_left(observed.job, now, now)
+    return actions
 
 
-def fail(obs: Observed, at: Attempt, reason: str, message: str, keep_workers: bool) -> Actions:
+def fail(observed: Observed, attempt: Attempt, reason: str, message: str, keep_workers: bool) -> Actions:
     """End the job Failed for ``reason`` (see :func:`finish`)."""
-    return finish(obs, at, c.PHASE_FAILED, c.COND_FAILED, reason, message, keep_workers)
+    return finish(observed, attempt, c.PHASE_FAILED, c.COND_FAILED, reason, message, keep_workers)
 
 
 def ttl_left(job: JobSpec, completed: datetime | None, now: datetime) -> float | None:

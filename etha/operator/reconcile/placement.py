@@ -35,16 +35,16 @@ def unschedulable(
                 if cond.get("reason") == "SchedulingGated":
                     continue  # held back (Kueue's admission gate): not the scheduler's to place yet
                 message = str(cond.get("message") or cond.get("reason") or "not scheduled")
-                found.append((telling(message), pod["metadata"]["name"], message))
+                found.append((how_telling(message), pod["metadata"]["name"], message))
     if not found:
         return None
-    found.extend((telling(message), name, message) for name, message in told)
+    found.extend((how_telling(message), name, message) for name, message in told)
     best = max(rank for rank, _, _ in found)
     _, name, message = next(f for f in found if f[0] == best)
     return name, message
 
 
-def telling(message: str) -> int:
+def how_telling(message: str) -> int:
     """How much a scheduler's message says: 2 names what the nodes lack, 1 speaks of the gang
     (a member rejected with the rest: "optimistic rejection in PostFilter", "rejection in
     Unreserve"; or the gang not all created yet: "cannot find enough sibling pods"), 0 anything
@@ -84,7 +84,7 @@ def scheduling(
         # it says the same (the PodGroup's phase may change without one).
         waited = had is not None and had.get("status") == "False"
         if waited and (
-            telling(old) > telling(stuck[1]) or _POD_NAMES.sub("", old) == _POD_NAMES.sub("", said)
+            how_telling(old) > how_telling(stuck[1]) or _POD_NAMES.sub("", old) == _POD_NAMES.sub("", said)
         ):
             said = old
         message = said + (f" (gang: {group})" if group else "")
@@ -126,19 +126,24 @@ def forget_waiting(conditions: list[dict[str, str]]) -> list[dict[str, str]]:
     return [x for x in conditions if x.get("type") != c.COND_SCHEDULED]
 
 
-def placement(obs: Observed, at: Attempt) -> Actions | None:
+def placement(observed: Observed, attempt: Attempt) -> Actions | None:
     """spec.scheduling.onTimeout FailJob: pods the scheduler could not place (the whole gang, with
     one) for scheduleTimeoutSeconds end the job, with the scheduler's reason."""
-    job = at.job
+    job = attempt.job
     if job.scheduling.on_timeout != ON_TIMEOUT_FAIL:
         return None
-    if unschedulable([at.master, *at.workers.values()]) is None:
+    if unschedulable([attempt.master, *attempt.workers.values()]) is None:
         return None  # placed since the last look (the condition catches up in creation)
-    if schedule_timeout_left(job, unplaced_since(at.conditions, list(at.current.values())), obs.now) != 0.0:
+    if (
+        schedule_timeout_left(
+            job, unplaced_since(attempt.conditions, list(attempt.current.values())), observed.now
+        )
+        != 0.0
+    ):
         return None
-    why = next(x for x in at.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
+    why = next(x for x in attempt.conditions if x.get("type") == c.COND_SCHEDULED).get("message", "")
     message = (
-        f"Attempt {at.number} could not be scheduled within spec.scheduling.scheduleTimeoutSeconds "
+        f"Attempt {attempt.number} could not be scheduled within spec.scheduling.scheduleTimeoutSeconds "
         f"({job.scheduling.timeout} s) and spec.scheduling.onTimeout is {ON_TIMEOUT_FAIL}: {why}"
     )
-    return fail(obs, at, c.REASON_SCHEDULE_TIMEOUT, message, keep_workers=False)
+    return fail(observed, attempt, c.REASON_SCHEDULE_TIMEOUT, message, keep_workers=False)

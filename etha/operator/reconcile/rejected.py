@@ -12,10 +12,10 @@ from etha.operator.reconcile.model import Actions, Refused
 
 def rejected(look: Refused) -> Actions:
     """Fail the job naming why (once: a Failed job is not failed again)."""
-    acts = Actions(delete_pods=list(look.pods), remove_finalizer=look.finalizer)
+    actions = Actions(delete_pods=list(look.pods), remove_finalizer=look.finalizer)
     if look.status.get("phase") == c.PHASE_FAILED:
-        return acts
-    acts.status = {
+        return actions
+    actions.status = {
         "phase": c.PHASE_FAILED,
         "completionTime": timestamp(look.now),
         "conditions": set_condition(
@@ -24,5 +24,5 @@ def rejected(look: Refused) -> Actions:
         ),
         "reason": look.reason,
     }
-    acts.events.append(Event("Warning", look.reason, look.message))
-    return acts
+    actions.events.append(Event("Warning", look.reason, look.message))
+    return actions

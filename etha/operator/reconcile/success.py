@@ -10,22 +10,30 @@ from etha.operator.reconcile.model import Actions, Attempt, Observed, finish, st
 from etha.rendezvous_status import rank_ranges
 
 
-def success(obs: Observed, at: Attempt) -> Actions | None:
+def success(observed: Observed, attempt: Attempt) -> Actions | None:
     """End the job Succeeded once the success policy holds; None before."""
-    job = at.job
-    done = [r for r, p in at.workers.items() if p is not None and pod_phase(p) == "Succeeded"]
+    job = attempt.job
+    done = [r for r, p in attempt.workers.items() if p is not None and pod_phase(p) == "Succeeded"]
     met = success_met(job.success_rules, done, job.replicas)
     if met is None:
         return None
     if not job.success_rules:
         message = f"All {job.replicas} workers succeeded."
-        return finish(obs, at, c.PHASE_SUCCEEDED, c.COND_SUCCEEDED, c.REASON_SUCCEEDED, message, True)
-    left = [n for n, p in at.current.items() if still_running(p)]
+        return finish(
+            observed, attempt, c.PHASE_SUCCEEDED, c.COND_SUCCEEDED, c.REASON_SUCCEEDED, message, True
+        )
+    left = [n for n, p in attempt.current.items() if still_running(p)]
     message = (
         f"spec.successPolicy.rules[{met}] ({job.success_rules[met].describe()}) is met: "
         f"rank{'s' if len(done) > 1 else ''} {rank_ranges(done)} succeeded"
         + (f"; stopping the {len(left)} pod{'s' if len(left) > 1 else ''} still running." if left else ".")
     )
     return finish(
-        obs, at, c.PHASE_SUCCEEDED, c.COND_SUCCEEDED, c.REASON_SUCCESS_POLICY, message, keep_workers=False
+        observed,
+        attempt,
+        c.PHASE_SUCCEEDED,
+        c.COND_SUCCEEDED,
+        c.REASON_SUCCESS_POLICY,
+        message,
+        keep_workers=False,
     )

@@ -10,30 +10,30 @@ from etha.operator.reconcile.model import Actions, Observed
 from etha.operator.reconcile.placement import forget_waiting
 
 
-def suspended(obs: Observed) -> Actions | None:
+def suspended(observed: Observed) -> Actions | None:
     """The actions of a suspended job; None for a job that is not."""
-    job, status = obs.job, obs.status
+    job, status = observed.job, observed.status
     if not job.suspend:
         return None
-    acts = Actions()
-    acts.delete_pods.extend(p["metadata"]["name"] for p in obs.pods)
+    actions = Actions()
+    actions.delete_pods.extend(p["metadata"]["name"] for p in observed.pods)
     if job.scheduling.kind is not None:  # resuming makes the group anew, from the spec as it is then
-        acts.delete_groups.append(group_name(job.name, int(status.get("attempt") or 0)))
+        actions.delete_groups.append(group_name(job.name, int(status.get("attempt") or 0)))
     if status.get("reason") == c.REASON_UNSCHEDULABLE:
-        acts.status["reason"] = None
+        actions.status["reason"] = None
     if any(x.get("type") == c.COND_SCHEDULED for x in status.get("conditions") or []):
-        acts.status["conditions"] = forget_waiting(list(status.get("conditions") or []))
+        actions.status["conditions"] = forget_waiting(list(status.get("conditions") or []))
     if job.etcd_endpoints is None and status.get("rendezvous"):
-        acts.status["rendezvous"] = reset_view(job, int(status.get("attempt") or 0), "Suspended.")
+        actions.status["rendezvous"] = reset_view(job, int(status.get("attempt") or 0), "Suspended.")
     if status.get("attemptSpec"):
-        acts.status["attemptSpec"] = None  # resuming pins the spec anew
+        actions.status["attemptSpec"] = None  # resuming pins the spec anew
     if status.get("phase") != c.PHASE_SUSPENDED:
-        acts.status.update(
+        actions.status.update(
             phase=c.PHASE_SUSPENDED,
             conditions=set_condition(
                 forget_waiting(list(status.get("conditions") or [])),
-                condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", obs.now),
+                condition(c.COND_SUSPENDED, True, "Suspended", "spec.suspend is true.", observed.now),
             ),
         )
-        acts.events.append(Event("Normal", "Suspended", "Job suspended; its pods are deleted."))
-    return acts
+        actions.events.append(Event("Normal", "Suspended", "Job suspended; its pods are deleted."))
+    return actions

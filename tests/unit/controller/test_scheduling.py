@@ -345,10 +345,10 @@ def test_a_gang_not_all_made_yet_is_not_a_reason_and_the_schedulers_events_say_w
     """Coscheduling's "cannot find enough sibling pods" (the gang's pods still being created)
     speaks of the gang, not of the nodes; when every member's condition says only that it was
     rejected with the rest, the FailedScheduling events (newest first) say what the nodes lack."""
-    from etha.operator.reconcile.placement import telling, unschedulable
+    from etha.operator.reconcile.placement import how_telling, unschedulable
 
     siblings = "0/3 nodes are available: pre-filter pod g-master-0 cannot find enough sibling pods, current pods number: 1"
-    assert telling(siblings) == 1
+    assert how_telling(siblings) == 1
     job = gang_job(replicas=1, gang="coscheduling")
     created = NOW - timedelta(seconds=5)
     rejected = "0/1 nodes are available: 1 optimistic rejection in PostFilter."
