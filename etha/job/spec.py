@@ -16,8 +16,9 @@ from etha.job.policies import (
     DEFAULT_BACKOFF_SECONDS,
     FailureRule,
     SuccessRule,
+    failure_policy,
+    success_policy,
 )
-from etha.job.policy_spec import failure_policy, success_policy
 from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
 from etha.job.security import apply_restricted_defaults, restricted_violations
 from etha.kvstore.errors import InvalidArgumentError
