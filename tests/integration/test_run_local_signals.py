@@ -131,17 +131,19 @@ class Run:
             raise AssertionError(f"left: {left}; folder {folder.exists()}\n{self.text()[-3000:]}") from None
 
     def kill_all(self) -> None:
-        """Whatever the test's outcome: SIGKILL everything seen, remove the folder."""
+        """Whatever the test's outcome: SIGKILL the command, give its watchdog the time to stop the
+        rest, then SIGKILL whatever is left and remove the folder."""
         if self.proc.poll() is None:
             self.record()
             self.proc.kill()
         self.proc.wait(30)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: not self.alive(), GONE_WITHIN, "the watchdog", interval=0.1)
         for pid in self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for _, argv in self.seen.values():
-            if "--port-file" in argv:
-                shutil.rmtree(Path(argv[argv.index("--port-file") + 1]).parent, ignore_errors=True)
+        with contextlib.suppress(AssertionError):
+            shutil.rmtree(self.folder(), ignore_errors=True)
 
 
 Start = Callable[[Path], Run]
