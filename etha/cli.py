@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LocalRunError as exc:
             print(f"etha run-local: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C before a process started (after, it stops the run)
+            return 130
     return 2  # pragma: no cover - argparse enforces the sub-command
 
 

@@ -75,3 +75,8 @@ DEFAULT_MASTER_PORT: Final = 29500
 DEFAULT_CLIENT_TIMEOUT: Final = 900.0
 # Raw (unscoped) key prefix under which from_env() records each rank that joined.
 JOINED_KEY_PREFIX: Final = "__etha__/joined/"
+
+# --- etha run-local ------------------------------------------------------------------------------
+# Set in every process run-local starts (not by the operator): marks the run's processes, wherever
+# they are reparented or whichever session they start, so that stopping the run finds every one.
+ENV_RUN_LOCAL_ID: Final = "ETHA_RUN_LOCAL_ID"

@@ -5,8 +5,9 @@ would inject (the master's DNS name mapped to 127.0.0.1). Output streams prefixe
 rendezvous is reported as ranks join (the master's status document, as the operator shows it in
 ``status.rendezvous``), and ranks that have not joined within ``spec.rendezvous.timeoutSeconds``
 fail the run, named with their processes. The first worker to fail stops the rest and the command
-exits non-zero naming it; Ctrl-C stops all. It runs one attempt (no restarts; spec.podFailurePolicy
-does not apply); spec.successPolicy does: the run succeeds once a rule holds.
+exits non-zero naming it. SIGTERM, SIGHUP, SIGINT and SIGQUIT stop all and exit 128 + N; no
+process of the run survives whatever ends it (etha.local_procs). It runs one attempt (no restarts;
+spec.podFailurePolicy does not apply); spec.successPolicy does: the run succeeds once a rule holds.
 
 A worker whose command is ``torchrun`` (``spec.procsPerWorker``) runs this interpreter's torchrun;
 its processes' lines carry their global rank (torchrun's ``--tee``), and a failure names the first
@@ -15,19 +16,15 @@ process torchrun saw fail.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -39,12 +36,11 @@ from etha.job.builders import build_worker_pod
 from etha.job.names import master_address
 from etha.job.policies import success_met
 from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.local_procs import Stopped, Supervisor
 from etha.rendezvous_status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)
 
-#: How long a stopped process gets between SIGTERM and SIGKILL.
-STOP_GRACE_SECONDS = 5.0
 #: Seconds between two looks at the master's status document while ranks are joining.
 STATUS_POLL_SECONDS = 0.5
 #: torchrun's line prefix under run-local: the process's global rank (torchrun fills ``${rank}``).
@@ -160,73 +156,13 @@ def torchrun_root_cause(lines: Sequence[str]) -> str | None:
     return None
 
 
-class _Runner:
-    def __init__(self, job: LocalJob, out: IO[str]) -> None:
-        self.job = job
-        self.out = out
-        self.lock = threading.Lock()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.pumps: list[threading.Thread] = []
-        #: the last lines of each process, to name a torchrun worker's failed process
-        self.tails: dict[str, list[str]] = {}
-        #: worker pods' labels by index: "rank N", or "worker N" when torchrun runs N's processes
-        self.workers: list[str] = []
-
-    def say(self, label: str, line: str) -> None:
-        with self.lock:
-            self.out.write(f"[{label}] {line}\n")
-            self.out.flush()
-
-    def spawn(self, label: str, argv: list[str], env: Mapping[str, str], cwd: str | None) -> None:
-        proc = subprocess.Popen(
-            argv,
-            env=dict(env),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs[label] = proc
-        pump = threading.Thread(target=self._pump, args=(label, proc), daemon=True)
-        pump.start()
-        self.pumps.append(pump)
-
-    def _pump(self, label: str, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        tail = self.tails.setdefault(label, [])
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            tail.append(line)
-            del tail[:-200]
-            self.say(label, line)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
-        for pump in self.pumps:
-            pump.join(2)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
 def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = None) -> int:
     """Run the TrainingJob in ``path`` locally; return the exit code for the command line."""
     job = load_job(path)
-    runner = _Runner(job, out)
     host = "127.0.0.1"
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="etha-run-local-") as tmp:
+    with Supervisor(out) as runner, tempfile.TemporaryDirectory(prefix="etha-run-local-") as tmp:
+        runner.watch_folder(tmp)
         port_file = Path(tmp) / "port"
         status_file = Path(tmp) / "status-port"
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -257,31 +193,36 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
             )
             master = runner.procs["master"]
             while not (port_file.exists() and status_file.exists()):
+                runner.check()
                 if master.poll() is not None:
                     runner.say("etha", f"the rendezvous master exited with code {master.returncode}")
                     return 1
                 time.sleep(0.02)
             port = int(port_file.read_text())
             status_url = f"http://{host}:{int(status_file.read_text())}/status"
-            cwd = job.working_dir if job.working_dir and Path(job.working_dir).is_dir() else None
-            torchrun = is_torchrun(job.command)
-            for rank in range(job.replicas):
-                # The shell's environment under the pod's (the contract's, under the manifest's own).
-                env = {**base_env, **local_env(job, rank, port, host)}
-                label = f"rank {rank}"
-                if torchrun:  # every line of every process, prefixed by its global rank
-                    env.update(
-                        {"PET_TEE": "3", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": TORCHRUN_LINE_PREFIX}
-                    )
-                    label = f"worker {rank}"
-                runner.workers.append(label)
-                runner.spawn(label, local_command(job.command), env, cwd)
+            _spawn_workers(runner, job, base_env, port, host)
             return _supervise(runner, job, started, timeout, _Rendezvous(job, status_url, time.monotonic()))
-        except KeyboardInterrupt:
-            runner.say("etha", "interrupted; stopping every process")
-            return 130
+        except Stopped as stop:
+            runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
+            return stop.exit_code
         finally:
-            runner.stop_all()
+            runner.stop_all()  # before the folder goes
+
+
+def _spawn_workers(runner: Supervisor, job: LocalJob, base_env: dict[str, str], port: int, host: str) -> None:
+    """One process per worker (torchrun's agent when the command is torchrun)."""
+    cwd = job.working_dir if job.working_dir and Path(job.working_dir).is_dir() else None
+    torchrun = is_torchrun(job.command)
+    for rank in range(job.replicas):
+        runner.check()
+        # The shell's environment under the pod's (the contract's, under the manifest's own).
+        env = {**base_env, **local_env(job, rank, port, host)}
+        label = f"rank {rank}"
+        if torchrun:  # every line of every process, prefixed by its global rank
+            env.update({"PET_TEE": "3", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": TORCHRUN_LINE_PREFIX})
+            label = f"worker {rank}"
+        runner.workers.append(label)
+        runner.spawn(label, local_command(job.command), env, cwd)
 
 
 class _Rendezvous:
@@ -298,7 +239,7 @@ class _Rendezvous:
         self.seen_since = 0.0
         self.next_look = 0.0
 
-    def look(self, runner: _Runner, force: bool = False) -> None:
+    def look(self, runner: Supervisor, force: bool = False) -> None:
         """Read the status document (at most every STATUS_POLL_SECONDS unless ``force``)."""
         now = time.monotonic()
         if self.complete or (now < self.next_look and not force):
@@ -327,7 +268,7 @@ class _Rendezvous:
             runner.say("etha", f"rendezvous: {text}")
             self.said = text
 
-    def timed_out(self, runner: _Runner) -> str | None:
+    def timed_out(self, runner: Supervisor) -> str | None:
         """The failure message once spec.rendezvous.timeoutSeconds passed without every rank."""
         limit = self.job.spec.rendezvous_timeout
         if self.complete or time.monotonic() - self.started < limit:
@@ -347,11 +288,12 @@ class _Rendezvous:
 
 
 def _supervise(
-    runner: _Runner, job: LocalJob, started: float, timeout: float | None, rendezvous: _Rendezvous
+    runner: Supervisor, job: LocalJob, started: float, timeout: float | None, rendezvous: _Rendezvous
 ) -> int:
     workers = {label: p for label, p in runner.procs.items() if label != "master"}
     rules = job.spec.success_rules
     while True:
+        runner.check()
         done = [r for r, label in enumerate(runner.workers) if runner.procs[label].poll() == 0]
         met = success_met(rules, done, job.replicas) if rules else None
         if met is not None:  # spec.successPolicy: done before every rank is (a failure after it is moot)

@@ -1,0 +1,53 @@
+"""What run-local drops from a process it is stopping (etha.local_procs._StopNoise)."""
+
+from __future__ import annotations
+
+import pytest
+
+from etha.local_procs import Stopped, _StopNoise
+
+# torchrun's agent on SIGTERM, as measured (torch 2.13), paths shortened; a user's line kept.
+AGENT = """\
+W1207 14:25:23.953000 8503 torch/distributed/elastic/agent/server/api.py:753] Received 15 death signal, shutting down workers
+W1207 14:25:23.954000 8503 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 8771 closing signal SIGTERM
+[rank 1] checkpoint saved
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+    raise SignalException(f"Process {os.getpid()} got signal: {sigval}", sigval=sigval)
+           ^^^^^^^^^^^^^
+torch.distributed.elastic.multiprocessing.api.SignalException: Process 8503 got signal: 15
+after the traceback"""
+
+CHAINED = """\
+[rank 2] Traceback (most recent call last):
+[rank 3] still printing
+[rank 2]   File "x.py", line 1, in <module>
+[rank 2] KeyError: 'a'
+[rank 2]
+[rank 2] During handling of the above exception, another exception occurred:
+[rank 2]
+[rank 2] Traceback (most recent call last):
+[rank 2]   File "x.py", line 3, in <module>
+[rank 2] RuntimeError: Connection closed by peer
+[rank 2] done"""
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (AGENT, ["[rank 1] checkpoint saved", "after the traceback"]),
+        (CHAINED, ["[rank 3] still printing", "[rank 2] done"]),
+    ],
+    ids=["torchrun-agent", "chained-per-rank"],
+)
+def test_stop_noise_drops_tracebacks_and_torch_shutdown_notices(text: str, kept: list[str]) -> None:
+    noise = _StopNoise()
+    assert [line for line in text.splitlines() if not noise.drops(line)] == kept
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "name"),
+    [(15, 143, "SIGTERM"), (1, 129, "SIGHUP"), (2, 130, "SIGINT"), (3, 131, "SIGQUIT")],
+)
+def test_stopped_exits_128_plus_the_signal(signum: int, code: int, name: str) -> None:
+    assert Stopped(signum).exit_code == code and str(Stopped(signum)) == name
