@@ -22,8 +22,8 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
+from etha import endpoints as etcd_endpoints
 from etha.kvstore.errors import InvalidArgumentError, KVStoreError, StoreConnectionError, StoreLimitError
 
 #: Seconds between two rounds of attempts to reach etcd while a call still has time.
@@ -271,17 +271,11 @@ def kv_name(kv: dict[str, Any]) -> str:
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    text = endpoint.strip() if isinstance(endpoint, str) else ""
-    parts = urlsplit(text if "://" in text else f"http://{text}")
-    if parts.scheme not in ("http", "") or not parts.hostname:
-        raise InvalidArgumentError(f"etcd endpoint ({endpoint!r}) must be host:port or http://host:port.")
+    """:func:`etha.endpoints.parse_endpoint`, its error raised as this store's InvalidArgumentError."""
     try:
-        port = parts.port or 2379
-    except ValueError as exc:
-        raise InvalidArgumentError(
-            f"etcd endpoint ({endpoint!r}) must be host:port or http://host:port: {exc}."
-        ) from exc
-    return parts.hostname, port
+        return etcd_endpoints.parse_endpoint(endpoint)
+    except etcd_endpoints.EndpointError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
 
 
 def b64(data: str | bytes) -> str:

@@ -55,7 +55,7 @@ PACKAGE = REPO / "etha"
 #: What each side may import of the others: the job model is shared, the master and the store
 #: know nothing of Kubernetes, the operator nothing of torch.
 FORBIDDEN = {
-    "etha.job": ("etha.operator", "kopf", "kubernetes", "torch"),
+    "etha.job": ("etha.operator", "etha.kvstore", "kopf", "kubernetes", "torch"),
     "etha.kvstore": ("etha.operator", "etha.job", "kopf", "kubernetes"),
     "etha.operator": ("torch", "etha.local"),
 }
