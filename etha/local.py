@@ -39,7 +39,7 @@ from etha.job.builders import build_worker_pod
 from etha.job.names import master_address
 from etha.job.policies import success_met
 from etha.job.spec import InvalidSpec, JobSpec, parse
-from etha.rendezvous_status import BadStatus, MasterStatus, progress, timeout_message
+from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from etha.job.policies import (
 )
 from etha.job.scheduling import group_name
 from etha.job.spec import JobSpec
+from etha.master.status import rank_ranges
 from etha.operator.attempt import (
     Actions,
     Attempt,
@@ -61,7 +62,6 @@ from etha.operator.restarts import (
     vanished_pod,
     who,
 )
-from etha.rendezvous_status import rank_ranges
 
 __all__ = ["Actions", "Observed", "conflict_condition", "reconcile"]
 

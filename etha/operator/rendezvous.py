@@ -17,7 +17,7 @@ import aiohttp
 from etha.job import constants as c
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.spec import JobSpec
-from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
+from etha.master.status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
 
 Pod = dict[str, Any]
 
