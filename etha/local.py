@@ -236,7 +236,7 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
                 [
                     sys.executable,
                     "-m",
-                    "etha.kvstore.server",
+                    "etha.master",
                     "--host",
                     host,
                     "--port",

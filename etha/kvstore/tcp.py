@@ -271,7 +271,7 @@ class TorchTCPStore(KVStore):
     # --- rendezvous bookkeeping -----------------------------------------------------------
 
     def register_join(self, rank: int) -> None:
-        """Record that ``rank`` has joined, for the master's log (``python -m etha.kvstore.server``)."""
+        """Record that ``rank`` has joined, for the master's log (``python -m etha.master``)."""
         key = f"{JOINED_KEY_PREFIX}{rank}"
         host = socket.gethostname().encode("utf-8")
         self._run(f"register_join({rank})", lambda c: c.set(key, host))
