@@ -291,7 +291,7 @@ def test_waits_and_reads_are_split_into_requests_of_bounded_size(
     make_tcp_store: Callable[..., TorchTCPStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same chunking, at a size that keeps the test fast: 2,500 keys in requests of 1,000."""
-    from etha.kvstore import _conn
+    from etha.kvstore.tcp import _conn
 
     monkeypatch.setattr(_conn, "KEYS_PER_REQUEST", 1000)
     store = make_tcp_store()
@@ -344,7 +344,7 @@ def test_waiters_finish_when_the_verifier_died(
 ) -> None:
     """A verifier that died in its round (never publishes, never closes it): the followers
     check the keys themselves after DIRECT_FALLBACK and return."""
-    from etha.kvstore import _shared_wait
+    from etha.kvstore.tcp import _shared_wait
 
     monkeypatch.setattr(_shared_wait, "DIRECT_FALLBACK", 1.0)
     cands = [f"rank/{i}" for i in range(40)]
@@ -363,7 +363,7 @@ def test_a_waiter_after_the_rendezvous_reuses_its_result(
 ) -> None:
     """Once a result is published for the current generation, a lone waiter (a new round) is
     served from it without reading every key; a write since makes it read them again."""
-    from etha.kvstore import _shared_wait
+    from etha.kvstore.tcp import _shared_wait
 
     reads: list[int] = []
     snapshot = _shared_wait.snapshot
@@ -383,7 +383,7 @@ def test_a_waiter_after_the_rendezvous_reuses_its_result(
 
 def test_a_verifier_that_timed_out_closes_its_round(make_tcp_store: Callable[..., TorchTCPStore]) -> None:
     """The next waiter verifies at once instead of following a round nobody serves."""
-    from etha.kvstore import _shared_wait
+    from etha.kvstore.tcp import _shared_wait
 
     cands = [f"rank/{i}" for i in range(40)]
     store = make_tcp_store()
@@ -401,7 +401,7 @@ def test_the_watchdog_cuts_an_earlier_deadline_among_later_ones() -> None:
     """A call due before every other in flight moves the watchdog's wake-up forward."""
     import socket as socketlib
 
-    from etha.kvstore._watchdog import Watchdog
+    from etha.kvstore.tcp._watchdog import Watchdog
 
     dog = Watchdog()
     a, b = socketlib.socketpair()
