@@ -1,7 +1,8 @@
 """etcd v3's JSON gateway over plain HTTP (standard library only): requests and watch streams.
 
-Private to :mod:`etha.kvstore.etcd` (the KVStore API) and :mod:`etha.kvstore._etcd_watch` (the
-shared watches). Keys and values travel base64-encoded, as the gateway wants them.
+Private to :mod:`etha.kvstore.etcd`: the KVStore API, its shared watches (:mod:`._watch`) and
+its election (:mod:`._election`). Keys and values travel base64-encoded, as the gateway wants
+them.
 
 Requests reuse keep-alive connections (one per thread and member: a new TCP connection and HTTP
 handshake per request cost as much as etcd's own work on a put). A request that meets a broken
