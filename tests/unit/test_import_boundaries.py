@@ -161,79 +161,111 @@ def test_each_side_imports_only_what_it_may() -> None:
     assert not bad, "\n".join(bad)
 
 
+def probe(tmp_path: Path, code: str) -> Path:
+    """A file holding ``code``, for the checks to read as if it stood elsewhere."""
+    path = tmp_path / "probe.py"
+    path.write_text(code + "\n")
+    return path
+
+
 @pytest.mark.parametrize(
     ("where", "code", "bad"),
     [
-        ("etha/job/spec.py", "from etha.kvstore.etcd import parse_endpoint", "etha.kvstore.etcd"),
-        ("etha/kvstore/tcp/_pool.py", "import etha.master.peers", "etha.master.peers"),
-        ("etha/kvstore/base.py", "from etha.master import status", "etha.master"),
-        ("etha/master/peers.py", "import kubernetes.client", "kubernetes.client"),
-        ("etha/master/status.py", "from etha.job.spec import JobSpec", "etha.job.spec"),
-        ("etha/master/__main__.py", "from ..operator import rendezvous", "etha.operator"),
-        ("etha/operator/attempt.py", "import torch", "torch"),
-    ],
-    ids=[
-        "job-store",
-        "store-master",
-        "store-master-from",
-        "master-kubernetes",
-        "master-job",
-        "master-operator-relative",
-        "operator-torch",
+        pytest.param(
+            "etha/job/spec.py",
+            "from etha.kvstore.etcd import parse_endpoint",
+            "etha.kvstore.etcd",
+            id="job-store",
+        ),
+        pytest.param(
+            "etha/kvstore/tcp/_pool.py", "import etha.master.peers", "etha.master.peers", id="store-master"
+        ),
+        pytest.param(
+            "etha/kvstore/base.py", "from etha.master import status", "etha.master", id="store-master-from"
+        ),
+        pytest.param(
+            "etha/master/peers.py", "import kubernetes.client", "kubernetes.client", id="master-kubernetes"
+        ),
+        pytest.param(
+            "etha/master/status.py", "from etha.job.spec import JobSpec", "etha.job.spec", id="master-job"
+        ),
+        pytest.param(
+            "etha/master/__main__.py",
+            "from ..operator import rendezvous",
+            "etha.operator",
+            id="master-operator-relative",
+        ),
+        pytest.param("etha/operator/attempt.py", "import torch", "torch", id="operator-torch"),
     ],
 )
 def test_the_side_checks_can_fail(tmp_path: Path, where: str, code: str, bad: str) -> None:
-    probe = tmp_path / "probe.py"
-    probe.write_text(code + "\n")
-    assert any(f" imports {bad}" in line for line in forbidden_imports(probe, Path(where)))
+    found = forbidden_imports(probe(tmp_path, code), Path(where))
+    assert any(f" imports {bad}" in line for line in found)
 
 
 def test_the_named_exception_is_the_only_one(tmp_path: Path) -> None:
-    probe = tmp_path / "probe.py"
-    probe.write_text("from etha.master.__main__ import main\n")
-    assert not forbidden_imports(probe, Path("etha/kvstore/server.py"))
-    assert forbidden_imports(probe, Path("etha/kvstore/torchrun.py"))
+    alias = probe(tmp_path, "from etha.master.__main__ import main")
+    assert not forbidden_imports(alias, Path("etha/kvstore/server.py"))
+    assert forbidden_imports(alias, Path("etha/kvstore/torchrun.py"))
 
 
 @pytest.mark.parametrize(
     ("where", "code", "refused"),
     [
-        ("etha/kvstore/base.py", "from etha.kvstore.tcp._pool import Pool", True),
-        ("etha/kvstore/tcp/__init__.py", "from etha.kvstore.tcp._pool import Pool", False),
-        ("etha/kvstore/tcp/_pool.py", "from etha.kvstore.etcd import _watch", True),
-        ("etha/master/status_http.py", "from etha.master.peers import _unmap", True),
-        ("tests/unit/kvstore/etcd/test_x.py", "from etha.kvstore.etcd import _watch", False),
-        ("tests/integration/kvstore/etcd/test_x.py", "import etha.kvstore.etcd._election.lead", False),
-        ("tests/integration/kvstore/test_x.py", "from etha.kvstore.etcd._gateway import Gateway", True),
-        ("tests/unit/kvstore/tcp/test_x.py", "from etha.kvstore.etcd import _watch", True),
-        ("tests/helpers.py", "from etha.kvstore.tcp import _conn", True),
-        ("bench/etcd_transport.py", "from etha.kvstore.etcd._gateway import Gateway", True),
-        ("bench/master_peers.py", "from etha.master.peers import PeerTracker", False),
-    ],
-    ids=[
-        "across-packages",
-        "inside-the-package",
-        "sibling-package",
-        "private-name",
-        "test-inside",
-        "test-inside-deeper",
-        "test-of-the-parent",
-        "test-of-a-sibling",
-        "test-helper",
-        "bench",
-        "bench-public",
+        pytest.param(
+            "etha/kvstore/base.py", "from etha.kvstore.tcp._pool import Pool", True, id="across-packages"
+        ),
+        pytest.param(
+            "etha/kvstore/tcp/__init__.py", "from etha.kvstore.tcp._pool import Pool", False, id="inside"
+        ),
+        pytest.param("etha/kvstore/tcp/_pool.py", "from etha.kvstore.etcd import _watch", True, id="sibling"),
+        pytest.param(
+            "etha/master/status_http.py", "from etha.master.peers import _unmap", True, id="private-name"
+        ),
+        pytest.param(
+            "tests/unit/kvstore/etcd/test_x.py",
+            "from etha.kvstore.etcd import _watch",
+            False,
+            id="test-inside",
+        ),
+        pytest.param(
+            "tests/integration/kvstore/etcd/test_x.py",
+            "import etha.kvstore.etcd._election.lead",
+            False,
+            id="test-inside-deeper",
+        ),
+        pytest.param(
+            "tests/integration/kvstore/test_x.py",
+            "from etha.kvstore.etcd._gateway import Gateway",
+            True,
+            id="test-of-the-parent",
+        ),
+        pytest.param(
+            "tests/unit/kvstore/tcp/test_x.py",
+            "from etha.kvstore.etcd import _watch",
+            True,
+            id="test-of-a-sibling",
+        ),
+        pytest.param("tests/helpers.py", "from etha.kvstore.tcp import _conn", True, id="test-helper"),
+        pytest.param(
+            "bench/etcd_transport.py", "from etha.kvstore.etcd._gateway import Gateway", True, id="bench"
+        ),
+        pytest.param(
+            "bench/master_peers.py", "from etha.master.peers import PeerTracker", False, id="bench-public"
+        ),
     ],
 )
 def test_the_privacy_check_can_fail(tmp_path: Path, where: str, code: str, refused: bool) -> None:
-    probe = tmp_path / "probe.py"
-    probe.write_text(code + "\n")
-    assert bool(private_imports(probe, Path(where))) == refused
+    assert bool(private_imports(probe(tmp_path, code), Path(where))) == refused
 
 
 def test_imports_are_read_whole(tmp_path: Path) -> None:
-    probe = tmp_path / "probe.py"
-    probe.write_text("from etha.kvstore.etcd._gateway import parse_endpoint\nimport torch\n")
-    found = [m for _, m in imports_of(probe)]
+    found = [
+        m
+        for _, m in imports_of(
+            probe(tmp_path, "from etha.kvstore.etcd._gateway import parse_endpoint\nimport torch")
+        )
+    ]
     assert "etha.kvstore.etcd._gateway.parse_endpoint" in found and "torch" in found
     assert owner_of("etha.kvstore.etcd._gateway.parse_endpoint") == "etha.kvstore.etcd"
     assert owner_of("etha.job.spec") == ""
