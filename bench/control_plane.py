@@ -13,7 +13,7 @@
 - Through to Succeeded (--succeed JOBS): JOBS TrainingJobs x 8 workers created at once, each
   master asking for 1 CPU (two fake Nodes of 16: at most 32 run at a time, the scheduler holds
   the rest), every pod run by the local node as processes (the masters are the real
-  `python -m etha.kvstore.server`; the workers exit 0 at once, so torch is imported 100 times,
+  `python -m etha.master`; the workers exit 0 at once, so torch is imported 100 times,
   not 900); the time until every job Succeeded, the most running at once, and the operator's API
   requests per job.
 

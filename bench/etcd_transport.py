@@ -7,7 +7,7 @@ request costs etcd more CPU than the same request over gRPC. This measures how m
 request a rendezvous makes most (a put of a small key), with the etcd ``make control-plane``
 builds (bin/etcd) on 127.0.0.1 and a temporary data dir:
 
-- ``gateway``: etha's ``Gateway.call("/v3/kv/put", ...)``, as ``EtcdStore.set`` sends it;
+- ``gateway``: etha's ``EtcdStore.set_bytes`` (one ``/v3/kv/put`` through its gateway client);
 - ``grpc``: ``etcdserverpb.KV/Put`` over one grpcio channel, the PutRequest encoded by hand (two
   length-delimited fields; no generated code). Needs ``grpcio``, which etha does not depend on:
   ``pip install --target /tmp/grpcpkg grpcio`` and ``PYTHONPATH=/tmp/grpcpkg``; without it this
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etha.kvstore._etcd_gateway import Gateway, b64
+from etha.kvstore.etcd import EtcdStore
 from tests.etcd_server import EtcdServer
 
 #: A mode: endpoint -> (put(i), close()).
@@ -65,12 +65,12 @@ def put_request(key: bytes, value: bytes) -> bytes:
 
 
 def gateway_mode(endpoint: str) -> tuple[Callable[[int], None], Callable[[], None]]:
-    gateway = Gateway([endpoint])
+    store = EtcdStore([endpoint], namespace="bench", component="gw", timeout=10.0)
 
     def put(i: int) -> None:
-        gateway.call("/v3/kv/put", {"key": b64(f"bench/gw/{i}"), "value": b64(str(i))}, 10.0)
+        store.set_bytes(str(i), str(i).encode())
 
-    return put, gateway.close
+    return put, store.close
 
 
 def grpc_mode(endpoint: str) -> tuple[Callable[[int], None], Callable[[], None]]:

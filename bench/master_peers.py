@@ -1,7 +1,7 @@
 """What it costs the rendezvous master to see who joined: one look at N connections.
 
-The master (``python -m etha.kvstore.server --world-size N``) lists the connections it accepted
-(``_peers.accepted_peers``) and traces local ones to their processes (``local_owners``). This
+The master (``python -m etha.master --world-size N``) lists the connections it accepted
+(``peers.accepted_peers``) and traces local ones to their processes (``local_owners``). This
 opens N loopback connections in this process and times, as medians over ``--repeat`` runs: the
 first look (every connection new, local processes traced), and a steady look (nothing new, what
 the master pays every interval while ranks are missing).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etha.kvstore._peers import PeerTracker
+from etha.master.peers import PeerTracker
 
 
 def measure(n: int) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """Rendezvous benchmark: N participants register a rank key, then wait until all N have.
 
 Three designs, side by side in one run against one real master process (``python -m
-etha.kvstore.server``) on 127.0.0.1:
+etha.master``) on 127.0.0.1:
 
 - ``etha``: ``TorchTCPStore.set`` + ``wait_for_keys`` (server-side wait, batched read);
 - ``naive``: the seed's design, every participant polling its candidate keys one by one with

@@ -10,7 +10,7 @@ also shown, from the last process done importing torch to the last past its barr
 
 Three set-ups, side by side, on 127.0.0.1:
 
-- ``etha``: the job's master (``python -m etha.kvstore.server``) is the rendezvous endpoint and
+- ``etha``: the job's master (``python -m etha.master``) is the rendezvous endpoint and
   every agent a client of it (``PET_RDZV_CONF=is_host=false,...``), as the operator configures by
   default (c10d; the processes' store is then worker 0's agent's);
 - ``etha-backend``: the same with ``PET_RDZV_BACKEND=etha`` (``spec.rendezvous.torchrunBackend:
@@ -95,7 +95,7 @@ def start_master(tmp: Path, replicas: int) -> tuple[subprocess.Popen[bytes], int
     port_file = tmp / "master.port"
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "etha.kvstore.server", "--host", "127.0.0.1", "--port", "0"),
+            *(sys.executable, "-m", "etha.master", "--host", "127.0.0.1", "--port", "0"),
             *("--port-file", str(port_file), "--world-size", str(replicas), "--log-level", "WARNING"),
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

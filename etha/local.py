@@ -37,7 +37,7 @@ from etha.job.names import master_address
 from etha.job.policies import success_met
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.local_procs import Stopped, Supervisor
-from etha.rendezvous_status import BadStatus, MasterStatus, progress, timeout_message
+from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
                 [
                     sys.executable,
                     "-m",
-                    "etha.kvstore.server",
+                    "etha.master",
                     "--host",
                     host,
                     "--port",

@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 class MasterProcess:
-    """``python -m etha.kvstore.server`` on 127.0.0.1, started and stopped by a test."""
+    """``python -m etha.master`` on 127.0.0.1, started and stopped by a test."""
 
     def __init__(self, tmp: Path, port: int = 0, world_size: int | None = None, status: bool = False) -> None:
         self.port_file = tmp / f"master-{time.monotonic_ns()}.port"
@@ -61,7 +61,7 @@ class MasterProcess:
         args = [
             sys.executable,
             "-m",
-            "etha.kvstore.server",
+            "etha.master",
             "--host",
             "127.0.0.1",
             "--port",

@@ -101,7 +101,7 @@ def build_network_policy(job: JobSpec, operator: dict[str, Any] | None = None) -
 
 
 def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
-    """The rendezvous master of one attempt: ``python -m etha.kvstore.server``."""
+    """The rendezvous master of one attempt: ``python -m etha.master``."""
     name = master_name(job.name, attempt)
     container: dict[str, Any] = {
         "name": c.MASTER_CONTAINER,
@@ -109,7 +109,7 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
         "command": [
             "python",
             "-m",
-            "etha.kvstore.server",
+            "etha.master",
             "--host",
             "0.0.0.0",
             "--port",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etha import constants as env_names
+from etha.endpoints import EndpointError, parse_endpoint
 from etha.job import constants as c
 from etha.job.errors import InvalidSpec as InvalidSpec  # re-exported: the spec's error
 from etha.job.names import longest_child_name
@@ -21,8 +22,6 @@ from etha.job.policies import (
 )
 from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
 from etha.job.security import apply_restricted_defaults, restricted_violations
-from etha.kvstore.errors import InvalidArgumentError
-from etha.kvstore.etcd import parse_endpoint
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
@@ -292,9 +291,9 @@ def _etcd_endpoints(rdzv: dict[str, Any], defaults: Sequence[str]) -> list[str]:
     for i, endpoint in enumerate(endpoints):
         try:
             if not isinstance(endpoint, str):
-                raise InvalidArgumentError(f"etcd endpoint ({endpoint!r}) must be a host:port string.")
+                raise EndpointError(f"etcd endpoint ({endpoint!r}) must be a host:port string.")
             parse_endpoint(endpoint)
-        except InvalidArgumentError as exc:
+        except EndpointError as exc:
             raise InvalidSpec(f"{field}[{i}]", f"{field}[{i}]: {exc}") from None
     return list(endpoints)
 

@@ -25,13 +25,13 @@ from etha.job import constants as c
 from etha.job.names import master_name, network_policy_name, service_name
 from etha.job.scheduling import group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.master.status import BadStatus, MasterStatus
 from etha.operator.config import OperatorConfig
 from etha.operator.jobs import Body, Children, JobWorker
 from etha.operator.k8s import Api
 from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
 from etha.operator.reconcile.joins import needs_master_status
 from etha.operator.reconcile.placement import how_telling, unschedulable
-from etha.rendezvous_status import BadStatus, MasterStatus
 
 #: Seconds the operator waits for a master's status document before giving up for this round.
 READ_TIMEOUT = 2.0

@@ -334,7 +334,7 @@ etha_image runtime master "$torch_req"
 docker run --rm --network none --entrypoint python "ghcr.io/etha-io/etha-operator:$ETHA_TAG" -c 'import etha.operator' \
   || die "the operator image does not import etha.operator."
 docker run --rm --network none --entrypoint python "ghcr.io/etha-io/etha-runtime:$ETHA_TAG" -c '
-import datetime, torch, etha.kvstore.server
+import datetime, torch, etha.master.__main__, etha.kvstore.server
 s = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, timeout=datetime.timedelta(seconds=10))
 s.set("k", "v"); assert s.get("k") == b"v"
 assert not torch.cuda.is_available()

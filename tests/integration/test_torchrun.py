@@ -1,5 +1,5 @@
 """torchrun for real (the torch installed for the tests): 2 workers x 2 processes on 127.0.0.1,
-rendezvousing through a real master (``python -m etha.kvstore.server``, started by run-local),
+rendezvousing through a real master (``python -m etha.master``, started by run-local),
 with nothing on torchrun's command line but the script."""
 
 from __future__ import annotations

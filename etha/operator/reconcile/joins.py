@@ -15,7 +15,7 @@ from typing import Any
 from etha.job import constants as c
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.spec import JobSpec
-from etha.rendezvous_status import MasterStatus, progress, rank_ranges, timeout_message
+from etha.master.status import MasterStatus, progress, rank_ranges, timeout_message
 
 Pod = dict[str, Any]
 

@@ -21,9 +21,9 @@ from etha.job.builders import (
 from etha.job.names import master_name, worker_name
 from etha.job.pods import pod_phase, timestamp
 from etha.job.spec import JobSpec
+from etha.master.status import MasterStatus
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.joins import joined_view
-from etha.rendezvous_status import MasterStatus
 
 Pod = dict[str, Any]
 

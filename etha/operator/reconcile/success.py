@@ -6,8 +6,8 @@ from __future__ import annotations
 from etha.job import constants as c
 from etha.job.pods import pod_phase
 from etha.job.policies import success_met
+from etha.master.status import rank_ranges
 from etha.operator.reconcile.model import Actions, Attempt, Observed, finish, still_running
-from etha.rendezvous_status import rank_ranges
 
 
 def success(observed: Observed, attempt: Attempt) -> Actions | None:

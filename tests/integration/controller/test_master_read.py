@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
+from etha.master.status import MasterStatus
 from etha.operator.observe import READ_TIMEOUT, read_master_status, status_size_limit
-from etha.rendezvous_status import MasterStatus
 
 GOOD = {"worldSize": 4, "uptimeSeconds": 1.0, "joined": [0, 1], "peers": ["10.0.0.7"]}
 #: 300 MiB of zeros, gzipped to about 0.3 MB: the review's bomb.

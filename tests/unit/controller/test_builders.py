@@ -29,7 +29,7 @@ def test_master_pod_runs_the_server() -> None:
     assert pod["spec"]["hostname"] == "mnist-master-1" and pod["spec"]["subdomain"] == "mnist"
     container = pod["spec"]["containers"][0]
     assert container["image"] == "rt:2"
-    assert container["command"][:3] == ["python", "-m", "etha.kvstore.server"]
+    assert container["command"][:3] == ["python", "-m", "etha.master"]
     assert "--world-size" in container["command"] and "4" in container["command"]
     assert pod["metadata"]["labels"]["etha.io/role"] == "master"
     assert pod["metadata"]["labels"]["etha.io/attempt"] == "1"

@@ -11,9 +11,9 @@ from etha.job.builders import build_master_pod, build_network_policy
 from etha.job.names import status_port
 from etha.job.pods import timestamp
 from etha.job.spec import parse
+from etha.master.status import MasterStatus
 from etha.operator.config import OperatorConfig, pod_status_url
 from etha.operator.reconcile.joins import needs_master_status, pod_state
-from etha.rendezvous_status import MasterStatus
 from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """Guarding torch client calls made in the caller's thread: a per-process watchdog that shuts an
 overrunning connection's socket down, and finding which socket a new torch client opened.
 
-Private to :mod:`etha.kvstore._conn` and :mod:`etha.kvstore._pool`.
+Private to :mod:`etha.kvstore.tcp._conn` and :mod:`etha.kvstore.tcp._pool`.
 """
 
 from __future__ import annotations

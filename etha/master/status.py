@@ -1,4 +1,6 @@
-"""The master's status document and the words shared by the operator and ``etha run-local``.
+"""The master's status document (``GET /status``), its one schema: the master writes it
+(:meth:`MasterStatus.document`), the operator and ``etha run-local`` read it
+(:meth:`MasterStatus.parse`); and the words they share to describe a rendezvous.
 
 Pure: no I/O, no clock; importing it needs neither torch nor kubernetes.
 """
@@ -14,12 +16,12 @@ DETAILED_RANKS = 8
 
 
 class BadStatus(ValueError):
-    """The status document is not what ``python -m etha.kvstore.server`` serves."""
+    """The status document is not what ``python -m etha.master`` serves."""
 
 
 @dataclass(frozen=True)
 class MasterStatus:
-    """``GET /status`` of the rendezvous master (see ``etha.kvstore.server``)."""
+    """``GET /status`` of the rendezvous master (see :mod:`etha.master`)."""
 
     world_size: int | None
     uptime_seconds: float
@@ -45,6 +47,21 @@ class MasterStatus:
         if not isinstance(peers, list) or not all(isinstance(a, str) for a in peers):
             raise BadStatus(f"peers ({peers!r}) must be a list of addresses")
         return cls(world, float(uptime), frozenset(joined), frozenset(peers))
+
+    def document(self, job: str) -> dict[str, object]:
+        """The JSON document the master serves for job ``job``: what :meth:`parse` reads, and the
+        ranks still missing and whether none is, for people reading it."""
+        world = self.world_size
+        missing = [r for r in range(world) if r not in self.joined] if world is not None else []
+        return {
+            "job": job,
+            "worldSize": world,
+            "uptimeSeconds": self.uptime_seconds,
+            "joined": sorted(self.joined),
+            "missing": missing,
+            "complete": world is not None and not missing,
+            "peers": sorted(self.peers),
+        }
 
     def joined_ranks(self, address_of_rank: Mapping[int, str | None]) -> set[int]:
         """Every rank that joined: those the master named, and those whose pod's address

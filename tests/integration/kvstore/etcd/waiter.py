@@ -1,6 +1,6 @@
 """A process that waits for keys on etcd, for the tests of the rounds across processes.
 
-    python -m tests.integration.kvstore.etcd_waiter ENDPOINT NAMESPACE COUNT TIMEOUT
+    python -m tests.integration.kvstore.etcd.waiter ENDPOINT NAMESPACE COUNT TIMEOUT
 
 Prints one JSON line when the wait ends: the keys found (or the error), and how many events
 this process's watch of the keys' range received (the leader's only, if the round works).
@@ -12,9 +12,8 @@ import json
 import sys
 import time
 
-from etha.kvstore import _etcd_watch
 from etha.kvstore.errors import KVStoreError
-from etha.kvstore.etcd import EtcdStore
+from etha.kvstore.etcd import EtcdStore, _watch
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
         out["error"] = f"{type(exc).__name__}: {exc}"
     out["seconds"] = time.monotonic() - start
     range_key = f"/etha/{namespace}/tensorbus/rank/"
-    out["events"] = sum(w.events for sig, w in list(_etcd_watch._WATCHERS.items()) if sig[1] == range_key)
+    out["events"] = sum(w.events for sig, w in list(_watch._WATCHERS.items()) if sig[1] == range_key)
     print(json.dumps(out), flush=True)
     store.close()
 

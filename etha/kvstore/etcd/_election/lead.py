@@ -1,6 +1,6 @@
 """One watch per rendezvous across processes, for ``EtcdStore.wait_for_keys``.
 
-:mod:`etha.kvstore._etcd_watch` gives each process one watch per key range, so when P processes
+:mod:`etha.kvstore.etcd._watch` gives each process one watch per key range, so when P processes
 wait for the same N keys etcd still delivers every write P times (P x N events through the JSON
 gateway: at N=1,024 over 8 processes, as much etcd CPU as the puts themselves). Here the
 processes waiting for the same keys (same range, pattern, value, candidates and count: a
@@ -12,7 +12,7 @@ wait whose keys are all there already is over after that one request.
   transaction: *if no key of the range changed after W*, write the round's **done** key (``W``,
   ``S`` and the answer, the matching keys' names), delete its **lead** key, and count the range.
   The condition and the count (``S`` again: no key deleted either) are the check a lone waiter
-  makes before it returns (see :mod:`etha.kvstore._etcd_watch`), so publishing costs no extra
+  makes before it returns (see :mod:`etha.kvstore.etcd._watch`), so publishing costs no extra
   request.
 - The others **follow**: they watch only the round's two keys. When done changes, they check, as
   the leader did, that the range still holds ``S`` keys none of which changed after ``W``: then
@@ -23,7 +23,7 @@ wait whose keys are all there already is over after that one request.
   died and its lease expired) they elect again.
 
 So etcd delivers N events to the leader and a few to each follower: N + O(P) instead of P x N.
-An answer too large for a done key (over :data:`~etha.kvstore._etcd_round.ANSWER_LIMIT`
+An answer too large for a done key (over :data:`~etha.kvstore.etcd._election.round.ANSWER_LIMIT`
 bytes) is left out of it; then followers read the range instead.
 
 The lead key lives on a lease of :data:`LEAD_TTL` seconds that this process renews while it leads:
@@ -40,12 +40,12 @@ import json
 import time
 from collections.abc import Callable
 
-from etha.kvstore import _etcd_watch
-from etha.kvstore._etcd_gateway import Gateway, State, prefix_end
-from etha.kvstore._etcd_lease import LEAD_TTL, prepare
-from etha.kvstore._etcd_round import FOLLOW, LEAD, Answer, Question, Read, Round
-from etha.kvstore._registry import Registry
 from etha.kvstore.errors import KVStoreError, StoreConnectionError
+from etha.kvstore.etcd import _watch
+from etha.kvstore.etcd._election.lease import LEAD_TTL, prepare
+from etha.kvstore.etcd._election.round import FOLLOW, LEAD, Answer, Question, Read, Round
+from etha.kvstore.etcd._gateway import Gateway, State, prefix_end
+from etha.kvstore.etcd._sharing import Registry
 
 __all__ = ["LEAD_TTL", "Question", "prepare", "wait"]
 
@@ -90,9 +90,9 @@ def wait(
             early = _answered(rnd, arrived, deadline, question)
             if early is not None and early.answer is not None:
                 return early.answer
-            watch = _etcd_watch.watcher(gateway, base, prefix_end(base))
+            watch = _watch.watcher(gateway, base, prefix_end(base))
             lead, done = rnd.lead_key, rnd.done_key
-            waiter = _etcd_watch.Waiter(_moved(lead, done, baseline, rnd.me.encode()))
+            waiter = _watch.Waiter(_moved(lead, done, baseline, rnd.me.encode()))
             watch.add(waiter)
             try:
                 woke = waiter.event.wait(max(deadline - time.monotonic(), 0))
@@ -153,7 +153,7 @@ def _lead(
     without an answer (elect again). Raises ``gave_up(...)`` at the deadline."""
     read = rnd.last_read()
     seed = None if read is None else (read.state, read.revision, read.sent)
-    watch = _etcd_watch.watcher(rnd.gateway, rnd.key, rnd.range_end, seed)
+    watch = _watch.watcher(rnd.gateway, rnd.key, rnd.range_end, seed)
     with watch.lock:
         waiter = question.waiter(watch)
     watch.add(waiter)

@@ -32,14 +32,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from etha.constants import JOINED_KEY_PREFIX
-from etha.kvstore import _conn, base
-from etha.kvstore import _shared_wait as _shared
-from etha.kvstore._pool import DEADLINE_MARGIN, Pool
+from etha.kvstore import base
 from etha.kvstore.base import KVStore
 from etha.kvstore.errors import (
     InvalidArgumentError,
     StoreTimeoutError,
 )
+from etha.kvstore.tcp import _conn
+from etha.kvstore.tcp import _shared_wait as _shared
+from etha.kvstore.tcp._pool import DEADLINE_MARGIN, Pool
 
 __all__ = ["DEADLINE_MARGIN", "POLL_INTERVAL", "TorchTCPStore", "logger"]
 
@@ -271,7 +272,7 @@ class TorchTCPStore(KVStore):
     # --- rendezvous bookkeeping -----------------------------------------------------------
 
     def register_join(self, rank: int) -> None:
-        """Record that ``rank`` has joined, for the master's log (``python -m etha.kvstore.server``)."""
+        """Record that ``rank`` has joined, for the master's log (``python -m etha.master``)."""
         key = f"{JOINED_KEY_PREFIX}{rank}"
         host = socket.gethostname().encode("utf-8")
         self._run(f"register_join({rank})", lambda c: c.set(key, host))

@@ -10,15 +10,13 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from etha.kvstore import StoreConnectionError, StoreTimeoutError
-from etha.kvstore.server import SHUTDOWN_LIMIT
 from etha.kvstore.tcp import DEADLINE_MARGIN, POLL_INTERVAL, TorchTCPStore
-from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, stop_process, wait_until
+from tests.helpers import REPO, TEST_ENV, MasterProcess, free_port, wait_until
 from tests.integration.kvstore.conftest import MasterOutage
 from tests.integration.kvstore.contract import MARGIN, KVStoreContract
 
@@ -228,58 +226,6 @@ def test_master_stopped_mid_wait_times_out_within_timeout(tmp_path: Path) -> Non
         store.close()
 
 
-def test_master_stops_at_once_with_clients_still_connected_mid_request(tmp_path: Path) -> None:
-    """SIGTERM with a client connected and another frozen halfway through a request: exit 0 at once."""
-    master = MasterProcess(tmp_path)
-    store = TorchTCPStore("127.0.0.1", master.port, 1, False, timeout=30, wait_for_workers=False)
-    frozen = socket.create_connection(("127.0.0.1", master.port))
-    try:
-        store.set("k", "v")
-        frozen.sendall(b"\x00\x00\x00")  # the start of a request, never finished nor read from
-        start = time.monotonic()
-        code = master.stop()
-        assert code == 0, master.log()
-        assert time.monotonic() - start < SHUTDOWN_LIMIT / 2, master.log()
-        assert "rendezvous master stopped" in master.log()
-    finally:
-        frozen.close()
-        store.close()
-
-
-def test_a_master_whose_shutdown_hangs_with_the_gil_held_is_gone_within_the_limit(tmp_path: Path) -> None:
-    """The backstop: a C call that keeps the GIL (as torch's destructors can) does not outlast it."""
-    port_file, status_file = tmp_path / "port", tmp_path / "status-port"
-    script = textwrap.dedent(
-        """
-        import ctypes, socketserver, sys
-        from etha.kvstore import server
-        # libc's sleep through PyDLL keeps the GIL for its whole minute.
-        socketserver.BaseServer.shutdown = lambda self: ctypes.PyDLL(None).sleep(60)
-        sys.exit(server.main(sys.argv[1:]))
-        """
-    )
-    args = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
-    args += ["--status-port", "0", "--status-port-file", str(status_file)]
-    log = tmp_path / "master.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, *args], stdout=out, stderr=subprocess.STDOUT, env=TEST_ENV
-        )
-        try:
-            wait_until(lambda: status_file.exists() or proc.poll() is not None, 60, "the master to listen")
-            start = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(SHUTDOWN_LIMIT + 10)
-            took = time.monotonic() - start
-        finally:
-            stop_process(proc, 5)
-    text = log.read_text(errors="replace")
-    assert code == 1, text
-    assert SHUTDOWN_LIMIT - 1 < took < SHUTDOWN_LIMIT + 5, (took, text)
-    assert f"Timeout ({timedelta(seconds=SHUTDOWN_LIMIT)})!" in text, text  # faulthandler fired
-    assert "most recent call first" in text, text  # with every thread's stack
-
-
 def test_calls_run_in_the_callers_thread(tmp_path: Path) -> None:
     """A worker's connections are watched, not served by threads: no hand-off per call."""
     master = MasterProcess(tmp_path)
@@ -331,53 +277,6 @@ def test_a_plain_call_to_a_stopped_master_is_cut_off_at_its_deadline(tmp_path: P
     assert master.stop() == 0, master.log()
 
 
-def test_server_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
-    master = MasterProcess(tmp_path)
-    master.signal(signal.SIGTERM)
-    master.proc.wait(15)
-    assert master.proc.returncode == 0
-    assert "received SIGTERM" in master.log() and "stopped" in master.log()
-    master.stop()
-
-
-def test_server_help_explains_every_flag() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "etha.kvstore.server", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=TEST_ENV,
-    ).stdout
-    for flag in ("--host", "--port", "--world-size", "--job", "--port-file", "--log-level"):
-        assert flag in out
-
-
-def test_server_refuses_bad_port() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "etha.kvstore.server", "--port", "70000"],
-        capture_output=True,
-        text=True,
-        env=TEST_ENV,
-        timeout=60,
-    )
-    assert res.returncode == 2
-    assert "--port (70000) must be in 0..65535" in res.stderr
-
-
-def test_server_that_fails_while_serving_logs_why_and_exits_1(tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-dir" / "port"
-    args = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(missing)]
-    res = subprocess.run(
-        [sys.executable, "-m", "etha.kvstore.server", *args],
-        capture_output=True,
-        text=True,
-        env=TEST_ENV,
-        timeout=60,
-    )
-    assert res.returncode == 1, res.stderr
-    assert "the rendezvous master failed" in res.stderr and "FileNotFoundError" in res.stderr, res.stderr
-
-
 def test_candidate_list_over_torchs_per_request_limit(make_tcp_store: Callable[..., TorchTCPStore]) -> None:
     """torch's server resets a connection sent over 131,072 keys at once; such a list still works."""
     store = make_tcp_store()
@@ -392,7 +291,7 @@ def test_waits_and_reads_are_split_into_requests_of_bounded_size(
     make_tcp_store: Callable[..., TorchTCPStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same chunking, at a size that keeps the test fast: 2,500 keys in requests of 1,000."""
-    from etha.kvstore import _conn
+    from etha.kvstore.tcp import _conn
 
     monkeypatch.setattr(_conn, "KEYS_PER_REQUEST", 1000)
     store = make_tcp_store()
@@ -429,7 +328,6 @@ def test_waits_and_reads_are_split_into_requests_of_bounded_size(
 
 def test_connect_error_names_the_whole_timeout_when_torch_fails_after_the_probe() -> None:
     """A port that accepts TCP but is no store: the probe passes, torch's handshake never does."""
-    import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
@@ -446,7 +344,7 @@ def test_waiters_finish_when_the_verifier_died(
 ) -> None:
     """A verifier that died in its round (never publishes, never closes it): the followers
     check the keys themselves after DIRECT_FALLBACK and return."""
-    from etha.kvstore import _shared_wait
+    from etha.kvstore.tcp import _shared_wait
 
     monkeypatch.setattr(_shared_wait, "DIRECT_FALLBACK", 1.0)
     cands = [f"rank/{i}" for i in range(40)]
@@ -465,7 +363,7 @@ def test_a_waiter_after_the_rendezvous_reuses_its_result(
 ) -> None:
     """Once a result is published for the current generation, a lone waiter (a new round) is
     served from it without reading every key; a write since makes it read them again."""
-    from etha.kvstore import _shared_wait
+    from etha.kvstore.tcp import _shared_wait
 
     reads: list[int] = []
     snapshot = _shared_wait.snapshot
@@ -485,7 +383,7 @@ def test_a_waiter_after_the_rendezvous_reuses_its_result(
 
 def test_a_verifier_that_timed_out_closes_its_round(make_tcp_store: Callable[..., TorchTCPStore]) -> None:
     """The next waiter verifies at once instead of following a round nobody serves."""
-    from etha.kvstore import _shared_wait
+    from etha.kvstore.tcp import _shared_wait
 
     cands = [f"rank/{i}" for i in range(40)]
     store = make_tcp_store()
@@ -503,7 +401,7 @@ def test_the_watchdog_cuts_an_earlier_deadline_among_later_ones() -> None:
     """A call due before every other in flight moves the watchdog's wake-up forward."""
     import socket as socketlib
 
-    from etha.kvstore._watchdog import Watchdog
+    from etha.kvstore.tcp._watchdog import Watchdog
 
     dog = Watchdog()
     a, b = socketlib.socketpair()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from etha.kvstore._peers import _hex_address, accepted_peers
 from etha.kvstore.tcp import TorchTCPStore
+from etha.master.peers import accepted_peers
 from tests.helpers import TEST_ENV, MasterProcess, wait_until
 
 pytest.importorskip("torch")
@@ -129,8 +129,8 @@ def test_status_endpoint_is_read_only(master: MasterProcess) -> None:
 
 def test_operator_reads_the_document_or_says_why_not(master: MasterProcess) -> None:
     pytest.importorskip("aiohttp")
+    from etha.master.status import MasterStatus
     from etha.operator.observe import read_master_status
-    from etha.rendezvous_status import MasterStatus
 
     doc = asyncio.run(read_master_status(f"http://127.0.0.1:{master.status_port}/status"))
     assert isinstance(doc, MasterStatus) and doc.world_size == 3 and doc.joined == frozenset()
@@ -151,14 +151,6 @@ def test_accepted_peers_lists_this_process_clients_only() -> None:
         client.close()
     finally:
         server.close()
-
-
-@pytest.mark.parametrize(
-    ("field", "address"),
-    [("0100007F:1F90", "127.0.0.1"), ("0000000000000000FFFF00000100007F:1F90", "127.0.0.1")],
-)
-def test_proc_net_tcp_addresses(field: str, address: str) -> None:
-    assert _hex_address(field) == address
 
 
 def metrics(master: MasterProcess) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The rendezvous master's read-only status server: ``GET /status`` (the document), ``GET
 /healthz``, and Prometheus metrics at ``GET /metrics`` (with the ``master`` extra; without it
-``/metrics`` answers 501 naming the extra). Private to :mod:`etha.kvstore.server`.
+``/metrics`` answers 501 naming the extra). Started by :mod:`etha.master.__main__`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from etha.kvstore._peers import PeerTracker, store_connections
+from etha.master.peers import PeerTracker, store_connections
 
 if TYPE_CHECKING:  # torch is imported only once the server starts
     pass
 
-logger = logging.getLogger("etha.kvstore.server")
+logger = logging.getLogger("etha.master")
 
 
 #: Paths of the status server: requests are counted by path, any other as "other".

@@ -39,7 +39,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from etha.kvstore._etcd_gateway import (
+from etha.kvstore.errors import InvalidArgumentError, KVStoreError
+from etha.kvstore.etcd._gateway import (
     BROKEN,
     RETRY_INTERVAL,
     Gateway,
@@ -49,9 +50,7 @@ from etha.kvstore._etcd_gateway import (
     range_body,
     unb64,
 )
-from etha.kvstore._registry import Registry
-from etha.kvstore._single_flight import SingleFlight
-from etha.kvstore.errors import InvalidArgumentError, KVStoreError
+from etha.kvstore.etcd._sharing import Registry, SingleFlight
 
 logger = logging.getLogger("etha.kvstore.etcd")
 T = TypeVar("T")

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etha import constants as env_names
+from etha.master.status import MasterStatus
 
-logger = logging.getLogger("etha.kvstore.server")
+logger = logging.getLogger("etha.master")
 
 _PROC = Path("/proc")
 
@@ -140,7 +141,7 @@ def _client_inodes(peers: set[tuple[str, int]], server_port: int) -> dict[tuple[
             local, remote, inode = cols[1], cols[2], cols[9]
             if _hex_port(remote) != server_port:
                 continue
-            peer = (_hex_address(local), _hex_port(local))
+            peer = (hex_address(local), _hex_port(local))
             if peer in peers:
                 found[peer] = inode
     return found
@@ -150,7 +151,7 @@ def _hex_port(field_: str) -> int:
     return int(field_.rsplit(":", 1)[1], 16)
 
 
-def _hex_address(field_: str) -> str:
+def hex_address(field_: str) -> str:
     """'0100007F:1F90' -> '127.0.0.1' (the kernel prints each 32-bit word in host byte order)."""
     raw = field_.rsplit(":", 1)[0]
     words = [struct.pack("=I", int(raw[i : i + 8], 16)) for i in range(0, len(raw), 8)]
@@ -254,13 +255,9 @@ class PeerTracker:
 
     def report(self, job: str) -> dict[str, object]:
         """The master's status document (``GET /status``)."""
-        missing = self.missing()
-        return {
-            "job": job,
-            "worldSize": self.world_size,
-            "uptimeSeconds": round(time.monotonic() - self.started, 3),
-            "joined": sorted(self.joined),
-            "missing": missing,
-            "complete": self.world_size is not None and not missing,
-            "peers": sorted(self.addresses),
-        }
+        return self.status().document(job)
+
+    def status(self) -> MasterStatus:
+        """What the master knows now, as the status document's schema has it."""
+        uptime = round(time.monotonic() - self.started, 3)
+        return MasterStatus(self.world_size, uptime, frozenset(self.joined), frozenset(self.addresses))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from etha.rendezvous_status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
+from etha.master.status import BadStatus, MasterStatus, progress, rank_ranges, timeout_message
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,53 @@ def test_joined_ranks_by_address() -> None:
     status = MasterStatus.parse({"worldSize": 4, "uptimeSeconds": 0, "joined": [3], "peers": ["a", "b", "c"]})
     assert status.joined_ranks({0: "a", 1: "c", 2: None}) == {0, 1, 3}
     assert status.joined_ranks({0: "a", 1: "a"}) == {3}  # shared: cannot tell which
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            MasterStatus(3, 1.5, frozenset({2, 0}), frozenset({"10.0.0.8", "10.0.0.7"})),
+            {
+                "job": "j",
+                "worldSize": 3,
+                "uptimeSeconds": 1.5,
+                "joined": [0, 2],
+                "missing": [1],
+                "complete": False,
+                "peers": ["10.0.0.7", "10.0.0.8"],
+            },
+        ),
+        (
+            MasterStatus(None, 0.0, frozenset(), frozenset()),
+            {
+                "job": "j",
+                "worldSize": None,
+                "uptimeSeconds": 0.0,
+                "joined": [],
+                "missing": [],
+                "complete": False,
+                "peers": [],
+            },
+        ),
+        (
+            MasterStatus(2, 3.0, frozenset({0, 1}), frozenset()),
+            {
+                "job": "j",
+                "worldSize": 2,
+                "uptimeSeconds": 3.0,
+                "joined": [0, 1],
+                "missing": [],
+                "complete": True,
+                "peers": [],
+            },
+        ),
+    ],
+    ids=["waiting", "no-world-size", "complete"],
+)
+def test_the_document_the_master_writes_is_the_one_readers_parse(
+    status: MasterStatus, expected: dict[str, object]
+) -> None:
+    doc = status.document("j")
+    assert doc == expected and list(doc) == list(expected)
+    assert MasterStatus.parse(json.loads(json.dumps(doc))) == status

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etha.kvstore._peers import PeerTracker
-from etha.kvstore._status_http import serve_status
+from etha.master.peers import PeerTracker
+from etha.master.status_http import serve_status
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:

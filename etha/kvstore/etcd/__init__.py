@@ -7,7 +7,7 @@ the standard library (see docs/kvstore.md for the clients evaluated and measured
   leader yet, on each endpoint in turn, until the store's ``timeout``; then
   :class:`StoreConnectionError` names every endpoint and its last error (as TorchTCPStore does
   with its master).
-- Waits share one watch per process and key range (:mod:`etha.kvstore._etcd_watch`): N waiters
+- Waits share one watch per process and key range (:mod:`etha.kvstore.etcd._watch`): N waiters
   of a process on one prefix cost one watch stream, and each event is counted once, not matched
   again by every waiter.
 - ``close()`` never deletes keys, whoever wrote them: see :meth:`EtcdStore.close` for who does.
@@ -26,8 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from etha.constants import JOINED_KEY_PREFIX
-from etha.kvstore import _etcd_lead, _etcd_watch
-from etha.kvstore._etcd_gateway import Gateway, LeaseNotFound, State, b64, parse_endpoint, prefix_end, unb64
 from etha.kvstore.base import KVStore, check_keys, check_str, check_timeout, check_wait_for_keys, matches
 from etha.kvstore.errors import (
     InvalidArgumentError,
@@ -35,6 +33,8 @@ from etha.kvstore.errors import (
     StoreLeaseError,
     StoreTimeoutError,
 )
+from etha.kvstore.etcd import _election, _watch
+from etha.kvstore.etcd._gateway import Gateway, LeaseNotFound, State, b64, parse_endpoint, prefix_end, unb64
 
 logger = logging.getLogger("etha.kvstore.etcd")
 
@@ -117,7 +117,7 @@ class EtcdStore(KVStore):
         self._call("/v3/kv/put", body, self.timeout)
         if not self._prepared:  # a rank that writes waits next: have the election's lease ready
             self._prepared = True
-            _etcd_lead.prepare(self._gateway)
+            _election.prepare(self._gateway)
 
     def get(self, key: str, *, component: str | None = None) -> bytes | None:
         """See base class."""
@@ -149,7 +149,7 @@ class EtcdStore(KVStore):
         return self._wait(
             name,
             None,
-            lambda w: _etcd_watch.Waiter(lambda s: name in s),
+            lambda w: _watch.Waiter(lambda s: name in s),
             lambda s: s[name],
             timeout,
             f"key {key!r}",
@@ -166,7 +166,7 @@ class EtcdStore(KVStore):
         return self._wait(
             name,
             None,
-            lambda w: _etcd_watch.Waiter(lambda s: s.get(name) == want),
+            lambda w: _watch.Waiter(lambda s: s.get(name) == want),
             lambda s: want,
             timeout,
             f"key {key!r} to hold {expected!r}",
@@ -195,12 +195,12 @@ class EtcdStore(KVStore):
         want = value.encode("utf-8")
         members = None if order is None else frozenset(root + k for k in order)
         start = root + prefix
-        tallies: list[_etcd_watch.Tally] = []
+        tallies: list[_watch.Tally] = []
 
-        def ready(w: _etcd_watch.Watcher) -> _etcd_watch.Waiter:
+        def ready(w: _watch.Watcher) -> _watch.Waiter:
             tally = w.tally(suffix, want, members)
             tallies.append(tally)
-            return _etcd_watch.Waiter(lambda s: tally.count >= expected_count, tally, expected_count)
+            return _watch.Waiter(lambda s: tally.count >= expected_count, tally, expected_count)
 
         def found(state: State) -> list[str]:
             if order is not None:  # the caller's order, as every backend returns it
@@ -209,7 +209,7 @@ class EtcdStore(KVStore):
             return sorted(n for n in names if matches(prefix, suffix, n))
 
         what = f"{expected_count} keys matching {key_pattern!r} with value {value!r}"
-        counter = _etcd_watch.Tally(start, suffix, want, members)
+        counter = _watch.Tally(start, suffix, want, members)
 
         def count(state: State) -> int:
             return sum(counter.counts(n, v) for n, v in state.items())
@@ -218,7 +218,7 @@ class EtcdStore(KVStore):
             seen = [] if state is None else [f"{count(state)} of {expected_count} found"]
             return self._timed_out(timeout, what, [*seen, why])
 
-        question = _etcd_lead.Question(
+        question = _election.Question(
             key=start,
             range_end=prefix_end(start),
             signature=[suffix, value, order, expected_count],
@@ -229,7 +229,7 @@ class EtcdStore(KVStore):
         )
         arrived = time.monotonic()
         self._usable()
-        answer = _etcd_lead.wait(
+        answer = _election.wait(
             self._gateway, self._full(f"{self.namespace}/"), question, arrived, arrived + timeout, gave_up
         )
         return list(answer)  # the processes' waiting threads share one answer: each gets a copy
@@ -261,7 +261,7 @@ class EtcdStore(KVStore):
         self,
         key: str,
         range_end: str | None,
-        predicate: Callable[[_etcd_watch.Watcher], _etcd_watch.Waiter],
+        predicate: Callable[[_watch.Watcher], _watch.Waiter],
         result: Callable[[State], T],
         timeout: float,
         what: str,
@@ -269,11 +269,11 @@ class EtcdStore(KVStore):
     ) -> T:
         """Wait on this process's shared watch of [key, range_end) (or ``key`` alone) until
         ``predicate`` holds on a state that is still exact at etcd's current revision; return
-        ``result(state)``. See :mod:`etha.kvstore._etcd_watch`."""
+        ``result(state)``. See :mod:`etha.kvstore.etcd._watch`."""
         arrived = time.monotonic()
         deadline = arrived + timeout
         self._usable()
-        watch = _etcd_watch.watcher(self._gateway, key, range_end)
+        watch = _watch.watcher(self._gateway, key, range_end)
         with watch.lock:
             waiter = predicate(watch)
         ready = waiter.ready

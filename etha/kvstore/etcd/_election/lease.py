@@ -1,6 +1,7 @@
-"""The leases of the lead keys of :mod:`etha.kvstore._etcd_lead`: one per leadership term.
+"""The leases of the lead keys of :mod:`etha.kvstore.etcd._election.lead`: one per leadership term.
 
-Private to the rounds (:mod:`etha.kvstore._etcd_round`, :mod:`etha.kvstore._etcd_lead`).
+Private to the rounds (:mod:`~etha.kvstore.etcd._election.round`,
+:mod:`~etha.kvstore.etcd._election.lead`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 import threading
 import time
 
-from etha.kvstore._etcd_gateway import Gateway, LeaseNotFound
-from etha.kvstore._registry import Registry
 from etha.kvstore.errors import InvalidArgumentError, KVStoreError
+from etha.kvstore.etcd._gateway import Gateway, LeaseNotFound
+from etha.kvstore.etcd._sharing import Registry
 
 logger = logging.getLogger("etha.kvstore.etcd")
 

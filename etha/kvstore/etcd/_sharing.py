@@ -1,18 +1,42 @@
-"""One request at a time for the threads of a process that ask the same question: a thread
-that came before the last such request was sent takes its answer (the request was
-linearizable for it too). Used by the etcd waits' freshness checks, reads and publications.
+"""What the threads of one process share, for the etcd waits and rounds:
+
+- :class:`Registry`: a process-wide registry of shared objects (watchers, rounds, leases) that a
+  fork forgets;
+- :class:`SingleFlight`: one request at a time for the threads of a process that ask the same
+  question: a thread that came before the last such request was sent takes its answer (the
+  request was linearizable for it too). Used by the etcd waits' freshness checks, reads and
+  publications.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from etha.kvstore.errors import StoreConnectionError
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Registry(dict[K, V], Generic[K, V]):
+    """A dict with the lock that guards it. A forked child has none of its parent's threads, so
+    the objects those threads served (a watcher's, a lease's renewals) are forgotten in it, and
+    the lock (perhaps held by a parent's thread at the fork) is made anew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self.lock = threading.Lock()
+        self.clear()
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etha.kvstore.server import all_accounted_for
+from etha.master.__main__ import all_accounted_for
 
 
 def test_other_hosts_count_for_a_rank_each() -> None:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from etha.kvstore._conn import Conn, call_with_deadline, describe_os_error, ipv4_listener, probe
-from etha.kvstore._watchdog import open_tracked
 from etha.kvstore.errors import KVStoreError, StoreConnectionError, StoreTimeoutError
+from etha.kvstore.tcp._conn import Conn, call_with_deadline, describe_os_error, ipv4_listener, probe
+from etha.kvstore.tcp._watchdog import open_tracked
 
 logger = logging.getLogger("etha.kvstore.tcp")
 

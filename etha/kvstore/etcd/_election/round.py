@@ -1,4 +1,4 @@
-"""This process's part in one round of :mod:`etha.kvstore._etcd_lead`: its role, and the
+"""This process's part in one round of :mod:`etha.kvstore.etcd._election.lead`: its role, and the
 requests that elect, publish and check (see that module for the protocol).
 """
 
@@ -15,8 +15,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from etha.kvstore import _etcd_watch
-from etha.kvstore._etcd_gateway import (
+from etha.kvstore.errors import StoreConnectionError
+from etha.kvstore.etcd import _watch
+from etha.kvstore.etcd._election.lease import leases as _leases
+from etha.kvstore.etcd._election.lease import left as _left
+from etha.kvstore.etcd._gateway import (
     Gateway,
     LeaseNotFound,
     State,
@@ -26,11 +29,8 @@ from etha.kvstore._etcd_gateway import (
     range_body,
     unb64,
 )
-from etha.kvstore._etcd_lease import leases as _leases
-from etha.kvstore._etcd_lease import left as _left
-from etha.kvstore._single_flight import SingleFlight
-from etha.kvstore._single_flight import held as _held
-from etha.kvstore.errors import StoreConnectionError
+from etha.kvstore.etcd._sharing import SingleFlight
+from etha.kvstore.etcd._sharing import held as _held
 
 #: Bytes of answer a done key carries at most (a larger one makes the followers read the range).
 ANSWER_LIMIT = 256 * 1024
@@ -48,7 +48,7 @@ class Question:
     range_end: str
     signature: object
     #: A tallied waiter on the range's watcher (called with the watcher's lock).
-    waiter: Callable[[_etcd_watch.Watcher], _etcd_watch.Waiter]
+    waiter: Callable[[_watch.Watcher], _watch.Waiter]
     #: How many keys ``found`` must list for the wait to be over.
     needed: int
     found: Callable[[State], Answer]
@@ -344,7 +344,7 @@ class Round:
         by the threads that arrived before it was sent). Raises StoreConnectionError."""
 
         def ask() -> bool:
-            return _etcd_watch.still_exact(self.gateway, self.key, self.range_end, revision, size, deadline)
+            return _watch.still_exact(self.gateway, self.key, self.range_end, revision, size, deadline)
 
         exact: bool = self._verify.run((revision, size), arrived, ask, deadline)
         return exact

@@ -1,5 +1,5 @@
 """The waits of many processes for the same keys on etcd: one leader watches, the others follow
-(etha.kvstore._etcd_lead), against a real etcd and real processes.
+(etha.kvstore.etcd._election), against a real etcd and real processes.
 
 Two stores of one process whose endpoint lists differ (the same etcd, spelt twice) keep apart
 what a process shares (watches, rounds, leases), as two processes do; the tests that need a
@@ -24,10 +24,12 @@ from typing import Any
 
 import pytest
 
-from etha.kvstore import StoreTimeoutError, _etcd_lead, _etcd_round, _etcd_watch
-from etha.kvstore._etcd_gateway import Gateway
-from etha.kvstore._etcd_lead import LEAD_TTL
-from etha.kvstore.etcd import EtcdStore, delete_namespace
+from etha.kvstore import StoreTimeoutError
+from etha.kvstore.etcd import EtcdStore, _watch, delete_namespace
+from etha.kvstore.etcd._election import LEAD_TTL
+from etha.kvstore.etcd._election import lead as _lead
+from etha.kvstore.etcd._election import round as _round
+from etha.kvstore.etcd._gateway import Gateway
 from tests.etcd_server import EtcdServer
 from tests.helpers import TEST_ENV, wait_until
 
@@ -97,7 +99,7 @@ def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]
 
 def waiter_process(etcd: EtcdServer, namespace: str, count: int, timeout: float) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.kvstore.etcd_waiter", etcd.endpoint, namespace,
+        [sys.executable, "-m", "tests.integration.kvstore.etcd.waiter", etcd.endpoint, namespace,
          str(count), str(timeout)],
         stdout=subprocess.PIPE, text=True, env=TEST_ENV,
     )  # fmt: skip
@@ -322,14 +324,14 @@ def test_a_process_whose_last_leading_thread_gives_up_steps_down_though_others_f
     """Process P: thread B leads (after Q handed over) while thread C of P still sits in the
     follower's path. When B gives up, P must not keep the lead with nobody leading, or C and
     R (following P) would wait out their timeouts with every key written."""
-    real_watcher = _etcd_watch.watcher
+    real_watcher = _watch.watcher
 
-    def slow_watcher(*args: Any, **kwargs: Any) -> _etcd_watch.Watcher:
+    def slow_watcher(*args: Any, **kwargs: Any) -> _watch.Watcher:
         if threading.current_thread().name == "C" and "\x00lead" in args[1]:
             time.sleep(1.5)  # C is descheduled between its role and its watch of the round
         return real_watcher(*args, **kwargs)
 
-    monkeypatch.setattr(_etcd_lead._etcd_watch, "watcher", slow_watcher)
+    monkeypatch.setattr(_lead._watch, "watcher", slow_watcher)
     q, p, r = stores(1), stores(2), stores(3)
     out: dict[str, object] = {}
     threads: list[threading.Thread] = []
@@ -346,7 +348,7 @@ def test_a_process_whose_last_leading_thread_gives_up_steps_down_though_others_f
 
     def role_of(store: EtcdStore) -> str | None:
         rounds = [
-            rnd for (members, _), rnd in list(_etcd_lead._ROUNDS.items()) if list(members) == store.endpoints
+            rnd for (members, _), rnd in list(_lead._ROUNDS.items()) if list(members) == store.endpoints
         ]
         return rounds[0].role if rounds else None
 
@@ -418,12 +420,12 @@ def test_a_watch_from_a_member_behind_the_cluster_does_not_answer_from_the_past(
     writer = stores(0)
     writer.set("k", "old")
     writer.set("k", "new")
-    real_created = _etcd_watch.Watcher._created
+    real_created = _watch.Watcher._created
 
-    def behind(self: _etcd_watch.Watcher, conn: Any) -> int:
+    def behind(self: _watch.Watcher, conn: Any) -> int:
         return real_created(self, conn) - 1
 
-    monkeypatch.setattr(_etcd_watch.Watcher, "_created", behind)
+    monkeypatch.setattr(_watch.Watcher, "_created", behind)
     start = time.monotonic()
     with pytest.raises(StoreTimeoutError):
         stores(1).wait_for_value("k", "old", timeout=1)
@@ -438,18 +440,18 @@ def test_a_leading_thread_that_raises_anything_leaves_no_lead_key(
     """Between its election and its wait, a leading thread meets an error that is not etcd's:
     the process must step down (or every process waiting for these keys would follow a lead
     key that nobody watches behind, renewed for as long as the process lives)."""
-    real_answered = _etcd_round.Round.answered
+    real_answered = _round.Round.answered
 
-    def broken(self: _etcd_round.Round, *args: Any) -> Any:
+    def broken(self: _round.Round, *args: Any) -> Any:
         if self.role == "lead":
             raise RuntimeError("made up by the test")
         return real_answered(self, *args)
 
-    monkeypatch.setattr(_etcd_round.Round, "answered", broken)
+    monkeypatch.setattr(_round.Round, "answered", broken)
     with pytest.raises(RuntimeError, match="made up"):
         stores(1).wait_for_keys("rank/*", 1, timeout=5)
     assert leads(etcd, namespace) == []
-    monkeypatch.setattr(_etcd_round.Round, "answered", real_answered)
+    monkeypatch.setattr(_round.Round, "answered", real_answered)
     thread, out = in_thread(lambda: stores(2).wait_for_keys("rank/*", 1, timeout=10))
     time.sleep(0.3)
     written = time.monotonic()

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from etha.kvstore import _conn
 from etha.kvstore.errors import KVStoreError, StoreTimeoutError
+from etha.kvstore.tcp import _conn
 
 # Shared waits: a follower arrives again after this long (doubling up to the max) ...
 # A slice that runs out costs a new connection (the server still holds the expired wait), so the

@@ -1,7 +1,8 @@
 """etcd v3's JSON gateway over plain HTTP (standard library only): requests and watch streams.
 
-Private to :mod:`etha.kvstore.etcd` (the KVStore API) and :mod:`etha.kvstore._etcd_watch` (the
-shared watches). Keys and values travel base64-encoded, as the gateway wants them.
+Private to :mod:`etha.kvstore.etcd`: the KVStore API, its shared watches (:mod:`._watch`) and
+its election (:mod:`._election`). Keys and values travel base64-encoded, as the gateway wants
+them.
 
 Requests reuse keep-alive connections (one per thread and member: a new TCP connection and HTTP
 handshake per request cost as much as etcd's own work on a put). A request that meets a broken
@@ -22,8 +23,8 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
+from etha import endpoints as etcd_endpoints
 from etha.kvstore.errors import InvalidArgumentError, KVStoreError, StoreConnectionError, StoreLimitError
 
 #: Seconds between two rounds of attempts to reach etcd while a call still has time.
@@ -271,17 +272,11 @@ def kv_name(kv: dict[str, Any]) -> str:
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    text = endpoint.strip() if isinstance(endpoint, str) else ""
-    parts = urlsplit(text if "://" in text else f"http://{text}")
-    if parts.scheme not in ("http", "") or not parts.hostname:
-        raise InvalidArgumentError(f"etcd endpoint ({endpoint!r}) must be host:port or http://host:port.")
+    """:func:`etha.endpoints.parse_endpoint`, its error raised as this store's InvalidArgumentError."""
     try:
-        port = parts.port or 2379
-    except ValueError as exc:
-        raise InvalidArgumentError(
-            f"etcd endpoint ({endpoint!r}) must be host:port or http://host:port: {exc}."
-        ) from exc
-    return parts.hostname, port
+        return etcd_endpoints.parse_endpoint(endpoint)
+    except etcd_endpoints.EndpointError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
 
 
 def b64(data: str | bytes) -> str:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from etha.kvstore._watchdog import WATCHDOG, release_tracked
 from etha.kvstore.base import check_timeout
 from etha.kvstore.errors import KVStoreError, StoreConnectionError, StoreTimeoutError
+from etha.kvstore.tcp._watchdog import WATCHDOG, release_tracked
 
 T = TypeVar("T")
 

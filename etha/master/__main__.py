@@ -1,0 +1,260 @@
+"""The rendezvous master: ``python -m etha.master`` (``python -m etha.kvstore.server`` is an alias).
+
+Runs in the master pod the operator creates (and as a local process under ``etha run-local``).
+Hosts a torch TCPStore on an IPv4 socket it binds itself, logs every rank that joins (see
+:mod:`etha.master.peers`: an unmodified env:// script is recognised by its connection), serves a read-only
+status document over HTTP (``--status-port``: ``GET /status``, ``GET /healthz``, and Prometheus
+metrics at ``GET /metrics``), and exits 0 on SIGTERM or SIGINT, at the latest ``SHUTDOWN_LIMIT``
+seconds after it (1, with every thread's stack in the log, if its shutdown hung).
+
+``/metrics`` needs prometheus_client (the ``master`` extra, which the runtime image installs); it is
+imported by the status server only (:mod:`etha.master.status_http`), once it starts, never by
+the worker library. Without it ``/metrics`` answers 501 naming the extra, and the rest of the
+master works as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from etha.constants import DEFAULT_MASTER_PORT
+from etha.kvstore.errors import KVStoreError
+from etha.master.peers import PeerTracker
+from etha.master.status_http import serve_status
+
+if TYPE_CHECKING:  # torch is imported only once the server starts
+    from etha.kvstore.tcp import TorchTCPStore
+
+logger = logging.getLogger("etha.master")
+
+
+#: Seconds between two looks at which ranks have joined (at least: see JOIN_LOOK_SPACING).
+JOIN_POLL_INTERVAL = 0.01
+#: After a look that found no new connection, the watcher pauses at least this many times the CPU time
+#: that look cost, so that looking stays under ~10% of a core with thousands of connections open.
+#: A look that found new connections is not a reason to wait longer: tracing them to their
+#: processes is paid once per connection, and the next arrival may be gone within ~50 ms (the
+#: last rank of an env:// job is connected only until the others see it and all exit). Spacing by
+#: every look's wall time made `make demo`'s master log 1 of 4 ranks.
+JOIN_LOOK_SPACING = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m etha.master",
+        description="Host the rendezvous store (a torch TCPStore) that a job's workers connect to.",
+    )
+    parser.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="Address to listen on (default: 0.0.0.0, every IPv4 interface; use 127.0.0.1 locally).",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_MASTER_PORT,
+        help=f"Port to listen on, 0..65535; 0 picks a free one (default: {DEFAULT_MASTER_PORT}).",
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="Number of workers expected; enables the 'rank N joined (k/N)' log lines and the "
+        "joined/missing ranks of the status document.",
+    )
+    parser.add_argument(
+        "--job", default="", help="Name of the TrainingJob, shown in log lines (default: none)."
+    )
+    parser.add_argument(
+        "--port-file",
+        type=Path,
+        default=None,
+        help="Write the port actually bound to this file once listening (useful with --port 0).",
+    )
+    parser.add_argument(
+        "--status-port",
+        type=int,
+        default=None,
+        help="Serve the read-only status document (GET /status: ranks joined and missing, peers, "
+        "uptime; GET /healthz) over HTTP on this port, on --host; 0 picks a free one "
+        "(default: no status endpoint).",
+    )
+    parser.add_argument(
+        "--status-port-file",
+        type=Path,
+        default=None,
+        help="Write the status port actually bound to this file once serving.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level."
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if not 0 <= args.port <= 65535:
+        logger.error("--port (%d) must be in 0..65535.", args.port)
+        return 2
+    if args.world_size is not None and args.world_size < 1:
+        logger.error("--world-size (%d) must be at least 1.", args.world_size)
+        return 2
+    if args.status_port is not None and not 0 <= args.status_port <= 65535:
+        logger.error("--status-port (%d) must be in 0..65535.", args.status_port)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        # Whatever hangs from here on (a C++ call holding the GIL included), the process ends
+        # within SHUTDOWN_LIMIT: faulthandler's own thread needs no GIL, prints every thread's
+        # stack to the log, and exits 1.
+        faulthandler.dump_traceback_later(SHUTDOWN_LIMIT, exit=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    from etha.kvstore.tcp import TorchTCPStore
+
+    try:
+        store = TorchTCPStore(
+            args.host, args.port, args.world_size or 1, is_master=True, timeout=60.0, wait_for_workers=False
+        )
+    except KVStoreError as exc:
+        logger.error("%s", exc)
+        return 1
+    code = 1
+    try:
+        code = _serve(args, store, stop)
+    except Exception:  # os._exit below would drop the traceback
+        logger.exception("the rendezvous master failed")
+    finally:
+        # The store is not closed: the process ends here, and the kernel closes the listener and
+        # every client's connection with it, which is all that stopping the server would do for
+        # the clients. torch's server stops in its destructor, which runs with the GIL held: CI
+        # saw a SIGSTOPped-then-resumed master hang there, past its 15 s grace, with no log line.
+        logging.shutdown()
+        os._exit(code)
+
+
+def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event) -> int:
+    """Serve until ``stop`` is set; 0 once stopped, 1 if the status server cannot start."""
+    job = f" for job {args.job}" if args.job else ""
+    logger.info("rendezvous master%s listening on %s:%d", job, args.host, store.port)
+    tracker = PeerTracker(store.port, args.world_size)
+    lock = threading.Lock()
+    http: ThreadingHTTPServer | None = None
+    if args.status_port is not None:
+        try:
+            http = serve_status(args.host, args.status_port, tracker, lock, args.job)
+        except OSError as exc:
+            logger.error("cannot serve status on %s:%d: %s", args.host, args.status_port, exc)
+            return 1
+        logger.info("status on http://%s:%d/status (metrics at /metrics)", args.host, http.server_address[1])
+        if args.status_port_file is not None:
+            _write_port(args.status_port_file, http.server_address[1])
+    if args.port_file is not None:
+        _write_port(args.port_file, store.port)
+    watcher = threading.Thread(
+        target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
+    )
+    watcher.start()
+    # A timed wait: the main thread must get back to the interpreter to run signal handlers,
+    # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
+    while not stop.wait(0.5):
+        pass
+    watcher.join(FINAL_LOOK_LIMIT)
+    if http is not None:
+        http.shutdown()
+        http.server_close()
+    logger.info("rendezvous master stopped")
+    return 0
+
+
+#: Seconds from SIGTERM (or SIGINT) to the process's exit at the latest, well inside a pod's grace.
+SHUTDOWN_LIMIT = 10.0
+#: Seconds the join watcher's last look may take once stopping (it asks the store).
+FINAL_LOOK_LIMIT = 2.0
+
+
+def _write_port(path: Path, port: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
+def all_accounted_for(joined: int, addresses: Iterable[str], world_size: int) -> bool:
+    """Whether the ranks joined plus the other hosts connected make the world: then whoever maps
+    addresses to ranks (the operator, by pod IP) has all it needs. A loopback address may stand for
+    any number of local ranks (whose processes may have exited before being looked at): it counts
+    for none."""
+    hosts = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    return joined + len(hosts) >= world_size
+
+
+def watch_joins(
+    store: TorchTCPStore, tracker: PeerTracker, lock: threading.Lock, stop: threading.Event
+) -> None:
+    """Log each rank as it joins (by its connection, or its from_env() registration) and each
+    peer address no rank could be read for, until all ranks have joined or ``stop`` is set."""
+    world_size = tracker.world_size
+    if world_size is None:
+        return
+    seen_addresses: set[str] = set()
+    pause = JOIN_POLL_INTERVAL
+    while True:
+        # Once stopping, one last look: a rank that registered since the previous one is still
+        # named in the log (a job can finish, and its master be stopped, between two looks).
+        stopping = stop.wait(pause)
+        began = time.thread_time()
+        missing = tracker.missing()
+        try:
+            registered = store.joined_ranks(missing) if missing else {}
+        except KVStoreError as exc:
+            logger.warning("could not read joined ranks: %s", exc)
+            registered = {}
+        with lock:
+            new = [r for r in sorted(registered) if tracker.record(r, registered[r])]
+            new += tracker.refresh()
+            traced = tracker.new_connections
+            joined = dict(tracker.joined)
+            addresses = [a for a in tracker.addresses if a not in seen_addresses]
+            everyone = all_accounted_for(len(joined), tracker.addresses, world_size)
+        before = len(joined) - len(set(new))
+        for i, rank in enumerate(sorted(set(new)), 1):
+            logger.info("rank %d joined from %s (%d/%d)", rank, joined[rank], before + i, world_size)
+        for address in addresses:
+            seen_addresses.add(address)
+            logger.info("connection from %s (its rank is told by the pod that has this IP)", address)
+        if len(joined) == world_size:
+            logger.info("all %d ranks joined in %.2fs", world_size, time.monotonic() - tracker.started)
+            return
+        if everyone:  # as many peers as ranks: whoever tells addresses apart has all it needs
+            logger.info("%d peers connected in %.2fs", world_size, time.monotonic() - tracker.started)
+            return
+        if stopping:
+            return
+        cost = 0.0 if new or traced else time.thread_time() - began
+        pause = max(JOIN_POLL_INTERVAL, JOIN_LOOK_SPACING * cost)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
