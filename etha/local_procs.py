@@ -136,7 +136,7 @@ class Stopped(Exception):
         return 128 + self.signum
 
 
-class _StopNoise:
+class StopNoise:
     """What stopping a process makes it print, dropped: Python tracebacks (torchrun's
     ``SignalException`` from each agent) and torch elastic's shutdown notices."""
 
@@ -319,7 +319,7 @@ class Supervisor:
     def _pump(self, label: str, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         tail = self.tails.setdefault(label, [])
-        noise = _StopNoise()
+        noise = StopNoise()
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             tail.append(line)

@@ -1,10 +1,10 @@
-"""What run-local drops from a process it is stopping (etha.local_procs._StopNoise)."""
+"""What run-local drops from a process it is stopping (etha.local_procs.StopNoise)."""
 
 from __future__ import annotations
 
 import pytest
 
-from etha.local_procs import Stopped, _StopNoise
+from etha.local_procs import StopNoise, Stopped
 
 # torchrun's agent on SIGTERM, as measured (torch 2.13), paths shortened; a user's line kept.
 AGENT = """\
@@ -41,7 +41,7 @@ CHAINED = """\
     ids=["torchrun-agent", "chained-per-rank"],
 )
 def test_stop_noise_drops_tracebacks_and_torch_shutdown_notices(text: str, kept: list[str]) -> None:
-    noise = _StopNoise()
+    noise = StopNoise()
     assert [line for line in text.splitlines() if not noise.drops(line)] == kept
 
 
