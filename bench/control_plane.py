@@ -38,7 +38,7 @@ from etha.job.spec import parse
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.kube import Kube
 from tests.controlplane.operator import ChartOperator
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
 
 
 def count_pods(kube: Kube, namespace: str, selector: str) -> int:

@@ -35,8 +35,8 @@ import yaml
 from tests.controlplane.cluster import ControlPlane
 from tests.controlplane.kube import KubeError
 from tests.controlplane.operator import ChartOperator
+from tests.factories import make_trainingjob
 from tests.helpers import free_port, stop_process
-from tests.unit.controller.factories import make_trainingjob
 
 CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 KF_NS = "kubeflow"

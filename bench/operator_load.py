@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.controlplane.cluster import ControlPlane, FakeNode
 from tests.controlplane.kube import Kube, KubeError
 from tests.controlplane.operator import ChartOperator
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
 
 NS = "load"
 OPERATOR = "system:serviceaccount:etha-system:etha-operator"

@@ -6,7 +6,7 @@ import pytest
 
 from etha.job.builders import build_master_pod, build_service, build_worker_pod, inject_env
 from etha.job.spec import parse
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
 
 
 def env_of(pod: dict, container: int = 0) -> dict[str, str]:
@@ -112,7 +112,7 @@ def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
 ) -> None:
     from datetime import UTC, datetime
 
-    from tests.unit.controller.factories import reconcile
+    from tests.factories import reconcile
 
     acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
     assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created

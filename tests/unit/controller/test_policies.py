@@ -19,7 +19,7 @@ from etha.job.policies import (
     success_met,
 )
 from etha.job.spec import InvalidSpec, parse
-from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
+from tests.factories import make_pod, make_trainingjob, reconcile
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from etha.job.spec import parse
-from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
+from tests.factories import make_pod, make_trainingjob, reconcile
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

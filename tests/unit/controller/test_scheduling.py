@@ -14,7 +14,7 @@ from etha.job.pods import timestamp
 from etha.job.scheduling import GROUP_KINDS, group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.operator.config import ConfigError, OperatorConfig
-from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
+from tests.factories import make_pod, make_trainingjob, reconcile
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 

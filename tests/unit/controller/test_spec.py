@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from etha.job.spec import InvalidSpec, parse
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
 
 
 def test_defaults() -> None:

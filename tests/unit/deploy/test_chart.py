@@ -17,10 +17,10 @@ import yaml
 from etha.job import builders
 from etha.job.security import restricted_violations
 from etha.job.spec import parse
+from tests.factories import make_trainingjob
 from tests.helpers import REPO, tool
 from tests.pss import pod_spec_of
 from tests.rbac import deploy_docs, grants, roles_in, wildcards
-from tests.unit.controller.factories import make_trainingjob
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
