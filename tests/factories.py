@@ -76,3 +76,8 @@ def reconcile(
 ) -> Actions:
     """One decision from one observation, spelt positionally for brevity."""
     return decisions.reconcile(Observed(job, status, pods, service, now, network_policy, **more))
+
+
+def make_etcd_trainingjob(**spec: Any) -> dict[str, Any]:
+    """A TrainingJob whose rendezvous backend is etcd (endpoints: etcd-0:2379)."""
+    return make_trainingjob(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["etcd-0:2379"]}}, **spec)

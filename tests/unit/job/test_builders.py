@@ -106,18 +106,6 @@ def test_network_policy_admits_only_the_jobs_pods_to_the_master_port() -> None:
     kubernetes_validate.validate(policy, "1.34.0", strict=True)
 
 
-@pytest.mark.parametrize(("exists", "created"), [(None, False), (True, False), (False, True)])
-def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
-    exists: bool | None, created: bool
-) -> None:
-    from datetime import UTC, datetime
-
-    from tests.factories import reconcile
-
-    acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
-    assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created
-
-
 def test_worker_pods_meet_the_restricted_profile_by_default() -> None:
     from etha.job.security import restricted_violations
 

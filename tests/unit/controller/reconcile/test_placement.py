@@ -15,6 +15,7 @@ from etha.job.scheduling import GROUP_KINDS, group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.operator.config import ConfigError, OperatorConfig
 from tests.factories import make_pod, make_trainingjob, reconcile
+from tests.unit.controller.reconcile import helpers
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -360,3 +361,31 @@ def test_a_gang_not_all_made_yet_is_not_a_reason_and_the_schedulers_events_say_w
     acts = reconcile(job, {"attempt": 0}, pods, True, NOW, None, scheduler_said=told)
     (cond,) = [x for x in acts.status["conditions"] if x["type"] == c.COND_SCHEDULED]
     assert "1 Insufficient nvidia.com/gpu" in cond["message"], cond
+
+
+def test_an_unschedulable_pod_puts_the_schedulers_reason_on_the_job_once() -> None:
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    unplaced = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    pods = [
+        make_pod("mnist-master-0", "Running", role="master"),
+        make_pod("mnist-worker-0-0", "Pending", conditions=[unplaced]),
+        make_pod("mnist-worker-0-1", "Running"),
+    ]
+    job = parse(make_trainingjob(replicas=2))
+    acts = reconcile(job, {"startTime": "2026-01-01T11:59:00Z"}, pods, True, helpers.NOW, True)
+    (cond,) = [x for x in acts.status["conditions"] if x["type"] == "PodsScheduled"]
+    assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")
+    assert cond["message"] == f"Pod mnist-worker-0-0 cannot be scheduled: {message}"
+    assert [(e.type, e.reason) for e in acts.events] == [("Warning", "Unschedulable")]
+    # Seen again unchanged: no second event.
+    again = reconcile(
+        job, {"startTime": "2026-01-01T11:59:00Z", **acts.status}, pods, True, helpers.NOW, True
+    )
+    assert not [e for e in again.events if e.reason == "Unschedulable"]
+    # Scheduled at last: the condition turns True.
+    pods[1] = make_pod("mnist-worker-0-0", "Running")
+    placed = reconcile(
+        job, {"startTime": "2026-01-01T11:59:00Z", **acts.status}, pods, True, helpers.NOW, True
+    )
+    (cond,) = [x for x in placed.status["conditions"] if x["type"] == "PodsScheduled"]
+    assert cond["status"] == "True"
