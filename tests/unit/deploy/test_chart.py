@@ -27,7 +27,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 CHART = REPO / "charts" / "etha-operator"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the kubectl shipped in bin/.
 K8S_VERSIONS = ["1.27.0", "1.34.0"]
-# What the operator may do, exactly: tests/integration/controller checks every request it sends
+# What the operator may do, exactly: tests/integration/emulator checks every request it sends
 # against the rendered roles, and this pins that the roles grant no more.
 OPERATOR_GRANTS = {
     ("etha.io", "trainingjobs", "get"),

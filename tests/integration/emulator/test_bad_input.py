@@ -18,8 +18,8 @@ pytest.importorskip("kmock")
 
 from tests.factories import make_trainingjob
 from tests.helpers import wait_until
-from tests.integration.controller.emulator import Emulator
-from tests.integration.controller.harness import Operator, operated_emulator
+from tests.integration.emulator.emulator import Emulator
+from tests.integration.emulator.harness import Operator, operated_emulator
 from tests.unit.deploy.test_crd import schema
 
 NS = "bad"
