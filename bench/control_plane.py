@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etha.job.builders import build_worker_pod
 from etha.job.spec import parse
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.kube import Kube
-from tests.controlplane.operator import ChartOperator
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
+from tests.harness.cluster import ControlPlane
+from tests.harness.kube import Kube
+from tests.harness.operator import ChartOperator
 
 
 def count_pods(kube: Kube, namespace: str, selector: str) -> int:
@@ -77,7 +77,7 @@ def running_cluster(plane: ControlPlane) -> tuple[ControlPlane, Any, ChartOperat
     """``plane`` started, the local node as its Nodes' kubelet, the chart's operator running."""
     import tempfile
 
-    from tests.controlplane.node import LocalNode
+    from tests.harness.node import LocalNode
 
     plane.start()
     node = LocalNode(
@@ -127,7 +127,7 @@ def steady(jobs: int, window: float) -> None:
 
 
 def succeed(jobs: int, replicas: int = 8) -> None:
-    from tests.controlplane.cluster import FakeNode
+    from tests.harness.cluster import FakeNode
 
     # Room for every finished pod: a Succeeded pod stays bound to its Node (as a Job's do) and
     # counts against its 110 pods; with 110, 30 finished jobs filled both Nodes and the masters

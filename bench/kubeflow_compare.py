@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.kube import KubeError
-from tests.controlplane.operator import ChartOperator
+from tests.factories import make_trainingjob
+from tests.harness.cluster import ControlPlane
+from tests.harness.kube import KubeError
+from tests.harness.operator import ChartOperator
 from tests.helpers import free_port, stop_process
-from tests.unit.controller.factories import make_trainingjob
 
 CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 KF_NS = "kubeflow"

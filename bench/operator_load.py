@@ -32,10 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.controlplane.cluster import ControlPlane, FakeNode
-from tests.controlplane.kube import Kube, KubeError
-from tests.controlplane.operator import ChartOperator
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
+from tests.harness.cluster import ControlPlane, FakeNode
+from tests.harness.kube import Kube, KubeError
+from tests.harness.operator import ChartOperator
 
 NS = "load"
 OPERATOR = "system:serviceaccount:etha-system:etha-operator"

@@ -15,8 +15,8 @@ def control_plane() -> Iterator[object]:
     """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the local node as the
     fake Nodes' kubelet. Skips with a one-line reason where the binaries are missing, except in
     CI (``CI`` set), where the tier is required."""
-    from tests.controlplane.cluster import ControlPlane, MissingBinaries, binaries_dir
-    from tests.controlplane.node import LocalNode
+    from tests.harness.cluster import ControlPlane, MissingBinaries, binaries_dir
+    from tests.harness.node import LocalNode
 
     try:
         binaries_dir()

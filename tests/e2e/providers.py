@@ -35,7 +35,7 @@ class ControlPlaneProvider:
     name = "control-plane"
 
     def __init__(self, plane: Any) -> None:
-        from tests.controlplane.operator import ChartOperator
+        from tests.harness.operator import ChartOperator
 
         self.plane = plane
         self.node = plane.node

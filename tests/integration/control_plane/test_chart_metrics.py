@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.operator import ChartOperator
+from tests.harness.cluster import ControlPlane
+from tests.harness.operator import ChartOperator
 from tests.helpers import REPO, wait_until
 
 CRDS = sorted((REPO / "tests" / "data" / "prometheus-operator").glob("*.yaml"))

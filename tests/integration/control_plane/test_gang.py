@@ -13,11 +13,11 @@ import yaml
 
 from etha.job.builders import build_pod_group_of
 from etha.job.spec import parse
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.gang import NODE, SCHEDULER_NAME, gang_scheduling, gang_worker
-from tests.controlplane.jobs import Jobs, condition
-from tests.controlplane.kube import KubeError
-from tests.controlplane.operator import operating
+from tests.harness.cluster import ControlPlane
+from tests.harness.gang import NODE, SCHEDULER_NAME, gang_scheduling, gang_worker
+from tests.harness.jobs import Jobs, condition
+from tests.harness.kube import KubeError
+from tests.harness.operator import operating
 from tests.helpers import REPO, wait_until
 
 NS = "gangs"

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.jobs import Jobs, condition
-from tests.controlplane.kube import KubeError
-from tests.controlplane.operator import ChartOperator, operating
+from tests.harness.cluster import ControlPlane
+from tests.harness.jobs import Jobs, condition
+from tests.harness.kube import KubeError
+from tests.harness.operator import ChartOperator, operating
 from tests.helpers import wait_until
 
 NS = "owners"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.jobs import Jobs, condition
-from tests.controlplane.operator import operating
+from tests.harness.cluster import ControlPlane
+from tests.harness.jobs import Jobs, condition
+from tests.harness.operator import operating
 from tests.helpers import wait_until
 
 NS = "policies"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.operator import ChartOperator
+from tests.harness.cluster import ControlPlane
+from tests.harness.operator import ChartOperator
 from tests.helpers import REPO, wait_until
 
 

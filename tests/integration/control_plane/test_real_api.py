@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.controlplane.cluster import CRD, ControlPlane
-from tests.controlplane.operator import ChartOperator, operating
+from tests.harness.cluster import CRD, ControlPlane
+from tests.harness.operator import ChartOperator, operating
 from tests.helpers import REPO, wait_until
 
 NS = "real-api"

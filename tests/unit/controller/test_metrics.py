@@ -14,7 +14,7 @@ from etha.job.pods import timestamp
 from etha.job.spec import parse
 from etha.master.status import MasterStatus
 from etha.operator.metrics import OperatorMetrics
-from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
+from tests.factories import make_pod, make_trainingjob, reconcile
 
 CREATED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 NS = "research"

@@ -17,17 +17,17 @@ import yaml
 from etha.job import builders
 from etha.job.security import restricted_violations
 from etha.job.spec import parse
+from tests.factories import make_trainingjob
 from tests.helpers import REPO, tool
 from tests.pss import pod_spec_of
 from tests.rbac import deploy_docs, grants, roles_in, wildcards
-from tests.unit.controller.factories import make_trainingjob
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 CHART = REPO / "charts" / "etha-operator"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the kubectl shipped in bin/.
 K8S_VERSIONS = ["1.27.0", "1.34.0"]
-# What the operator may do, exactly: tests/integration/controller checks every request it sends
+# What the operator may do, exactly: tests/integration/emulator checks every request it sends
 # against the rendered roles, and this pins that the roles grant no more.
 OPERATOR_GRANTS = {
     ("etha.io", "trainingjobs", "get"),

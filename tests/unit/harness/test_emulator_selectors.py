@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("kmock")
 
-from tests.integration.controller.emulator import _selects
+from tests.integration.emulator.emulator import _selects
 
 POD = {"metadata": {"labels": {"app": "x", "tier": "web"}}}
 

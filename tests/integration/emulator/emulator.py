@@ -404,7 +404,7 @@ class Emulator:
 
 
 def main() -> None:
-    """``python -m tests.integration.controller.emulator``: serve until stdin closes (benchmarks run
+    """``python -m tests.integration.emulator.emulator``: serve until stdin closes (benchmarks run
     the emulator in a process of its own, so it does not share a GIL with the operator)."""
     import sys
 

@@ -9,7 +9,7 @@ kubelet heartbeats here): garbage collection, namespaces, service accounts, endp
 deployments. Its garbage collector learns the kinds at start and then only every 30 s, so it starts
 after the CRD is applied. Fake Nodes with cpu, memory and ``nvidia.com/gpu`` capacity are created
 Ready and untainted (admission taints a new Node not-ready, and only node lifecycle lifts it), so
-the scheduler binds pods to them; :class:`tests.controlplane.node.LocalNode` plays their kubelet.
+the scheduler binds pods to them; :class:`tests.harness.node.LocalNode` plays their kubelet.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import yaml
 
-from tests.controlplane.kube import Kube, KubeError
+from tests.harness.kube import Kube, KubeError
 from tests.helpers import REPO, free_port, stop_process, wait_until
 
 #: The binaries the control plane needs, in the folder named by KUBEBUILDER_ASSETS or bin/.
@@ -92,7 +92,7 @@ class ControlPlane:
     processes: list[_Process] = field(default_factory=list)
     #: Seconds each stage took to start (etcd, apiserver ready, CRD established, controllers, nodes).
     timings: dict[str, float] = field(default_factory=dict)
-    #: The fake Nodes' kubelet (tests.controlplane.node.LocalNode), once the fixture starts it.
+    #: The fake Nodes' kubelet (tests.harness.node.LocalNode), once the fixture starts it.
     node: Any = None
 
     def start(self) -> ControlPlane:

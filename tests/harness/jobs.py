@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.controlplane.operator import ChartOperator
+from tests.harness.operator import ChartOperator
 from tests.helpers import wait_until
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane.cluster import MissingBinaries, binaries_dir
-from tests.controlplane.node import LocalNode, _Unresolved
+from tests.harness.cluster import MissingBinaries, binaries_dir
+from tests.harness.node import LocalNode, _Unresolved
 
 
 def test_missing_binaries_are_named_with_how_to_get_them(

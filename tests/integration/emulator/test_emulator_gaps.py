@@ -1,4 +1,4 @@
-"""Pins of kmock 0.8's gaps that tests/integration/controller/emulator.py works around.
+"""Pins of kmock 0.8's gaps that tests/integration/emulator/emulator.py works around.
 
 Each test asserts the upstream behaviour as it is today. When an upgrade closes a gap, its test
 fails: delete the test and the workaround it names.
@@ -17,7 +17,7 @@ import pytest
 
 kmock = pytest.importorskip("kmock")
 
-from tests.integration.controller.emulator import RESOURCES  # noqa: E402
+from tests.integration.emulator.emulator import RESOURCES  # noqa: E402
 
 _emulators: list[Any] = []
 

@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 
+from tests.factories import make_trainingjob
 from tests.helpers import wait_until
-from tests.integration.controller.emulator import Emulator
-from tests.integration.controller.harness import Operator, operated_emulator
-from tests.unit.controller.factories import make_trainingjob
-from tests.unit.controller.test_crd import schema
+from tests.integration.emulator.emulator import Emulator
+from tests.integration.emulator.harness import Operator, operated_emulator
+from tests.unit.deploy.test_crd import schema
 
 NS = "bad"
 Mutate = Callable[[dict[str, Any]], None]

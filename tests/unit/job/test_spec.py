@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from etha.job.spec import InvalidSpec, parse
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_etcd_trainingjob, make_trainingjob
 
 
 def test_defaults() -> None:
@@ -164,3 +165,37 @@ def test_longest_name_that_fits() -> None:
     parse(make_trainingjob(name="a" * 50, replicas=10))
     with pytest.raises(InvalidSpec, match="use at most 50 characters"):
         parse(make_trainingjob(name="a" * 51, replicas=10))
+
+
+@pytest.mark.parametrize(
+    ("rendezvous", "needle"),
+    [
+        ({"backend": "etcd"}, "spec.rendezvous.etcd.endpoints (None) must list at least one"),
+        ({"backend": "etcd", "etcd": {"endpoints": []}}, "spec.rendezvous.etcd.endpoints ([]) must list"),
+        ({"backend": "zookeeper"}, "spec.rendezvous.backend ('zookeeper') must be tcp or etcd"),
+        ({"backend": "etcd", "etcd": "etcd:2379"}, "spec.rendezvous.etcd ('etcd:2379') must be an object"),
+        ({"backend": "etcd", "etcd": {"endpoints": "etcd:2379"}}, "endpoints ('etcd:2379') must be a list"),
+        (
+            {"backend": "etcd", "etcd": {"endpoints": ["a:1", 5]}},
+            "endpoints[1]: etcd endpoint (5) must be a host:port",
+        ),
+        (
+            {"backend": "etcd", "etcd": {"endpoints": ["a:99999"]}},
+            "spec.rendezvous.etcd.endpoints[0]: etcd endpoint",
+        ),
+    ],
+)
+def test_bad_backend_settings_name_the_field(rendezvous: dict, needle: str) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(needle)):
+        parse(make_trainingjob(rendezvous=rendezvous))
+
+
+def test_etcd_backend_without_endpoints_uses_the_operators_default_etcd() -> None:
+    job = parse(
+        make_trainingjob(rendezvous={"backend": "etcd"}),
+        default_etcd_endpoints=["etcd-0:2379", "etcd-1:2379"],
+    )
+    assert job.etcd_endpoints == ["etcd-0:2379", "etcd-1:2379"]
+    own = parse(make_etcd_trainingjob(), default_etcd_endpoints=["etcd-0:2379", "etcd-1:2379"])
+    assert own.etcd_endpoints == ["etcd-0:2379"]  # the job's own win
+    assert parse(make_trainingjob(), default_etcd_endpoints=["etcd-0:2379"]).etcd_endpoints is None

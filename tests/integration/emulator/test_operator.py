@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 
+from tests.factories import make_trainingjob
 from tests.helpers import REPO, tool, wait_until
-from tests.integration.controller.emulator import Emulator
-from tests.integration.controller.harness import Operator, operated_emulator
-from tests.unit.controller.factories import make_trainingjob
+from tests.integration.emulator.emulator import Emulator
+from tests.integration.emulator.harness import Operator, operated_emulator
 
 NS = "research"
 

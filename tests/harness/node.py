@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from etha.local import local_command
-from tests.controlplane.kube import Kube, KubeError, container_env
+from tests.harness.kube import Kube, KubeError, container_env
 from tests.helpers import REPO, TEST_ENV
 
 SYNC_SECONDS = 0.05

@@ -7,7 +7,7 @@ import pytest
 from etha.job.builders import build_worker_pod
 from etha.job.env import worker_env
 from etha.job.spec import parse
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
 
 
 def test_worker_env_carries_the_contract() -> None:
@@ -130,7 +130,7 @@ def test_etcd_keys_are_the_attempts_own() -> None:
     job never share etcd keys; the TCP backend's store is the attempt's own master already."""
     from etha.job.builders import build_worker_pod
     from etha.job.spec import parse
-    from tests.unit.controller.factories import make_trainingjob
+    from tests.factories import make_trainingjob
 
     def key_namespace(namespace: str, uid: str, attempt: int, backend: str = "etcd") -> str | None:
         body = make_trainingjob(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from etha.job.spec import JobSpec
+from etha.job.spec import JobSpec, parse
 from etha.operator import reconcile as decisions
 from etha.operator.reconcile import Actions, Observed
 
@@ -76,3 +76,16 @@ def reconcile(
 ) -> Actions:
     """One decision from one observation, spelt positionally for brevity."""
     return decisions.reconcile(Observed(job, status, pods, service, now, network_policy, **more))
+
+
+def make_etcd_trainingjob(**spec: Any) -> dict[str, Any]:
+    """A TrainingJob whose rendezvous backend is etcd (endpoints: etcd-0:2379)."""
+    return make_trainingjob(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["etcd-0:2379"]}}, **spec)
+
+
+def gang_job(replicas: int = 3, labels: dict[str, str] | None = None, **scheduling: Any) -> JobSpec:
+    """The parsed spec of job g with spec.scheduling as given (gang, queue, timeouts...)."""
+    body = make_trainingjob(name="g", replicas=replicas, scheduling=scheduling)
+    if labels:
+        body["metadata"]["labels"] = labels
+    return parse(body)

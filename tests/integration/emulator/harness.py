@@ -19,7 +19,7 @@ from etha.operator import handlers
 from etha.operator.config import OperatorConfig
 from etha.operator.k8s import Api
 from tests.helpers import REPO, tool
-from tests.integration.controller.emulator import Emulator
+from tests.integration.emulator.emulator import Emulator
 from tests.rbac import deploy_docs, grants, roles_in
 
 

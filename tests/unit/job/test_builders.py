@@ -6,7 +6,7 @@ import pytest
 
 from etha.job.builders import build_master_pod, build_service, build_worker_pod, inject_env
 from etha.job.spec import parse
-from tests.unit.controller.factories import make_trainingjob
+from tests.factories import make_trainingjob
 
 
 def env_of(pod: dict, container: int = 0) -> dict[str, str]:
@@ -104,18 +104,6 @@ def test_network_policy_admits_only_the_jobs_pods_to_the_master_port() -> None:
     assert rule["from"][0]["podSelector"]["matchLabels"].items() <= worker.items()
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(policy, "1.34.0", strict=True)
-
-
-@pytest.mark.parametrize(("exists", "created"), [(None, False), (True, False), (False, True)])
-def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
-    exists: bool | None, created: bool
-) -> None:
-    from datetime import UTC, datetime
-
-    from tests.unit.controller.factories import reconcile
-
-    acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
-    assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created
 
 
 def test_worker_pods_meet_the_restricted_profile_by_default() -> None:

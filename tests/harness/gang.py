@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.controlplane.cluster import ControlPlane, FakeNode
+from tests.harness.cluster import ControlPlane, FakeNode
 from tests.helpers import REPO, free_port, stop_process, wait_until
 
 SCHEDULER_NAME = "scheduler-plugins-scheduler"

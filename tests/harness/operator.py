@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tests.controlplane.cluster import ControlPlane
-from tests.controlplane.kube import container_env
+from tests.harness.cluster import ControlPlane
+from tests.harness.kube import container_env
 from tests.helpers import REPO, TEST_ENV, free_port, stop_process, tool, wait_until
 
 RELEASE = "etha-operator"

@@ -14,7 +14,7 @@ from etha.job.spec import parse
 from etha.master.status import MasterStatus
 from etha.operator.config import OperatorConfig, pod_status_url
 from etha.operator.reconcile.joins import needs_master_status, pod_state
-from tests.unit.controller.factories import make_pod, make_trainingjob, reconcile
+from tests.factories import make_pod, make_trainingjob, reconcile
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 CREATED = "2026-01-01T12:00:00Z"

@@ -1,0 +1,104 @@
+"""The creation step (etha.operator.reconcile.creation): what the attempt lacks is made, all at
+once and in order, and its phase and worker counts are reported."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from etha.job.spec import parse
+from tests.factories import make_etcd_trainingjob, make_pod, make_trainingjob, reconcile
+from tests.unit.controller.reconcile.helpers import NOW, names
+
+
+def test_new_job_creates_service_master_and_workers() -> None:
+    acts = reconcile(parse(make_trainingjob(replicas=3)), {}, [], False, NOW)
+    assert names(acts.create) == [
+        "mnist",
+        "mnist-master-0",
+        "mnist-worker-0-0",
+        "mnist-worker-0-1",
+        "mnist-worker-0-2",
+    ]
+    assert acts.status["phase"] == "Pending" and acts.status["startTime"] == "2026-01-01T12:00:00Z"
+    assert acts.status["masterAddress"] == "mnist-master-0.mnist.research.svc:29500"
+    assert len([e for e in acts.events if e.reason == "Created"]) == 5
+
+
+def test_partially_created_job_creates_only_whats_missing() -> None:
+    """An operator restarted mid-creation converges without duplicates."""
+    pods = [make_pod("mnist-master-0", "Pending", role="master"), make_pod("mnist-worker-0-1", "Pending")]
+    acts = reconcile(
+        parse(make_trainingjob(replicas=3)), {"startTime": "2026-01-01T11:59:00Z"}, pods, True, NOW
+    )
+    assert names(acts.create) == ["mnist-worker-0-0", "mnist-worker-0-2"]
+    assert acts.delete_pods == []
+
+
+def test_all_running_is_running() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master")] + [
+        make_pod(f"mnist-worker-0-{r}", "Running") for r in range(2)
+    ]
+    acts = reconcile(parse(make_trainingjob()), {"phase": "Pending"}, pods, True, NOW)
+    assert acts.status["phase"] == "Running" and acts.create == []
+    assert acts.status["workers"]["readyText"] == "2/2"
+    assert any(c["type"] == "Running" and c["status"] == "True" for c in acts.status["conditions"])
+
+
+def test_next_attempt_deletes_leftovers_and_creates_new_pods() -> None:
+    pods = [make_pod("mnist-worker-0-0", "Running")]  # still terminating from attempt 0
+    acts = reconcile(
+        parse(make_trainingjob(maxRestarts=2)),
+        {"phase": "Restarting", "attempt": 1, "restarts": 1},
+        pods,
+        True,
+        NOW,
+    )
+    assert acts.delete_pods == ["mnist-worker-0-0"]
+    assert names(acts.create) == ["mnist-master-1", "mnist-worker-1-0", "mnist-worker-1-1"]
+    env = {e["name"]: e["value"] for e in acts.create[1]["spec"]["containers"][0]["env"]}
+    assert env["TORCHELASTIC_RESTART_COUNT"] == "1" and env["MASTER_ADDR"].startswith("mnist-master-1.")
+
+
+def test_a_worker_in_an_unknown_phase_counts_as_pending() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Unknown")]
+    acts = reconcile(parse(make_trainingjob()), {}, pods, True, NOW)
+    assert acts.status["workers"]["pending"] == 2 and acts.status["phase"] == "Pending"
+
+
+def test_a_missing_pod_while_pending_is_just_created() -> None:
+    pods = [make_pod("mnist-master-0", "Running", role="master"), make_pod("mnist-worker-0-0", "Running")]
+    acts = reconcile(parse(make_trainingjob(maxRestarts=1)), {"phase": "Pending"}, pods, True, NOW)
+    assert names(acts.create) == ["mnist-worker-0-1"] and acts.delete_pods == []
+
+
+def test_etcd_backend_starts_no_master_and_points_workers_at_etcd_and_rank_0() -> None:
+    acts = reconcile(parse(make_etcd_trainingjob(replicas=2)), {}, [], False, NOW)
+    assert names(acts.create) == ["mnist", "mnist-worker-0-0", "mnist-worker-0-1"]
+    env = {e["name"]: e["value"] for e in acts.create[2]["spec"]["containers"][0]["env"]}
+    assert env["ETHA_KVSTORE_BACKEND"] == "etcd" and env["ETHA_ETCD_ENDPOINTS"] == "etcd-0:2379"
+    assert env["MASTER_ADDR"] == "mnist-worker-0-0.mnist.research.svc"
+    assert env["TORCHELASTIC_USE_AGENT_STORE"] == "False" and "ETHA_KVSTORE_HOST" not in env
+    assert acts.status["masterAddress"] == "mnist-worker-0-0.mnist.research.svc:29500"
+
+
+def test_etcd_backend_is_running_without_a_master() -> None:
+    pods = [make_pod(f"mnist-worker-0-{r}", "Running") for r in range(2)]
+    acts = reconcile(parse(make_etcd_trainingjob()), {"phase": "Pending"}, pods, True, NOW)
+    assert acts.status["phase"] == "Running" and acts.create == []
+    again = reconcile(parse(make_etcd_trainingjob()), dict(acts.status), pods, True, NOW)
+    assert again.delete_pods == [] and again.status["phase"] == "Running"
+
+
+def test_etcd_backend_needs_no_network_policy() -> None:
+    acts = reconcile(parse(make_etcd_trainingjob()), {}, [], True, NOW, False)
+    assert "NetworkPolicy" not in [m["kind"] for m in acts.create]
+
+
+@pytest.mark.parametrize(("exists", "created"), [(None, False), (True, False), (False, True)])
+def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
+    exists: bool | None, created: bool
+) -> None:
+    acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
+    assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created

@@ -1,0 +1,33 @@
+"""The operator's configuration from its environment (etha.operator.config)."""
+
+from __future__ import annotations
+
+import pytest
+
+from etha.job.builders import build_worker_pod
+from etha.job.spec import parse
+from etha.operator.config import ConfigError, OperatorConfig
+from tests.factories import make_trainingjob
+
+
+def test_operator_config_reads_the_default_gang_and_schedulers() -> None:
+    cfg = OperatorConfig.from_env(
+        {
+            "ETHA_DEFAULT_GANG": "volcano",
+            "ETHA_SCHEDULER_NAME": "mine",
+            "ETHA_GANG_SCHEDULERS": "volcano=vc, coscheduling=sp",
+        }
+    )
+    assert (cfg.default_gang, cfg.scheduler_name) == ("volcano", "mine")
+    assert cfg.gang_schedulers == {"volcano": "vc", "coscheduling": "sp"}
+    with pytest.raises(ConfigError, match=r"ETHA_GANG_SCHEDULERS entry 'none=x' must be"):
+        OperatorConfig.from_env({"ETHA_GANG_SCHEDULERS": "none=x"})
+    # A gang implies its scheduler; a job without one gets the default.
+    gangs = {"coscheduling": "sp", "volcano": "vc"}
+    for gang, want in (("coscheduling", "sp"), ("volcano", "vc"), ("none", "mine")):
+        body = make_trainingjob(name="g", scheduling={"gang": gang})
+        job = parse(body, default_scheduler="mine", gang_schedulers=gangs)
+        assert build_worker_pod(job, 0, 0)["spec"]["schedulerName"] == want
+    assert OperatorConfig.from_env({}).default_gang == "none"
+    with pytest.raises(ConfigError, match=r"ETHA_DEFAULT_GANG \('kai'\) must be one of"):
+        OperatorConfig.from_env({"ETHA_DEFAULT_GANG": "kai"})
