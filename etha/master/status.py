@@ -15,6 +15,18 @@ from typing import Any
 DETAILED_RANKS = 8
 
 
+#: The most ranks (and peer addresses) a status document may name, and an address's length: the
+#: CRD's largest job (10,000 workers) with room for several processes each.
+MAX_RANKS = 100_000
+MAX_ADDRESS = 64
+
+
+def _short(value: object) -> str:
+    """A bad value as a message repeats it: at most 60 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class BadStatus(ValueError):
     """The status document is not what ``python -m etha.master`` serves."""
 
@@ -38,14 +50,22 @@ class MasterStatus:
         uptime = doc.get("uptimeSeconds")
         joined = doc.get("joined")
         peers = doc.get("peers")
-        if world is not None and (not isinstance(world, int) or world < 1):
-            raise BadStatus(f"worldSize ({world!r}) must be a positive integer or null")
-        if not isinstance(uptime, int | float) or uptime < 0:
-            raise BadStatus(f"uptimeSeconds ({uptime!r}) must be a non-negative number")
-        if not isinstance(joined, list) or not all(isinstance(r, int) and r >= 0 for r in joined):
-            raise BadStatus(f"joined ({joined!r}) must be a list of ranks")
-        if not isinstance(peers, list) or not all(isinstance(a, str) for a in peers):
-            raise BadStatus(f"peers ({peers!r}) must be a list of addresses")
+        if world is not None and (type(world) is not int or not 1 <= world <= MAX_RANKS):
+            raise BadStatus(f"worldSize ({_short(world)}) must be an integer from 1 to {MAX_RANKS} or null")
+        if not isinstance(uptime, int | float) or not 0 <= uptime < float("inf"):
+            raise BadStatus(f"uptimeSeconds ({_short(uptime)}) must be a non-negative number")
+        if (
+            not isinstance(joined, list)
+            or len(joined) > MAX_RANKS
+            or not all(type(r) is int and 0 <= r < MAX_RANKS for r in joined)
+        ):
+            raise BadStatus(f"joined ({_short(joined)}) must be a list of at most {MAX_RANKS} ranks")
+        if (
+            not isinstance(peers, list)
+            or len(peers) > MAX_RANKS
+            or not all(isinstance(a, str) and len(a) <= MAX_ADDRESS for a in peers)
+        ):
+            raise BadStatus(f"peers ({_short(peers)}) must be a list of at most {MAX_RANKS} addresses")
         return cls(world, float(uptime), frozenset(joined), frozenset(peers))
 
     def document(self, job: str) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -107,3 +108,27 @@ def test_the_document_the_master_writes_is_the_one_readers_parse(
     doc = status.document("j")
     assert doc == expected and list(doc) == list(expected)
     assert MasterStatus.parse(json.loads(json.dumps(doc))) == status
+
+
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        ({"worldSize": 10**9, "uptimeSeconds": 1, "joined": [], "peers": []}, "worldSize (1000000000)"),
+        ({"worldSize": True, "uptimeSeconds": 1, "joined": [], "peers": []}, "worldSize (True)"),
+        ({"worldSize": 4, "uptimeSeconds": float("inf"), "joined": [], "peers": []}, "uptimeSeconds (inf)"),
+        (
+            {"worldSize": 4, "uptimeSeconds": 1, "joined": list(range(200_000)), "peers": []},
+            "at most 100000 ranks",
+        ),
+        ({"worldSize": 4, "uptimeSeconds": 1, "joined": [10**12], "peers": []}, "at most 100000 ranks"),
+        (
+            {"worldSize": 4, "uptimeSeconds": 1, "joined": [], "peers": ["x" * 1000]},
+            "at most 100000 addresses",
+        ),
+    ],
+    ids=["huge-world", "bool-world", "infinite-uptime", "too-many-ranks", "huge-rank", "long-address"],
+)
+def test_a_document_beyond_the_caps_is_refused_in_a_short_message(doc: dict[str, Any], says: str) -> None:
+    with pytest.raises(BadStatus, match=re.escape(says)) as refused:
+        MasterStatus.parse(doc)
+    assert len(str(refused.value)) < 200  # the message becomes the job's status: never the value whole
