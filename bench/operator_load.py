@@ -140,11 +140,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid: int) -> float:
+def proc_status_mib(pid: int, key: str) -> float:
+    """A size from /proc/PID/status (``VmRSS``, ``VmHWM``: the peak RSS) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    return proc_status_mib(pid, "VmHWM")
 
 
 def phases(kube: Kube) -> dict[str, int]:

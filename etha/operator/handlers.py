@@ -1,10 +1,11 @@
 """kopf handlers: thin. They feed the controller (``controller.py``) and nothing else.
 
 Watches: TrainingJobs, and once per kind the pods, Services and (when the operator manages them)
-NetworkPolicies that carry the job label, kept in kopf indexes by their controller's uid. No
-change handlers, timers or daemons: kopf then puts no finalizer on a job, so deleting one never
-waits for the operator. :func:`registry` registers them for one configuration, so the operator
-watches nothing its RBAC does not grant.
+NetworkPolicies that carry the job label, kept in kopf indexes by their controller's uid. The API
+server filters the children by that label (:func:`configure_kopf`): the cluster's other pods never
+reach the operator. No change handlers, timers or daemons: kopf then puts no finalizer on a job, so
+deleting one never waits for the operator. :func:`registry` registers them for one configuration,
+so the operator watches nothing its RBAC does not grant.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from etha.operator.controller import Body, Controller, controller_uid, slim
 from etha.operator.k8s import Api
 from etha.operator.metrics import OperatorMetrics
 
+#: The child kinds the operator watches, as kopf's resource selectors.
+PODS = ("v1", "pods")
+SERVICES = ("v1", "services")
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+#: What the API server sends of each child kind: objects carrying the job label (any value).
+CHILD_SELECTOR = c.LABEL_JOB
+#: The same filter in kopf, client-side: a server that ignores the selector (the emulator's watch)
+#: still feeds the handlers only etha's children.
 _CHILD_LABELS = {c.LABEL_JOB: kopf.PRESENT}
 
 
@@ -30,11 +39,11 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.on.cleanup(registry=reg)(stop_controller)
     kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, registry=reg)(job_event)
     kinds: list[tuple[tuple[str, ...], Callable[..., Any], Callable[..., Any]]] = [
-        (("v1", "pods"), etha_pods, pod_event),
-        (("v1", "services"), etha_services, service_event),
+        (PODS, etha_pods, pod_event),
+        (SERVICES, etha_services, service_event),
     ]
     if config.network_policy:
-        kinds.append((("networking.k8s.io", "v1", "networkpolicies"), etha_policies, policy_event))
+        kinds.append((NETWORK_POLICIES, etha_policies, policy_event))
     for resource, indexer, watcher in kinds:
         kopf.index(*resource, labels=_CHILD_LABELS, registry=reg)(indexer)
         kopf.on.event(*resource, labels=_CHILD_LABELS, registry=reg)(watcher)
@@ -53,6 +62,11 @@ def configure_kopf(settings: kopf.OperatorSettings, memo: kopf.Memo | None = Non
     # unless scanning is off; the chart grants neither (a namespaced install has no cluster rights
     # at all). The operator serves one known resource in namespaces it is told: no scanning.
     settings.scanning.disabled = True
+    # kopf's `labels=` filters client-side: without a server-side selector it lists, watches and
+    # decodes every pod, Service and NetworkPolicy of the cluster (or of the namespaces served).
+    # kopf (>= 1.45) adds these to each list and watch request of the kind: `labelSelector=`.
+    for kind in (PODS, SERVICES, NETWORK_POLICIES):
+        settings.watching.label_selectors[kind] = CHILD_SELECTOR
     if memo is not None and "controller" not in memo:
         memo["controller"] = Controller(memo["config"], memo["api"], memo["metrics"])
 

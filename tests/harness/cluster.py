@@ -237,8 +237,11 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(policy))
         return path
 
-    def requests_by(self, user: str, since: float = 0.0) -> list[dict[str, Any]]:
-        """The audit log's requests by ``user`` answered after ``since`` (time.time())."""
+    def requests_by(
+        self, user: str, since: float = 0.0, stages: tuple[str, ...] = ("ResponseComplete",)
+    ) -> list[dict[str, Any]]:
+        """The audit log's requests by ``user`` answered after ``since`` (time.time()). A watch
+        is logged at ``ResponseStarted`` and, only once it ends, at ``ResponseComplete``."""
         out = []
         if not self.audit_log.exists():
             return out
@@ -247,7 +250,7 @@ class ControlPlane:
                 continue
             event = json.loads(line)
             when = datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
-            if when >= since and event.get("stage") == "ResponseComplete":
+            if when >= since and event.get("stage") in stages:
                 out.append(event)
         return out
 

@@ -41,6 +41,8 @@ class ChartOperator:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.log_path = self.dir / "operator.log"
+        #: The command :meth:`start` runs, then the container's args (a benchmark may vary it).
+        self.entrypoint = list(ENTRYPOINT)
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
@@ -92,6 +94,8 @@ class ChartOperator:
         pod = self.deployment()["spec"]["template"]
         container = pod["spec"]["containers"][0]
         account = pod["spec"].get("serviceAccountName") or "default"
+        #: The operator's user in the API server's audit log.
+        self.user = f"system:serviceaccount:{self.namespace}:{account}"
         token = self.plane.service_account_token(self.namespace, account)
         kubeconfig = self.plane.kubeconfig(self.dir / "operator.kubeconfig", token)
         self.liveness_port = free_port()
@@ -113,7 +117,11 @@ class ChartOperator:
         }
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*ENTRYPOINT, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            [*self.entrypoint, *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until(self._live, 60, "the operator's liveness endpoint", interval=0.1)
         return self
