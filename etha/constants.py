@@ -47,8 +47,6 @@ ENV_TORCHRUN_PREFIX: Final = "PET_"
 ENV_PET_NNODES: Final = "PET_NNODES"
 # torchrun --nproc-per-node: spec.procsPerWorker, resolved.
 ENV_PET_NPROC_PER_NODE: Final = "PET_NPROC_PER_NODE"
-# torchrun --node-rank: this worker's index (read by static rendezvous; c10d assigns its own).
-ENV_PET_NODE_RANK: Final = "PET_NODE_RANK"
 # torchrun --rdzv-backend: c10d, a client of the job's master.
 ENV_PET_RDZV_BACKEND: Final = "PET_RDZV_BACKEND"
 # torchrun --rdzv-endpoint: the master's host:port.

@@ -48,7 +48,6 @@ def worker_env(
             job_name=job_name,
             endpoint=f"{master_addr}:{port}",
             nnodes=world_size,
-            node_rank=rank,
             procs_per_worker=procs_per_worker,
             attempt=attempt,
             rendezvous_timeout=rendezvous_timeout,
@@ -78,7 +77,6 @@ def torchrun_env(
     job_name: str,
     endpoint: str,
     nnodes: int,
-    node_rank: int,
     procs_per_worker: int,
     attempt: int,
     rendezvous_timeout: int,
@@ -98,7 +96,6 @@ def torchrun_env(
     return {
         c.ENV_PET_NNODES: str(nnodes),
         c.ENV_PET_NPROC_PER_NODE: str(procs_per_worker),
-        c.ENV_PET_NODE_RANK: str(node_rank),
         c.ENV_PET_RDZV_BACKEND: backend,
         c.ENV_PET_RDZV_ENDPOINT: endpoint,
         c.ENV_PET_RDZV_ID: rendezvous_id(job_name, attempt),

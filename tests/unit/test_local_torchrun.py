@@ -72,5 +72,5 @@ def test_local_env_points_torchrun_at_the_local_master() -> None:
     env = local_env(job, 1, 41234, "127.0.0.1")
     assert env["PET_RDZV_ENDPOINT"] == "127.0.0.1:41234"
     assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", "41234")
-    assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"], env["PET_NODE_RANK"]) == ("2", "2", "1")
+    assert (env["PET_NNODES"], env["PET_NPROC_PER_NODE"]) == ("2", "2") and "PET_NODE_RANK" not in env
     assert env["PET_RDZV_CONF"].startswith("is_host=false,")

@@ -201,7 +201,6 @@ def test_torchrun_job_env_in_every_container(cluster: Emulator) -> None:
                 "TORCHELASTIC_RESTART_COUNT": "0",
                 "PET_NNODES": "2",
                 "PET_NPROC_PER_NODE": "2",
-                "PET_NODE_RANK": str(rank),
                 "PET_RDZV_BACKEND": "c10d",
                 "PET_RDZV_ENDPOINT": f"{master}:29500",
                 "PET_RDZV_ID": "tr-0",
