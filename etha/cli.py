@@ -22,6 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("file", type=Path, help="A TrainingJob manifest (YAML).")
     run.add_argument("--timeout", type=float, default=None, help="Give up after this many seconds.")
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="The folder that stands for the runtime image's /app (workingDir: /app); default: this one.",
+    )
+    run.add_argument(
+        "--max-processes",
+        type=int,
+        default=None,
+        help="Run up to this many worker processes (default: what this machine's cores and memory allow).",
+    )
     return parser
 
 
@@ -31,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from etha.local import LocalRunError, run_local
 
         try:
-            return run_local(args.file, timeout=args.timeout)
+            return run_local(
+                args.file, timeout=args.timeout, workdir=args.workdir, max_processes=args.max_processes
+            )
         except LocalRunError as exc:
             print(f"etha run-local: {exc}", file=sys.stderr)
             return 2

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -35,7 +35,16 @@ from etha import constants as env_names
 from etha.job.builders import build_worker_pod
 from etha.job.names import master_address
 from etha.job.policies import success_met
-from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.job.spec import PROCS_AUTO, InvalidSpec, JobSpec, parse
+from etha.local_host import (
+    GPU_RESOURCE,
+    HostError,
+    check_capacity,
+    child_path,
+    gpus_asked,
+    this_machine,
+    working_dir,
+)
 from etha.local_procs import Stopped, Supervisor
 from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
@@ -62,6 +71,8 @@ class LocalJob:
     spec: JobSpec
     command: list[str]
     working_dir: str | None
+    #: spec.procsPerWorker is ``auto`` (the GPUs the worker asks for).
+    procs_auto: bool = False
 
     @property
     def name(self) -> str:
@@ -96,7 +107,8 @@ def load_job(path: Path) -> LocalJob:
             f"{path}: spec.template.spec.containers[0] needs a command (or args) to run locally; "
             "the image's entrypoint is not known here."
         )
-    return LocalJob(spec, command, main.get("workingDir"))
+    procs_auto = (doc.get("spec") or {}).get("procsPerWorker") == PROCS_AUTO
+    return LocalJob(spec, command, main.get("workingDir"), procs_auto)
 
 
 def local_env(job: LocalJob, rank: int, port: int, host: str) -> dict[str, str]:
@@ -156,16 +168,26 @@ def torchrun_root_cause(lines: Sequence[str]) -> str | None:
     return None
 
 
-def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = None) -> int:
-    """Run the TrainingJob in ``path`` locally; return the exit code for the command line."""
-    job = load_job(path)
+def run_local(
+    path: Path,
+    out: IO[str] = sys.stdout,
+    timeout: float | None = None,
+    workdir: Path | None = None,
+    max_processes: int | None = None,
+) -> int:
+    """Run the TrainingJob in ``path`` locally; return the exit code for the command line.
+    ``workdir``: the runtime image's /app here (default: the current folder); ``max_processes``:
+    how many worker processes this machine may run (default: what its cores and memory allow)."""
+    job, cwd, said = fit_to_this_machine(load_job(path), workdir or Path.cwd(), max_processes)
     host = "127.0.0.1"
     started = time.monotonic()
     with Supervisor(out) as runner, tempfile.TemporaryDirectory(prefix="etha-run-local-") as tmp:
         runner.watch_folder(tmp)
         port_file = Path(tmp) / "port"
         status_file = Path(tmp) / "status-port"
-        base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        base_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": child_path(os.environ)}
+        for line in said:
+            runner.say("etha", line)
         try:
             runner.spawn(
                 "master",
@@ -200,7 +222,7 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
                 time.sleep(0.02)
             port = int(port_file.read_text())
             status_url = f"http://{host}:{int(status_file.read_text())}/status"
-            _spawn_workers(runner, job, base_env, port, host)
+            _spawn_workers(runner, job, base_env, port, host, cwd)
             return _supervise(runner, job, started, timeout, _Rendezvous(job, status_url, time.monotonic()))
         except Stopped as stop:
             runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
@@ -209,9 +231,40 @@ def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = Non
             runner.stop_all()  # before the folder goes
 
 
-def _spawn_workers(runner: Supervisor, job: LocalJob, base_env: dict[str, str], port: int, host: str) -> None:
+def fit_to_this_machine(
+    job: LocalJob, workdir: Path, max_processes: int | None
+) -> tuple[LocalJob, str | None, list[str]]:
+    """The job as it runs here, its workers' folder, and what to say of the differences; raises
+    LocalRunError for what this machine cannot run."""
+    machine = this_machine()
+    said: list[str] = []
+    try:
+        cwd, note = working_dir(job.working_dir, workdir)
+        gpus = gpus_asked(job.spec.template["spec"]["containers"][0])
+        if gpus and not machine.gpus:
+            procs = job.spec.procs_per_worker
+            if job.procs_auto and procs > 1:
+                job = replace(job, spec=replace(job.spec, procs_per_worker=1))
+            said.append(
+                f"no GPU visible here: the workers ask for {GPU_RESOURCE}: {gpus}; "
+                + (
+                    f"procsPerWorker auto runs 1 process per worker here ({procs} on a GPU node)"
+                    if job.procs_auto and procs > 1
+                    else "their processes run on the CPU (NCCL needs GPUs: use gloo to try it here)"
+                )
+            )
+        check_capacity(job.spec.world_size, machine, max_processes)
+    except HostError as exc:
+        raise LocalRunError(str(exc)) from exc
+    if note is not None:
+        said.append(note)
+    return job, cwd, said
+
+
+def _spawn_workers(
+    runner: Supervisor, job: LocalJob, base_env: dict[str, str], port: int, host: str, cwd: str | None
+) -> None:
     """One process per worker (torchrun's agent when the command is torchrun)."""
-    cwd = job.working_dir if job.working_dir and Path(job.working_dir).is_dir() else None
     torchrun = is_torchrun(job.command)
     for rank in range(job.replicas):
         runner.check()

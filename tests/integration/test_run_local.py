@@ -233,3 +233,83 @@ def test_allreduce_example_runs_quietly_with_the_status_endpoint() -> None:
     said = [line for line in res.stdout.splitlines() if line.startswith("[etha] rendezvous: ")]
     assert said and said[-1].startswith("[etha] rendezvous: 4/4 joined"), said
     assert "Failed to initialize NumPy" not in res.stdout + res.stderr, "numpy is missing: make venv"
+
+
+def run_local_here(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etha", "run-local", *args, "--timeout", "150"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=TEST_ENV,
+        timeout=timeout,
+    )
+
+
+def test_the_images_app_folder_is_the_workdir_and_shell_commands_find_torch(tmp_path: Path) -> None:
+    """From another folder, an example (workingDir /app) runs with --workdir, says so, and a
+    `sh -c python ...` command finds the interpreter that has torch (PATH)."""
+    if Path("/app").exists():
+        pytest.skip("this machine has an /app: it is used as it is")
+    manifest = tmp_path / "shell.yaml"
+    text = (REPO / "examples" / "allreduce.yaml").read_text()
+    assert 'command: ["python", "examples/allreduce.py"]' in text, "the example changed: adapt the test"
+    manifest.write_text(
+        text.replace(
+            'command: ["python", "examples/allreduce.py"]',
+            'command: ["/bin/sh", "-c", "python examples/allreduce.py"]',
+        )
+    )
+    res = run_local_here([str(manifest), "--workdir", str(REPO)], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert f"[etha] workingDir /app (the runtime image's) is {REPO} here (--workdir)" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("replicas: 200", "spec.replicas x spec.procsPerWorker is 200 processes; this machine"),
+        ("replicas: 1\n  template:\n    spec:\n      containers:\n        - {name: w, image: x, command: [python], workingDir: /no/such/dir}",
+         r"containers[0].workingDir (/no/such/dir) does not exist on this machine"),
+    ],
+    ids=["more-than-this-machine", "missing-working-dir"],
+)  # fmt: skip
+def test_what_this_machine_cannot_run_is_refused_before_anything_starts(
+    tmp_path: Path, spec: str, message: str
+) -> None:
+    manifest = tmp_path / "big.yaml"
+    body = f"apiVersion: etha.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: big}}\nspec:\n  {spec}\n"
+    if "template" not in spec:
+        body += "  template:\n    spec:\n      containers:\n        - {name: w, image: x, command: [python, -c, pass]}\n"
+    manifest.write_text(body)
+    res = run_local_here([str(manifest)], cwd=tmp_path, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr, res.stderr
+    assert "--max-processes" in res.stderr or "workingDir" in message
+
+
+def test_gpus_asked_for_but_not_here_are_said_and_auto_runs_one_process(tmp_path: Path) -> None:
+    if list(Path("/dev").glob("nvidia[0-9]*")):
+        pytest.skip("this machine has GPUs")
+    manifest = tmp_path / "gpu.yaml"
+    manifest.write_text(
+        """
+apiVersion: etha.io/v1alpha1
+kind: TrainingJob
+metadata: {name: gpu}
+spec:
+  replicas: 1
+  procsPerWorker: auto
+  template:
+    spec:
+      containers:
+        - name: w
+          image: x
+          command: ["torchrun", "--no-python", "true"]
+          resources: {limits: {nvidia.com/gpu: 8}}
+"""
+    )
+    res = run_local_here([str(manifest)], cwd=tmp_path, timeout=120)
+    line = "[etha] no GPU visible here: the workers ask for nvidia.com/gpu: 8; procsPerWorker auto runs 1 process per worker here (8 on a GPU node)"
+    assert line in res.stdout, res.stdout[-3000:]
+    assert "NVIDIA driver" not in res.stdout
