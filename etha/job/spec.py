@@ -23,7 +23,8 @@ from etha.job.policies import (
 from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
 from etha.job.security import apply_restricted_defaults, restricted_violations
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A DNS-1035 label: the job's Service is named after the job, and Service names must be one.
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 # Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
 _RENDEZVOUS_VARS = (
     env_names.ENV_WORLD_SIZE,
@@ -231,10 +232,13 @@ def check_template(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_name(name: str, replicas: int, max_restarts: int) -> None:
-    """The job's name must leave room for every derived name (pods are DNS labels)."""
-    if not _DNS_LABEL.match(name):
+    """The job's name must be a Service's name (a DNS-1035 label) and leave room for every
+    derived name (pods are DNS labels)."""
+    if not _DNS_1035_LABEL.fullmatch(name):
         raise InvalidSpec(
-            "metadata.name", f"metadata.name ({name!r}) must be a DNS label: lowercase letters, digits, '-'."
+            "metadata.name",
+            f"metadata.name ({name!r}) must be a DNS-1035 label (the job's Service takes its name): "
+            "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit.",
         )
     longest = longest_child_name(name, replicas, max_restarts)
     if len(longest) > c.MAX_DNS_LABEL:

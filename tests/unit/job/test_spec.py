@@ -60,7 +60,7 @@ def _with_policy(policy: str) -> dict[str, Any]:
             "metadata.name",
             "is too long: derived pod names such as .* must fit in 63",
         ),
-        (make_trainingjob(name="Bad_Name"), "metadata.name", "must be a DNS label"),
+        (make_trainingjob(name="Bad_Name"), "metadata.name", "must be a DNS-1035 label"),
         (
             make_trainingjob(env=[{"name": "RANK", "value": "3"}]),
             "spec.template.spec.containers[0].env",
@@ -199,3 +199,41 @@ def test_etcd_backend_without_endpoints_uses_the_operators_default_etcd() -> Non
     own = parse(make_etcd_trainingjob(), default_etcd_endpoints=["etcd-0:2379", "etcd-1:2379"])
     assert own.etcd_endpoints == ["etcd-0:2379"]  # the job's own win
     assert parse(make_trainingjob(), default_etcd_endpoints=["etcd-0:2379"]).etcd_endpoints is None
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("7b-train", True),
+        ("-train", True),
+        ("train-", True),
+        ("Train", True),
+        ("tr_ain", True),
+        ("train\n", True),
+        ("t", False),
+        ("t7b-train", False),
+        ("train-7", False),
+    ],
+    ids=[
+        "digit-first",
+        "dash-first",
+        "dash-last",
+        "upper",
+        "underscore",
+        "newline",
+        "one-letter",
+        "digit-inside",
+        "digit-last",
+    ],
+)
+def test_a_jobs_name_must_be_a_services_name(name: str, refused: bool) -> None:
+    """The job's Service takes its name: a DNS-1035 label, which cannot start with a digit."""
+    if not refused:
+        assert parse(make_trainingjob(name=name)).name == name
+        return
+    message = re.escape(
+        f"metadata.name ({name!r}) must be a DNS-1035 label (the job's Service takes its name)"
+    )
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(make_trainingjob(name=name))
+    assert err.value.field == "metadata.name"
