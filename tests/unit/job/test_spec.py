@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -237,3 +238,47 @@ def test_a_jobs_name_must_be_a_services_name(name: str, refused: bool) -> None:
     with pytest.raises(InvalidSpec, match=message) as err:
         parse(make_trainingjob(name=name))
     assert err.value.field == "metadata.name"
+
+
+def _sized(size: int, replicas: int) -> dict[str, Any]:
+    """A job whose template is ``size`` bytes serialized (padded with an annotation)."""
+    body = make_trainingjob(replicas=replicas)
+    template = body["spec"]["template"]
+    template["metadata"]["annotations"] = {"pad": ""}
+    base = len(json.dumps(template, separators=(",", ":")))
+    template["metadata"]["annotations"]["pad"] = "x" * (size - base)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (
+            _sized(262144, 10000),
+            "spec.template",
+            r"^spec.template is 262144 bytes; x spec.replicas \(10000\) = 2.4 GiB of pods, "
+            r"more than the 256 MiB a job may have.$",
+        ),
+        (
+            _sized(262144, 1025),
+            "spec.template",
+            r"spec.template is 262144 bytes; x spec.replicas \(1025\) = 256.2 MiB of pods",
+        ),
+        (
+            make_trainingjob(replicas=10001),
+            "spec.replicas",
+            r"spec.replicas \(10001\) must be at most 10000.",
+        ),
+    ],
+    ids=["the-issues-example", "just-beyond", "replicas-beyond-the-crds-maximum"],
+)
+def test_a_job_too_large_for_the_operators_memory_is_refused(
+    body: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(body)
+    assert err.value.field == field
+
+
+def test_a_job_at_the_bound_is_accepted() -> None:
+    assert parse(_sized(262144, 1024)).replicas == 1024  # exactly 256 MiB
