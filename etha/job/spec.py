@@ -12,7 +12,7 @@ from etha import constants as env_names
 from etha.endpoints import EndpointError, parse_endpoint
 from etha.job import constants as c
 from etha.job.errors import InvalidSpec as InvalidSpec  # re-exported: the spec's error
-from etha.job.limits import check_job_size
+from etha.job.limits import check_job_size, check_reserved_keys
 from etha.job.names import longest_child_name
 from etha.job.policies import (
     DEFAULT_BACKOFF_SECONDS,
@@ -97,6 +97,7 @@ def parse(
             "spec.template", "spec.template must be a pod template (an object with spec.containers)."
         )
     check_job_size(template, replicas)
+    check_reserved_keys(template)
     containers = check_template(template)
     procs = procs_per_worker(spec.get("procsPerWorker"), containers[0])
     rdzv = spec.get("rendezvous") or {}

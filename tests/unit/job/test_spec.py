@@ -282,3 +282,22 @@ def test_a_job_too_large_for_the_operators_memory_is_refused(
 
 def test_a_job_at_the_bound_is_accepted() -> None:
     assert parse(_sized(262144, 1024)).replicas == 1024  # exactly 256 MiB
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"),
+    [
+        ("labels", "scheduling.x-k8s.io/pod-group"),
+        ("labels", "kueue.x-k8s.io/pod-group-name"),
+        ("annotations", "scheduling.k8s.io/group-name"),
+        ("annotations", "kueue.x-k8s.io/pod-group-total-count"),
+    ],
+    ids=["coscheduling", "kueue-group", "volcano", "kueue-total"],
+)
+def test_a_template_cannot_join_another_gang(kind: str, key: str) -> None:
+    body = make_trainingjob()
+    body["spec"]["template"]["metadata"][kind] = {key: "other-job-0"}
+    message = re.escape(f"spec.template.metadata.{kind} sets {key} ('other-job-0'), which the operator sets")
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(body)
+    assert err.value.field == f"spec.template.metadata.{kind}"
