@@ -37,6 +37,15 @@ def last_attempt(max_restarts: int) -> int:
     return max(max_restarts, c.ATTEMPTS_NAMED - 1)
 
 
+def status_attempt(value: object, max_restarts: int) -> int:
+    """``status.attempt`` as written by anyone with patch rights on the status: an integer in
+    0..:func:`last_attempt`, clipped to it (a larger one names pods the job cannot have);
+    anything else is 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return min(value, last_attempt(max_restarts))
+
+
 def longest_child_name(job: str, replicas: int, max_restarts: int) -> str:
     last = last_attempt(max_restarts)
     return max((master_name(job, last), worker_name(job, last, replicas - 1)), key=len)

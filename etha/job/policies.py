@@ -152,14 +152,21 @@ def success_met(rules: Sequence[SuccessRule], succeeded: Iterable[int], replicas
     return next((i for i, rule in enumerate(rules) if rule.holds(done, replicas)), None)
 
 
-def parse_ranges(text: str) -> frozenset[int]:
-    """'0-3,7' -> {0, 1, 2, 3, 7}; ValueError saying what is wrong."""
-    if not _RANGES.match(text):
+def parse_ranges(text: str, limit: int) -> frozenset[int]:
+    """'0-3,7' -> {0, 1, 2, 3, 7}, every rank below ``limit`` (spec.replicas); ValueError saying
+    what is wrong. Each range is checked before it is expanded: '0-5000000' is refused, not
+    made into five million ranks."""
+    if not _RANGES.fullmatch(text):
         raise ValueError("must be ranks and ranges separated by commas, such as '0' or '0-3,7'")
     out: set[int] = set()
     for part in text.split(","):
         low, _, high = part.partition("-")
-        first, last = int(low), int(high or low)
+        high = high or low
+        for digits in (high, low):  # (int() refuses 4300 digits: no rank has that many)
+            if len(digits) > len(str(limit)) or int(digits) >= limit:
+                shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+                raise ValueError(f"names rank {shown}: ranks are 0..{limit - 1}")
+        first, last = int(low), int(high)
         if last < first:
             raise ValueError(f"the range {part!r} is reversed")
         out.update(range(first, last + 1))
@@ -284,18 +291,13 @@ def success_policy(value: Any, replicas: int) -> tuple[SuccessRule, ...]:
         indexes = None
         if text is not None:
             where = f"{path}.succeededIndexes"
-            try:
-                indexes = parse_ranges(text) if isinstance(text, str) else None
-            except ValueError as exc:
-                raise InvalidSpec(where, f"{where} ({text!r}) {exc}.") from None
-            if indexes is None:
+            if not isinstance(text, str):
                 raise InvalidSpec(where, f"{where} ({text!r}) must be a string such as '0' or '0-3,7'.")
-            if max(indexes) >= replicas:
-                raise InvalidSpec(
-                    where,
-                    f"{where} ({text!r}) names rank {max(indexes)}: "
-                    f"ranks are 0..{replicas - 1} (spec.replicas).",
-                )
+            try:
+                indexes = parse_ranges(text, replicas)
+            except ValueError as exc:
+                named = " (spec.replicas)" if str(exc).startswith("names rank") else ""
+                raise InvalidSpec(where, f"{where} ({_shown(text)}) {exc}{named}.") from None
         if count is not None:
             where = f"{path}.succeededCount"
             most = len(indexes) if indexes is not None else replicas
@@ -304,3 +306,8 @@ def success_policy(value: Any, replicas: int) -> tuple[SuccessRule, ...]:
                 raise InvalidSpec(where, f"{where} ({count!r}) must be an integer in 1..{most} ({named}).")
         out.append(SuccessRule(indexes, text, count))
     return tuple(out)
+
+
+def _shown(text: str, most: int = 80) -> str:
+    """``text`` quoted for a message, cut short when it is long (a message repeats the value)."""
+    return repr(text) if len(text) <= most else f"{text[:most]!r}... ({len(text)} characters)"

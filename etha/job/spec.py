@@ -12,6 +12,7 @@ from etha import constants as env_names
 from etha.endpoints import EndpointError, parse_endpoint
 from etha.job import constants as c
 from etha.job.errors import InvalidSpec as InvalidSpec  # re-exported: the spec's error
+from etha.job.limits import check_job_size, check_reserved_keys
 from etha.job.names import longest_child_name
 from etha.job.policies import (
     DEFAULT_BACKOFF_SECONDS,
@@ -23,7 +24,8 @@ from etha.job.policies import (
 from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
 from etha.job.security import apply_restricted_defaults, restricted_violations
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A DNS-1035 label: the job's Service is named after the job, and Service names must be one.
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 # Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
 _RENDEZVOUS_VARS = (
     env_names.ENV_WORLD_SIZE,
@@ -94,6 +96,8 @@ def parse(
         raise InvalidSpec(
             "spec.template", "spec.template must be a pod template (an object with spec.containers)."
         )
+    check_job_size(template, replicas)
+    check_reserved_keys(template)
     containers = check_template(template)
     procs = procs_per_worker(spec.get("procsPerWorker"), containers[0])
     rdzv = spec.get("rendezvous") or {}
@@ -231,10 +235,13 @@ def check_template(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_name(name: str, replicas: int, max_restarts: int) -> None:
-    """The job's name must leave room for every derived name (pods are DNS labels)."""
-    if not _DNS_LABEL.match(name):
+    """The job's name must be a Service's name (a DNS-1035 label) and leave room for every
+    derived name (pods are DNS labels)."""
+    if not _DNS_1035_LABEL.fullmatch(name):
         raise InvalidSpec(
-            "metadata.name", f"metadata.name ({name!r}) must be a DNS label: lowercase letters, digits, '-'."
+            "metadata.name",
+            f"metadata.name ({name!r}) must be a DNS-1035 label (the job's Service takes its name): "
+            "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit.",
         )
     longest = longest_child_name(name, replicas, max_restarts)
     if len(longest) > c.MAX_DNS_LABEL:

@@ -19,7 +19,7 @@ import contextlib
 import datetime
 import logging
 
-from etha.job.names import store_namespace
+from etha.job.names import status_attempt, store_namespace
 from etha.job.pods import parse_time
 from etha.job.spec import InvalidSpec, JobSpec
 from etha.kvstore.errors import KVStoreError
@@ -105,7 +105,7 @@ class Controller:
             return  # it never ran
         if job.etcd_endpoints is None:
             return
-        last = int((body.get("status") or {}).get("attempt") or 0)
+        last = status_attempt((body.get("status") or {}).get("attempt"), job.max_restarts)
         names = [store_namespace(job.namespace, job.name, job.uid, a) for a in range(last + 1)]
         task = asyncio.create_task(self._delete_keys(job, names), name=f"keys of {job.namespace}/{job.name}")
         self._cleanups.add(task)

@@ -106,7 +106,7 @@ def joined_view(
         joined = {r for r in report.joined_ranks(addresses) if 0 <= r < total}
     joined |= {r for r, p in workers.items() if p is not None and pod_phase(p) == "Succeeded"}
     if not known and before:
-        joined |= set(_ranks(before.get("joinedRanks")))  # keep what an earlier look saw
+        joined |= _ranks(before.get("joinedRanks"), total)  # keep what an earlier look saw
     missing = [r for r in range(total) if r not in joined]
     view: dict[str, Any] = {
         "attempt": attempt,
@@ -184,14 +184,22 @@ def _running(pod: Pod | None) -> bool:
     return pod is not None and pod_phase(pod) in ("Running", "Succeeded")
 
 
-def _ranks(text: object) -> list[int]:
-    """'0-2, 5' -> [0, 1, 2, 5]; anything else -> []."""
-    out: list[int] = []
+def _ranks(text: object, total: int) -> set[int]:
+    """'0-2, 5' -> {0, 1, 2, 5}, clipped to the job's ranks (0..total-1): the status is anyone's
+    to write (``0-5000000``), so no range is expanded beyond them; anything else -> none."""
+    out: set[int] = set()
     if not isinstance(text, str):
         return out
     for part in text.split(","):
-        part = part.strip()
-        low, _, high = part.partition("-")
-        if low.isdigit() and (not high or high.isdigit()):
-            out.extend(range(int(low), int(high or low) + 1))
+        low, _, high = part.strip().partition("-")
+        high = high or low
+        if low.isdigit() and high.isdigit():
+            # (Digits beyond any job's ranks are not converted: int() refuses 4300 of them.)
+            first, last = _clip(low, total), _clip(high, total)
+            out.update(range(first, min(last, total - 1) + 1))  # empty when first > last
     return out
+
+
+def _clip(digits: str, total: int) -> int:
+    """A rank written as ``digits``, or ``total`` when it is beyond the job's ranks."""
+    return total if len(digits) > len(str(total)) else min(int(digits), total)

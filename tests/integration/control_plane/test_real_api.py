@@ -92,6 +92,10 @@ def test_the_crd_is_accepted_with_every_cel_rule_compiled(op: ChartOperator) -> 
             ),
             "spec.rendezvous.torchrunBackend etha needs the job's master (spec.rendezvous.backend tcp)",
         ),
+        (
+            lambda d: d["metadata"].update(name="7b-train"),
+            "metadata.name must be a DNS-1035 label (the job's Service takes its name)",
+        ),
     ],
     ids=[
         "no-containers",
@@ -100,6 +104,7 @@ def test_the_crd_is_accepted_with_every_cel_rule_compiled(op: ChartOperator) -> 
         "zero-replicas",
         "torchrun-backend-unknown",
         "torchrun-backend-etha-without-master",
+        "name-starts-with-a-digit",
     ],
 )
 def test_the_api_server_refuses_a_bad_job_with_the_rules_message(

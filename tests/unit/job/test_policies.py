@@ -126,13 +126,41 @@ def test_a_success_rule_holds_when_its_ranks_succeeded(
 
 @pytest.mark.parametrize(("text", "ranks"), [("0", {0}), ("0-3,7", {0, 1, 2, 3, 7}), ("2,2-3", {2, 3})])
 def test_ranges_parse(text: str, ranks: set[int]) -> None:
-    assert parse_ranges(text) == ranks
+    assert parse_ranges(text, 8) == ranks
 
 
-@pytest.mark.parametrize("text", ["", "0-", "a", "1,,2", "-1", "3-1"])
-def test_bad_ranges_are_refused(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_ranges(text)
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "must be ranks and ranges"),
+        ("0-", "must be ranks and ranges"),
+        ("a", "must be ranks and ranges"),
+        ("1,,2", "must be ranks and ranges"),
+        ("-1", "must be ranks and ranges"),
+        ("0\n", "must be ranks and ranges"),
+        ("3-1", "the range '3-1' is reversed"),
+        ("8", r"names rank 8: ranks are 0..7"),
+        ("0-5000000", r"names rank 5000000: ranks are 0..7"),
+        ("5000000-0", r"names rank 5000000: ranks are 0..7"),
+        ("0-" + "9" * 5000, r"names rank 9{20}\.\.\. \(5000 digits\): ranks are 0..7"),
+    ],
+    ids=[
+        "empty",
+        "open",
+        "letter",
+        "empty-part",
+        "negative",
+        "newline",
+        "reversed",
+        "at-limit",
+        "huge-range",
+        "huge-reversed",
+        "more-digits-than-int-takes",
+    ],
+)
+def test_bad_ranges_are_refused_before_they_are_expanded(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_ranges(text, 8)
 
 
 # --- The spec: refused naming the field -----------------------------------------------------------
@@ -203,6 +231,21 @@ def rule(**fields: Any) -> dict[str, Any]:
             {"successPolicy": {"rules": [{"succeededIndexes": "1,2"}]}},
             "spec.successPolicy.rules[0].succeededIndexes",
             r"names rank 2: ranks are 0..1 \(spec.replicas\)",
+        ),
+        (
+            {"successPolicy": {"rules": [{"succeededIndexes": "0-5000000"}]}},
+            "spec.successPolicy.rules[0].succeededIndexes",
+            r"\('0-5000000'\) names rank 5000000: ranks are 0..1 \(spec.replicas\)\.",
+        ),
+        (
+            {"successPolicy": {"rules": [{"succeededIndexes": "0," * 100 + "9"}]}},
+            "spec.successPolicy.rules[0].succeededIndexes",
+            r"\('0,0,.*'\.\.\. \(201 characters\)\) names rank 9: ranks are 0..1",
+        ),
+        (
+            {"successPolicy": {"rules": [{"succeededIndexes": 3}]}},
+            "spec.successPolicy.rules[0].succeededIndexes",
+            r"\(3\) must be a string such as '0' or '0-3,7'",
         ),
         (
             {"successPolicy": {"rules": [{"succeededIndexes": "0", "succeededCount": 2}]}},

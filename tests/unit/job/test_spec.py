@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -60,7 +61,7 @@ def _with_policy(policy: str) -> dict[str, Any]:
             "metadata.name",
             "is too long: derived pod names such as .* must fit in 63",
         ),
-        (make_trainingjob(name="Bad_Name"), "metadata.name", "must be a DNS label"),
+        (make_trainingjob(name="Bad_Name"), "metadata.name", "must be a DNS-1035 label"),
         (
             make_trainingjob(env=[{"name": "RANK", "value": "3"}]),
             "spec.template.spec.containers[0].env",
@@ -199,3 +200,104 @@ def test_etcd_backend_without_endpoints_uses_the_operators_default_etcd() -> Non
     own = parse(make_etcd_trainingjob(), default_etcd_endpoints=["etcd-0:2379", "etcd-1:2379"])
     assert own.etcd_endpoints == ["etcd-0:2379"]  # the job's own win
     assert parse(make_trainingjob(), default_etcd_endpoints=["etcd-0:2379"]).etcd_endpoints is None
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("7b-train", True),
+        ("-train", True),
+        ("train-", True),
+        ("Train", True),
+        ("tr_ain", True),
+        ("train\n", True),
+        ("t", False),
+        ("t7b-train", False),
+        ("train-7", False),
+    ],
+    ids=[
+        "digit-first",
+        "dash-first",
+        "dash-last",
+        "upper",
+        "underscore",
+        "newline",
+        "one-letter",
+        "digit-inside",
+        "digit-last",
+    ],
+)
+def test_a_jobs_name_must_be_a_services_name(name: str, refused: bool) -> None:
+    """The job's Service takes its name: a DNS-1035 label, which cannot start with a digit."""
+    if not refused:
+        assert parse(make_trainingjob(name=name)).name == name
+        return
+    message = re.escape(
+        f"metadata.name ({name!r}) must be a DNS-1035 label (the job's Service takes its name)"
+    )
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(make_trainingjob(name=name))
+    assert err.value.field == "metadata.name"
+
+
+def _sized(size: int, replicas: int) -> dict[str, Any]:
+    """A job whose template is ``size`` bytes serialized (padded with an annotation)."""
+    body = make_trainingjob(replicas=replicas)
+    template = body["spec"]["template"]
+    template["metadata"]["annotations"] = {"pad": ""}
+    base = len(json.dumps(template, separators=(",", ":")))
+    template["metadata"]["annotations"]["pad"] = "x" * (size - base)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (
+            _sized(262144, 10000),
+            "spec.template",
+            r"^spec.template is 262144 bytes; x spec.replicas \(10000\) = 2.4 GiB of pods, "
+            r"more than the 256 MiB a job may have.$",
+        ),
+        (
+            _sized(262144, 1025),
+            "spec.template",
+            r"spec.template is 262144 bytes; x spec.replicas \(1025\) = 256.2 MiB of pods",
+        ),
+        (
+            make_trainingjob(replicas=10001),
+            "spec.replicas",
+            r"spec.replicas \(10001\) must be at most 10000.",
+        ),
+    ],
+    ids=["the-issues-example", "just-beyond", "replicas-beyond-the-crds-maximum"],
+)
+def test_a_job_too_large_for_the_operators_memory_is_refused(
+    body: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(body)
+    assert err.value.field == field
+
+
+def test_a_job_at_the_bound_is_accepted() -> None:
+    assert parse(_sized(262144, 1024)).replicas == 1024  # exactly 256 MiB
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"),
+    [
+        ("labels", "scheduling.x-k8s.io/pod-group"),
+        ("labels", "kueue.x-k8s.io/pod-group-name"),
+        ("annotations", "scheduling.k8s.io/group-name"),
+        ("annotations", "kueue.x-k8s.io/pod-group-total-count"),
+    ],
+    ids=["coscheduling", "kueue-group", "volcano", "kueue-total"],
+)
+def test_a_template_cannot_join_another_gang(kind: str, key: str) -> None:
+    body = make_trainingjob()
+    body["spec"]["template"]["metadata"][kind] = {key: "other-job-0"}
+    message = re.escape(f"spec.template.metadata.{kind} sets {key} ('other-job-0'), which the operator sets")
+    with pytest.raises(InvalidSpec, match=message) as err:
+        parse(body)
+    assert err.value.field == f"spec.template.metadata.{kind}"

@@ -324,3 +324,28 @@ def test_events_say_the_rendezvous_completed_once_and_ranks_missing_at_half_the_
     after = reconcile(job(timeout=60), {**STATUS, "rendezvous": done.status["rendezvous"]}, running, True,
                       START + timedelta(seconds=50), master_status=report(joined=[0, 1, 2, 3]))  # fmt: skip
     assert not news(after)
+
+
+@pytest.mark.parametrize(
+    ("written", "joined", "ranks"),
+    [
+        ("0-5000000", 4, "0-3"),
+        ("2-" + "9" * 5000, 2, "2-3"),
+        ("9" * 5000, 0, ""),
+        ("1, 3-2, 7", 1, "1"),
+        (["0-3"], 0, ""),
+    ],
+    ids=["huge-range", "more-digits-than-int-takes", "huge-rank", "reversed-and-beyond", "not-text"],
+)
+def test_joined_ranks_written_by_anyone_are_clipped_to_the_jobs_ranks(
+    written: Any, joined: int, ranks: str
+) -> None:
+    """status is anyone's with patch rights: an earlier look's joinedRanks is kept (the master
+    unreadable) only as far as the job's ranks go, and never expanded beyond them."""
+    before = {"attempt": 0, "joinedRanks": written, "complete": False}
+    acts = reconcile(
+        job(), {**STATUS, "rendezvous": before}, pods({r: "Running" for r in range(4)}), True,
+        START + timedelta(seconds=5), master_status="refused",
+    )  # fmt: skip
+    view = acts.status["rendezvous"]
+    assert (view["joined"], view["joinedRanks"], view["joinedText"]) == (joined, ranks, f"{joined}/4")
