@@ -46,6 +46,14 @@ def status_attempt(value: object, max_restarts: int) -> int:
     return min(value, last_attempt(max_restarts))
 
 
+def status_count(value: object, most: int = 2**31 - 1) -> int:
+    """A count in the status (restarts, restarts counted) as written by anyone with patch rights
+    on it: an integer in 0..``most``, clipped to it; anything else is 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return min(value, most)
+
+
 def longest_child_name(job: str, replicas: int, max_restarts: int) -> str:
     last = last_attempt(max_restarts)
     return max((master_name(job, last), worker_name(job, last, replicas - 1)), key=len)

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from etha.job import constants as c
-from etha.job.names import master_name, network_policy_name, service_name
+from etha.job.names import master_name, network_policy_name, service_name, status_attempt
 from etha.job.scheduling import group_name
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.master.status import BadStatus, MasterStatus
@@ -171,7 +171,7 @@ class Observer:
         """The master's status document while its ranks join (None when not asked). One failed
         read (a busy master, a slow node) is not news: a failure counts once reads keep failing,
         so the status does not flap between two messages meanwhile."""
-        name = master_name(job.name, int(status.get("attempt") or 0))
+        name = master_name(job.name, status_attempt(status.get("attempt"), job.max_restarts))
         master = next((p for p in pods if p["metadata"]["name"] == name), None)
         if not needs_master_status(job, status, master):
             return None
@@ -189,7 +189,7 @@ class Observer:
         """The attempt's PodGroup and its phase, for the message of a job whose pods wait."""
         kind = job.scheduling.kind
         assert kind is not None
-        name = group_name(job.name, int(status.get("attempt") or 0))
+        name = group_name(job.name, status_attempt(status.get("attempt"), job.max_restarts))
         group = await self.api.get("PodGroup", job.namespace, name, kind.api_version)
         if group is None:
             return f"PodGroup {name} does not exist"

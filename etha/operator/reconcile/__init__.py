@@ -19,7 +19,7 @@ converges, and applying an action twice is harmless.
 from __future__ import annotations
 
 from etha.job import constants as c
-from etha.job.names import master_name
+from etha.job.names import master_name, status_attempt
 from etha.job.pods import timestamp
 from etha.operator.reconcile.conditions import Event
 from etha.operator.reconcile.conflict import conflict, conflict_condition
@@ -99,7 +99,7 @@ def next_look(observed: Observed, decided: Actions) -> Actions:
     """When to look again besides what time does to the policies: the master's status document
     while ranks join, an expectation to forget, creation tried again past a conflict."""
     status = {**observed.status, **decided.status}
-    name = master_name(observed.job.name, int(status.get("attempt") or 0))
+    name = master_name(observed.job.name, status_attempt(status.get("attempt"), observed.job.max_restarts))
     master = next((p for p in observed.pods if p["metadata"]["name"] == name), None)
     wake = sooner(observed.settle_in, observed.retry_in if observed.conflict is not None else None)
     if not decided.delete_job and needs_master_status(observed.job, status, master):

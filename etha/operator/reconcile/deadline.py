@@ -15,7 +15,8 @@ def deadline_left(observed: Observed) -> float | None:
     if limit is None:
         return None
     start = parse_time(observed.status.get("startTime")) or observed.now
-    return max(0.0, (start + timedelta(seconds=limit) - observed.now).total_seconds())
+    # (a start written in the future by anyone counts from now: the deadline cannot be put off)
+    return max(0.0, (min(start, observed.now) + timedelta(seconds=limit) - observed.now).total_seconds())
 
 
 def deadline(observed: Observed, attempt: Attempt) -> Actions | None:

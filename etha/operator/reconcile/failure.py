@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from etha.job import constants as c
-from etha.job.names import last_attempt, master_name, worker_name
+from etha.job.names import last_attempt, master_name, status_count, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.policies import (
     ACTION_FAIL_JOB,
@@ -233,7 +233,7 @@ def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str) -
     """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
     doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
     job, now = observed.job, observed.now
-    in_a_row = int(observed.status.get("consecutiveRestarts") or 0)
+    in_a_row = status_count(observed.status.get("consecutiveRestarts"))
     if ran_for(attempt.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
         in_a_row = 0
     delay = backoff_seconds(job.restart_backoff_seconds, in_a_row)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from etha.job import constants as c
+from etha.job.names import status_attempt
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.spec import JobSpec
 from etha.master.status import MasterStatus, progress, rank_ranges, timeout_message
@@ -25,7 +26,9 @@ def needs_master_status(job: JobSpec, status: Mapping[str, Any], master: Pod | N
     if job.etcd_endpoints is not None or status.get("phase") in c.FINISHED_PHASES or job.suspend:
         return False
     seen = status.get("rendezvous") or {}
-    if seen.get("attempt") == int(status.get("attempt") or 0) and seen.get("complete"):
+    if seen.get("attempt") == status_attempt(status.get("attempt"), job.max_restarts) and seen.get(
+        "complete"
+    ):
         return False
     return master is not None and pod_phase(master) == "Running"
 

@@ -18,7 +18,8 @@ from etha.job import constants as c
 from etha.job.builders import (
     Manifest,
 )
-from etha.job.names import master_name, worker_name
+from etha.job.limits import MAX_REPLICAS
+from etha.job.names import master_name, status_attempt, status_count, worker_name
 from etha.job.pods import pod_phase, timestamp
 from etha.job.spec import JobSpec
 from etha.master.status import MasterStatus
@@ -216,13 +217,14 @@ def spec_drift(job: JobSpec, status: Mapping[str, Any], attempt: int) -> list[st
 def observe_attempt(observed: Observed) -> Attempt:
     """The current attempt (``status.attempt``) as ``obs`` shows it."""
     status = observed.status
-    attempt = int(status.get("attempt") or 0)
-    restarts = int(status.get("restarts") or 0)
-    counted = int(status.get("restartsCountedTowardsMax", restarts) or 0)
     job = observed.job
+    attempt = status_attempt(status.get("attempt"), job.max_restarts)
+    restarts = status_count(status.get("restarts"))
+    counted = status_count(status.get("restartsCountedTowardsMax", restarts))
     drift = spec_drift(job, status, attempt)
-    if drift:  # refused: the attempt keeps the size it started with
-        job = replace(job, replicas=int((status.get("attemptSpec") or {}).get("replicas") or job.replicas))
+    if drift:  # refused: the attempt keeps the size it started with (if the status says a sane one)
+        pinned = (status.get("attemptSpec") or {}).get("replicas")
+        job = replace(job, replicas=status_count(pinned, MAX_REPLICAS) or job.replicas)
     current: dict[str, Pod] = {}
     stale: list[str] = []
     for pod in observed.pods:
