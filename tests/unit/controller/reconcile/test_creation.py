@@ -4,10 +4,12 @@ once and in order, and its phase and worker counts are reported."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from etha.job.spec import parse
+from etha.operator.reconcile.creation import CREATE_BATCH
 from tests.factories import make_etcd_trainingjob, make_pod, make_trainingjob, reconcile
 from tests.unit.controller.reconcile.helpers import NOW, names
 
@@ -102,3 +104,29 @@ def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
 ) -> None:
     acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
     assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created
+
+
+def test_a_large_job_is_created_in_batches_each_look_asking_for_the_next_at_once() -> None:
+    """Memory does not grow with replicas: a look builds at most CREATE_BATCH pods."""
+    job = parse(make_trainingjob(replicas=1000, scheduling={"gang": "coscheduling"}))
+    pods: list[dict[str, Any]] = []
+    looks = []
+    while True:
+        acts = reconcile(job, {"startTime": "2026-01-01T11:59:00Z"}, pods, True, NOW, True)
+        made = [m for m in acts.create if m["kind"] == "Pod"]
+        looks.append((len(made), acts.requeue_after))
+        if not made:
+            break
+        assert acts.create[0]["kind"] == "PodGroup"  # before its pods, on every look
+        pods += [
+            make_pod(m["metadata"]["name"], "Pending", role=m["metadata"]["labels"]["etha.io/role"])
+            for m in made
+        ]
+    assert CREATE_BATCH == 256
+    assert looks == [(256, 0.0), (256, 0.0), (256, 0.0), (233, None), (0, None)]
+    assert len({p["metadata"]["name"] for p in pods}) == 1001
+    # An object in the way: the next batch waits for the conflict's backoff, not at once.
+    blocked = reconcile(
+        job, {"startTime": "2026-01-01T11:59:00Z"}, [], True, NOW, True, conflict="Pod x", retry_in=4.0
+    )
+    assert blocked.requeue_after == 4.0
