@@ -112,6 +112,7 @@ class Observer:
                 else None
             ),
             operator_peer=self.config.operator_peer(),
+            scrapers=self.config.status_scrapers,
             terminating=[
                 p
                 for p in Cache.children(self.cache.pods, worker.uid)

@@ -102,8 +102,8 @@ def missing_children(observed: Observed, attempt: Attempt) -> tuple[list[Manifes
     out = []
     if not observed.service:
         out.append(build_service(job))
-    if observed.network_policy is False and attempt.uses_master:  # backend etcd: no master port to guard
-        out.append(build_network_policy(job, observed.operator_peer))
+    if observed.network_policy is False:
+        out.append(build_network_policy(job, observed.operator_peer, observed.scrapers))
     missing = ([-1] if attempt.master is None and attempt.uses_master else []) + [
         rank for rank, pod in attempt.workers.items() if pod is None
     ]

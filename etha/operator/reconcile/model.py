@@ -106,6 +106,8 @@ class Observed:
     master_status: MasterStatus | str | None = None
     #: Selects the operator's pods in the NetworkPolicy (admits them to the master's status port).
     operator_peer: dict[str, Any] | None = None
+    #: NetworkPolicyPeers (Prometheus) admitted to the master's status port too.
+    scrapers: Sequence[dict[str, Any]] = ()
     #: The job's pods being deleted, as last seen (an evicted pod's DisruptionTarget condition).
     terminating: Sequence[Pod] = ()
     #: The attempt's PodGroup and its phase ("PodGroup j-0 is Pending"), read while its pods

@@ -93,9 +93,22 @@ def test_etcd_backend_is_running_without_a_master() -> None:
     assert again.delete_pods == [] and again.status["phase"] == "Running"
 
 
-def test_etcd_backend_needs_no_network_policy() -> None:
-    acts = reconcile(parse(make_etcd_trainingjob()), {}, [], True, NOW, False)
-    assert "NetworkPolicy" not in [m["kind"] for m in acts.create]
+@pytest.mark.parametrize(
+    ("body", "selected"),
+    [(make_trainingjob(), "mnist-master-0"), (make_etcd_trainingjob(), "mnist-worker-0-0")],
+    ids=["tcp-master", "etcd-worker-0"],
+)
+def test_the_network_policy_guards_whoever_hosts_the_store(body: dict[str, Any], selected: str) -> None:
+    """Backend etcd: worker 0 hosts torch's unauthenticated store on MASTER_PORT; it is guarded."""
+    acts = reconcile(parse(body), {}, [], True, NOW, False)
+    (policy,) = [m for m in acts.create if m["kind"] == "NetworkPolicy"]
+    labels = {m["metadata"]["name"]: m["metadata"]["labels"] for m in acts.create if m["kind"] == "Pod"}
+    chosen = [
+        n
+        for n, have in labels.items()
+        if policy["spec"]["podSelector"]["matchLabels"].items() <= have.items()
+    ]
+    assert chosen == [selected]
 
 
 @pytest.mark.parametrize(("exists", "created"), [(None, False), (True, False), (False, True)])
