@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,21 +60,36 @@ def _owned_metadata(job: JobSpec, name: str, labels: dict[str, str]) -> dict[str
     }
 
 
+def spec_hash(manifest: Manifest) -> str:
+    """A hash of ``manifest``'s spec (:data:`~etha.job.constants.ANNOTATION_SPEC_HASH`)."""
+    text = json.dumps(manifest.get("spec"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _kept(job: JobSpec, api_version: str, kind: str, name: str, spec: dict[str, Any]) -> Manifest:
+    """A child kept across attempts, annotated with the hash of its spec: the operator patches
+    it when the desired one's differs (a new port, new scrapers)."""
+    labels = {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+    manifest: Manifest = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": _owned_metadata(job, name, labels),
+    }
+    manifest["spec"] = spec
+    manifest["metadata"]["annotations"] = {c.ANNOTATION_SPEC_HASH: spec_hash(manifest)}
+    return manifest
+
+
 def build_service(job: JobSpec) -> Manifest:
     """The headless Service: DNS names for the job's pods, published before they are Ready."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _owned_metadata(
-            job, service_name(job.name), {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
-        ),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": {c.LABEL_JOB: job.name},
-            "ports": [{"name": "rendezvous", "port": job.port, "targetPort": job.port, "protocol": "TCP"}],
-        },
+    port = {"name": "rendezvous", "port": job.port, "targetPort": job.port, "protocol": "TCP"}
+    spec = {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
+        "selector": {c.LABEL_JOB: job.name},
+        "ports": [port],
     }
+    return _kept(job, "v1", "Service", service_name(job.name), spec)
 
 
 def build_network_policy(
@@ -93,14 +110,8 @@ def build_network_policy(
     else:
         selector = {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_WORKER, c.LABEL_RANK: "0"}
         ingress = [{"from": [_job_pods(job)]}, *_every_port_but(job.port)]
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _owned_metadata(
-            job, network_policy_name(job.name), {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
-        ),
-        "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"], "ingress": ingress},
-    }
+    spec = {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"], "ingress": ingress}
+    return _kept(job, "networking.k8s.io/v1", "NetworkPolicy", network_policy_name(job.name), spec)
 
 
 def _job_pods(job: JobSpec) -> dict[str, Any]:

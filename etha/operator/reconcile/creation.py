@@ -17,10 +17,12 @@ from etha.job.builders import (
     build_pod_group_of,
     build_service,
     build_worker_pod,
+    spec_hash,
     torch_store_address,
 )
 from etha.job.pods import parse_time, pod_phase
 from etha.job.scheduling import ON_TIMEOUT_FAIL, group_name
+from etha.job.spec import JobSpec
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.model import Actions, Attempt, Observed, pins, sooner
 from etha.operator.reconcile.placement import schedule_timeout_left, scheduling, unplaced_since
@@ -45,6 +47,7 @@ def creation(observed: Observed, attempt: Attempt) -> Actions:
     else:
         made, more = missing_children(observed, attempt)
         actions.create.extend(made)
+        actions.patch.extend(drifted_children(observed, job))
         if more and observed.conflict is None:  # the next batch: at once (past a conflict: its backoff)
             actions.requeue_after = 0.0
         if attempt.number > 0 and any(m["kind"] == "PodGroup" for m in actions.create):
@@ -74,6 +77,11 @@ def creation(observed: Observed, attempt: Attempt) -> Actions:
         name = manifest["metadata"]["name"]
         actions.events.append(
             Event("Normal", c.REASON_CREATED, f"Created {manifest['kind']} {name}.", created=name)
+        )
+    for manifest in actions.patch:
+        name = manifest["metadata"]["name"]
+        actions.events.append(
+            Event("Normal", c.REASON_UPDATED, f"Updated {manifest['kind']} {name} to the job's spec.")
         )
     return actions
 
@@ -115,6 +123,21 @@ def missing_children(observed: Observed, attempt: Attempt) -> tuple[list[Manifes
     if group is not None:
         out.append(group)
     return out + pods, len(missing) > CREATE_BATCH
+
+
+def drifted_children(observed: Observed, job: JobSpec) -> list[Manifest]:
+    """The children kept across attempts (the Service, the NetworkPolicy) whose spec-hash
+    annotation differs from their desired shape's (a port changed while the job was suspended;
+    none at all: made by an older operator), as they should be: patched."""
+    desired = [build_service(job)]
+    if observed.network_policy:
+        desired.append(build_network_policy(job, observed.operator_peer, observed.scrapers))
+    out = []
+    for manifest in desired:
+        name = manifest["metadata"]["name"]
+        if name in observed.spec_hashes and observed.spec_hashes[name] != spec_hash(manifest):
+            out.append(manifest)
+    return out
 
 
 def progress(attempt: Attempt) -> tuple[dict[str, Any], bool]:

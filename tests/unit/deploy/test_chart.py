@@ -47,11 +47,13 @@ OPERATOR_GRANTS = {
     ("", "services", "list"),
     ("", "services", "watch"),
     ("", "services", "create"),
+    ("", "services", "patch"),
     ("", "events", "create"),
     ("networking.k8s.io", "networkpolicies", "get"),
     ("networking.k8s.io", "networkpolicies", "list"),
     ("networking.k8s.io", "networkpolicies", "watch"),
     ("networking.k8s.io", "networkpolicies", "create"),
+    ("networking.k8s.io", "networkpolicies", "patch"),
 }
 WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
 

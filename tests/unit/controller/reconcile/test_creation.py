@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from etha.job.builders import build_network_policy, build_service, spec_hash
 from etha.job.spec import parse
 from etha.operator.reconcile.creation import CREATE_BATCH
+from etha.operator.reconcile.model import pins
 from tests.factories import make_etcd_trainingjob, make_pod, make_trainingjob, reconcile
 from tests.unit.controller.reconcile.helpers import NOW, names
 
@@ -143,3 +145,48 @@ def test_a_large_job_is_created_in_batches_each_look_asking_for_the_next_at_once
         job, {"startTime": "2026-01-01T11:59:00Z"}, [], True, NOW, True, conflict="Pod x", retry_in=4.0
     )
     assert blocked.requeue_after == 4.0
+
+
+def _drift(body: dict[str, Any], hashes: dict[str, str | None]) -> list[dict[str, Any]]:
+    return reconcile(parse(body), {}, [], True, NOW, True, spec_hashes=hashes).patch
+
+
+@pytest.mark.parametrize(
+    ("was", "patched"),
+    [
+        ({"rendezvous": {"port": 29500}}, []),
+        ({"rendezvous": {"port": 29400}}, ["mnist", "mnist-rendezvous"]),
+        (None, ["mnist", "mnist-rendezvous"]),
+    ],
+    ids=["unchanged", "port-changed", "older-operator-no-annotation"],
+)
+def test_kept_children_that_drifted_from_the_spec_are_patched(
+    was: dict[str, Any] | None, patched: list[str]
+) -> None:
+    """A port changed while suspended: the Service and NetworkPolicy follow it on resume."""
+    old = parse(make_trainingjob(**was)) if was is not None else None
+    hashes = {
+        "mnist": spec_hash(build_service(old)) if old else None,
+        "mnist-rendezvous": spec_hash(build_network_policy(old)) if old else None,
+    }
+    out = _drift(make_trainingjob(rendezvous={"port": 29500}), hashes)
+    assert names(out) == patched
+    for manifest in out:
+        assert manifest["metadata"]["annotations"]["etha.io/spec-hash"] == spec_hash(manifest)
+    if patched:
+        (policy,) = [m for m in out if m["kind"] == "NetworkPolicy"]
+        assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 29500}]
+        assert out[0]["spec"]["ports"][0]["port"] == 29500
+
+
+def test_children_not_observed_or_of_a_refused_edit_are_not_patched() -> None:
+    """Only children that exist and are the job's have a hash observed; a port edit a running
+    attempt refused patches nothing: the attempt keeps its port."""
+    assert _drift(make_trainingjob(rendezvous={"port": 29400}), {}) == []
+    old = parse(make_trainingjob())
+    status = {"attempt": 0, "attemptSpec": {"attempt": 0, **pins(old)}}
+    hashes = {"mnist": spec_hash(build_service(old))}
+    acts = reconcile(
+        parse(make_trainingjob(rendezvous={"port": 29400})), status, [], True, NOW, spec_hashes=hashes
+    )
+    assert acts.patch == [] and acts.status["conditions"][0]["type"] == "SpecChangeRefused"
