@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from etha.job import constants as c
@@ -21,6 +24,9 @@ from etha.job.security import apply_restricted_defaults
 from etha.job.spec import JobSpec
 
 Manifest = dict[str, Any]
+
+#: The highest TCP port.
+MAX_PORT = 65535
 
 
 def child_labels(job: str, role: str, attempt: int | None = None, rank: int | None = None) -> dict[str, str]:
@@ -54,50 +60,73 @@ def _owned_metadata(job: JobSpec, name: str, labels: dict[str, str]) -> dict[str
     }
 
 
+def spec_hash(manifest: Manifest) -> str:
+    """A hash of ``manifest``'s spec (:data:`~etha.job.constants.ANNOTATION_SPEC_HASH`)."""
+    text = json.dumps(manifest.get("spec"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _kept(job: JobSpec, api_version: str, kind: str, name: str, spec: dict[str, Any]) -> Manifest:
+    """A child kept across attempts, annotated with the hash of its spec: the operator patches
+    it when the desired one's differs (a new port, new scrapers)."""
+    labels = {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+    manifest: Manifest = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": _owned_metadata(job, name, labels),
+    }
+    manifest["spec"] = spec
+    manifest["metadata"]["annotations"] = {c.ANNOTATION_SPEC_HASH: spec_hash(manifest)}
+    return manifest
+
+
 def build_service(job: JobSpec) -> Manifest:
     """The headless Service: DNS names for the job's pods, published before they are Ready."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _owned_metadata(
-            job, service_name(job.name), {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
-        ),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": {c.LABEL_JOB: job.name},
-            "ports": [{"name": "rendezvous", "port": job.port, "targetPort": job.port, "protocol": "TCP"}],
-        },
+    port = {"name": "rendezvous", "port": job.port, "targetPort": job.port, "protocol": "TCP"}
+    spec = {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
+        "selector": {c.LABEL_JOB: job.name},
+        "ports": [port],
     }
+    return _kept(job, "v1", "Service", service_name(job.name), spec)
 
 
-def build_network_policy(job: JobSpec, operator: dict[str, Any] | None = None) -> Manifest:
-    """Only this job's pods may reach its master's port: torch's TCPStore has no authentication,
-    so anyone who reaches it could read or corrupt the rendezvous. ``operator`` (a
-    NetworkPolicyPeer selecting the operator's pods) may reach the read-only status port."""
-    status_rule = (
-        [{"from": [copy.deepcopy(operator)], "ports": [{"protocol": "TCP", "port": status_port(job.port)}]}]
-        if operator is not None
-        else []
-    )
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _owned_metadata(
-            job, network_policy_name(job.name), {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
-        ),
-        "spec": {
-            "podSelector": {"matchLabels": {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_MASTER}},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": {c.LABEL_JOB: job.name}}}],
-                    "ports": [{"protocol": "TCP", "port": job.port}],
-                },
-                *status_rule,
-            ],
-        },
-    }
+def build_network_policy(
+    job: JobSpec, operator: dict[str, Any] | None = None, scrapers: Sequence[dict[str, Any]] = ()
+) -> Manifest:
+    """Only this job's pods may reach the port torch's store listens on (``MASTER_PORT``): the
+    TCPStore has no authentication, so anyone who reaches it could read or corrupt the
+    rendezvous. Backend tcp: the master pod's port; ``operator`` (a NetworkPolicyPeer selecting
+    the operator's pods) and ``scrapers`` (Prometheus's) may reach its read-only status port.
+    Backend etcd: worker 0 hosts the store itself; the job's pods reach it on every port (NCCL
+    picks its own), anyone else on every port but that one."""
+    store = {"from": [_job_pods(job)], "ports": [{"protocol": "TCP", "port": job.port}]}
+    if job.etcd_endpoints is None:
+        selector = {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_MASTER}
+        peers = [copy.deepcopy(p) for p in ([operator] if operator is not None else []) + list(scrapers)]
+        status = [{"protocol": "TCP", "port": status_port(job.port)}]
+        ingress = [store, *([{"from": peers, "ports": status}] if peers else [])]
+    else:
+        selector = {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_WORKER, c.LABEL_RANK: "0"}
+        ingress = [{"from": [_job_pods(job)]}, *_every_port_but(job.port)]
+    spec = {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"], "ingress": ingress}
+    return _kept(job, "networking.k8s.io/v1", "NetworkPolicy", network_policy_name(job.name), spec)
+
+
+def _job_pods(job: JobSpec) -> dict[str, Any]:
+    return {"podSelector": {"matchLabels": {c.LABEL_JOB: job.name}}}
+
+
+def _every_port_but(port: int) -> list[dict[str, Any]]:
+    """Rules admitting anyone to every TCP port but ``port`` (and to every UDP, SCTP port)."""
+    ranges = [(1, port - 1), (port + 1, MAX_PORT)]
+    tcp = [
+        {"protocol": "TCP", "port": low, **({"endPort": high} if high > low else {})}
+        for low, high in ranges
+        if high >= low
+    ]
+    return [{"ports": [*tcp, {"protocol": "UDP"}, {"protocol": "SCTP"}]}]
 
 
 def build_master_pod(job: JobSpec, attempt: int) -> Manifest:

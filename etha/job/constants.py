@@ -30,6 +30,10 @@ ROLE_MASTER: Final = "master"
 # Value of LABEL_ROLE on workers.
 ROLE_WORKER: Final = "worker"
 
+# Annotation on the children kept across attempts (Service, NetworkPolicy): a hash of the spec
+# they were built with; a child whose hash differs from the desired one is patched.
+ANNOTATION_SPEC_HASH: Final = "etha.io/spec-hash"
+
 # --- Phases and conditions ---------------------------------------------------------------------
 PHASE_PENDING: Final = "Pending"
 PHASE_RUNNING: Final = "Running"
@@ -93,6 +97,8 @@ REASON_IMMUTABLE_FIELD: Final = "ImmutableFieldChanged"
 REASON_CHILD_CONFLICT: Final = "ChildConflict"
 # A child was created.
 REASON_CREATED: Final = "Created"
+# A child kept across attempts (Service, NetworkPolicy) was patched to the job's current spec.
+REASON_UPDATED: Final = "Updated"
 # Not every worker joined the rendezvous within spec.rendezvous.timeoutSeconds.
 REASON_RENDEZVOUS_TIMEOUT: Final = "RendezvousTimeout"
 

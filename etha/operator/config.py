@@ -4,6 +4,7 @@ handed to the handlers through kopf's ``memo``. Nothing here is read at import."
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,19 @@ def pod_status_url(pod: dict[str, Any]) -> str | None:
                 host = f"[{ip}]" if ":" in ip else ip
                 return f"http://{host}:{port['containerPort']}/status"
     return None  # a master made by an operator without status ports
+
+
+def parse_peers(name: str, text: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of NetworkPolicyPeers (objects) from the environment variable ``name``."""
+    if not text.strip():
+        return ()
+    try:
+        peers = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} ({text!r}) must be a JSON list of NetworkPolicyPeers: {exc}.") from exc
+    if not isinstance(peers, list) or not all(isinstance(p, dict) and p for p in peers):
+        raise ConfigError(f"{name} ({text!r}) must be a JSON list of NetworkPolicyPeers (objects).")
+    return tuple(peers)
 
 
 #: Where a master pod serves its status document; tests whose pods are local processes differ.
@@ -45,6 +59,9 @@ class OperatorConfig:
     #: the master's status port (ETHA_OPERATOR_NAMESPACE, ETHA_OPERATOR_POD_LABELS).
     operator_namespace: str = ""
     operator_pod_labels: str = ""
+    #: NetworkPolicyPeers (Prometheus) each job's NetworkPolicy admits to the master's status port
+    #: (ETHA_STATUS_SCRAPERS, a JSON list; chart metrics.masterPodMonitor.scrapeFrom).
+    status_scrapers: tuple[dict[str, Any], ...] = ()
     #: At most this many API calls in flight while creating or deleting one job's pods
     #: (ETHA_CREATE_CONCURRENCY).
     create_concurrency: int = 32
@@ -79,6 +96,9 @@ class OperatorConfig:
         values["network_policy"] = flag in ("1", "true", "yes")
         values["operator_namespace"] = environ.get("ETHA_OPERATOR_NAMESPACE", "")
         values["operator_pod_labels"] = environ.get("ETHA_OPERATOR_POD_LABELS", "")
+        values["status_scrapers"] = parse_peers(
+            "ETHA_STATUS_SCRAPERS", environ.get("ETHA_STATUS_SCRAPERS", "")
+        )
         concurrency = environ.get("ETHA_CREATE_CONCURRENCY", "32")
         if not concurrency.isdigit() or int(concurrency) < 1:
             raise ConfigError(f"ETHA_CREATE_CONCURRENCY ({concurrency!r}) must be an integer >= 1.")

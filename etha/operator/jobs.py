@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from etha.job import constants as c
 from etha.job.builders import Manifest
 
 Body = dict[str, Any]
@@ -44,6 +45,9 @@ def slim(body: Mapping[str, Any]) -> Body:
             if k in meta
         },
     }
+    annotations = meta.get("annotations") or {}
+    if c.ANNOTATION_SPEC_HASH in annotations:  # a kept child: is it the shape the job wants?
+        out["metadata"]["annotations"] = {c.ANNOTATION_SPEC_HASH: annotations[c.ANNOTATION_SPEC_HASH]}
     spec = body.get("spec") or {}
     if "containers" in spec:  # a pod: the master's ports locate its status document
         out["spec"] = {

@@ -152,6 +152,17 @@ class Api:
             return False
         return True
 
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], api_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Merge ``patch`` (RFC 7386) into a Service or NetworkPolicy; the object as it is now, or
+        None if it is gone."""
+        path = collection(kind, namespace, api_version) + f"/{name}"
+        try:
+            return await self._call(f"patch {kind} {name}", "PATCH", path, body=patch, merge=True)
+        except _NotFound:
+            return None
+
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         """Merge ``status`` into the TrainingJob's status; the job as it is now, or None if gone.
         No resourceVersion: each key written is the operator's own, decided from a newer look."""

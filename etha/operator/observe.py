@@ -112,6 +112,8 @@ class Observer:
                 else None
             ),
             operator_peer=self.config.operator_peer(),
+            scrapers=self.config.status_scrapers,
+            spec_hashes=self.spec_hashes(worker, job),
             terminating=[
                 p
                 for p in Cache.children(self.cache.pods, worker.uid)
@@ -162,6 +164,27 @@ class Observer:
             x["metadata"]["name"] == name and not x["metadata"].get("deletionTimestamp")
             for x in Cache.children(index, worker.uid)
         )
+
+    def spec_hashes(self, worker: JobWorker, job: JobSpec) -> dict[str, str | None]:
+        """The spec-hash annotation of the job's Service and NetworkPolicy that exist, by name
+        (what was just created or patched first: the watch may not have shown it yet)."""
+        out: dict[str, str | None] = {}
+        kept = [(self.cache.services, service_name(job.name))]
+        if self.config.network_policy:
+            kept.append((self.cache.policies, network_policy_name(job.name)))
+        for index, name in kept:
+            child = worker.expected[name][1] if name in worker.expected else None
+            child = child or next(
+                (
+                    x
+                    for x in Cache.children(index, worker.uid)
+                    if x["metadata"]["name"] == name and not x["metadata"].get("deletionTimestamp")
+                ),
+                None,
+            )
+            if child is not None:
+                out[name] = (child["metadata"].get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
+        return out
 
     # --- the master, the scheduler -------------------------------------------------------------
 

@@ -92,7 +92,9 @@ class Writer:
                 await self.delete_pod(worker, name)
 
         first = [m for m in actions.create if m["kind"] != "Pod"]
-        await asyncio.gather(*(create(m) for m in first))
+        await asyncio.gather(
+            *(create(m) for m in first), *(self._patch(worker, job, m) for m in actions.patch)
+        )
         if not conflicts:
             rest = [m for m in actions.create if m["kind"] == "Pod"]
             await asyncio.gather(
@@ -139,6 +141,24 @@ class Writer:
         if owner == job.uid:
             return ""  # its own, still terminating: created again once it is gone
         return conflict_message(kind, job, existing, going)
+
+    async def _patch(self, worker: JobWorker, job: JobSpec, manifest: Manifest) -> None:
+        """Bring a child kept across attempts to ``manifest``'s spec and spec-hash annotation,
+        if it is still the job's (a merge patch of what differs: keys it no longer has go)."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        live = await self.api.get(kind, job.namespace, name, manifest.get("apiVersion"))
+        if live is None or controller_uid(live) != job.uid:
+            return  # gone, or not the job's: the next look sees which
+        annotation = {c.ANNOTATION_SPEC_HASH: manifest["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]}
+        patch = {
+            "metadata": {"annotations": annotation},
+            "spec": merge_patch(live.get("spec") or {}, manifest["spec"]),
+        }
+        expiry = time.monotonic() + EXPECTATION_TTL
+        fresh = await self.api.patch(kind, job.namespace, name, patch, manifest.get("apiVersion"))
+        if fresh is not None:
+            worker.expected[name] = (expiry, slim(fresh))  # the index has not caught up yet
+            logger.info("%s/%s: patched %s %s to the job's spec", job.namespace, job.name, kind, name)
 
     async def delete_pod(self, worker: JobWorker, name: str) -> None:
         pod = next((p for p in self._pods_of(worker.uid) if p["metadata"]["name"] == name), None)

@@ -32,9 +32,13 @@ Pod = dict[str, Any]
 @dataclass
 class Actions:
     """Everything one look decides; the Writer carries it out in this order: the status patch,
-    the children, the events (once the patch succeeded), the finalizer, the job's deletion."""
+    the children (patched, created, deleted), the events (once the patch succeeded), the
+    finalizer, the job's deletion."""
 
     create: list[Manifest] = field(default_factory=list)
+    #: Children kept across attempts (Service, NetworkPolicy) to patch to these desired manifests
+    #: (their spec and spec-hash annotation): they drifted from the job's spec.
+    patch: list[Manifest] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     #: PodGroups of the job to delete (an earlier attempt's, a suspended attempt's).
     delete_groups: list[str] = field(default_factory=list)
@@ -54,6 +58,7 @@ class Actions:
         sooner look counts."""
         return Actions(
             create=[*self.create, *later.create],
+            patch=[*self.patch, *later.patch],
             delete_pods=[*self.delete_pods, *later.delete_pods],
             delete_groups=[*self.delete_groups, *later.delete_groups],
             status={**self.status, **later.status},
@@ -107,6 +112,11 @@ class Observed:
     master_status: MasterStatus | str | None = None
     #: Selects the operator's pods in the NetworkPolicy (admits them to the master's status port).
     operator_peer: dict[str, Any] | None = None
+    #: NetworkPolicyPeers (Prometheus) admitted to the master's status port too.
+    scrapers: Sequence[dict[str, Any]] = ()
+    #: The spec-hash annotation of each child kept across attempts that exists and is the job's,
+    #: by name (None: it has none, made by an older operator); see ``creation.drifted_children``.
+    spec_hashes: Mapping[str, str | None] = field(default_factory=dict)
     #: The job's pods being deleted, as last seen (an evicted pod's DisruptionTarget condition).
     terminating: Sequence[Pod] = ()
     #: The attempt's PodGroup and its phase ("PodGroup j-0 is Pending"), read while its pods

@@ -172,6 +172,31 @@ def test_replicas_of_a_running_job_are_immutable_unless_suspended(op: ChartOpera
     op.plane.admin.delete(f"{TJ}/fixed")
 
 
+def test_the_service_and_policy_follow_a_port_changed_while_suspended(op: ChartOperator, jobs: Jobs) -> None:
+    """Kept across attempts, the Service and the NetworkPolicy are patched to the new port on
+    resume (RBAC included): the new master's port is the one the policy admits the workers to."""
+    op.plane.admin.create(TJ, jobs.job("moved", code="import time; time.sleep(600)"))
+    jobs.wait_for("moved", "Running", lambda s: s.get("phase") == "Running")
+    policy = f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/moved-rendezvous"
+    service = f"/api/v1/namespaces/{NS}/services/moved"
+
+    def ports() -> tuple[int, int]:
+        rule = op.plane.admin.get(policy)["spec"]["ingress"][0]
+        return rule["ports"][0]["port"], op.plane.admin.get(service)["spec"]["ports"][0]["port"]
+
+    assert ports() == (29500, 29500)
+    op.plane.admin.merge_patch(f"{TJ}/moved", {"spec": {"suspend": True}})
+    jobs.wait_for("moved", "Suspended", lambda s: s.get("phase") == "Suspended")
+    op.plane.admin.merge_patch(f"{TJ}/moved", {"spec": {"rendezvous": {"port": 29600}}})
+    op.plane.admin.merge_patch(f"{TJ}/moved", {"spec": {"suspend": False}})
+    jobs.wait_for("moved", "Running on 29600", lambda s: s.get("masterAddress", "").endswith(":29600"))
+    wait_until(lambda: ports() == (29600, 29600), 60, "the policy and the Service on port 29600")
+    wait_until(  # events go through kopf's posting queue, after the look
+        lambda: "Updated NetworkPolicy moved-rendezvous" in events_of(op, "moved"), 30, "the Updated event"
+    )
+    op.plane.admin.delete(f"{TJ}/moved")
+
+
 def test_a_container_restarted_in_place_fails_its_attempt(op: ChartOperator, jobs: Jobs) -> None:
     """restartPolicy OnFailure: the kubelet restarts a crashing container, its pod stays
     Running; the restart counts as the attempt's failure, so maxRestarts applies."""

@@ -31,3 +31,26 @@ def test_operator_config_reads_the_default_gang_and_schedulers() -> None:
     assert OperatorConfig.from_env({}).default_gang == "none"
     with pytest.raises(ConfigError, match=r"ETHA_DEFAULT_GANG \('kai'\) must be one of"):
         OperatorConfig.from_env({"ETHA_DEFAULT_GANG": "kai"})
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", None),
+        ('[{"namespaceSelector": {}}]', None),
+        ("monitoring", r"ETHA_STATUS_SCRAPERS \('monitoring'\) must be a JSON list of NetworkPolicyPeers"),
+        (
+            '{"a": 1}',
+            r"ETHA_STATUS_SCRAPERS \('\{\"a\": 1\}'\) must be a JSON list of NetworkPolicyPeers \(objects\)",
+        ),
+        ("[{}]", r"must be a JSON list of NetworkPolicyPeers \(objects\)"),
+    ],
+    ids=["unset", "one-peer", "not-json", "not-a-list", "empty-peer"],
+)
+def test_status_scrapers_come_from_the_environment(text: str, error: str | None) -> None:
+    if error is not None:
+        with pytest.raises(ConfigError, match=error):
+            OperatorConfig.from_env({"ETHA_STATUS_SCRAPERS": text})
+    else:
+        want = ({"namespaceSelector": {}},) if text else ()
+        assert OperatorConfig.from_env({"ETHA_STATUS_SCRAPERS": text}).status_scrapers == want

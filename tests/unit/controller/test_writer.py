@@ -49,3 +49,40 @@ def test_applying_the_patch_gives_the_new_fields() -> None:
     old = {"phase": "Running", "rendezvous": {"attempt": 0, "startTime": "t0", "slow": True}}
     new = {"rendezvous": {"attempt": 1, "joined": 0}}
     assert apply(old, merge_patch(old, new)) == {"phase": "Running", **new}
+
+
+def test_a_drifted_child_is_merge_patched_to_its_desired_spec_only_if_the_jobs() -> None:
+    """Labels the desired selector no longer has are nulled (backend etcd -> tcp); a child that
+    is not the job's is never patched."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from etha.job.builders import build_network_policy
+    from etha.job.spec import parse
+    from etha.operator.jobs import JobWorker
+    from etha.operator.writer import Writer
+    from tests.factories import make_etcd_trainingjob, make_trainingjob
+
+    job = parse(make_trainingjob())
+    live = build_network_policy(parse(make_etcd_trainingjob()))
+    live["metadata"]["uid"] = "p1"
+    sent: list[dict[str, Any]] = []
+
+    async def get(*_: Any) -> dict[str, Any]:
+        return live
+
+    async def patch(kind: str, namespace: str, name: str, body: dict[str, Any], *_: Any) -> dict[str, Any]:
+        sent.append(body)
+        return live
+
+    writer = Writer(SimpleNamespace(), SimpleNamespace(get=get, patch=patch), None, lambda uid: [], {})  # type: ignore[arg-type]
+    worker = JobWorker(body={"metadata": {"name": "mnist", "uid": job.uid}})
+    desired = build_network_policy(job)
+    asyncio.run(writer._patch(worker, job, desired))
+    (body,) = sent
+    assert body["spec"]["podSelector"]["matchLabels"] == {"etha.io/role": "master", "etha.io/rank": None}
+    assert body["spec"]["ingress"] == desired["spec"]["ingress"]
+    assert body["metadata"]["annotations"] == desired["metadata"]["annotations"]
+    live["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    asyncio.run(writer._patch(worker, job, desired))
+    assert len(sent) == 1

@@ -47,11 +47,13 @@ OPERATOR_GRANTS = {
     ("", "services", "list"),
     ("", "services", "watch"),
     ("", "services", "create"),
+    ("", "services", "patch"),
     ("", "events", "create"),
     ("networking.k8s.io", "networkpolicies", "get"),
     ("networking.k8s.io", "networkpolicies", "list"),
     ("networking.k8s.io", "networkpolicies", "watch"),
     ("networking.k8s.io", "networkpolicies", "create"),
+    ("networking.k8s.io", "networkpolicies", "patch"),
 }
 WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
 
@@ -404,6 +406,46 @@ def test_master_pod_monitor_and_its_network_policies_select_the_masters_the_oper
     for sets in (("networkPolicy.enabled=false", peer), ()):  # no job policies, or no scrapers named
         docs = render("metrics.masterPodMonitor.enabled=true", "watchNamespaces={team-a}", *sets)
         assert by_kind(docs, "PodMonitor") and not by_kind(docs, "NetworkPolicy")
+
+
+def operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(docs, "Deployment")
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+SCRAPER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+@pytest.mark.parametrize(
+    ("sets", "scrapers"),
+    [
+        ((), [SCRAPER]),
+        (("watchNamespaces={team-a}",), None),
+        (("rbac.scope=namespaced",), None),
+        (("networkPolicy.enabled=false",), None),
+        (("metrics.masterPodMonitor.enabled=false",), None),
+    ],
+    ids=["cluster-scope", "listed-namespaces", "namespaced", "no-policies", "no-pod-monitor"],
+)
+def test_a_cluster_scope_install_admits_the_scrapers_through_each_jobs_policy(
+    sets: tuple[str, ...], scrapers: list[dict[str, Any]] | None
+) -> None:
+    """Watching every namespace the chart renders no scrape policy: the operator adds the
+    scrapers to each job's own NetworkPolicy, at the master's status port."""
+    peer = "metrics.masterPodMonitor.scrapeFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring"
+    docs = render("metrics.masterPodMonitor.enabled=true", peer, *sets)
+    env = operator_env(docs)
+    if scrapers is None:
+        assert "ETHA_STATUS_SCRAPERS" not in env
+        return
+    from etha.operator.config import OperatorConfig
+
+    config = OperatorConfig.from_env(env)
+    assert list(config.status_scrapers) == scrapers and not by_kind(docs, "NetworkPolicy")
+    master = builders.build_master_pod(parse(make_trainingjob()), 0)
+    status = {p["name"]: p["containerPort"] for p in master["spec"]["containers"][0]["ports"]}["status"]
+    policy = builders.build_network_policy(parse(make_trainingjob()), None, config.status_scrapers)
+    assert policy["spec"]["ingress"][1] == {"from": scrapers, "ports": [{"protocol": "TCP", "port": status}]}
 
 
 def test_dashboard_configmap_only_when_enabled() -> None:

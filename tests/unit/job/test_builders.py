@@ -106,6 +106,30 @@ def test_network_policy_admits_only_the_jobs_pods_to_the_master_port() -> None:
     kubernetes_validate.validate(policy, "1.34.0", strict=True)
 
 
+@pytest.mark.parametrize("port", [29500, 1, 65535], ids=["default", "lowest", "highest"])
+def test_etcd_backend_policy_guards_worker_0s_store_port_and_nothing_else(port: int) -> None:
+    """Worker 0 hosts torch's store on MASTER_PORT: only the job's pods reach that port; every
+    other port of worker 0 stays as open as before (NCCL, the user's own servers)."""
+    from etha.job.builders import build_network_policy
+
+    body = make_trainingjob(
+        rendezvous={"backend": "etcd", "etcd": {"endpoints": ["etcd-0:2379"]}, "port": port}
+    )
+    job = parse(body)
+    spec = build_network_policy(job)["spec"]
+    rank0, rank1 = (build_worker_pod(job, 3, r)["metadata"]["labels"] for r in (0, 1))
+    assert spec["podSelector"]["matchLabels"].items() <= rank0.items()
+    assert not spec["podSelector"]["matchLabels"].items() <= rank1.items()
+    own, anyone = spec["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"etha.io/job-name": "mnist"}}}]}
+    assert "from" not in anyone
+    tcp = [(p["port"], p.get("endPort", p["port"])) for p in anyone["ports"] if p["protocol"] == "TCP"]
+    assert not any(low <= port <= high for low, high in tcp)
+    assert sum(high - low + 1 for low, high in tcp) == 65534
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(build_network_policy(job), "1.34.0", strict=True)
+
+
 def test_worker_pods_meet_the_restricted_profile_by_default() -> None:
     from etha.job.security import restricted_violations
 

@@ -4,10 +4,14 @@ once and in order, and its phase and worker counts are reported."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from etha.job.builders import build_network_policy, build_service, spec_hash
 from etha.job.spec import parse
+from etha.operator.reconcile.creation import CREATE_BATCH
+from etha.operator.reconcile.model import pins
 from tests.factories import make_etcd_trainingjob, make_pod, make_trainingjob, reconcile
 from tests.unit.controller.reconcile.helpers import NOW, names
 
@@ -91,9 +95,22 @@ def test_etcd_backend_is_running_without_a_master() -> None:
     assert again.delete_pods == [] and again.status["phase"] == "Running"
 
 
-def test_etcd_backend_needs_no_network_policy() -> None:
-    acts = reconcile(parse(make_etcd_trainingjob()), {}, [], True, NOW, False)
-    assert "NetworkPolicy" not in [m["kind"] for m in acts.create]
+@pytest.mark.parametrize(
+    ("body", "selected"),
+    [(make_trainingjob(), "mnist-master-0"), (make_etcd_trainingjob(), "mnist-worker-0-0")],
+    ids=["tcp-master", "etcd-worker-0"],
+)
+def test_the_network_policy_guards_whoever_hosts_the_store(body: dict[str, Any], selected: str) -> None:
+    """Backend etcd: worker 0 hosts torch's unauthenticated store on MASTER_PORT; it is guarded."""
+    acts = reconcile(parse(body), {}, [], True, NOW, False)
+    (policy,) = [m for m in acts.create if m["kind"] == "NetworkPolicy"]
+    labels = {m["metadata"]["name"]: m["metadata"]["labels"] for m in acts.create if m["kind"] == "Pod"}
+    chosen = [
+        n
+        for n, have in labels.items()
+        if policy["spec"]["podSelector"]["matchLabels"].items() <= have.items()
+    ]
+    assert chosen == [selected]
 
 
 @pytest.mark.parametrize(("exists", "created"), [(None, False), (True, False), (False, True)])
@@ -102,3 +119,74 @@ def test_reconcile_creates_the_network_policy_only_when_managed_and_missing(
 ) -> None:
     acts = reconcile(parse(make_trainingjob()), {}, [], True, datetime(2026, 1, 1, tzinfo=UTC), exists)
     assert ("NetworkPolicy" in [m["kind"] for m in acts.create]) is created
+
+
+def test_a_large_job_is_created_in_batches_each_look_asking_for_the_next_at_once() -> None:
+    """Memory does not grow with replicas: a look builds at most CREATE_BATCH pods."""
+    job = parse(make_trainingjob(replicas=1000, scheduling={"gang": "coscheduling"}))
+    pods: list[dict[str, Any]] = []
+    looks = []
+    while True:
+        acts = reconcile(job, {"startTime": "2026-01-01T11:59:00Z"}, pods, True, NOW, True)
+        made = [m for m in acts.create if m["kind"] == "Pod"]
+        looks.append((len(made), acts.requeue_after))
+        if not made:
+            break
+        assert acts.create[0]["kind"] == "PodGroup"  # before its pods, on every look
+        pods += [
+            make_pod(m["metadata"]["name"], "Pending", role=m["metadata"]["labels"]["etha.io/role"])
+            for m in made
+        ]
+    assert CREATE_BATCH == 256
+    assert looks == [(256, 0.0), (256, 0.0), (256, 0.0), (233, None), (0, None)]
+    assert len({p["metadata"]["name"] for p in pods}) == 1001
+    # An object in the way: the next batch waits for the conflict's backoff, not at once.
+    blocked = reconcile(
+        job, {"startTime": "2026-01-01T11:59:00Z"}, [], True, NOW, True, conflict="Pod x", retry_in=4.0
+    )
+    assert blocked.requeue_after == 4.0
+
+
+def _drift(body: dict[str, Any], hashes: dict[str, str | None]) -> list[dict[str, Any]]:
+    return reconcile(parse(body), {}, [], True, NOW, True, spec_hashes=hashes).patch
+
+
+@pytest.mark.parametrize(
+    ("was", "patched"),
+    [
+        ({"rendezvous": {"port": 29500}}, []),
+        ({"rendezvous": {"port": 29400}}, ["mnist", "mnist-rendezvous"]),
+        (None, ["mnist", "mnist-rendezvous"]),
+    ],
+    ids=["unchanged", "port-changed", "older-operator-no-annotation"],
+)
+def test_kept_children_that_drifted_from_the_spec_are_patched(
+    was: dict[str, Any] | None, patched: list[str]
+) -> None:
+    """A port changed while suspended: the Service and NetworkPolicy follow it on resume."""
+    old = parse(make_trainingjob(**was)) if was is not None else None
+    hashes = {
+        "mnist": spec_hash(build_service(old)) if old else None,
+        "mnist-rendezvous": spec_hash(build_network_policy(old)) if old else None,
+    }
+    out = _drift(make_trainingjob(rendezvous={"port": 29500}), hashes)
+    assert names(out) == patched
+    for manifest in out:
+        assert manifest["metadata"]["annotations"]["etha.io/spec-hash"] == spec_hash(manifest)
+    if patched:
+        (policy,) = [m for m in out if m["kind"] == "NetworkPolicy"]
+        assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 29500}]
+        assert out[0]["spec"]["ports"][0]["port"] == 29500
+
+
+def test_children_not_observed_or_of_a_refused_edit_are_not_patched() -> None:
+    """Only children that exist and are the job's have a hash observed; a port edit a running
+    attempt refused patches nothing: the attempt keeps its port."""
+    assert _drift(make_trainingjob(rendezvous={"port": 29400}), {}) == []
+    old = parse(make_trainingjob())
+    status = {"attempt": 0, "attemptSpec": {"attempt": 0, **pins(old)}}
+    hashes = {"mnist": spec_hash(build_service(old))}
+    acts = reconcile(
+        parse(make_trainingjob(rendezvous={"port": 29400})), status, [], True, NOW, spec_hashes=hashes
+    )
+    assert acts.patch == [] and acts.status["conditions"][0]["type"] == "SpecChangeRefused"
