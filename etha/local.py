@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import yaml
-
 from etha import constants as env_names
 from etha.job.builders import build_worker_pod
+from etha.job.manifest import ManifestError, one_training_job, read_text, validate
 from etha.job.names import master_address
 from etha.job.policies import success_met
-from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.job.spec import JobSpec
 from etha.local_procs import Stopped, Supervisor
 from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
@@ -72,28 +71,26 @@ class LocalJob:
         return self.spec.replicas
 
 
-def load_job(path: Path) -> LocalJob:
-    """Read and validate a TrainingJob manifest exactly as the operator does."""
+def load_job(path: Path | str, stdin: IO[str] | None = None) -> LocalJob:
+    """Read and validate a TrainingJob manifest (``-``: standard input) as the API server and the
+    operator do: the one TrainingJob of the file, the CRD's schema (unknown fields refused), then
+    the operator's checks."""
+    name = str(path)
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise LocalRunError(f"Cannot read {path}: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("kind") != "TrainingJob":
-        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise LocalRunError(f"{path}: kind ({kind!r}) must be 'TrainingJob'.")
-    try:
-        spec = parse(doc)
-    except InvalidSpec as exc:
-        raise LocalRunError(f"{path}: {exc}") from exc
+        doc = one_training_job(name, read_text(name, stdin))
+        spec = validate(doc)
+    except ManifestError as exc:
+        raise LocalRunError(str(exc)) from exc
+    label = doc.label
     if spec.etcd_endpoints is not None:
         raise LocalRunError(
-            f"{path}: spec.rendezvous.backend (etcd) is not supported by run-local; use tcp (the default)."
+            f"{label}: spec.rendezvous.backend (etcd) is not supported by run-local; use tcp (the default)."
         )
     main = spec.template["spec"]["containers"][0]
     command = [str(x) for x in (main.get("command") or []) + (main.get("args") or [])]
     if not command:
         raise LocalRunError(
-            f"{path}: spec.template.spec.containers[0] needs a command (or args) to run locally; "
+            f"{label}: spec.template.spec.containers[0] needs a command (or args) to run locally; "
             "the image's entrypoint is not known here."
         )
     return LocalJob(spec, command, main.get("workingDir"))
@@ -156,7 +153,7 @@ def torchrun_root_cause(lines: Sequence[str]) -> str | None:
     return None
 
 
-def run_local(path: Path, out: IO[str] = sys.stdout, timeout: float | None = None) -> int:
+def run_local(path: Path | str, out: IO[str] = sys.stdout, timeout: float | None = None) -> int:
     """Run the TrainingJob in ``path`` locally; return the exit code for the command line."""
     job = load_job(path)
     host = "127.0.0.1"
