@@ -29,13 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-import yaml
-
 from etha import constants as env_names
 from etha.job.builders import build_worker_pod
+from etha.job.manifest import ManifestError, one_training_job, read_text, validate
 from etha.job.names import master_address
 from etha.job.policies import success_met
-from etha.job.spec import PROCS_AUTO, InvalidSpec, JobSpec, parse
+from etha.job.spec import PROCS_AUTO, JobSpec
 from etha.local_host import (
     GPU_RESOURCE,
     HostError,
@@ -83,31 +82,29 @@ class LocalJob:
         return self.spec.replicas
 
 
-def load_job(path: Path) -> LocalJob:
-    """Read and validate a TrainingJob manifest exactly as the operator does."""
+def load_job(path: Path | str, stdin: IO[str] | None = None) -> LocalJob:
+    """Read and validate a TrainingJob manifest (``-``: standard input) as the API server and the
+    operator do: the one TrainingJob of the file, the CRD's schema (unknown fields refused), then
+    the operator's checks."""
+    name = str(path)
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise LocalRunError(f"Cannot read {path}: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("kind") != "TrainingJob":
-        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise LocalRunError(f"{path}: kind ({kind!r}) must be 'TrainingJob'.")
-    try:
-        spec = parse(doc)
-    except InvalidSpec as exc:
-        raise LocalRunError(f"{path}: {exc}") from exc
+        doc = one_training_job(name, read_text(name, stdin))
+        spec = validate(doc)
+    except ManifestError as exc:
+        raise LocalRunError(str(exc)) from exc
+    label = doc.label
     if spec.etcd_endpoints is not None:
         raise LocalRunError(
-            f"{path}: spec.rendezvous.backend (etcd) is not supported by run-local; use tcp (the default)."
+            f"{label}: spec.rendezvous.backend (etcd) is not supported by run-local; use tcp (the default)."
         )
     main = spec.template["spec"]["containers"][0]
     command = [str(x) for x in (main.get("command") or []) + (main.get("args") or [])]
     if not command:
         raise LocalRunError(
-            f"{path}: spec.template.spec.containers[0] needs a command (or args) to run locally; "
+            f"{label}: spec.template.spec.containers[0] needs a command (or args) to run locally; "
             "the image's entrypoint is not known here."
         )
-    procs_auto = (doc.get("spec") or {}).get("procsPerWorker") == PROCS_AUTO
+    procs_auto = (doc.body.get("spec") or {}).get("procsPerWorker") == PROCS_AUTO
     return LocalJob(spec, command, main.get("workingDir"), procs_auto)
 
 
@@ -169,7 +166,7 @@ def torchrun_root_cause(lines: Sequence[str]) -> str | None:
 
 
 def run_local(
-    path: Path,
+    path: Path | str,
     out: IO[str] = sys.stdout,
     timeout: float | None = None,
     workdir: Path | None = None,

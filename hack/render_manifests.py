@@ -1,6 +1,8 @@
 """Generate what is derived from the chart and the CRD, so nothing is written twice.
 
 - ``charts/etha-operator/crds/``: a byte-for-byte copy of ``deploy/crds/`` (the source of truth);
+- ``etha/data/``: the same copy, in the package (``etha validate``, ``etha explain`` and the
+  operator's check of the installed CRD read it);
 - ``deploy/operator.yaml``: the chart rendered with its default values (``helm template``), minus
   Helm's own labels and test hooks, for ``kubectl apply -k deploy/``.
 
@@ -20,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "etha-operator"
 CRDS = ROOT / "deploy" / "crds"
+PACKAGE_DATA = ROOT / "etha" / "data"
 OPERATOR = ROOT / "deploy" / "operator.yaml"
 RELEASE, NAMESPACE = "etha-operator", "etha-system"
 HEADER = (
@@ -49,7 +52,9 @@ def _strip_helm_labels(meta: dict[str, Any]) -> None:
 
 
 def expected(helm: str) -> dict[Path, bytes]:
-    files = {CHART / "crds" / src.name: src.read_bytes() for src in sorted(CRDS.glob("*.yaml"))}
+    files: dict[Path, bytes] = {}
+    for src in sorted(CRDS.glob("*.yaml")):
+        files[CHART / "crds" / src.name] = files[PACKAGE_DATA / src.name] = src.read_bytes()
     files[OPERATOR] = render_operator(helm).encode()
     return files
 
@@ -61,7 +66,8 @@ def main() -> int:
     args = parser.parse_args()
     want = expected(args.helm)
     stale = [p for p, data in want.items() if not p.exists() or p.read_bytes() != data]
-    extra = [p for p in (CHART / "crds").glob("*") if p not in want]
+    copies = [*(CHART / "crds").glob("*"), *PACKAGE_DATA.glob("*.yaml")]
+    extra = [p for p in copies if p not in want]
     if args.check:
         for path in stale + extra:
             print(f"{path.relative_to(ROOT)} is stale: run `make manifests`.", file=sys.stderr)

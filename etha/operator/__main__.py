@@ -8,18 +8,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
+from etha.job import constants as c
+from etha.job.schema import missing_fields, openapi_schema, packaged_schema
 from etha.operator import handlers, metrics
 from etha.operator.config import ConfigError, OperatorConfig
 from etha.operator.k8s import Api
+
+#: The CRD the operator serves, read at start to check it has every field this version needs.
+CRD_NAME = f"{c.PLURAL}.{c.GROUP}"
+#: What brings an installed CRD up to date (helm upgrade never upgrades a chart's crds/).
+CRD_UPGRADE = "kubectl apply -f charts/etha-operator/crds/ (or deploy/crds/ for the plain manifests)"
+#: Field paths named in the refusal before "and N more".
+CRD_MISSING_SHOWN = 10
+
+logger = logging.getLogger("etha.operator")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cannot serve metrics on %s:%d: %s", args.metrics_host, args.metrics_port, exc
         )
         return 1
+    api_client = load_api_client(config.create_concurrency)
+    problem = check_installed_crd(api_client)
+    if problem is not None:
+        logger.error("%s", problem)
+        return 2
     registry = handlers.registry(config)
     # kopf logs in as the kubernetes client does (in-cluster, else KUBECONFIG).
     kopf.on.login(registry=registry)(kopf.login_via_client)
@@ -83,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             memo=handlers.operator_memo(
                 config,
                 Api(
-                    load_api_client(config.create_concurrency),
+                    api_client,
                     config.create_concurrency,
                     on_request=meter.api_request,
                 ),
@@ -92,6 +111,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def check_installed_crd(api_client: client.ApiClient) -> str | None:
+    """Why the installed CRD cannot serve this operator (a refusal to log), or None: it has every
+    field, or it could not be read (RBAC without the cluster right, rbac.scope namespaced: a
+    warning, and the operator goes on)."""
+    api = client.ApiextensionsV1Api(api_client)
+    try:
+        response = api.read_custom_resource_definition(CRD_NAME, _preload_content=False)
+        installed = json.loads(cast(Any, response).data)  # the raw response: no model types
+    except ApiException as exc:
+        if exc.status == 404:
+            return f"The CRD {CRD_NAME} is not installed: run {CRD_UPGRADE}."
+        logger.warning(
+            "Could not read the CRD %s to check it is up to date (HTTP %s %s); going on. "
+            "After an upgrade, run %s.",
+            CRD_NAME, exc.status, exc.reason, CRD_UPGRADE,
+        )  # fmt: skip
+        return None
+    return crd_problem(installed)
+
+
+def crd_problem(installed: dict[str, Any]) -> str | None:
+    """The refusal naming the fields the installed CRD lacks (against the packaged one), or None."""
+    missing = missing_fields(packaged_schema(), openapi_schema(installed))
+    if not missing:
+        return None
+    shown = ", ".join(missing[:CRD_MISSING_SHOWN])
+    more = f" and {len(missing) - CRD_MISSING_SHOWN} more" if len(missing) > CRD_MISSING_SHOWN else ""
+    return (
+        f"The installed CRD {CRD_NAME} is older than this operator: it lacks {shown}{more}. "
+        f"Apply the new CRD first (helm upgrade does not upgrade it): {CRD_UPGRADE}."
+    )
 
 
 def own_identity() -> str:

@@ -90,7 +90,13 @@ class ChartOperator:
         return self.plane.admin.get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{RELEASE}")
 
     def start(self) -> ChartOperator:
-        """Run the Deployment's container as a process, as its ServiceAccount."""
+        """Run the Deployment's container as a process, as its ServiceAccount; wait till it is live."""
+        self.spawn()
+        wait_until(self._live, 60, "the operator's liveness endpoint", interval=0.1)
+        return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the Deployment's container as a process, as its ServiceAccount (not waiting)."""
         pod = self.deployment()["spec"]["template"]
         container = pod["spec"]["containers"][0]
         account = pod["spec"].get("serviceAccountName") or "default"
@@ -123,8 +129,7 @@ class ChartOperator:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(self._live, 60, "the operator's liveness endpoint", interval=0.1)
-        return self
+        return self.proc
 
     def _live(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -110,7 +110,8 @@ spec:
 
 
 VALID = (
-    "kind: TrainingJob\nmetadata: {name: x}\nspec: {replicas: 1, template: {spec: {containers: [CONTAINER]}}}"
+    "apiVersion: etha.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\n"
+    "spec: {replicas: 1, template: {spec: {containers: [CONTAINER]}}}"
 )
 RUNNABLE = "{name: a, image: i, command: [python, -c, pass]}"
 
@@ -127,7 +128,7 @@ RUNNABLE = "{name: a, image: i, command: [python, -c, pass]}"
             VALID.replace("replicas: 1", "replicas: 1, rendezvous: {port: 70000}").replace(
                 "CONTAINER", RUNNABLE
             ),
-            "spec.rendezvous.port (70000) must be in 1..65535.",
+            "spec.rendezvous.port (70000) must be at most 65535.",
         ),
         (
             VALID.replace("[CONTAINER]", "[]"),
