@@ -78,11 +78,8 @@ def parse(
     pod_security: bool = True,
 ) -> JobSpec:
     """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field.
-
-    ``pod_security=False`` leaves out :func:`~etha.job.security.check_pod_security` (the Pod
-    Security Standards, the injected variables, the ServiceAccounts in ``service_accounts``):
-    for a job that passed it when it started, so that a stricter operator never fails it.
-    """
+    ``pod_security=False`` leaves out :func:`~etha.job.security.check_pod_security` (for a job
+    that passed it when it started: a stricter operator never fails it)."""
     meta = body.get("metadata") or {}
     name = str(meta.get("name") or "")
     spec = body.get("spec")
