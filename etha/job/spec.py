@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,17 +22,10 @@ from etha.job.policies import (
     success_policy,
 )
 from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
-from etha.job.security import apply_restricted_defaults, restricted_violations
+from etha.job.security import check_pod_security
 
 # A DNS-1035 label: the job's Service is named after the job, and Service names must be one.
 _DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-# Variables whose value the operator decides; a template that sets them differently breaks rendezvous.
-_RENDEZVOUS_VARS = (
-    env_names.ENV_WORLD_SIZE,
-    env_names.ENV_RANK,
-    env_names.ENV_WORLD_SIZE_ETHA,
-    env_names.ENV_RANK_ETHA,
-)
 #: The resource ``procsPerWorker: auto`` counts on the worker container.
 GPU_RESOURCE = "nvidia.com/gpu"
 #: The string value of spec.procsPerWorker that means "one process per GPU".
@@ -82,8 +75,13 @@ def parse(
     default_gang: str = GANG_NONE,
     default_scheduler: str = "",
     gang_schedulers: Mapping[str, str] | None = None,
+    *,
+    service_accounts: Collection[str] = (),
+    pod_security: bool = True,
 ) -> JobSpec:
-    """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field."""
+    """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field.
+    ``pod_security=False`` leaves out :func:`~etha.job.security.check_pod_security` (for a job
+    that passed it when it started: a stricter operator never fails it)."""
     meta = body.get("metadata") or {}
     name = str(meta.get("name") or "")
     spec = body.get("spec")
@@ -98,7 +96,7 @@ def parse(
         )
     check_job_size(template, replicas)
     check_reserved_keys(template)
-    containers = check_template(template)
+    containers = check_template(template, pod_security=pod_security, service_accounts=service_accounts)
     procs = procs_per_worker(spec.get("procsPerWorker"), containers[0])
     rdzv = spec.get("rendezvous") or {}
     if not isinstance(rdzv, dict):
@@ -187,9 +185,11 @@ def gpus_of(container: dict[str, Any]) -> int:
     return 0
 
 
-def check_template(template: dict[str, Any]) -> list[dict[str, Any]]:
-    """The checks a worker template must pass (containers, images, the variables the operator
-    sets, the restricted Pod Security profile, restartPolicy); its containers."""
+def check_template(
+    template: dict[str, Any], *, pod_security: bool = True, service_accounts: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """The checks a worker template must pass (containers, images, restartPolicy, and with
+    ``pod_security`` :func:`~etha.job.security.check_pod_security`); its containers."""
     containers = (template.get("spec") or {}).get("containers")
     if not isinstance(containers, list) or not containers:
         raise InvalidSpec(
@@ -201,29 +201,8 @@ def check_template(template: dict[str, Any]) -> list[dict[str, Any]]:
                 f"spec.template.spec.containers[{i}].image",
                 f"spec.template.spec.containers[{i}].image must be set.",
             )
-        for item in container.get("env") or []:
-            if not isinstance(item, dict):
-                continue
-            var = str(item.get("name") or "")
-            if var in _RENDEZVOUS_VARS:
-                raise InvalidSpec(
-                    f"spec.template.spec.containers[{i}].env",
-                    f"spec.template.spec.containers[{i}].env sets {var}, which the operator sets "
-                    "per worker (from spec.replicas and the worker's index); remove it.",
-                )
-            if var == env_names.ENV_LOCAL_RANK or var.startswith(env_names.ENV_TORCHRUN_PREFIX):
-                raise InvalidSpec(
-                    f"spec.template.spec.containers[{i}].env",
-                    f"spec.template.spec.containers[{i}].env sets {var}, a torchrun setting the operator "
-                    "sets (from spec.replicas, spec.procsPerWorker and spec.rendezvous); remove it.",
-                )
-    # Checked as the pod will be: with the defaults the builder fills in, so only what the user
-    # set can break the profile.
-    effective = copy.deepcopy(template.get("spec") or {})
-    apply_restricted_defaults(effective)
-    refused = restricted_violations(effective, "spec.template.spec")
-    if refused:
-        raise InvalidSpec("spec.template.spec", refused[0])
+    if pod_security:
+        check_pod_security(template, service_accounts)
     policy = (template.get("spec") or {}).get("restartPolicy", "Never")
     if policy not in ("Never", "OnFailure"):
         raise InvalidSpec(

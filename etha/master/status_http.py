@@ -1,12 +1,18 @@
 """The rendezvous master's read-only status server: ``GET /status`` (the document), ``GET
 /healthz``, and Prometheus metrics at ``GET /metrics`` (with the ``master`` extra; without it
 ``/metrics`` answers 501 naming the extra). Started by :mod:`etha.master.__main__`.
+
+The port is reachable by every pod the job's NetworkPolicy admits, so the server bounds what a
+peer can hold: a connection whose request does not arrive within :data:`READ_TIMEOUT` seconds
+is dropped, and beyond :data:`MAX_CONNECTIONS` at once a new one is answered 503 and closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -28,6 +34,46 @@ STATUS_PATHS = ("/status", "/healthz", "/metrics")
 
 #: The extra that brings prometheus_client to the master.
 METRICS_EXTRA = "master"
+#: Seconds a client has to send its whole request (and to take the answer) before it is dropped.
+READ_TIMEOUT = 5.0
+#: Connections served at once; one more is answered 503 and closed (probes and scrapes need few).
+MAX_CONNECTIONS = 16
+#: What a connection beyond MAX_CONNECTIONS is told before it is closed.
+BUSY_ANSWER = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 29\r\n"
+    b"Connection: close\r\n\r\ntoo many connections; retry\n"
+)
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most ``max_connections`` connections at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int):
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            logger.debug("status: refused %s: %d connections open", client_address, self.max_connections)
+            with contextlib.suppress(OSError):
+                request.setblocking(False)  # never wait on a client that does not read
+                request.send(BUSY_ANSWER)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class RequestCounts:
@@ -116,11 +162,46 @@ def metrics_renderer(
     return render
 
 
+class DeadlineHandler(BaseHTTPRequestHandler):
+    """A request handler whose client has ``timeout`` seconds for its whole request: for each
+    read and write (the socket's timeout), and for the request line and headers together (a
+    client sending a byte now and then is dropped all the same)."""
+
+    timeout = READ_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        self._expiry = threading.Timer(self.timeout, self._drop)
+        self._expiry.daemon = True
+        self._expiry.start()
+
+    def _drop(self) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # the request line and headers (a GET has no body)
+        self._expiry.cancel()
+        return parsed
+
+    def finish(self) -> None:
+        self._expiry.cancel()
+        super().finish()
+
+
 def serve_status(
-    host: str, port: int, tracker: PeerTracker, lock: threading.Lock, job: str
+    host: str,
+    port: int,
+    tracker: PeerTracker,
+    lock: threading.Lock,
+    job: str,
+    *,
+    read_timeout: float = READ_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> ThreadingHTTPServer:
     """Serve ``GET /status`` (JSON), ``GET /healthz`` and ``GET /metrics`` from a background
-    thread."""
+    thread, dropping a client that sends nothing for ``read_timeout`` seconds and refusing
+    connections beyond ``max_connections`` (see the module docstring)."""
     requests = RequestCounts()
     render = metrics_renderer(tracker, lock, requests)
     if render is None:
@@ -129,8 +210,9 @@ def serve_status(
             METRICS_EXTRA,
         )
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(DeadlineHandler):
         server_version = "etha-rendezvous"
+        timeout = read_timeout
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -169,7 +251,6 @@ def serve_status(
         def log_message(self, format: str, *args: object) -> None:
             logger.debug("status: " + format, *args)
 
-    http = ThreadingHTTPServer((host, port), Handler)
-    http.daemon_threads = True
+    http = BoundedHTTPServer((host, port), Handler, max_connections)
     threading.Thread(target=http.serve_forever, name="status-http", daemon=True).start()
     return http

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,23 @@ class ConfigError(ValueError):
     """A setting of the operator is invalid; the message names it and what was expected."""
 
 
+#: The ServiceAccounts worker templates may name, comma-separated (chart podSecurity.serviceAccounts).
+ENV_SERVICE_ACCOUNTS = "ETHA_SERVICE_ACCOUNTS"
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def service_accounts(text: str) -> frozenset[str]:
+    """ETHA_SERVICE_ACCOUNTS: names of ServiceAccounts (DNS subdomains), comma-separated."""
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    for name in sorted(names):
+        if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+            raise ConfigError(
+                f"{ENV_SERVICE_ACCOUNTS} entry {name!r} must be a ServiceAccount name (lowercase "
+                "letters, digits, '-' and '.', at most 253 characters)."
+            )
+    return names
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     #: The master's image unless spec.rendezvous.image says otherwise (ETHA_RUNTIME_IMAGE).
@@ -81,6 +99,9 @@ class OperatorConfig:
     #: The scheduler of each gang's pods (ETHA_GANG_SCHEDULERS, "coscheduling=name,volcano=name";
     #: chart scheduling.schedulerNames): a gang implies the scheduler that reads its PodGroup.
     gang_schedulers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The ServiceAccounts a worker template may name (ETHA_SERVICE_ACCOUNTS, comma-separated;
+    #: chart podSecurity.serviceAccounts); empty: any.
+    service_accounts: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorConfig:
@@ -120,6 +141,7 @@ class OperatorConfig:
                 )
             schedulers[gang_of] = name
         values["gang_schedulers"] = schedulers
+        values["service_accounts"] = service_accounts(environ.get(ENV_SERVICE_ACCOUNTS, ""))
         values.update(overrides)
         return cls(**values)
 

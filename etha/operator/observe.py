@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ import aiohttp
 from etha.job import constants as c
 from etha.job.names import master_name, network_policy_name, service_name, status_attempt
 from etha.job.scheduling import group_name
+from etha.job.security import check_pod_security
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.master.status import BadStatus, MasterStatus
 from etha.operator.config import OperatorConfig
@@ -31,6 +33,7 @@ from etha.operator.jobs import Body, Children, JobWorker
 from etha.operator.k8s import Api
 from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
 from etha.operator.reconcile.joins import needs_master_status
+from etha.operator.reconcile.model import pins
 from etha.operator.reconcile.placement import how_telling, unschedulable
 
 #: Seconds the operator waits for a master's status document before giving up for this round.
@@ -41,6 +44,18 @@ READ_FAILURES_SHOWN = 3
 #: :func:`status_size_limit`).
 STATUS_BASE_BYTES = 16 * 1024
 STATUS_BYTES_PER_REPLICA = 64
+
+
+def passed_at_start(job: JobSpec, status: Mapping[str, Any]) -> bool:
+    """Whether the job started with the template it has now (``status.attemptSpec`` pinned it;
+    without a pin, from an older operator: its phase is Running or Restarting). Such a job passed
+    the Pod Security check of the operator that started it: a stricter one (an upgrade, a new
+    ServiceAccount allowlist) must not fail it, nor its restarts. A resumed job (no pin) or a
+    changed template is checked again."""
+    pinned = (status.get("attemptSpec") or {}).get("hashes") or {}
+    if pinned.get("template") is not None:
+        return bool(pinned["template"] == pins(job)["hashes"]["template"])
+    return status.get("phase") in (c.PHASE_RUNNING, c.PHASE_RESTARTING)
 
 
 def _empty() -> Children:
@@ -70,16 +85,21 @@ class Observer:
 
     def parse(self, body: Body) -> JobSpec:
         """The job's spec with the operator's defaults (the same for every look and for the
-        clean-up after it is deleted); raises InvalidSpec."""
+        clean-up after it is deleted); raises InvalidSpec. The Pod Security check runs unless
+        the job's pods were made from this very template (:func:`passed_at_start`)."""
         cfg = self.config
-        return parse(
+        job = parse(
             body,
             default_image=cfg.runtime_image,
             default_etcd_endpoints=cfg.default_etcd_endpoints,
             default_gang=cfg.default_gang,
             default_scheduler=cfg.scheduler_name,
             gang_schedulers=cfg.gang_schedulers,
+            pod_security=False,
         )
+        if not passed_at_start(job, body.get("status") or {}):
+            check_pod_security(job.template, cfg.service_accounts)
+        return job
 
     async def look(self, worker: JobWorker) -> Observed | Refused | Deleting:
         body = worker.body

@@ -9,6 +9,11 @@ handshake per request cost as much as etcd's own work on a put). A request that 
 connection, a member that refuses it or one that answers "unavailable" (no leader yet, after a
 restart) is retried on the next member, then again after :data:`RETRY_INTERVAL`, until its time
 runs out; then :class:`StoreConnectionError` names every endpoint and what each last said.
+
+A call's time limit holds for the whole call, not for each socket operation: a member that
+answers one byte at a time is given up on when the call's time is out. An answer larger than
+:data:`MAX_RESPONSE_BYTES` (or a header larger than :data:`MAX_HEADER_BYTES`) is not read to its
+end: the call raises :class:`StoreLimitError`. A malformed answer counts as a broken member's.
 """
 
 from __future__ import annotations
@@ -33,12 +38,22 @@ RETRY_INTERVAL = 0.2
 BROKEN = (OSError, http.client.HTTPException)
 #: HTTP statuses of a request etcd will never accept (retrying cannot help).
 REFUSED = (400, 413)
+#: The largest answer (or watch event) read from a member; etcd's own default request limit is
+#: 1.5 MiB, and a range of a whole job's keys stays well under this.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: The largest status line and headers read from a member (etcd sends a few hundred bytes).
+MAX_HEADER_BYTES = 64 * 1024
 
 State = dict[str, bytes]
 
 
 class LeaseNotFound(KVStoreError):
     """etcd does not know the lease a request names (it expired or was revoked)."""
+
+
+class ResponseTooLarge(http.client.HTTPException):
+    """A member's answer exceeds :data:`MAX_RESPONSE_BYTES` (or its header
+    :data:`MAX_HEADER_BYTES`); the connection is dropped unread."""
 
 
 class Gateway:
@@ -79,15 +94,21 @@ class Gateway:
                 where = f"{host}:{port}"
                 try:
                     status, data = self._post(host, port, path, payload, deadline)
+                except ResponseTooLarge as exc:
+                    raise StoreLimitError(f"etcd at {where} answered {path} with {exc}.") from exc
                 except BROKEN as exc:
-                    last[where] = _describe(exc)
+                    if not (isinstance(exc, TimeoutError) and where in last):  # says less than before
+                        last[where] = _describe(exc)
                     if time.monotonic() >= deadline:
                         break
                     continue
                 if status == 200:
-                    self._preferred = self.members.index((host, port))
-                    out: dict[str, Any] = json.loads(data or b"{}")
-                    return out
+                    out = _json_object(data)
+                    if out is not None:
+                        self._preferred = self.members.index((host, port))
+                        return out
+                    last[where] = f"a malformed answer (not a JSON object): {data[:80]!r}"
+                    continue
                 message = _error_message(data)
                 if "lease not found" in message:
                     raise LeaseNotFound(message)
@@ -119,6 +140,10 @@ class Gateway:
                 conn = conns[(host, port)] = HttpConn(host, port, deadline)
             try:
                 return conn.post(path, body, deadline)
+            except ResponseTooLarge:
+                conn.close()  # the rest of the answer is never read: the connection is unusable
+                del conns[(host, port)]
+                raise
             except BROKEN:
                 conn.close()
                 del conns[(host, port)]
@@ -166,13 +191,16 @@ class HttpConn:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
         self._lines = b""
+        #: When the current request's time is out (every read is bounded by it).
+        self.deadline = deadline
 
     def post(self, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+        """One request and its whole answer, within ``deadline`` (TimeoutError after it)."""
         status, fields = self._request(path, body, deadline)
         if fields.get("transfer-encoding", "").lower() == "chunked":
             data = self._chunked()
         else:
-            data = self._take(int(fields.get("content-length", "0")))
+            data = self._take(_size(fields.get("content-length", "0"), 10))
         if fields.get("connection", "").lower() == "close":
             self.close()
         return status, data
@@ -185,11 +213,14 @@ class HttpConn:
 
     def readline(self, timeout: float) -> bytes:
         """The next line of a chunked stream (b"" when it ended). Raises TimeoutError after
-        ``timeout`` seconds without one; what was read so far is kept for the next call."""
-        self.sock.settimeout(timeout)
+        ``timeout`` seconds without one; what was read so far is kept for the next call.
+        A line longer than :data:`MAX_RESPONSE_BYTES` raises :class:`ResponseTooLarge`."""
+        self.deadline = time.monotonic() + timeout
         while (at := self._lines.find(b"\n")) < 0:
             end = self._fill_until(b"\r\n")
-            size = int(self._buf[:end].split(b";")[0], 16)
+            size = _size(self._buf[:end].split(b";")[0], 16)
+            if len(self._lines) + size > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"a watch event of more than {MAX_RESPONSE_BYTES} bytes")
             while len(self._buf) < end + 2 + size + 2:
                 self._recv()
             if size == 0:
@@ -200,7 +231,8 @@ class HttpConn:
         return line
 
     def _request(self, path: str, body: bytes, deadline: float) -> tuple[int, dict[str, str]]:
-        self.sock.settimeout(_left(deadline))
+        self.deadline = deadline
+        self.sock.settimeout(_left(deadline))  # sendall: the timeout bounds the whole send
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -217,11 +249,16 @@ class HttpConn:
         return status, fields
 
     def _fill_until(self, marker: bytes) -> int:
+        """Read until ``marker`` (a header's or a chunk size's end); those are short."""
         while (at := self._buf.find(marker)) < 0:
+            if len(self._buf) > MAX_HEADER_BYTES:
+                raise ResponseTooLarge(f"a header of more than {MAX_HEADER_BYTES} bytes")
             self._recv()
         return at
 
     def _take(self, size: int) -> bytes:
+        if size > MAX_RESPONSE_BYTES:
+            raise ResponseTooLarge(f"an answer of {size} bytes, more than {MAX_RESPONSE_BYTES}")
         while len(self._buf) < size:
             self._recv()
         data, self._buf = self._buf[:size], self._buf[size:]
@@ -229,9 +266,13 @@ class HttpConn:
 
     def _chunked(self) -> bytes:
         parts = []
+        total = 0
         while True:
             end = self._fill_until(b"\r\n")
-            size = int(self._buf[:end].split(b";")[0], 16)
+            size = _size(self._buf[:end].split(b";")[0], 16)
+            total += size
+            if total > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"an answer of more than {MAX_RESPONSE_BYTES} bytes")
             self._buf = self._buf[end + 2 :]
             parts.append(self._take(size))
             self._take(2)
@@ -239,6 +280,11 @@ class HttpConn:
                 return b"".join(parts)
 
     def _recv(self) -> None:
+        """Read what has arrived, waiting at most until the request's deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no answer in time")
+        self.sock.settimeout(left)
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionResetError("etcd closed the connection")
@@ -250,6 +296,26 @@ class HttpConn:
 
 def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.01)
+
+
+def _size(text: str | bytes, base: int) -> int:
+    """A Content-Length (base 10) or a chunk's size (base 16); a malformed one breaks the answer."""
+    try:
+        size = int(text, base)
+    except ValueError:
+        raise http.client.HTTPException(f"a malformed answer (size {text[:40]!r})") from None
+    if size < 0:
+        raise http.client.HTTPException(f"a malformed answer (size {size})")
+    return size
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    """A 200 answer's JSON object (empty: {}); None if it is not one."""
+    try:
+        out = json.loads(data or b"{}")
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError of bytes that are no UTF-8
+        return None
+    return out if isinstance(out, dict) else None
 
 
 def _describe(exc: BaseException) -> str:

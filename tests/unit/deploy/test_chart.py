@@ -200,6 +200,17 @@ def test_default_etcd_endpoints_reach_the_operator() -> None:
 
 
 @pytest.mark.parametrize(
+    ("sets", "expected"),
+    [((), None), (("podSecurity.serviceAccounts={trainer,reader}",), "trainer,reader")],
+    ids=["default-any", "allowlist"],
+)
+def test_service_account_allowlist_reaches_the_operator(sets: tuple[str, ...], expected: str | None) -> None:
+    (deployment,) = [d for d in render(*sets) if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env.get("ETHA_SERVICE_ACCOUNTS") == expected
+
+
+@pytest.mark.parametrize(
     ("sets", "needle"),
     [
         (("rbac.scope=everywhere",), "/rbac/scope"),
@@ -208,6 +219,7 @@ def test_default_etcd_endpoints_reach_the_operator() -> None:
         (("watchNamespaces={Not_A_Name}",), "/watchNamespaces/0"),
         (("imageTypo=x",), "imageTypo"),
         (("etcd.endpoints={etcd:2379 x}",), "/etcd/endpoints/0"),
+        (("podSecurity.serviceAccounts={Not_A_Name}",), "/podSecurity/serviceAccounts/0"),
         (("metrics.port=8080",), "/metrics/port"),
         (("metrics.serviceMonitor.interval=soon",), "/metrics/serviceMonitor/interval"),
         (("metrics.masterPodMonitor.scrapeFrom[0].typo=x",), "/metrics/masterPodMonitor/scrapeFrom/0"),
