@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from etha import __version__
+from etha.clikube import commands as cluster_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etha", description="Kubernetes-native rendezvous for PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog=cluster_commands.program_name(), description="Kubernetes-native rendezvous for PyTorch."
+    )
     parser.add_argument("--version", action="version", version=f"etha {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -34,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Run up to this many worker processes (default: what this machine's cores and memory allow).",
     )
+    cluster_commands.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in cluster_commands.COMMANDS:
+        return cluster_commands.run(args, parser.prog)
     if args.command == "run-local":
         from etha.local import LocalRunError, run_local
 
