@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etha import __version__
+from etha.clikube import commands as cluster_commands
 
 #: Exit code of a refused manifest or field path (argparse's own for bad usage).
 EXIT_REFUSED = 2
@@ -62,13 +63,16 @@ def _add_file(parser: argparse.ArgumentParser, nargs: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etha", description="Kubernetes-native rendezvous for PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog=cluster_commands.program_name(), description="Kubernetes-native rendezvous for PyTorch."
+    )
     parser.add_argument("--version", action="version", version=f"etha {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in SUBCOMMANDS:
         one = sub.add_parser(command.name, help=command.help, description=command.description)
         command.arguments(one)
         one.set_defaults(run=command.run)
+    cluster_commands.add_commands(sub)
     return parser
 
 
@@ -164,6 +168,8 @@ SUBCOMMANDS = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in cluster_commands.COMMANDS:
+        return cluster_commands.run(args, parser.prog)
     if hasattr(args, "files"):
         args.files_ = _files(parser, args)
     run: Command = args.run

@@ -16,6 +16,7 @@ def control_plane() -> Iterator[object]:
     fake Nodes' kubelet. Skips with a one-line reason where the binaries are missing, except in
     CI (``CI`` set), where the tier is required."""
     from tests.harness.cluster import ControlPlane, MissingBinaries, binaries_dir
+    from tests.harness.kubelet_logs import KubeletLogs
     from tests.harness.node import LocalNode
 
     try:
@@ -29,8 +30,10 @@ def control_plane() -> Iterator[object]:
         plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-node-"))
     ).start()
     plane.node = node
+    logs = KubeletLogs(node, plane.workdir / "apiserver.crt", plane.workdir / "apiserver.key").start(plane)
     try:
         yield plane
     finally:
+        logs.stop()
         node.stop()
         plane.stop()

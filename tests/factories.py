@@ -89,3 +89,29 @@ def gang_job(replicas: int = 3, labels: dict[str, str] | None = None, **scheduli
     if labels:
         body["metadata"]["labels"] = labels
     return parse(body)
+
+
+def make_status(
+    phase: str = "Running",
+    replicas: int = 4,
+    joined: list[int] | None = None,
+    attempt: int = 0,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A TrainingJob's status as the operator writes it: ``joined`` ranks of ``replicas`` joined
+    (default: all), every worker running; ``fields`` added or replacing (lastFailure, progress...)."""
+    ranks = list(range(replicas)) if joined is None else joined
+    missing = [r for r in range(replicas) if r not in ranks]
+    rendezvous = {
+        "attempt": attempt,
+        "joined": len(ranks),
+        "total": replicas,
+        "joinedText": f"{len(ranks)}/{replicas}",
+        "joinedRanks": ", ".join(map(str, ranks)),
+        "missing": ", ".join(map(str, missing)),
+        "complete": not missing,
+        "message": f"{len(ranks)} of {replicas} ranks joined.",
+    }
+    workers = {"total": replicas, "running": replicas, "succeeded": 0, "failed": 0, "pending": 0}
+    status = {"phase": phase, "attempt": attempt, "restarts": attempt, "rendezvous": rendezvous}
+    return {**status, "workers": {**workers, "readyText": f"{replicas}/{replicas}"}, **fields}
