@@ -38,6 +38,8 @@ ENV_ETCD_KEY_FILE: Final = "ETHA_ETCD_KEY_FILE"
 ENV_ETCD_USERNAME: Final = "ETHA_ETCD_USERNAME"
 # etcd backend: the file holding that user's password (never the password itself).
 ENV_ETCD_PASSWORD_FILE: Final = "ETHA_ETCD_PASSWORD_FILE"
+# Operator: the Secret (ca.crt, tls.crt, tls.key, password) it mounts into etcd-backend workers.
+ENV_ETCD_CREDENTIALS_SECRET: Final = "ETHA_ETCD_CREDENTIALS_SECRET"
 # World size, for etha.kvstore.from_env().
 ENV_WORLD_SIZE_ETHA: Final = "ETHA_WORLD_SIZE"
 # Rank, for etha.kvstore.from_env().

@@ -72,7 +72,7 @@ class Observer:
         """The job's spec with the operator's defaults (the same for every look and for the
         clean-up after it is deleted); raises InvalidSpec."""
         cfg = self.config
-        return parse(
+        job = parse(
             body,
             default_image=cfg.runtime_image,
             default_etcd_endpoints=cfg.default_etcd_endpoints,
@@ -80,6 +80,9 @@ class Observer:
             default_scheduler=cfg.scheduler_name,
             gang_schedulers=cfg.gang_schedulers,
         )
+        if cfg.etcd_credentials is None or job.etcd_endpoints is None:
+            return job
+        return dataclasses.replace(job, etcd_credentials=cfg.etcd_credentials)
 
     async def look(self, worker: JobWorker) -> Observed | Refused | Deleting:
         body = worker.body
