@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.etcd_server import EtcdServer, etcd_binary
+from tests.etcd_server import EtcdServer
 
 #: The user the stores log in as, and its password.
 USER, PASSWORD = "etha-worker", "worker-secret"
@@ -50,6 +49,8 @@ def make_certs(d: Path) -> None:
 class SecureEtcdServer(EtcdServer):
     """An :class:`EtcdServer` on https with ``--client-cert-auth``, auth enabled."""
 
+    scheme = "https"
+
     def __init__(self) -> None:
         self.auth_on = False
         super().__init__()
@@ -58,37 +59,23 @@ class SecureEtcdServer(EtcdServer):
     def certs(self) -> Path:
         return self.dir / "certs"
 
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.client_port}"
+    def extra_args(self) -> list[str]:
+        c = self.certs
+        return [
+            "--cert-file", str(c / "server.crt"),
+            "--key-file", str(c / "server.key"),
+            "--trusted-ca-file", str(c / "ca.crt"),
+            "--client-cert-auth",
+        ]  # fmt: skip
+
+    def open_health(self) -> Any:
+        return urllib.request.urlopen(f"{self.url}/health", timeout=1, context=self.context())
 
     def start(self) -> None:
         if not self.certs.exists():
             self.certs.mkdir()
             make_certs(self.certs)
-        client, peer = self.url, f"http://127.0.0.1:{self.peer_port}"
-        log = (self.dir / "etcd.log").open("ab")
-        c = self.certs
-        self.proc = subprocess.Popen(
-            [
-                etcd_binary(),
-                "--name", "etha-test",
-                "--data-dir", str(self.dir / "data"),
-                "--listen-client-urls", client,
-                "--advertise-client-urls", client,
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"etha-test={peer}",
-                "--cert-file", str(c / "server.crt"),
-                "--key-file", str(c / "server.key"),
-                "--trusted-ca-file", str(c / "ca.crt"),
-                "--client-cert-auth",
-                "--log-level", "error",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self._wait_healthy()
+        super().start()
         if not self.auth_on:
             self._enable_auth()
 
@@ -104,20 +91,6 @@ class SecureEtcdServer(EtcdServer):
         with urllib.request.urlopen(req, timeout=5, context=self.context()) as resp:
             out: dict[str, Any] = json.loads(resp.read())
             return out
-
-    def _wait_healthy(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"etcd exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=self.context()) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"etcd did not become healthy within 30s: {self.log()}")
 
     def _enable_auth(self) -> None:
         for user, password in (("root", ROOT_PASSWORD), (USER, PASSWORD)):

@@ -106,16 +106,6 @@ def _ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
     return world_size, rank, rank
 
 
-#: The variables of the etcd backend's TLS and auth settings (etha.kvstore.etcd.options_from_env).
-_ETCD_SECURITY_ENV = (
-    c.ENV_ETCD_CA_FILE,
-    c.ENV_ETCD_CERT_FILE,
-    c.ENV_ETCD_KEY_FILE,
-    c.ENV_ETCD_USERNAME,
-    c.ENV_ETCD_PASSWORD_FILE,
-)
-
-
 def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
     from etha.kvstore.etcd import EtcdStore, options_from_env
 
@@ -132,7 +122,7 @@ def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
             endpoints, namespace=_namespace(env), component=component, timeout=timeout, **security
         )
     except StoreConfigError as exc:
-        raise StoreConfigError(f"{exc} (from {', '.join(sorted(_ETCD_SECURITY_ENV))})") from exc
+        raise StoreConfigError(f"{exc} (read from the ETHA_ETCD_* variables)") from exc
     store.rank = rank
     store.world_size = world_size
     store.register_join(worker)

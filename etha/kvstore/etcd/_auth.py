@@ -130,14 +130,17 @@ def options_from_env(env: Mapping[str, str]) -> Security:
     """EtcdStore's TLS and auth keyword arguments from ``ETHA_ETCD_CA_FILE``,
     ``ETHA_ETCD_CERT_FILE``, ``ETHA_ETCD_KEY_FILE``, ``ETHA_ETCD_USERNAME`` and
     ``ETHA_ETCD_PASSWORD_FILE`` (the unset or empty ones left out)."""
-    names = {
-        "ca_file": c.ENV_ETCD_CA_FILE,
-        "cert_file": c.ENV_ETCD_CERT_FILE,
-        "key_file": c.ENV_ETCD_KEY_FILE,
-        "username": c.ENV_ETCD_USERNAME,
-        "password_file": c.ENV_ETCD_PASSWORD_FILE,
-    }
-    return cast(Security, {arg: env[name] for arg, name in names.items() if env.get(name)})
+    return cast(Security, {arg: env[name] for arg, name in ENV_OF_OPTION.items() if env.get(name)})
+
+
+#: The environment variable of each of EtcdStore's TLS and auth arguments.
+ENV_OF_OPTION = {
+    "ca_file": c.ENV_ETCD_CA_FILE,
+    "cert_file": c.ENV_ETCD_CERT_FILE,
+    "key_file": c.ENV_ETCD_KEY_FILE,
+    "username": c.ENV_ETCD_USERNAME,
+    "password_file": c.ENV_ETCD_PASSWORD_FILE,
+}
 
 
 def make_login(username: str | None, password_file: str | None) -> Login | None:

@@ -8,7 +8,7 @@ import pytest
 
 from etha.job.etcd_credentials import MOUNT_PATH, VOLUME
 from etha.operator.config import OperatorConfig
-from tests.unit.deploy.test_chart import CHART, helm, render
+from tests.unit.deploy.test_chart import render
 
 
 def operator_container(*sets: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -59,20 +59,3 @@ def test_no_secret_no_etcd_credentials() -> None:
 def test_https_endpoints_are_accepted() -> None:
     _, env = operator_container("etcd.endpoints={https://etcd-0.etcd:2379}")
     assert env["ETHA_DEFAULT_ETCD_ENDPOINTS"] == "https://etcd-0.etcd:2379"
-
-
-@pytest.mark.parametrize(
-    ("sets", "needle"),
-    [
-        (("etcd.endpoints={http://u:pw@etcd:2379}",), "/etcd/endpoints/0"),
-        (("etcd.credentials.secretName=Not_A_Name",), "/etcd/credentials/secretName"),
-        (("etcd.credentials.typo=x",), "typo"),
-    ],
-    ids=["credentials-in-url", "bad-secret-name", "unknown-key"],
-)
-def test_bad_etcd_values_are_refused_naming_the_key(sets: tuple[str, ...], needle: str) -> None:
-    args = ["template", "etha", str(CHART)]
-    for item in sets:
-        args += ["--set", item]
-    out = helm(*args)
-    assert out.returncode != 0 and needle in out.stderr, out.stderr

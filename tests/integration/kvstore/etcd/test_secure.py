@@ -12,6 +12,7 @@ import pytest
 from etha import constants as c
 from etha.kvstore import InvalidArgumentError, KVStore, StoreConfigError, from_env
 from etha.kvstore.etcd import EtcdStore, StoreAuthError, delete_namespace
+from etha.kvstore.etcd._auth import ENV_OF_OPTION
 from tests.etcd_secure import PASSWORD, USER, SecureEtcdServer
 from tests.integration.kvstore.contract import OUTAGE_TIMEOUT, KVStoreContract, MakeStore
 
@@ -47,19 +48,12 @@ def make_store(secure: SecureEtcdServer, credentials: dict[str, str]) -> Iterato
 
 def env_of(url: str, credentials: dict[str, str]) -> dict[str, str]:
     """from_env()'s variables for a store of ``url`` with ``credentials`` (a namespace of its own)."""
-    names = {
-        "ca_file": c.ENV_ETCD_CA_FILE,
-        "cert_file": c.ENV_ETCD_CERT_FILE,
-        "key_file": c.ENV_ETCD_KEY_FILE,
-        "username": c.ENV_ETCD_USERNAME,
-        "password_file": c.ENV_ETCD_PASSWORD_FILE,
-    }
     return {
         c.ENV_KVSTORE_BACKEND: "etcd",
         c.ENV_ETCD_ENDPOINTS: url,
         c.ENV_WORLD_SIZE_ETHA: "2",
         c.ENV_RANK_ETHA: "0",
-        **{names[k]: v for k, v in credentials.items()},
+        **{ENV_OF_OPTION[k]: v for k, v in credentials.items()},
     }
 
 
@@ -175,5 +169,5 @@ def test_credentials_in_the_url_are_refused_without_the_password(secure: SecureE
 
 def test_from_env_names_an_unreadable_file(secure: SecureEtcdServer, credentials: dict[str, str]) -> None:
     env = {**env_of(secure.url, credentials), c.ENV_ETCD_CA_FILE: "/nonexistent/ca.crt"}
-    with pytest.raises(StoreConfigError, match=r"ca_file \('/nonexistent/ca.crt'\).*ETHA_ETCD_CA_FILE"):
+    with pytest.raises(StoreConfigError, match=r"ca_file \('/nonexistent/ca.crt'\).*ETHA_ETCD_\*"):
         from_env(env)
