@@ -50,7 +50,8 @@ class EtcdCredentials:
 def mount_etcd_credentials(pod_spec: dict[str, Any], credentials: EtcdCredentials) -> None:
     """Add the Secret's volume to ``pod_spec``, and to each of its containers and init containers
     a read-only mount and the variables of :meth:`EtcdCredentials.env` it does not set itself."""
-    volume = {"name": VOLUME, "secret": {"secretName": credentials.secret, "defaultMode": 0o440}}
+    # Readable by any user: the pods run as a non-root user and may set no fsGroup.
+    volume = {"name": VOLUME, "secret": {"secretName": credentials.secret, "defaultMode": 0o444}}
     pod_spec["volumes"] = [v for v in pod_spec.get("volumes") or [] if v.get("name") != VOLUME] + [volume]
     injected = credentials.env()
     for key in ("containers", "initContainers"):

@@ -44,7 +44,7 @@ def operator_container(*sets: str) -> tuple[dict[str, Any], dict[str, str]]:
 def test_the_credentials_secret_reaches_the_operator(sets: tuple[str, ...], expected: dict[str, str]) -> None:
     pod, env = operator_container(*sets)
     assert {k: env[k] for k in expected} == expected
-    assert {"name": VOLUME, "secret": {"secretName": "etha-etcd", "defaultMode": 0o440}} in pod["volumes"]
+    assert {"name": VOLUME, "secret": {"secretName": "etha-etcd", "defaultMode": 0o444}} in pod["volumes"]
     mounts = pod["containers"][0]["volumeMounts"]
     assert {"name": VOLUME, "mountPath": MOUNT_PATH, "readOnly": True} in mounts
     assert OperatorConfig.from_env(env).etcd_credentials is not None

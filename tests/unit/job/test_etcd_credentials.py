@@ -38,7 +38,7 @@ def test_an_etcd_job_s_workers_mount_the_secret_and_get_its_paths(
         parse(make_etcd_trainingjob()), etcd_credentials=EtcdCredentials("etcd-creds", username)
     )
     spec = build_worker_pod(job, 0, 1)["spec"]
-    assert {"name": VOLUME, "secret": {"secretName": "etcd-creds", "defaultMode": 0o440}} in spec["volumes"]
+    assert {"name": VOLUME, "secret": {"secretName": "etcd-creds", "defaultMode": 0o444}} in spec["volumes"]
     for container in spec["containers"]:
         assert {"name": VOLUME, "mountPath": MOUNT_PATH, "readOnly": True} in container["volumeMounts"]
         env = env_of(container)
