@@ -28,6 +28,18 @@ ENV_KVSTORE_PORT: Final = "ETHA_KVSTORE_PORT"
 ENV_KVSTORE_BACKEND: Final = "ETHA_KVSTORE_BACKEND"  # "tcp" (default) or "etcd"
 ENV_ETCD_ENDPOINTS: Final = "ETHA_ETCD_ENDPOINTS"  # comma-separated host:port, for the etcd backend
 ENV_KVSTORE_TIMEOUT: Final = "ETHA_KVSTORE_TIMEOUT"
+# etcd backend: the PEM CA file that verifies etcd's certificate (set: TLS, even for host:port).
+ENV_ETCD_CA_FILE: Final = "ETHA_ETCD_CA_FILE"
+# etcd backend: the PEM client certificate presented to etcd (with ETHA_ETCD_KEY_FILE).
+ENV_ETCD_CERT_FILE: Final = "ETHA_ETCD_CERT_FILE"
+# etcd backend: the PEM private key of ETHA_ETCD_CERT_FILE.
+ENV_ETCD_KEY_FILE: Final = "ETHA_ETCD_KEY_FILE"
+# etcd backend: the etcd user the store logs in as (with ETHA_ETCD_PASSWORD_FILE).
+ENV_ETCD_USERNAME: Final = "ETHA_ETCD_USERNAME"
+# etcd backend: the file holding that user's password (never the password itself).
+ENV_ETCD_PASSWORD_FILE: Final = "ETHA_ETCD_PASSWORD_FILE"
+# Operator: the Secret (ca.crt, tls.crt, tls.key, password) it mounts into etcd-backend workers.
+ENV_ETCD_CREDENTIALS_SECRET: Final = "ETHA_ETCD_CREDENTIALS_SECRET"
 # World size, for etha.kvstore.from_env().
 ENV_WORLD_SIZE_ETHA: Final = "ETHA_WORLD_SIZE"
 # Rank, for etha.kvstore.from_env().

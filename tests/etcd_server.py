@@ -11,6 +11,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import REPO, free_port
 
@@ -38,8 +39,23 @@ class EtcdServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
+    #: The client URL's scheme (a subclass with TLS says https).
+    scheme = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+
+    def extra_args(self) -> list[str]:
+        """More etcd flags (a subclass's TLS files)."""
+        return []
+
+    def open_health(self) -> Any:
+        """GET /health (a subclass presents its client certificate)."""
+        return urllib.request.urlopen(f"{self.url}/health", timeout=1)
+
     def start(self) -> None:
-        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        client, peer = self.url, f"http://127.0.0.1:{self.peer_port}"
         log = (self.dir / "etcd.log").open("ab")
         self.proc = subprocess.Popen(
             [
@@ -52,6 +68,7 @@ class EtcdServer:
                 "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"etha-test={peer}",
                 "--log-level", "error",
+                *self.extra_args(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -61,7 +78,7 @@ class EtcdServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"etcd exited with {self.proc.returncode}: {self.log()}")
             try:
-                with urllib.request.urlopen(f"{client}/health", timeout=1) as resp:
+                with self.open_health() as resp:
                     if resp.status == 200:
                         return
             except OSError:

@@ -10,6 +10,7 @@ from typing import Any
 
 from etha.job import constants as c
 from etha.job.env import worker_env
+from etha.job.etcd_credentials import mount_etcd_credentials
 from etha.job.names import (
     master_address,
     master_name,
@@ -210,6 +211,8 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
     for key in ("containers", "initContainers"):
         for container in spec.get(key) or []:
             container["env"] = inject_env(container.get("env") or [], injected)
+    if job.etcd_credentials is not None and job.etcd_endpoints is not None:
+        mount_etcd_credentials(spec, job.etcd_credentials)
     spec["hostname"] = name
     spec["subdomain"] = service_name(job.name)
     spec.setdefault("restartPolicy", "Never")

@@ -12,6 +12,7 @@ from etha import constants as env_names
 from etha.endpoints import EndpointError, parse_endpoint
 from etha.job import constants as c
 from etha.job.errors import InvalidSpec as InvalidSpec  # re-exported: the spec's error
+from etha.job.etcd_credentials import EtcdCredentials
 from etha.job.limits import check_job_size, check_reserved_keys
 from etha.job.names import longest_child_name
 from etha.job.policies import (
@@ -61,6 +62,8 @@ class JobSpec:
     restart_backoff_seconds: int = DEFAULT_BACKOFF_SECONDS
     #: spec.scheduling: the gang, queue, priority and what to do when pods cannot be placed.
     scheduling: Scheduling = field(default_factory=Scheduling)
+    #: Backend etcd: the operator's Secret of etcd TLS files and password for the workers.
+    etcd_credentials: EtcdCredentials | None = None
 
     @property
     def world_size(self) -> int:

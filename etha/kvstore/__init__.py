@@ -54,7 +54,9 @@ def from_env(
     are torchrun's ``RANK`` and ``WORLD_SIZE`` (global: ``replicas x procsPerWorker``), and the join
     recorded is the worker pod's (``ETHA_RANK``), which is what the master counts.
     With ``ETHA_KVSTORE_BACKEND=etcd`` it returns an :class:`~etha.kvstore.etcd.EtcdStore` on
-    ``ETHA_ETCD_ENDPOINTS`` instead (no master involved).
+    ``ETHA_ETCD_ENDPOINTS`` instead (no master involved), with TLS and auth from
+    ``ETHA_ETCD_CA_FILE``, ``ETHA_ETCD_CERT_FILE``, ``ETHA_ETCD_KEY_FILE``, ``ETHA_ETCD_USERNAME``
+    and ``ETHA_ETCD_PASSWORD_FILE`` (file paths: a mounted Secret; never the password itself).
 
     Raises:
         StoreConfigError: a variable is missing or malformed; the message names it.
@@ -105,7 +107,7 @@ def _ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
 
 
 def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
-    from etha.kvstore.etcd import EtcdStore
+    from etha.kvstore.etcd import EtcdStore, options_from_env
 
     endpoints = env.get(c.ENV_ETCD_ENDPOINTS)
     if not endpoints:
@@ -114,7 +116,13 @@ def _etcd_from_env(env: Mapping[str, str], component: str) -> EtcdStore:
         )
     world_size, rank, worker = _ranks(env)
     timeout = _optional_float(env, c.ENV_KVSTORE_TIMEOUT, c.DEFAULT_CLIENT_TIMEOUT)
-    store = EtcdStore(endpoints, namespace=_namespace(env), component=component, timeout=timeout)
+    try:
+        security = options_from_env(env)
+        store = EtcdStore(
+            endpoints, namespace=_namespace(env), component=component, timeout=timeout, **security
+        )
+    except StoreConfigError as exc:
+        raise StoreConfigError(f"{exc} (read from the ETHA_ETCD_* variables)") from exc
     store.rank = rank
     store.world_size = world_size
     store.register_join(worker)

@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from etha.constants import ENV_ETCD_CREDENTIALS_SECRET, ENV_ETCD_USERNAME
 from etha.job import constants as c
+from etha.job.etcd_credentials import EtcdCredentials
 from etha.job.scheduling import GANG_NONE, GANGS
 
 
@@ -71,6 +73,9 @@ class OperatorConfig:
     runtime_image: str = c.DEFAULT_RUNTIME_IMAGE
     #: etcd endpoints for jobs with backend etcd that name none (ETHA_DEFAULT_ETCD_ENDPOINTS).
     default_etcd_endpoints: tuple[str, ...] = ()
+    #: The Secret of etcd TLS files and password mounted into etcd-backend workers, and the etcd
+    #: user they log in as (ETHA_ETCD_CREDENTIALS_SECRET, ETHA_ETCD_USERNAME; chart etcd.credentials).
+    etcd_credentials: EtcdCredentials | None = None
     #: Guard each job's master port with a NetworkPolicy (ETHA_NETWORK_POLICY).
     network_policy: bool = True
     #: The operator's own namespace and pod labels: each job's NetworkPolicy admits these pods to
@@ -111,6 +116,9 @@ class OperatorConfig:
             values["runtime_image"] = environ["ETHA_RUNTIME_IMAGE"]
         endpoints = environ.get("ETHA_DEFAULT_ETCD_ENDPOINTS", "")
         values["default_etcd_endpoints"] = tuple(e.strip() for e in endpoints.split(",") if e.strip())
+        if environ.get(ENV_ETCD_CREDENTIALS_SECRET, "").strip():
+            secret, user = environ[ENV_ETCD_CREDENTIALS_SECRET].strip(), environ.get(ENV_ETCD_USERNAME, "")
+            values["etcd_credentials"] = EtcdCredentials(secret, user.strip())
         flag = environ.get("ETHA_NETWORK_POLICY", "true").strip().lower()
         if flag not in ("1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"ETHA_NETWORK_POLICY ({flag!r}) must be true or false.")

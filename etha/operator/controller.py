@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
+import os
 
 from etha.job.names import status_attempt, store_namespace
 from etha.job.pods import parse_time
 from etha.job.spec import InvalidSpec, JobSpec
 from etha.kvstore.errors import KVStoreError
-from etha.kvstore.etcd import delete_namespace
+from etha.kvstore.etcd import delete_namespace, options_from_env
 from etha.operator.config import OperatorConfig
 from etha.operator.jobs import Body, Children, JobWorker, controller_uid, slim
 from etha.operator.k8s import Api, ApiError
@@ -117,8 +119,9 @@ class Controller:
         deleted = 0
         for name in names:
             try:
+                delete = functools.partial(delete_namespace, **options_from_env(os.environ))  # TLS, auth
                 deleted += await loop.run_in_executor(
-                    None, delete_namespace, job.etcd_endpoints, name, ETCD_CLEANUP_TIMEOUT
+                    None, delete, job.etcd_endpoints, name, ETCD_CLEANUP_TIMEOUT
                 )
             except KVStoreError as exc:
                 logger.warning(

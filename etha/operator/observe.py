@@ -99,7 +99,9 @@ class Observer:
         )
         if not passed_at_start(job, body.get("status") or {}):
             check_pod_security(job.template, cfg.service_accounts)
-        return job
+        if cfg.etcd_credentials is None or job.etcd_endpoints is None:
+            return job
+        return dataclasses.replace(job, etcd_credentials=cfg.etcd_credentials)
 
     async def look(self, worker: JobWorker) -> Observed | Refused | Deleting:
         body = worker.body

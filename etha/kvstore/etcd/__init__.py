@@ -1,7 +1,7 @@
 """``EtcdStore``: the KVStore API over etcd v3, with watch-based waits.
 
-Talks to etcd's JSON gateway (``/v3/kv/*``, ``/v3/watch``, ``/v3/lease/*``) over plain HTTP with
-the standard library (see docs/kvstore.md for the clients evaluated and measured against it).
+Talks to etcd's JSON gateway (``/v3/kv/*``, ``/v3/watch``, ``/v3/lease/*``) over HTTP(S) with the
+standard library (docs/kvstore.md: the clients measured; TLS and auth: :mod:`._auth`).
 
 - Every call is retried on a broken connection, a member that does not answer or one without a
   leader yet, on each endpoint in turn, until the store's ``timeout``; then
@@ -23,17 +23,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from etha.constants import JOINED_KEY_PREFIX
 from etha.kvstore.base import KVStore, check_keys, check_str, check_timeout, check_wait_for_keys, matches
-from etha.kvstore.errors import (
-    InvalidArgumentError,
-    StoreConnectionError,
-    StoreLeaseError,
-    StoreTimeoutError,
-)
+from etha.kvstore.errors import InvalidArgumentError, StoreConnectionError, StoreLeaseError, StoreTimeoutError
 from etha.kvstore.etcd import _election, _watch
+from etha.kvstore.etcd._auth import Security, StoreAuthError, make_login, options_from_env, tls_context
 from etha.kvstore.etcd._gateway import Gateway, LeaseNotFound, State, b64, parse_endpoint, prefix_end, unb64
 
 logger = logging.getLogger("etha.kvstore.etcd")
@@ -48,18 +44,22 @@ class EtcdStore(KVStore):
     """A KVStore over etcd v3 (see the module docstring). See base class for the API.
 
     Args:
-        endpoints: ``host:port`` or ``http://host:port`` of etcd members (a list, or one string
-            with commas); a request goes to the member that answered last, then to the others.
+        endpoints: ``host:port``, ``http://host:port`` or ``https://host:port`` of etcd members (a
+            list, or one string with commas); a request goes to the member that answered last,
+            then to the others. Never with credentials in them (refused).
         namespace, component: as for every KVStore.
         timeout: Seconds any single call may take, retries included (waits take their own).
         lease_ttl: If set, every key this store writes is attached to a lease of this many
             seconds that the store renews (every ``lease_ttl / 3`` s) until it is closed: the keys
             of a store that is gone (closed, or its process dead) expire ``lease_ttl`` seconds
             later. Pick it longer than any rank may need another's keys after that one left.
+        ca_file, cert_file, key_file, username, password_file: TLS and auth (docs/kvstore.md):
+            PEM files, and the etcd user to log in as with the file holding its password.
 
     Raises:
         InvalidArgumentError: an endpoint is malformed, or ``timeout``/``lease_ttl`` is.
-        StoreConnectionError: no endpoint answered within ``timeout``.
+        StoreConfigError, StoreAuthError, StoreConnectionError: a TLS or password file is
+            unreadable; etcd refused it; no endpoint answered within ``timeout``.
     """
 
     #: etcd refuses requests over 1.5 MiB by default; stay under it with the JSON encoding.
@@ -73,9 +73,15 @@ class EtcdStore(KVStore):
         component: str = "tensorbus",
         timeout: float = 30.0,
         lease_ttl: int | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        username: str | None = None,
+        password_file: str | None = None,
     ) -> None:
         super().__init__(namespace, component)
-        self._gateway = Gateway(endpoints)
+        tls, login = tls_context(ca_file, cert_file, key_file), make_login(username, password_file)
+        self._gateway = Gateway(endpoints, tls=tls, login=login)
         self.endpoints = self._gateway.members
         self.timeout = check_timeout(timeout)
         if lease_ttl is not None and (
@@ -92,7 +98,8 @@ class EtcdStore(KVStore):
         #: This process's rank and the job's size, when known (``from_env()`` sets them).
         self.rank: int | None = None
         self.world_size: int | None = None
-        self._call("/v3/maintenance/status", {}, self.timeout)  # fail fast, naming the endpoints
+        probe = {"key": b64(self._full(f"{self.namespace}/")), "count_only": True}  # a user may read
+        self._call("/v3/kv/range", probe, self.timeout)  # fail fast, naming the endpoints
         if lease_ttl is not None:
             granted = self._call("/v3/lease/grant", {"TTL": lease_ttl}, self.timeout)
             self._lease, self._renewed = int(granted["ID"]), time.monotonic()
@@ -370,13 +377,15 @@ class EtcdStore(KVStore):
             self._renewed = time.monotonic()
 
 
-def delete_namespace(endpoints: Sequence[str] | str, namespace: str, timeout: float = 30.0) -> int:
+def delete_namespace(
+    endpoints: Sequence[str] | str, namespace: str, timeout: float = 30.0, **security: Unpack[Security]
+) -> int:
     """Delete every key of ``namespace`` (a job: all its components); return how many there were.
 
     For whoever owns the job's life cycle, once no rank runs any more: no store's ``close()``
-    deletes keys. Raises StoreConnectionError if no endpoint answers within ``timeout``.
-    """
-    store = EtcdStore(endpoints, namespace=namespace, timeout=timeout)
+    deletes keys. ``security``: EtcdStore's TLS and auth (``options_from_env()``). Raises
+    StoreConnectionError if no endpoint answers within ``timeout``."""
+    store = EtcdStore(endpoints, namespace=namespace, timeout=timeout, **security)
     root = f"{KEY_PREFIX}{namespace}/"
     try:
         out = store._call(
@@ -387,4 +396,4 @@ def delete_namespace(endpoints: Sequence[str] | str, namespace: str, timeout: fl
     return int(out.get("deleted") or 0)
 
 
-__all__ = ["EtcdStore", "delete_namespace", "parse_endpoint"]
+__all__ = ["EtcdStore", "StoreAuthError", "delete_namespace", "options_from_env", "parse_endpoint"]

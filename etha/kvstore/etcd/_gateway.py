@@ -1,4 +1,4 @@
-"""etcd v3's JSON gateway over plain HTTP (standard library only): requests and watch streams.
+"""etcd v3's JSON gateway over HTTP or HTTPS (standard library only): requests and watch streams.
 
 Private to :mod:`etha.kvstore.etcd`: the KVStore API, its shared watches (:mod:`._watch`) and
 its election (:mod:`._election`). Keys and values travel base64-encoded, as the gateway wants
@@ -14,6 +14,11 @@ A call's time limit holds for the whole call, not for each socket operation: a m
 answers one byte at a time is given up on when the call's time is out. An answer larger than
 :data:`MAX_RESPONSE_BYTES` (or a header larger than :data:`MAX_HEADER_BYTES`) is not read to its
 end: the call raises :class:`StoreLimitError`. A malformed answer counts as a broken member's.
+
+With TLS (an ``https://`` endpoint, or a TLS context) every connection is wrapped in it; with a
+:class:`~._auth.Login` every request carries its token, and a token etcd calls invalid is
+dropped and the request sent again after logging in anew. A TLS handshake etcd refuses (no client
+certificate, an unknown CA) or a user it refuses fails at once: retrying cannot help.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +37,7 @@ from typing import Any
 
 from etha import endpoints as etcd_endpoints
 from etha.kvstore.errors import InvalidArgumentError, KVStoreError, StoreConnectionError, StoreLimitError
+from etha.kvstore.etcd._auth import Login, denied, refused_tls, tls_for
 
 #: Seconds between two rounds of attempts to reach etcd while a call still has time.
 RETRY_INTERVAL = 0.2
@@ -59,12 +66,17 @@ class ResponseTooLarge(http.client.HTTPException):
 class Gateway:
     """The etcd members of one cluster; a request goes to the member that last answered."""
 
-    def __init__(self, endpoints: Sequence[str] | str) -> None:
+    def __init__(
+        self, endpoints: Sequence[str] | str, *, tls: ssl.SSLContext | None = None, login: Login | None = None
+    ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
             raise InvalidArgumentError("endpoints must name at least one etcd member (host:port).")
-        self.members = [parse_endpoint(e) for e in endpoints]
+        urls = [parse_url(e) for e in endpoints]
+        self.members = [(host, port) for _, host, port in urls]
+        self.tls = tls_for(endpoints, [scheme for scheme, _, _ in urls], tls)
+        self.login = login
         self._local = threading.local()
         self._pid = os.getpid()
         self._preferred = 0
@@ -93,9 +105,16 @@ class Gateway:
             for host, port in self.order():
                 where = f"{host}:{port}"
                 try:
-                    status, data = self._post(host, port, path, payload, deadline)
+                    status, data = self._authorized(host, port, path, payload, deadline)
                 except ResponseTooLarge as exc:
                     raise StoreLimitError(f"etcd at {where} answered {path} with {exc}.") from exc
+                except ssl.SSLError as exc:
+                    if not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                        raise refused_tls(where, exc) from exc
+                    last[where] = _describe(exc)
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
                 except BROKEN as exc:
                     if not (isinstance(exc, TimeoutError) and where in last):  # says less than before
                         last[where] = _describe(exc)
@@ -114,6 +133,8 @@ class Gateway:
                     raise LeaseNotFound(message)
                 if status == 413 or "too large" in message:
                     raise StoreLimitError(f"etcd at {where} refused {path} as too large: {message}.")
+                if status in (401, 403):
+                    raise denied(self.login, where, path, message)
                 if status in REFUSED:
                     raise InvalidArgumentError(f"etcd at {where} refused {path}: {message}.")
                 last[where] = f"HTTP {status}: {message}"  # 503 "no leader" after a restart, ...
@@ -126,7 +147,32 @@ class Gateway:
                 )
             time.sleep(min(RETRY_INTERVAL, left))
 
-    def _post(self, host: str, port: int, path: str, payload: str, deadline: float) -> tuple[int, bytes]:
+    def _authorized(
+        self, host: str, port: int, path: str, payload: str, deadline: float
+    ) -> tuple[int, bytes]:
+        """:meth:`_post` with this gateway's token; once more with a new one if etcd calls it invalid."""
+        if self.login is None:
+            return self._post(host, port, path, payload, deadline)
+        for attempt in (0, 1):
+            token = self.token(host, port, deadline)
+            status, data = self._post(host, port, path, payload, deadline, token)
+            if status != 401 or attempt == 1:
+                return status, data
+            self.login.forget(token)  # expired, or etcd restarted: log in again
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def token(self, host: str, port: int, deadline: float) -> str:
+        """This gateway's auth token ("" without a login), logging in on the member if needed."""
+        if self.login is None:
+            return ""
+        return self.login.token(
+            lambda body: self._post(host, port, "/v3/auth/authenticate", json.dumps(body), deadline),
+            f"{host}:{port}",
+        )
+
+    def _post(
+        self, host: str, port: int, path: str, payload: str, deadline: float, token: str = ""
+    ) -> tuple[int, bytes]:
         """One request on this thread's keep-alive connection to the member (a fresh one if a
         kept connection turns out to be closed by the server)."""
         if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
@@ -137,9 +183,9 @@ class Gateway:
             conn = conns.get((host, port))
             reused = conn is not None
             if conn is None:
-                conn = conns[(host, port)] = HttpConn(host, port, deadline)
+                conn = conns[(host, port)] = HttpConn(host, port, deadline, self.tls)
             try:
-                return conn.post(path, body, deadline)
+                return conn.post(path, body, deadline, token)
             except ResponseTooLarge:
                 conn.close()  # the rest of the answer is never read: the connection is unusable
                 del conns[(host, port)]
@@ -157,12 +203,15 @@ class Gateway:
         body = json.dumps({"create_request": create}).encode("utf-8")
         for host, port in self.order():
             try:
-                conn = HttpConn(host, port, deadline)
+                token = self.token(host, port, deadline)
+                conn = HttpConn(host, port, deadline, self.tls)
             except OSError as exc:
                 errors.append(f"{host}:{port}: {_describe(exc)}")
                 continue
             try:
-                status = conn.stream("/v3/watch", body, deadline)
+                status = conn.stream("/v3/watch", body, deadline, token)
+                if status == 401 and self.login is not None:
+                    self.login.forget(token)
                 if status != 200:
                     raise http.client.HTTPException(f"watch answered HTTP {status}")
                 return conn
@@ -185,18 +234,24 @@ class HttpConn:
     (a status line, a few headers, ``Content-Length`` or chunked), so this reads them directly.
     """
 
-    def __init__(self, host: str, port: int, deadline: float) -> None:
+    def __init__(self, host: str, port: int, deadline: float, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
         self.sock = socket.create_connection((host, port), timeout=_left(deadline))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+            except BaseException:
+                self.sock.close()
+                raise
         self._buf = b""
         self._lines = b""
         #: When the current request's time is out (every read is bounded by it).
         self.deadline = deadline
 
-    def post(self, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+    def post(self, path: str, body: bytes, deadline: float, token: str = "") -> tuple[int, bytes]:
         """One request and its whole answer, within ``deadline`` (TimeoutError after it)."""
-        status, fields = self._request(path, body, deadline)
+        status, fields = self._request(path, body, deadline, token)
         if fields.get("transfer-encoding", "").lower() == "chunked":
             data = self._chunked()
         else:
@@ -205,9 +260,9 @@ class HttpConn:
             self.close()
         return status, data
 
-    def stream(self, path: str, body: bytes, deadline: float) -> int:
+    def stream(self, path: str, body: bytes, deadline: float, token: str = "") -> int:
         """Send a request whose answer is a stream of lines (a watch); read them with readline()."""
-        status, _ = self._request(path, body, deadline)
+        status, _ = self._request(path, body, deadline, token)
         self._lines = b""
         return status
 
@@ -230,11 +285,12 @@ class HttpConn:
         line, self._lines = self._lines[: at + 1], self._lines[at + 1 :]
         return line
 
-    def _request(self, path: str, body: bytes, deadline: float) -> tuple[int, dict[str, str]]:
+    def _request(self, path: str, body: bytes, deadline: float, token: str) -> tuple[int, dict[str, str]]:
         self.deadline = deadline
         self.sock.settimeout(_left(deadline))  # sendall: the timeout bounds the whole send
+        auth = f"Authorization: {token}\r\n" if token else ""
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         self.sock.sendall(head.encode("ascii") + body)
@@ -339,8 +395,14 @@ def kv_name(kv: dict[str, Any]) -> str:
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """:func:`etha.endpoints.parse_endpoint`, its error raised as this store's InvalidArgumentError."""
+    _, host, port = parse_url(endpoint)
+    return host, port
+
+
+def parse_url(endpoint: str) -> tuple[str, str, int]:
+    """:func:`etha.endpoints.parse_url`, its error raised as this store's InvalidArgumentError."""
     try:
-        return etcd_endpoints.parse_endpoint(endpoint)
+        return etcd_endpoints.parse_url(endpoint)
     except etcd_endpoints.EndpointError as exc:
         raise InvalidArgumentError(str(exc)) from exc
 

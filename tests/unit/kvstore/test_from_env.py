@@ -45,3 +45,59 @@ def test_in_a_torchrun_process_the_ranks_are_torchruns() -> None:
         from_env(torchrun)
     with pytest.raises(StoreConfigError, match="Environment variable RANK is not set"):
         from_env({k: v for k, v in torchrun.items() if k != "RANK"})
+
+
+# --- etcd TLS and auth settings (etha.kvstore.etcd.options_from_env) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {}),
+        ({"ETHA_ETCD_CA_FILE": "/s/ca.crt"}, {"ca_file": "/s/ca.crt"}),
+        (
+            {
+                "ETHA_ETCD_CA_FILE": "/s/ca.crt",
+                "ETHA_ETCD_CERT_FILE": "/s/tls.crt",
+                "ETHA_ETCD_KEY_FILE": "/s/tls.key",
+                "ETHA_ETCD_USERNAME": "etha",
+                "ETHA_ETCD_PASSWORD_FILE": "/s/password",
+            },
+            {
+                "ca_file": "/s/ca.crt",
+                "cert_file": "/s/tls.crt",
+                "key_file": "/s/tls.key",
+                "username": "etha",
+                "password_file": "/s/password",
+            },
+        ),
+        ({"ETHA_ETCD_USERNAME": ""}, {}),
+    ],
+    ids=["none", "ca-only", "all", "empty-is-unset"],
+)
+def test_etcd_security_options_from_env(env: dict[str, str], expected: dict[str, str]) -> None:
+    from etha.kvstore.etcd import options_from_env
+
+    assert options_from_env(env) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"ETHA_ETCD_CERT_FILE": "/s/tls.crt"}, r"cert_file is set but key_file is not"),
+        ({"ETHA_ETCD_USERNAME": "etha"}, r"username is set but password_file is not"),
+        ({"ETHA_ETCD_PASSWORD_FILE": "/s/pw"}, r"password_file is set but username is not"),
+        ({"ETHA_ETCD_USERNAME": "etha", "ETHA_ETCD_PASSWORD_FILE": "/nonexistent/pw"}, r"'/nonexistent/pw'"),
+        ({"ETHA_ETCD_CA_FILE": "/nonexistent/ca.crt"}, r"ca_file \('/nonexistent/ca.crt'\)"),
+    ],
+    ids=["cert-without-key", "user-without-password", "password-without-user", "no-password-file", "no-ca"],
+)
+def test_bad_etcd_security_settings_are_named_before_connecting(env: dict[str, str], match: str) -> None:
+    base = {
+        "ETHA_KVSTORE_BACKEND": "etcd",
+        "ETHA_ETCD_ENDPOINTS": "127.0.0.1:9",
+        "ETHA_WORLD_SIZE": "1",
+        "ETHA_RANK": "0",
+    }
+    with pytest.raises(StoreConfigError, match=match):
+        from_env({**base, **env})
