@@ -54,6 +54,12 @@ OPERATOR_GRANTS = {
     ("networking.k8s.io", "networkpolicies", "create"),
 }
 WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
+# Leader election's Role, in the operator's own namespace whatever rbac.scope says.
+LEADER_ELECTION_GRANTS = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+
+
+def is_leader_election(role: dict[str, Any]) -> bool:
+    return bool(role["metadata"]["name"].endswith("-leader-election"))
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -126,7 +132,10 @@ def test_kustomization_lists_everything_in_deploy() -> None:
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Deployment",
+            "PodDisruptionBudget",
             "Service",
             "Service",
         ]
@@ -135,7 +144,7 @@ def test_kustomization_lists_everything_in_deploy() -> None:
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
-    roles = roles_in(render(*VALUE_SETS[name]))
+    roles = [r for r in roles_in(render(*VALUE_SETS[name])) if not is_leader_election(r)]
     assert roles
     expected = (
         WITHOUT_NETWORK_POLICIES if "networkPolicy.enabled=false" in VALUE_SETS[name] else OPERATOR_GRANTS
@@ -144,13 +153,19 @@ def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
         assert not wildcards(role["rules"]), role["metadata"]
         assert grants(role["rules"]) == expected
     for role in roles_in(deploy_docs(REPO)):
-        assert grants(role["rules"]) == OPERATOR_GRANTS
+        assert grants(role["rules"]) == (
+            LEADER_ELECTION_GRANTS if is_leader_election(role) else OPERATOR_GRANTS
+        )
 
 
 def test_namespaced_rbac_is_one_role_per_watched_namespace_and_no_cluster_rights() -> None:
     docs = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
     assert not [d for d in docs if d["kind"].startswith("Cluster")]
-    roles = {(d["kind"], d["metadata"]["namespace"]) for d in docs if d["kind"] in ("Role", "RoleBinding")}
+    roles = {
+        (d["kind"], d["metadata"]["namespace"])
+        for d in docs
+        if d["kind"] in ("Role", "RoleBinding") and not is_leader_election(d)
+    }
     assert roles == {(k, ns) for k in ("Role", "RoleBinding") for ns in ("team-a", "team-b")}
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -190,7 +205,9 @@ def test_default_etcd_endpoints_reach_the_operator() -> None:
     ("sets", "needle"),
     [
         (("rbac.scope=everywhere",), "/rbac/scope"),
-        (("replicaCount=2",), "/replicaCount"),
+        (("replicaCount=11",), "/replicaCount"),
+        (("replicaCount=2", "leaderElection.enabled=false"), "replicaCount (2) needs leaderElection.enabled"),
+        (("leaderElection.enable=true",), "/leaderElection"),
         (("createConcurrency=0",), "/createConcurrency"),
         (("watchNamespaces={Not_A_Name}",), "/watchNamespaces/0"),
         (("imageTypo=x",), "imageTypo"),
@@ -333,7 +350,9 @@ def test_service_monitor_only_when_enabled_and_it_selects_the_metrics_service() 
     assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("metrics", "/metrics", True)
     assert endpoint["port"] in {p["name"] for p in chosen[0]["spec"]["ports"]}
     # No RBAC for Prometheus unless its ServiceAccount is named; the operator's own is unchanged.
-    assert [r["metadata"]["name"] for r in roles_in(docs)] == ["etha-etha-operator"]
+    assert [r["metadata"]["name"] for r in roles_in(docs) if not is_leader_election(r)] == [
+        "etha-etha-operator"
+    ]
     assert not by_kind(render(), "ServiceMonitor")
 
 
@@ -539,3 +558,41 @@ def test_a_gang_gets_podgroup_rights_and_may_list_the_schedulers_events() -> Non
         ("", "events", "list"),
         *(("scheduling.x-k8s.io", "podgroups", verb) for verb in ("get", "create", "delete")),
     }
+
+
+@pytest.mark.parametrize(
+    ("sets", "replicas", "strategy", "pdb", "anti_affinity", "elect"),
+    [
+        ((), 2, "RollingUpdate", True, True, True),
+        (("rbac.scope=namespaced",), 2, "RollingUpdate", True, True, True),
+        (("replicaCount=1",), 1, "RollingUpdate", False, False, True),
+        (("replicaCount=1", "leaderElection.enabled=false"), 1, "Recreate", False, False, False),
+        (("affinity.nodeAffinity.x=y",), 2, "RollingUpdate", True, False, True),
+    ],
+    ids=["default-ha", "namespaced-ha", "one-replica-elected", "election-off", "own-affinity-wins"],
+)
+def test_high_availability(
+    sets: tuple[str, ...], replicas: int, strategy: str, pdb: bool, anti_affinity: bool, elect: bool
+) -> None:
+    docs = render(*sets)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == replicas and spec["strategy"]["type"] == strategy
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert [b["spec"]["minAvailable"] for b in budgets] == ([1] if pdb else [])
+    for budget in budgets:
+        assert budget["spec"]["selector"] == spec["selector"]
+    affinity = spec["template"]["spec"].get("affinity") or {}
+    assert ("podAntiAffinity" in affinity) is anti_affinity
+    if anti_affinity:
+        (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert ("--leader-elect" in args) is elect
+    election = [r for r in roles_in(docs) if is_leader_election(r)]
+    assert [(r["kind"], r["metadata"]["namespace"]) for r in election] == (
+        [("Role", "etha-system")] if elect else []
+    )
+    for role in election:
+        assert grants(role["rules"]) == LEADER_ELECTION_GRANTS
+        assert "--leader-election-id=etha-etha-operator" in args
