@@ -336,7 +336,7 @@ async def serve_liveness(url: str, healthy: Callable[[], bool]) -> Callable[[], 
 
     app = web.Application()
     app.router.add_get(parts.path or "/", probe)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)  # a line per probe is noise
     await runner.setup()
     await web.TCPSite(runner, parts.hostname or "0.0.0.0", parts.port or 80).start()
     return runner.cleanup

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from etha.operator import leader
+from etha.operator.k8s import ApiUnavailable
 from etha.operator.leader import Action, Elector, Timing, build_lease, decide
 
 T = Timing(lease_duration=8, renew_deadline=6, retry_period=2)
@@ -227,3 +228,76 @@ def test_leader_election_is_off_on_the_command_line_by_default() -> None:
         "etha-operator",
         "",
     )
+
+
+class FailingApi(FakeApi):
+    """Answers until ``fail`` is set, then every request is refused as the API server being away."""
+
+    fail = False
+
+    async def get(self, kind: str, namespace: str, name: str, api_version: str | None = None) -> Any:
+        if self.fail:
+            raise ApiUnavailable("get Lease etha-operator: the API server is not reachable.")
+        return await super().get(kind, namespace, name, api_version)
+
+
+FAST = Timing(lease_duration=0.4, renew_deadline=0.3, retry_period=0.05)
+
+
+def test_a_leader_that_cannot_renew_cancels_the_operator_and_exits_1() -> None:
+    api = FailingApi()
+    elector = Elector(api, "ns", "etha-operator", ME, FAST)  # type: ignore[arg-type]
+    cancelled = asyncio.Event()
+
+    async def operate() -> None:
+        api.fail = True  # the API server goes away once the operator runs
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def scenario() -> int:
+        await elector.acquire()
+        return await leader._lead(operate, elector)
+
+    assert asyncio.run(scenario()) == leader.EXIT_LOST
+    assert cancelled.is_set() and not elector.is_leader()
+
+
+def test_a_leader_whose_operator_stops_releases_the_lease() -> None:
+    api = FakeApi()
+    elector = Elector(api, "ns", "etha-operator", ME, FAST)  # type: ignore[arg-type]
+
+    async def operate() -> None:  # kopf.operator returns after SIGTERM
+        return None
+
+    async def scenario() -> int:
+        await elector.acquire()
+        return await leader._lead(operate, elector)
+
+    assert asyncio.run(scenario()) == 0
+    assert api.lease is not None and api.lease["spec"]["holderIdentity"] == ""
+    assert api.lease["spec"]["leaseDurationSeconds"] == 1
+
+
+@pytest.mark.parametrize(("healthy", "status"), [(True, 200), (False, 503)], ids=["renewing", "stuck"])
+def test_liveness_reflects_the_elector(healthy: bool, status: int) -> None:
+    import aiohttp
+
+    from tests.helpers import free_port
+
+    port = free_port()
+
+    async def scenario() -> int:
+        stop = await leader.serve_liveness(f"http://127.0.0.1:{port}/healthz", lambda: healthy)
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/healthz") as r,
+            ):
+                return r.status
+        finally:
+            await stop()
+
+    assert asyncio.run(scenario()) == status
