@@ -20,7 +20,7 @@ from etha.job.spec import parse
 from tests.factories import make_trainingjob
 from tests.helpers import REPO, tool
 from tests.pss import pod_spec_of
-from tests.rbac import deploy_docs, grants, roles_in, wildcards
+from tests.rbac import LEADER_ELECTION_GRANTS, deploy_docs, grants, is_leader_election, roles_in, wildcards
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -54,12 +54,6 @@ OPERATOR_GRANTS = {
     ("networking.k8s.io", "networkpolicies", "create"),
 }
 WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
-# Leader election's Role, in the operator's own namespace whatever rbac.scope says.
-LEADER_ELECTION_GRANTS = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
-
-
-def is_leader_election(role: dict[str, Any]) -> bool:
-    return bool(role["metadata"]["name"].endswith("-leader-election"))
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -558,41 +552,3 @@ def test_a_gang_gets_podgroup_rights_and_may_list_the_schedulers_events() -> Non
         ("", "events", "list"),
         *(("scheduling.x-k8s.io", "podgroups", verb) for verb in ("get", "create", "delete")),
     }
-
-
-@pytest.mark.parametrize(
-    ("sets", "replicas", "strategy", "pdb", "anti_affinity", "elect"),
-    [
-        ((), 2, "RollingUpdate", True, True, True),
-        (("rbac.scope=namespaced",), 2, "RollingUpdate", True, True, True),
-        (("replicaCount=1",), 1, "RollingUpdate", False, False, True),
-        (("replicaCount=1", "leaderElection.enabled=false"), 1, "Recreate", False, False, False),
-        (("affinity.nodeAffinity.x=y",), 2, "RollingUpdate", True, False, True),
-    ],
-    ids=["default-ha", "namespaced-ha", "one-replica-elected", "election-off", "own-affinity-wins"],
-)
-def test_high_availability(
-    sets: tuple[str, ...], replicas: int, strategy: str, pdb: bool, anti_affinity: bool, elect: bool
-) -> None:
-    docs = render(*sets)
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    spec = deployment["spec"]
-    assert spec["replicas"] == replicas and spec["strategy"]["type"] == strategy
-    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    assert [b["spec"]["minAvailable"] for b in budgets] == ([1] if pdb else [])
-    for budget in budgets:
-        assert budget["spec"]["selector"] == spec["selector"]
-    affinity = spec["template"]["spec"].get("affinity") or {}
-    assert ("podAntiAffinity" in affinity) is anti_affinity
-    if anti_affinity:
-        (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-    args = spec["template"]["spec"]["containers"][0]["args"]
-    assert ("--leader-elect" in args) is elect
-    election = [r for r in roles_in(docs) if is_leader_election(r)]
-    assert [(r["kind"], r["metadata"]["namespace"]) for r in election] == (
-        [("Role", "etha-system")] if elect else []
-    )
-    for role in election:
-        assert grants(role["rules"]) == LEADER_ELECTION_GRANTS
-        assert "--leader-election-id=etha-etha-operator" in args
