@@ -9,6 +9,14 @@ import yaml
 
 Grant = tuple[str, str, str]
 
+#: Leader election's Role, in the operator's own namespace whatever rbac.scope says.
+LEADER_ELECTION_GRANTS = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+
+
+def is_leader_election(role: dict[str, Any]) -> bool:
+    """The chart's leader-election Role (or its binding), apart from the operator's own."""
+    return bool(role["metadata"]["name"].endswith("-leader-election"))
+
 
 def grants(rules: list[dict[str, Any]]) -> set[Grant]:
     return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import json
 import logging
@@ -22,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from etha.job import constants as c
 from etha.job.schema import missing_fields, openapi_schema, packaged_schema
-from etha.operator import handlers, metrics
+from etha.operator import handlers, leader, metrics
 from etha.operator.config import ConfigError, OperatorConfig
 from etha.operator.k8s import Api
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="Liveness endpoint URL.")
     parser.add_argument("--verbose", "-v", action="store_true", help="Debug logging.")
     metrics.add_arguments(parser)
+    leader.add_arguments(parser)
     return parser
 
 
@@ -88,28 +90,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # kopf logs in as the kubernetes client does (in-cluster, else KUBECONFIG).
     kopf.on.login(registry=registry)(kopf.login_via_client)
     clusterwide = args.all_namespaces or not args.namespace
-    asyncio.run(
-        kopf.operator(
-            clusterwide=clusterwide,
-            namespaces=() if clusterwide else list(args.namespace),
-            liveness_endpoint=args.liveness,
-            # One active replica (the chart's Deployment uses the Recreate strategy): no peering,
-            # so no KopfPeering resources and no RBAC for them.
-            standalone=True,
-            identity=own_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is private
-            registry=registry,
-            # The metrics served are the ones the controller and the API module count into.
-            memo=handlers.operator_memo(
-                config,
-                Api(
-                    api_client,
-                    config.create_concurrency,
-                    on_request=meter.api_request,
-                ),
-                meter,
-            ),
-        )
+    api = Api(api_client, config.create_concurrency, on_request=meter.api_request)
+    operate = functools.partial(
+        kopf.operator,
+        clusterwide=clusterwide,
+        namespaces=() if clusterwide else list(args.namespace),
+        # Elected, leader.run serves liveness from the start (kopf runs only on the leader).
+        liveness_endpoint=None if args.leader_elect else args.liveness,
+        # One active replica (alone, or the Lease's holder): no kopf peering, so no
+        # KopfPeering resources and no RBAC for them.
+        standalone=True,
+        identity=own_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is private
+        registry=registry,
+        # The metrics served are the ones the controller and the API module count into.
+        memo=handlers.operator_memo(config, api, meter),
     )
+    if args.leader_elect:
+        return elected(args, api, operate)
+    asyncio.run(operate())
     return 0
 
 
@@ -144,6 +142,20 @@ def crd_problem(installed: dict[str, Any]) -> str | None:
         f"The installed CRD {CRD_NAME} is older than this operator: it lacks {shown}{more}. "
         f"Apply the new CRD first (helm upgrade does not upgrade it): {CRD_UPGRADE}."
     )
+
+
+def elected(args: argparse.Namespace, api: Api, operate: functools.partial[Any]) -> int:
+    """Run ``operate`` while holding the Lease (leader.py); the operator's writes stop as soon as
+    it may no longer be the holder."""
+    try:
+        namespace = leader.lease_namespace(args, dict(os.environ))
+    except ValueError as exc:
+        logging.getLogger("etha.operator").error("%s", exc)
+        return 2
+    identity = leader.own_identity()
+    elector = leader.Elector(Api(load_api_client(2), 2), namespace, args.leader_election_id, identity)
+    api.may_write = elector.is_leader
+    return leader.run(operate, elector, args.liveness)
 
 
 def own_identity() -> str:

@@ -83,6 +83,8 @@ class Api:
         # a job's pods are created ``concurrency`` at a time (give the client as many pooled
         # connections: ``connection_pool_maxsize`` of its configuration).
         self._threads = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="api")
+        #: Asked before every write: False refuses it (a leader past its renew deadline).
+        self.may_write: Callable[[], bool] = lambda: True
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create a Pod, Service or NetworkPolicy: the object as created, or None if an object
@@ -189,6 +191,16 @@ class Api:
         with contextlib.suppress(_NotFound, ChildRejected):  # gone, or the list changed (422)
             await self._call(f"remove finalizer of TrainingJob {meta['name']}", "PATCH", path, body=patch)
 
+    async def replace(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace an object (a Lease) with ``manifest``: the object as written, or None if it
+        changed since ``manifest``'s resourceVersion was read (409)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        path = collection(kind, meta["namespace"], manifest.get("apiVersion")) + f"/{meta['name']}"
+        try:
+            return await self._call(f"update {kind} {meta['name']}", "PUT", path, body=manifest)
+        except _Conflict:
+            return None
+
     async def _call(
         self,
         what: str,
@@ -199,6 +211,8 @@ class Api:
         merge: bool = False,
     ) -> dict[str, Any]:
         verb = _VERBS.get(method, method.lower())
+        if method != "GET" and not self.may_write():
+            raise ApiUnavailable(f"{what}: not sent: this operator no longer holds its Lease.")
         try:
             call = functools.partial(self._request, method, path, query, body, merge)
             response = await asyncio.get_running_loop().run_in_executor(self._threads, call)
@@ -251,7 +265,7 @@ class Api:
 
 
 #: The API's verb for each HTTP method the operator uses.
-_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 #: Where each kind of object lives, by kind.
 _COLLECTIONS = {
@@ -259,6 +273,7 @@ _COLLECTIONS = {
     "Service": "/api/v1/namespaces/{namespace}/services",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
     c.KIND: f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{namespace}}/{c.PLURAL}",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
 }
 
 

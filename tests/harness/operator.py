@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,18 @@ class ChartOperator:
             stop_process(self.proc, 20)
         if self._log is not None:
             self._log.close()
+
+    def replica(self) -> ChartOperator:
+        """Another process of this installed release (a second replica of its Deployment: with
+        leader election, a standby until it holds the Lease)."""
+        return ChartOperator(self.plane, self.namespace, self.values).start()
+
+    def identity(self) -> str:
+        """The replica's leader-election identity, as it logged it when it began to stand by."""
+        found = re.findall(r"standing by for Lease \S+ as (\S+)", self.log(100000))
+        if not found:
+            raise AssertionError(f"the operator logged no leader-election identity:\n{self.log()}")
+        return str(found[-1])
 
     def forbidden(self) -> list[str]:
         """Lines of the operator's log where RBAC refused it ("... is forbidden: User

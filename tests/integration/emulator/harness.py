@@ -103,6 +103,6 @@ def rbac_grants() -> dict[str, set[tuple[str, str, str]]]:
     ).stdout
     out = {}
     for where, docs in (("the chart", list(yaml.safe_load_all(chart))), ("deploy/", deploy_docs(REPO))):
-        (role,) = roles_in([d for d in docs if d])
-        out[where] = grants(role["rules"])
+        # Every role the operator's ServiceAccount gets (the leader-election Role too).
+        out[where] = {g for role in roles_in([d for d in docs if d]) for g in grants(role["rules"])}
     return out

@@ -20,7 +20,7 @@ from etha.job.spec import parse
 from tests.factories import make_trainingjob
 from tests.helpers import REPO, tool
 from tests.pss import pod_spec_of
-from tests.rbac import deploy_docs, grants, roles_in, wildcards
+from tests.rbac import LEADER_ELECTION_GRANTS, deploy_docs, grants, is_leader_election, roles_in, wildcards
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -139,7 +139,10 @@ def test_kustomization_lists_everything_in_deploy() -> None:
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Deployment",
+            "PodDisruptionBudget",
             "Service",
             "Service",
         ]
@@ -148,7 +151,7 @@ def test_kustomization_lists_everything_in_deploy() -> None:
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
-    roles = roles_in(render(*VALUE_SETS[name]))
+    roles = [r for r in roles_in(render(*VALUE_SETS[name])) if not is_leader_election(r)]
     assert roles
     expected = (
         WITHOUT_NETWORK_POLICIES if "networkPolicy.enabled=false" in VALUE_SETS[name] else OPERATOR_GRANTS
@@ -157,13 +160,19 @@ def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
         assert not wildcards(role["rules"]), role["metadata"]
         assert grants(role["rules"]) == cluster_grants(role, expected)
     for role in roles_in(deploy_docs(REPO)):
-        assert grants(role["rules"]) == cluster_grants(role, OPERATOR_GRANTS)
+        assert grants(role["rules"]) == (
+            LEADER_ELECTION_GRANTS if is_leader_election(role) else cluster_grants(role, OPERATOR_GRANTS)
+        )
 
 
 def test_namespaced_rbac_is_one_role_per_watched_namespace_and_no_cluster_rights() -> None:
     docs = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
     assert not [d for d in docs if d["kind"].startswith("Cluster")]
-    roles = {(d["kind"], d["metadata"]["namespace"]) for d in docs if d["kind"] in ("Role", "RoleBinding")}
+    roles = {
+        (d["kind"], d["metadata"]["namespace"])
+        for d in docs
+        if d["kind"] in ("Role", "RoleBinding") and not is_leader_election(d)
+    }
     assert roles == {(k, ns) for k in ("Role", "RoleBinding") for ns in ("team-a", "team-b")}
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -214,7 +223,9 @@ def test_service_account_allowlist_reaches_the_operator(sets: tuple[str, ...], e
     ("sets", "needle"),
     [
         (("rbac.scope=everywhere",), "/rbac/scope"),
-        (("replicaCount=2",), "/replicaCount"),
+        (("replicaCount=11",), "/replicaCount"),
+        (("replicaCount=2", "leaderElection.enabled=false"), "replicaCount (2) needs leaderElection.enabled"),
+        (("leaderElection.enable=true",), "/leaderElection"),
         (("createConcurrency=0",), "/createConcurrency"),
         (("watchNamespaces={Not_A_Name}",), "/watchNamespaces/0"),
         (("imageTypo=x",), "imageTypo"),
@@ -361,7 +372,9 @@ def test_service_monitor_only_when_enabled_and_it_selects_the_metrics_service() 
     assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("metrics", "/metrics", True)
     assert endpoint["port"] in {p["name"] for p in chosen[0]["spec"]["ports"]}
     # No RBAC for Prometheus unless its ServiceAccount is named; the operator's own is unchanged.
-    assert [r["metadata"]["name"] for r in roles_in(docs)] == ["etha-etha-operator"]
+    assert [r["metadata"]["name"] for r in roles_in(docs) if not is_leader_election(r)] == [
+        "etha-etha-operator"
+    ]
     assert not by_kind(render(), "ServiceMonitor")
 
 
