@@ -44,12 +44,12 @@ from etha.kvstore.etcd._gateway import (
     BROKEN,
     RETRY_INTERVAL,
     Gateway,
-    HttpConn,
     State,
     kv_name,
     range_body,
     unb64,
 )
+from etha.kvstore.etcd._http import HttpConn
 from etha.kvstore.etcd._sharing import Registry, SingleFlight
 
 logger = logging.getLogger("etha.kvstore.etcd")
