@@ -92,32 +92,12 @@ def parse(
         raise InvalidSpec("spec", "spec must be an object with replicas and template.")
     replicas = _int(spec, "replicas", "spec.replicas", required=True, low=1)
     assert replicas is not None
-    template = spec.get("template")
-    if not isinstance(template, dict):
-        raise InvalidSpec(
-            "spec.template", "spec.template must be a pod template (an object with spec.containers)."
-        )
-    check_job_size(template, replicas)
-    check_reserved_keys(template)
-    containers = check_template(template, pod_security=pod_security, service_accounts=service_accounts)
+    template, containers = _template(spec, replicas, pod_security, service_accounts)
     procs = procs_per_worker(spec.get("procsPerWorker"), containers[0])
-    rdzv = spec.get("rendezvous") or {}
-    if not isinstance(rdzv, dict):
-        raise InvalidSpec("spec.rendezvous", "spec.rendezvous must be an object.")
-    port = _int(
-        rdzv, "port", "spec.rendezvous.port", low=1, high=65535, default=env_names.DEFAULT_MASTER_PORT
-    )
-    timeout = _int(
-        rdzv, "timeoutSeconds", "spec.rendezvous.timeoutSeconds", low=1, default=c.DEFAULT_RENDEZVOUS_TIMEOUT
-    )
-    assert port is not None and timeout is not None
+    rdzv, port, timeout = _rendezvous(spec)
     life = _life_cycle(spec)
     check_name(name, replicas, life.max_restarts)
-    names = [str(x.get("name")) for x in containers] + [c.MASTER_CONTAINER]
-    for x in (template.get("spec") or {}).get("initContainers") or []:
-        if isinstance(x, dict):
-            names.append(str(x.get("name")))
-    failure_rules = failure_policy(spec.get("podFailurePolicy"), names)
+    failure_rules = failure_policy(spec.get("podFailurePolicy"), _container_names(template, containers))
     success_rules = success_policy(spec.get("successPolicy"), replicas)
     etcd_endpoints, torchrun = _backends(rdzv, default_etcd_endpoints)
     scheduling = parse_scheduling(
@@ -152,6 +132,45 @@ def parse(
         restart_backoff_seconds=life.restart_backoff_seconds,
         scheduling=scheduling,
     )
+
+
+def _template(
+    spec: Mapping[str, Any], replicas: int, pod_security: bool, service_accounts: Collection[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """spec.template and its containers, checked (size, reserved keys, Pod Security)."""
+    template = spec.get("template")
+    if not isinstance(template, dict):
+        raise InvalidSpec(
+            "spec.template", "spec.template must be a pod template (an object with spec.containers)."
+        )
+    check_job_size(template, replicas)
+    check_reserved_keys(template)
+    containers = check_template(template, pod_security=pod_security, service_accounts=service_accounts)
+    return template, containers
+
+
+def _rendezvous(spec: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """spec.rendezvous, its port and its timeout."""
+    rdzv = spec.get("rendezvous") or {}
+    if not isinstance(rdzv, dict):
+        raise InvalidSpec("spec.rendezvous", "spec.rendezvous must be an object.")
+    port = _int(
+        rdzv, "port", "spec.rendezvous.port", low=1, high=65535, default=env_names.DEFAULT_MASTER_PORT
+    )
+    timeout = _int(
+        rdzv, "timeoutSeconds", "spec.rendezvous.timeoutSeconds", low=1, default=c.DEFAULT_RENDEZVOUS_TIMEOUT
+    )
+    assert port is not None and timeout is not None
+    return rdzv, port, timeout
+
+
+def _container_names(template: Mapping[str, Any], containers: list[dict[str, Any]]) -> list[str]:
+    """Every container a pod of the job can have (the podFailurePolicy's rules may name them)."""
+    names = [str(x.get("name")) for x in containers] + [c.MASTER_CONTAINER]
+    for x in (template.get("spec") or {}).get("initContainers") or []:
+        if isinstance(x, dict):
+            names.append(str(x.get("name")))
+    return names
 
 
 def procs_per_worker(value: Any, container: dict[str, Any]) -> int:
