@@ -16,11 +16,14 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
+	@echo "Setting up $(VENV): torch $(TORCH_VERSION) (PyPI's CUDA build, ~5 GB to download the first time; it runs on the CPU), then etha with its extras (~200 MB)."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: an open range in a fresh venv may pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[store,master,operator,dev]'
+	# torch first, pinned: an open range in a fresh venv may pull a multi-GB CUDA build. pip's own
+	# progress bar for this one (no -q): minutes on a home line.
+	$(PY) -m pip install --progress-bar on torch==$(TORCH_VERSION)
+	# UserWarning off: setuptools' 10-line "Editable installation" notice, once per install.
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e '.[store,master,operator,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv: torch 2.13.0 from PyPI (its CUDA build, ~5 GB; runs on the CPU), then etha with every extra.

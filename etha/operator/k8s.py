@@ -157,7 +157,7 @@ class Api:
     async def patch(
         self, kind: str, namespace: str, name: str, patch: dict[str, Any], api_version: str | None = None
     ) -> dict[str, Any] | None:
-        """Merge ``patch`` (RFC 7386) into a Service or NetworkPolicy; the object as it is now, or
+        """Merge ``patch`` (RFC 7386) into a child (Pod, Service, NetworkPolicy); the object as it is now, or
         None if it is gone."""
         path = collection(kind, namespace, api_version) + f"/{name}"
         try:

@@ -23,13 +23,13 @@ from typing import Any
 import aiohttp
 
 from etha.job import constants as c
-from etha.job.names import master_name, network_policy_name, service_name, status_attempt
+from etha.job.names import master_name, network_policy_name, service_name, status_attempt, worker_name
 from etha.job.scheduling import group_name
 from etha.job.security import check_pod_security
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.master.status import BadStatus, MasterStatus
 from etha.operator.config import OperatorConfig
-from etha.operator.jobs import Body, Children, JobWorker
+from etha.operator.jobs import Body, Children, JobWorker, controller_uid, slim
 from etha.operator.k8s import Api
 from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
 from etha.operator.reconcile.joins import needs_master_status
@@ -38,6 +38,8 @@ from etha.operator.reconcile.placement import how_telling, unschedulable
 
 #: Seconds the operator waits for a master's status document before giving up for this round.
 READ_TIMEOUT = 2.0
+#: Pods of a running attempt confirmed by name at most in one look (see Observer.unlabelled).
+CONFIRM_MISSING = 16
 #: Consecutive failed reads of a master's status document before the job's status says so.
 READ_FAILURES_SHOWN = 3
 #: What a status document may take besides its ranks and addresses, and per worker (see
@@ -122,6 +124,8 @@ class Observer:
                 return Refused(status, message, now, reason, sorted(made), finalizer)
             worker.rejected = None
         pods = self.pods_of(worker)
+        unlabelled = await self.unlabelled(worker, job, status, pods)
+        pods = [*pods, *unlabelled]
         observed = Observed(
             job=job,
             status=status,
@@ -147,6 +151,7 @@ class Observer:
             settle_in=settle_in(worker),
             master_poll=(self.config.master_poll_interval, self.config.master_poll_interval_max),
             finalizer=finalizer,
+            unlabelled=tuple(p["metadata"]["name"] for p in unlabelled),
         )
         stuck = unschedulable(pods) if job.scheduling.kind is not None else None
         if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
@@ -155,6 +160,34 @@ class Observer:
                 observed, pod_group=await self.pod_group_phase(job, status), scheduler_said=told
             )
         return observed
+
+    async def unlabelled(
+        self, worker: JobWorker, job: JobSpec, status: dict[str, Any], pods: list[Body]
+    ) -> list[Body]:
+        """Pods of the running attempt missing from the index that still exist and are the job's
+        (someone removed their job label, so the label-filtered watch dropped them): a GET by name
+        and owner before a pod counts as gone. At most :data:`CONFIRM_MISSING` a look: more
+        missing at once is a lost node or a deletion, not labels edited one by one."""
+        if status.get("phase") != c.PHASE_RUNNING:
+            return []
+        attempt = status_attempt(status.get("attempt"), job.max_restarts)
+        names = [worker_name(job.name, attempt, r) for r in range(job.replicas)]
+        if job.etcd_endpoints is None:
+            names.append(master_name(job.name, attempt))
+        seen = {p["metadata"]["name"] for p in pods} | set(worker.deleting)
+        missing = [n for n in names if n not in seen]
+        if not missing or len(missing) > CONFIRM_MISSING:
+            return []
+        found = []
+        for name in missing:
+            pod = await self.api.get("Pod", job.namespace, name)
+            if (
+                pod is not None
+                and controller_uid(pod) == job.uid
+                and not pod["metadata"].get("deletionTimestamp")
+            ):
+                found.append(slim(pod))
+        return found
 
     # --- the cache -----------------------------------------------------------------------------
 

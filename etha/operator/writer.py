@@ -93,7 +93,9 @@ class Writer:
 
         first = [m for m in actions.create if m["kind"] != "Pod"]
         await asyncio.gather(
-            *(create(m) for m in first), *(self._patch(worker, job, m) for m in actions.patch)
+            *(create(m) for m in first),
+            *(self._patch(worker, job, m) for m in actions.patch),
+            *(self._relabel(job, name) for name in actions.relabel),
         )
         if not conflicts:
             rest = [m for m in actions.create if m["kind"] == "Pod"]
@@ -159,6 +161,15 @@ class Writer:
         if fresh is not None:
             worker.expected[name] = (expiry, slim(fresh))  # the index has not caught up yet
             logger.info("%s/%s: patched %s %s to the job's spec", job.namespace, job.name, kind, name)
+
+    async def _relabel(self, job: JobSpec, name: str) -> None:
+        """Put the job label back on a pod of the job that lost it (the label-filtered watch then
+        shows it again; the operator never adopts a pod that is not the job's by owner)."""
+        patch = {"metadata": {"labels": {c.LABEL_JOB: job.name}}}
+        if await self.api.patch("Pod", job.namespace, name, patch) is not None:
+            logger.info(
+                "%s/%s: labelled Pod %s %s=%s again", job.namespace, job.name, name, c.LABEL_JOB, job.name
+            )
 
     async def delete_pod(self, worker: JobWorker, name: str) -> None:
         pod = next((p for p in self._pods_of(worker.uid) if p["metadata"]["name"] == name), None)

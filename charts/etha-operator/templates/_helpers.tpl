@@ -47,9 +47,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: ["etha.io"]
   resources: ["trainingjobs/status"]
   verbs: ["patch"]
+# patch: a pod of the job whose job label someone removed gets it back (never another's pod).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
 # Services and NetworkPolicies are kept across attempts: patched when the job's spec changes them.
 - apiGroups: [""]
   resources: ["services"]

@@ -74,6 +74,7 @@ def current_attempt(observed: Observed) -> Actions:
     """The current attempt: what it shows, then the first policy that decides, else creation."""
     attempt = observe_attempt(observed)
     shown = starting(observed, attempt).then(joining(observed, attempt))
+    shown.relabel.extend(observed.unlabelled)  # pods someone took the job label from: it goes back
     left = deadline_left(observed)
     if left:
         shown.requeue_after = sooner(shown.requeue_after, left)

@@ -39,6 +39,8 @@ class Actions:
     #: Children kept across attempts (Service, NetworkPolicy) to patch to these desired manifests
     #: (their spec and spec-hash annotation): they drifted from the job's spec.
     patch: list[Manifest] = field(default_factory=list)
+    #: Pods of the job whose job label someone removed: labelled again (the watch then sees them).
+    relabel: list[str] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     #: PodGroups of the job to delete (an earlier attempt's, a suspended attempt's).
     delete_groups: list[str] = field(default_factory=list)
@@ -59,6 +61,7 @@ class Actions:
         return Actions(
             create=[*self.create, *later.create],
             patch=[*self.patch, *later.patch],
+            relabel=[*self.relabel, *later.relabel],
             delete_pods=[*self.delete_pods, *later.delete_pods],
             delete_groups=[*self.delete_groups, *later.delete_groups],
             status={**self.status, **later.status},
@@ -136,6 +139,8 @@ class Observed:
     master_poll: tuple[float, float] = (1.0, 10.0)
     #: kopf's finalizer of operator versions before 0.2 is on the job.
     finalizer: bool = False
+    #: Pods of the job (in ``pods``) that lost their job label: found by name, not by the watch.
+    unlabelled: Sequence[str] = ()
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:

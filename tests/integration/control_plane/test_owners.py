@@ -237,3 +237,26 @@ def test_deleting_a_job_while_the_operator_is_stopped_completes(op: ChartOperato
     )
     op.plane.admin.delete(f"{TJ}/legacy")
     wait_until(lambda: not op.plane.admin.exists(f"{TJ}/legacy"), 10, "the legacy job deleted")
+
+
+def test_a_pod_whose_job_label_is_removed_is_not_counted_gone(op: ChartOperator, jobs: Jobs) -> None:
+    """The operator's watch asks the API server for pods with the job label only: a pod whose
+    label someone removed arrives as DELETED. It is confirmed by name and owner before it counts
+    as gone, so the attempt goes on (no restart), and the label is put back."""
+    op.plane.admin.create(TJ, jobs.job("relabel", code="import time; time.sleep(600)"))
+    jobs.wait_for("relabel", "Running", lambda s: s.get("phase") == "Running")
+    pod = f"{jobs.pods_path}/relabel-worker-0-1"
+    uid = op.plane.admin.get(pod)["metadata"]["uid"]
+    op.plane.admin.merge_patch(pod, {"metadata": {"labels": {"etha.io/job-name": None}}})
+    wait_until(
+        lambda: (
+            (op.plane.admin.get(pod)["metadata"].get("labels") or {}).get("etha.io/job-name") == "relabel"
+        ),
+        60,
+        "the job label put back",
+    )
+    status = jobs.status("relabel")
+    assert status.get("phase") == "Running" and not status.get("restarts"), status
+    assert op.plane.admin.get(pod)["metadata"]["uid"] == uid  # the same pod, never recreated
+    assert "relabel-worker-1-1" not in {p["metadata"]["name"] for p in jobs.pods("relabel")}
+    op.plane.admin.delete(f"{TJ}/relabel")

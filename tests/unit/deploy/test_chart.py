@@ -43,6 +43,7 @@ OPERATOR_GRANTS = {
     ("", "pods", "watch"),
     ("", "pods", "create"),
     ("", "pods", "delete"),
+    ("", "pods", "patch"),
     ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),

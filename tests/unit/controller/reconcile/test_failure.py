@@ -208,3 +208,21 @@ def test_backoff_doubles_per_restart_in_a_row_and_resets_after_a_long_run(
     acts = reconcile(parse(make_trainingjob(maxRestarts=9)), status, running_pods(killed(3)), True, NOW)
     assert acts.requeue_after == delay
     assert acts.status["consecutiveRestarts"] == (1 if delay == 10 else in_a_row + 1)
+
+
+def test_a_pod_found_by_name_after_losing_its_label_is_relabelled_not_a_failure() -> None:
+    """observe.py confirms a pod missing from the label-filtered index by name and owner; the
+    decision counts it as present and asks for its label back."""
+    pod = make_pod
+    job = parse(make_trainingjob(replicas=2))
+    pods = [
+        pod("mnist-master-0", "Running", role="master"),
+        pod("mnist-worker-0-0", "Running"),
+        pod("mnist-worker-0-1", "Running"),
+    ]
+    running = {"phase": "Running", "attempt": 0, "startTime": "2026-01-01T11:00:00Z"}
+    kept = reconcile(job, running, pods, True, NOW, unlabelled=("mnist-worker-0-1",))
+    assert kept.relabel == ["mnist-worker-0-1"]
+    assert kept.status.get("phase") != "Restarting" and not kept.delete_pods
+    gone = reconcile(job, running, pods[:2], True, NOW)  # not found by name either: it vanished
+    assert gone.status["phase"] == "Restarting" and not gone.relabel
