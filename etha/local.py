@@ -41,6 +41,8 @@ from etha.local_host import (
     check_capacity,
     child_path,
     gpus_asked,
+    is_torchrun,
+    local_command,
     this_machine,
     working_dir,
 )
@@ -129,23 +131,6 @@ def local_env(job: LocalJob, rank: int, port: int, host: str) -> dict[str, str]:
     return env
 
 
-def local_command(command: Sequence[str]) -> list[str]:
-    """Run ``python`` as this interpreter, so the local environment (and etha) is used."""
-    if command and command[0] in ("python", "python3"):
-        return [sys.executable, *command[1:]]
-    if command and command[0] == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", *command[1:]]
-    return list(command)
-
-
-def is_torchrun(command: Sequence[str]) -> bool:
-    """Whether a worker's command starts torchrun (``torchrun`` or ``python -m torch.distributed.run``)."""
-    argv = list(command)
-    if argv and argv[0] in ("python", "python3") and argv[1:3] == ["-m", "torch.distributed.run"]:
-        return True
-    return bool(argv) and os.path.basename(argv[0]) == "torchrun"
-
-
 def torchrun_root_cause(lines: Sequence[str]) -> str | None:
     """'process rank 3 (local rank 1) exited with code 7' from torchrun's failure summary (its
     "Root Cause (first observed failure)" block; the other failures listed are its consequences)."""
@@ -182,6 +167,8 @@ def run_local(
         runner.watch_folder(tmp)
         port_file = Path(tmp) / "port"
         status_file = Path(tmp) / "status-port"
+        ranks_file = Path(tmp) / "ranks"  # "pid rank exited 0" per finished worker, for the master
+        ranks_file.touch()
         base_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": child_path(os.environ)}
         for line in said:
             runner.say("etha", line)
@@ -206,6 +193,8 @@ def run_local(
                     "0",
                     "--status-port-file",
                     str(status_file),
+                    "--local-ranks-file",
+                    str(ranks_file),
                 ],
                 base_env,
                 None,
@@ -220,7 +209,8 @@ def run_local(
             port = int(port_file.read_text())
             status_url = f"http://{host}:{int(status_file.read_text())}/status"
             _spawn_workers(runner, job, base_env, port, host, cwd)
-            return _supervise(runner, job, started, timeout, _Rendezvous(job, status_url, time.monotonic()))
+            rendezvous = _Rendezvous(job, status_url, time.monotonic(), ranks_file)
+            return _supervise(runner, job, started, timeout, rendezvous)
         except Stopped as stop:
             runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
             return stop.exit_code
@@ -259,7 +249,12 @@ def fit_to_this_machine(
 
 
 def _spawn_workers(
-    runner: Supervisor, job: LocalJob, base_env: dict[str, str], port: int, host: str, cwd: str | None
+    runner: Supervisor,
+    job: LocalJob,
+    base_env: dict[str, str],
+    port: int,
+    host: str,
+    cwd: str | None,
 ) -> None:
     """One process per worker (torchrun's agent when the command is torchrun)."""
     torchrun = is_torchrun(job.command)
@@ -278,7 +273,9 @@ def _spawn_workers(
 class _Rendezvous:
     """Follows the master's status document until every rank has joined."""
 
-    def __init__(self, job: LocalJob, url: str, started: float) -> None:
+    def __init__(self, job: LocalJob, url: str, started: float, ranks_file: Path | None = None) -> None:
+        self.ranks_file = ranks_file
+        self.said_finished: set[int] = set()
         self.job = job
         self.url = url
         self.started = started
@@ -303,7 +300,7 @@ class _Rendezvous:
             return
         # A worker that finished successfully joined, however briefly it was connected (the
         # operator counts a pod that Succeeded the same way).
-        finished = {r for r, label in enumerate(runner.workers) if runner.procs[label].poll() == 0}
+        finished = self.note_finished(runner)
         self.joined = status.joined_ranks({}) | finished
         total = self.job.replicas
         missing = [r for r in range(total) if r not in self.joined]
@@ -317,6 +314,17 @@ class _Rendezvous:
         if settled and text != self.said:
             runner.say("etha", f"rendezvous: {text}")
             self.said = text
+
+    def note_finished(self, runner: Supervisor) -> set[int]:
+        """The ranks whose process exited 0, each told to the master once (``pid rank exited 0``
+        in its --local-ranks-file): it names them even if it never saw their connection."""
+        finished = {r for r, label in enumerate(runner.workers) if runner.procs[label].poll() == 0}
+        fresh = sorted(finished - self.said_finished)
+        if fresh and self.ranks_file is not None:
+            with self.ranks_file.open("a") as ranks:
+                ranks.writelines(f"{runner.procs[runner.workers[r]].pid} {r} exited 0\n" for r in fresh)
+        self.said_finished |= finished
+        return finished
 
     def timed_out(self, runner: Supervisor) -> str | None:
         """The failure message once spec.rendezvous.timeoutSeconds passed without every rank."""
@@ -366,6 +374,7 @@ def _supervise(
                     "etha", f"{label} failed with exit code {code}{because}; stopping the other processes"
                 )
                 return 1
+        rendezvous.note_finished(runner)
         if all(p.poll() == 0 for p in workers.values()):
             rendezvous.look(runner, force=True)  # ranks may have joined since the previous look
             runner.say(

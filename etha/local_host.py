@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +103,20 @@ def this_machine() -> Machine:
         available = 8 * 2**30  # unknown: assume a small machine
     gpus = len(glob.glob("/dev/nvidia[0-9]*"))
     return Machine(os.cpu_count() or 1, available, gpus)
+
+
+def local_command(command: Sequence[str]) -> list[str]:
+    """Run ``python`` as this interpreter, so the local environment (and etha) is used."""
+    if command and command[0] in ("python", "python3"):
+        return [sys.executable, *command[1:]]
+    if command and command[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *command[1:]]
+    return list(command)
+
+
+def is_torchrun(command: Sequence[str]) -> bool:
+    """Whether a worker's command starts torchrun (``torchrun`` or ``python -m torch.distributed.run``)."""
+    argv = list(command)
+    if argv and argv[0] in ("python", "python3") and argv[1:3] == ["-m", "torch.distributed.run"]:
+        return True
+    return bool(argv) and os.path.basename(argv[0]) == "torchrun"

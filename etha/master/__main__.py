@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Write the status port actually bound to this file once serving.",
     )
     parser.add_argument(
+        "--local-ranks-file",
+        type=Path,
+        default=None,
+        help="etha run-local's file of 'pid rank exited 0' lines, one per worker that finished: such a "
+        "rank joined, even if its connection was gone before the master looked at it.",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level."
     )
     return parser
@@ -159,7 +166,7 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
     """Serve until ``stop`` is set; 0 once stopped, 1 if the status server cannot start."""
     job = f" for job {args.job}" if args.job else ""
     logger.info("rendezvous master%s listening on %s:%d", job, args.host, store.port)
-    tracker = PeerTracker(store.port, args.world_size)
+    tracker = PeerTracker(store.port, args.world_size, local_ranks_file=args.local_ranks_file)
     lock = threading.Lock()
     http: ThreadingHTTPServer | None = None
     if args.status_port is not None:

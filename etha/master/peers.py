@@ -147,6 +147,22 @@ def _client_inodes(peers: set[tuple[str, int]], server_port: int) -> dict[tuple[
     return found
 
 
+def finished_local_ranks(path: Path) -> dict[int, int]:
+    """Rank -> pid of ``etha run-local``'s workers whose process exited 0: its file has a
+    ``pid rank exited 0`` line for each (a finished rank joined, however briefly it was connected:
+    the last rank of a quick env:// job can be gone before the master looks at its connection)."""
+    out: dict[int, int] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2:] == ["exited", "0"] and parts[0].isdigit() and parts[1].isdigit():
+            out[int(parts[1])] = int(parts[0])
+    return out
+
+
 def _hex_port(field_: str) -> int:
     return int(field_.rsplit(":", 1)[1], 16)
 
@@ -197,12 +213,15 @@ class PeerTracker:
     _available: bool = True
     #: connections the last refresh() saw for the first time (traced to processes: the costly part)
     new_connections: int = 0
+    #: ``etha run-local``'s file of its workers' pids and ranks (--local-ranks-file), if any
+    local_ranks_file: Path | None = None
 
     def refresh(self) -> list[int]:
         """Look at the connections now; returns the ranks that joined since the last look."""
         self.new_connections = 0
+        new = self._finished_locally()
         if not self._available:
-            return []
+            return new
         try:
             peers = accepted_peers(self.port, self._looked_at)
         except OSError as exc:
@@ -210,10 +229,9 @@ class PeerTracker:
             logger.warning("cannot list the store's connections (%s); peers are not reported", exc)
             return []
         if not peers:
-            return []
+            return new
         self.new_connections = len(peers)
         owners = local_owners(peers, self.port)
-        new: list[int] = []
         for peer in sorted(peers):
             pid = owners.get(peer)
             if pid == os.getpid():
@@ -223,11 +241,20 @@ class PeerTracker:
                 if rank not in self.joined:
                     self.joined[rank] = f"{peer[0]} pid {pid}"
                     new.append(rank)
+            elif self.local_ranks_file is not None:
+                pass  # run-local: a rank gone before it was looked at is named when it finishes
             elif peer[0] not in self.addresses:
                 logger.debug("peer %s:%d: owner %s, rank %s", peer[0], peer[1], pid, rank)
                 self.addresses[peer[0]] = round(time.monotonic() - self.started, 3)
         self._note_complete()
         return new
+
+    def _finished_locally(self) -> list[int]:
+        """Ranks of run-local's workers that exited 0 and were not traced before."""
+        if self.local_ranks_file is None or not self.missing():
+            return []
+        done = finished_local_ranks(self.local_ranks_file)
+        return [r for r in sorted(done) if self.record(r, f"127.0.0.1 pid {done[r]}, which exited 0")]
 
     def record(self, rank: int, origin: str) -> bool:
         """A rank that registered itself (``etha.kvstore.from_env()``); True if it is new."""

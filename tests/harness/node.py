@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from etha.local import local_command
+from etha.local_host import local_command
 from tests.harness.kube import Kube, KubeError, container_env
 from tests.helpers import REPO, TEST_ENV
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from etha.job.spec import parse
-from etha.local import LocalJob, is_torchrun, local_command, local_env, torchrun_root_cause
+from etha.local import LocalJob, local_env, torchrun_root_cause
+from etha.local_host import is_torchrun, local_command
 from tests.factories import make_trainingjob
 
 # torchrun 2.13's summary when one process of a worker fails (a sibling it then stopped listed first).
