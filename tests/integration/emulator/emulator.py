@@ -36,6 +36,9 @@ from typing import Any
 import aiohttp.web
 import jsonpatch
 import kmock
+import yaml
+
+from tests.helpers import REPO
 
 RESOURCES = {
     "etha.io/v1alpha1/trainingjobs": kmock.ResourceInfo(
@@ -54,6 +57,10 @@ RESOURCES = {
         namespaced=True, kind="NetworkPolicy", verbs={"list", "watch", "get", "create", "delete"}
     ),
     "v1/events": kmock.ResourceInfo(namespaced=True, kind="Event", verbs={"create", "list"}),
+    # The operator reads its CRD once at start (`python -m etha.operator`: is it up to date?).
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        namespaced=False, kind="CustomResourceDefinition", verbs={"get", "create", "list"}
+    ),
     # kopf needs the namespaces resource in discovery, even cluster-wide (it never lists it then).
     "v1/namespaces": kmock.ResourceInfo(namespaced=False, kind="Namespace", verbs={"list", "watch", "get"}),
 }
@@ -278,6 +285,9 @@ class Emulator:
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError("the API emulator did not start")
+        # The CRD, as `helm install` puts it: the operator started as a process checks it.
+        crd = yaml.safe_load((REPO / "deploy" / "crds" / "trainingjobs.etha.io.yaml").read_text())
+        self.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
         return self
 
     def _run(self) -> None:

@@ -68,7 +68,8 @@ CASES: list[tuple[str, Mutate, str, bool | str]] = [
     ("host-network", template_spec(hostNetwork=True), "spec.template.spec.hostNetwork (True) must be false", False),
     ("bad-quantity", container_set(resources={"requests": {"cpu": "lots"}}), "resources.requests[cpu]: Invalid value: 'lots'", False),
     ("etcd-no-endpoints", spec_set(rendezvous={"backend": "etcd"}), "spec.rendezvous.etcd.endpoints (None) must list at least one etcd endpoint (host:port) when spec.rendezvous.backend is etcd: the operator has no default etcd", False),
-    ("etcd-bad-endpoint", spec_set(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["https://etcd:2379"]}}), "spec.rendezvous.etcd.endpoints[0]: etcd endpoint ('https://etcd:2379') must be host:port or http://host:port", False),
+    ("etcd-bad-endpoint", spec_set(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["ftp://etcd:2379"]}}), "spec.rendezvous.etcd.endpoints[0]: etcd endpoint ('ftp://etcd:2379') must be host:port, http://host:port or https://host:port", False),
+    ("etcd-credentials-in-url", spec_set(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["http://u:pw@etcd:2379"]}}), "etcd endpoint ('http://u:***@etcd:2379') must not carry credentials", False),
 ]  # fmt: skip
 LONG_NAME = "n" * 60  # derived pod names would exceed 63 characters
 
