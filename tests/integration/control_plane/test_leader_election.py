@@ -26,7 +26,7 @@ WORKERS = 20
 TAKEOVER_BUDGET = 15.0
 ROUNDS = 3
 #: Pods made one at a time, so that the leader is killed mid-creation.
-VALUES = {"createConcurrency": 1}
+VALUES = {"createConcurrency": 1, "replicaCount": 2, "leaderElection": {"enabled": True}}  # HA is opt-in
 WRITES = ("create", "update", "patch", "delete")
 
 

@@ -140,10 +140,7 @@ def test_kustomization_lists_everything_in_deploy() -> None:
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
             "Deployment",
-            "PodDisruptionBudget",
             "Service",
             "Service",
         ]

@@ -8,17 +8,20 @@ import pytest
 from tests.rbac import LEADER_ELECTION_GRANTS, grants, is_leader_election, roles_in
 from tests.unit.deploy.test_chart import render
 
+#: High availability, opted into (the kind tier has not run it yet: the defaults stay one replica).
+HA = ("replicaCount=2", "leaderElection.enabled=true")
+
 
 @pytest.mark.parametrize(
     ("sets", "replicas", "strategy", "pdb", "anti_affinity", "elect"),
     [
-        ((), 2, "RollingUpdate", True, True, True),
-        (("rbac.scope=namespaced",), 2, "RollingUpdate", True, True, True),
-        (("replicaCount=1",), 1, "RollingUpdate", False, False, True),
-        (("replicaCount=1", "leaderElection.enabled=false"), 1, "Recreate", False, False, False),
-        (("affinity.nodeAffinity.x=y",), 2, "RollingUpdate", True, False, True),
+        ((), 1, "Recreate", False, False, False),
+        (HA, 2, "RollingUpdate", True, True, True),
+        ((*HA, "rbac.scope=namespaced"), 2, "RollingUpdate", True, True, True),
+        (("leaderElection.enabled=true",), 1, "RollingUpdate", False, False, True),
+        ((*HA, "affinity.nodeAffinity.x=y"), 2, "RollingUpdate", True, False, True),
     ],
-    ids=["default-ha", "namespaced-ha", "one-replica-elected", "election-off", "own-affinity-wins"],
+    ids=["default-single", "ha", "namespaced-ha", "one-replica-elected", "own-affinity-wins"],
 )
 def test_high_availability(
     sets: tuple[str, ...], replicas: int, strategy: str, pdb: bool, anti_affinity: bool, elect: bool
