@@ -226,6 +226,8 @@ def die_with_parent(parent: int) -> None:
 
 
 def kill_group(pgid: int, sig: int) -> None:
+    if pgid <= 1:  # 0 or 1 would name the agent's own group, or every process
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -575,23 +577,37 @@ class Agent:
 
     def _start(self, generation: int, port: int) -> None:
         env = child_env(self.env, generation, port)
-        try:
-            child = self.launcher.start(env, generation)
-        except (OSError, ZygoteError) as exc:
-            if isinstance(self.launcher, ZygoteLauncher):
+        if isinstance(self.launcher, ZygoteLauncher):
+            try:
+                child = self.launcher.start(env, generation)
+            except (ZygoteError, OSError) as exc:
                 log(f"the fork server failed ({exc}); every child is exec'd from now on")
                 self.launcher.close()
                 self.launcher = PlainLauncher(self.argv, self.events)
-                child = self.launcher.start(env, generation)
-            else:
-                raise
+                child = self._exec(env, generation)
+        else:
+            child = self._exec(env, generation)
         self.child = child
+        if child.pid == 0:  # it could not even start: its exit is already queued
+            return
         log(f"generation {generation}: started the child (pid {child.pid}, MASTER_PORT {port})")
         body = {"rank": self.settings.rank, "generation": generation, "pid": child.pid}
         try:
             self.master.request("POST", "/v1/started", body)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             log(f"could not tell the master the child started: {exc}")
+
+    def _exec(self, env: Dict[str, str], generation: int) -> Child:
+        """Starts the child with exec; a command that cannot run ends as a shell's would (127
+        not found, 126 not executable), reported like any exit."""
+        try:
+            return PlainLauncher(self.argv, self.events).start(env, generation)
+        except OSError as exc:
+            log(f"cannot run {self.argv[0]!r}: {exc}")
+            child = Child(0, generation)
+            child.ended(127 if isinstance(exc, FileNotFoundError) else 126, None)
+            self.events.put(("exit", child))
+            return child
 
     def _report_exit(self, child: Child) -> None:
         body = {
@@ -739,6 +755,11 @@ def run_as_main(kind: str, target: str, args: List[str]) -> int:
     """Runs a script (or module) as ``__main__`` the way ``python`` would; its exit status."""
     import runpy
 
+    if kind == "script" and not os.path.exists(target):
+        sys.stderr.write(
+            f"{sys.executable}: can't open file {target!r}: [Errno 2] No such file or directory\n"
+        )
+        return 2
     try:
         if kind == "script":
             sys.argv = [target, *args]

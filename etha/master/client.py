@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 #: Seconds a request may take beyond the long poll it asks for.
 MARGIN = 10.0
+#: Seconds a switch may take: the next generation's store may still be starting (importing torch).
+SWITCH_LIMIT = 120.0
 
 
 class MasterClientError(RuntimeError):
@@ -75,8 +77,10 @@ class MasterClient:
 
     def next_generation(self, generation: int, reason: str = "") -> dict[str, Any]:
         """Asks for ``generation`` (the current + 1 switches; the current is a no-op):
-        ``{"generation", "port"}``. MasterClientError with status 409 for any other."""
-        return self._request("POST", "/v1/generation", {"generation": generation, "reason": reason})
+        ``{"generation", "port"}``. MasterClientError with status 409 for any other. Blocks
+        while the new generation's store is still starting (at most :data:`SWITCH_LIMIT`)."""
+        body = {"generation": generation, "reason": reason}
+        return self._request("POST", "/v1/generation", body, wait=SWITCH_LIMIT)
 
     def stop(self, reason: str = "") -> dict[str, Any]:
         """Stops the job: every agent stops its child and exits with the child's code."""

@@ -320,9 +320,13 @@ def test_a_failed_childs_agent_exits_with_its_code_once_the_master_is_lost(tmp_p
     a = Agent(tmp_path, master, 0, [sys.executable, str(script)], ETHA_AGENT_MASTER_LOST="1")
     try:
         wait_until(lambda: bool(master.client.events()["exits"]), 20, "the child's exit to be reported")
+        wait_until(lambda: bool(master.store_pids()), 30, "the spare store to start")
+        stores = master.store_pids()
         master.proc.kill()
         master.proc.wait(10)
         assert a.wait(15) == 5, a.log()
+        # The generations' stores die with their master.
+        wait_until(lambda: not any(alive(pid) for pid in stores), 10, "the store processes to die")
         assert "was unreachable for more than ETHA_AGENT_MASTER_LOST (1s)" in a.log()
     finally:
         a.stop()
@@ -381,3 +385,42 @@ def test_a_warm_start_restarts_a_torch_child_faster(tmp_path: Path, master: Agen
     warm = _restart_seconds(tmp_path, master, "torch", 2)
     print(f"\nrestart of a torch child: exec {cold:.2f}s, warm start {warm:.2f}s")
     assert warm < cold, (warm, cold)
+
+
+@pytest.mark.parametrize("preload", ["", "json"], ids=["exec", "warm-start"])
+def test_a_command_that_cannot_run_is_reported_as_a_shell_would(
+    tmp_path: Path, master: AgentMaster, preload: str
+) -> None:
+    missing = str(tmp_path / "missing.py")
+    cmd = [str(tmp_path / "no-such-program")] if not preload else [sys.executable, missing]
+    a = Agent(tmp_path, master, 0, cmd, ETHA_AGENT_PRELOAD=preload)
+    try:
+        wait_until(lambda: bool(master.client.events()["exits"]), 20, "the exit to be reported")
+        assert [e["exit_code"] for e in master.client.events()["exits"]] == [127 if not preload else 2]
+        master.client.stop("test over")
+        assert a.wait(10) == (127 if not preload else 2), a.log()
+        assert ("cannot run" in a.log()) == (not preload), a.log()
+    finally:
+        a.stop()
+
+
+def test_connections_beyond_the_limit_are_answered_503(master: AgentMaster) -> None:
+    """World size 3: 2 x 3 + 64 = 70 connections at once; the 71st is told to retry, and a
+    connection freed serves again."""
+    held = [socket.create_connection(("127.0.0.1", master.agent_port), timeout=5) for _ in range(70)]
+    try:
+        answers: list[int] = []
+
+        def refused() -> bool:
+            try:
+                answers.append(_raw(master.agent_port, "GET", "/v1/generation")[0])
+            except OSError:
+                return False
+            return answers[-1] == 503
+
+        wait_until(refused, 10, "a connection beyond the limit to get 503")
+        held.pop().close()
+        wait_until(lambda: _raw(master.agent_port, "GET", "/v1/generation")[0] == 200, 10, "a free slot")
+    finally:
+        for s in held:
+            s.close()
