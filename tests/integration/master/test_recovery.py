@@ -424,3 +424,46 @@ def test_connections_beyond_the_limit_are_answered_503(master: AgentMaster) -> N
     finally:
         for s in held:
             s.close()
+
+
+DDP_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    import torch
+    import torch.distributed as dist
+    out = sys.argv[1]
+    rank, gen = int(os.environ["RANK"]), int(os.environ["ETHA_GENERATION"])
+    dist.init_process_group("gloo", init_method="env://")
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t)
+    with open(os.path.join(out, f"{rank}.{gen}"), "w") as f:
+        f.write(f"{t.item()} {os.environ['MASTER_PORT']}")
+    if gen == 0:
+        if rank == 1:
+            os._exit(3)
+        time.sleep(3600)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_torch_ranks_rendezvous_again_in_the_next_generation(tmp_path: Path, master: AgentMaster) -> None:
+    """Two warm-started ranks of a real gloo init_process_group(env://): rank 1 exits 3, the
+    decider moves on, and both rendezvous again on generation 1's store and finish: agents exit 0."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_CHILD)
+    env = {"WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "True", "ETHA_AGENT_PRELOAD": "torch"}
+    agents = [Agent(tmp_path, master, r, [sys.executable, str(script), str(out)], **env) for r in range(2)]
+    try:
+        wait_until(lambda: bool(master.client.events()["exits"]), 90, "rank 1's exit")
+        assert [(e["rank"], e["exit_code"]) for e in master.client.events()["exits"]] == [(1, 3)]
+        port = master.client.next_generation(1, "rank 1 exited 3")["port"]
+        assert [a.wait(90) for a in agents] == [0, 0], [a.log() for a in agents]
+        for rank in range(2):
+            assert (out / f"{rank}.0").read_text() == f"3.0 {master.port}"
+            assert (out / f"{rank}.1").read_text() == f"3.0 {port}"
+    finally:
+        for a in agents:
+            a.stop()
