@@ -283,7 +283,14 @@ class ZygoteLauncher:
     preload once. The server reports each child's pid and, later, its wait status."""
 
     def __init__(
-        self, python: str, kind: str, target: str, args: List[str], env: Dict[str, str], events: "EventQueue"
+        self,
+        python: str,
+        kind: str,
+        target: str,
+        args: List[str],
+        env: Dict[str, str],
+        events: "EventQueue",
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
         self.kind, self.target, self.args = kind, target, args
         self.events = events
@@ -309,7 +316,13 @@ class ZygoteLauncher:
         os.close(cmd_r)
         os.close(rep_w)
         self._file = os.fdopen(self._reply, "rb")
-        first = self._read_line(ZYGOTE_START_LIMIT)
+        first = None
+        deadline = time.monotonic() + ZYGOTE_START_LIMIT
+        while first is None and time.monotonic() < deadline:
+            if cancelled():  # the agent was told to stop while the preload imports
+                self.close()
+                raise ZygoteError("the agent is stopping")
+            first = self._read_line(0.2)
         if first is None or not first.get("ready"):
             why = (first or {}).get("error") or "it exited or took too long"
             self.close()
@@ -322,9 +335,9 @@ class ZygoteLauncher:
             return None
         line = self._file.readline()
         if not line:
-            return None
+            return {"error": f"it exited with {self.proc.wait()}"}
         doc = json.loads(line)
-        return doc if isinstance(doc, dict) else None
+        return doc if isinstance(doc, dict) else {"error": "it answered garbage"}
 
     def _read_replies(self) -> None:
         while True:
@@ -505,6 +518,8 @@ class Agent:
         generation, port = int(doc["generation"]), int(doc["port"])
         self.seen = generation
         self.launcher = self._launcher(child_env(self.env, generation, port))
+        if self.signals:  # while the fork server imported the preload
+            return 128 + self.signals[0]
         self._start(generation, port)
         threading.Thread(target=self._poll, name="poll", daemon=True).start()
         failed: Optional[int] = None  # the failed child's code while waiting for the decision
@@ -542,10 +557,10 @@ class Agent:
                     reason = what.get("reason") or "no reason given"
                     if self.child is not None and not self.child.done.is_set():
                         log(f"the job was stopped ({reason}): stopping the child")
-                        code = self._stop_child(self.child)
-                        return code
-                    log(f"the job was stopped ({reason}): exiting with the child's code {failed or 0}")
-                    return failed or 0
+                        return self._stop_child(self.child)
+                    code = self.child.code if self.child is not None else 0
+                    log(f"the job was stopped ({reason}): exiting with the child's code {code}")
+                    return code
                 generation, port = int(what["generation"]), int(what["port"])
                 if self.child is None or generation <= self.child.generation:
                     continue
@@ -561,7 +576,9 @@ class Agent:
             python = shutil.which(self.argv[0], path=self.env.get("PATH")) or self.argv[0]
             began = time.monotonic()
             try:
-                zygote = ZygoteLauncher(python, entry[0], entry[1], entry[2], env, self.events)
+                zygote = ZygoteLauncher(
+                    python, entry[0], entry[1], entry[2], env, self.events, lambda: bool(self.signals)
+                )
             except ZygoteError as exc:
                 log(
                     f"no warm start (preload {','.join(self.settings.preload)} in {python}): {exc}; "

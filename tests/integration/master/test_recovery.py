@@ -345,7 +345,11 @@ def test_an_agent_that_cannot_reach_the_master_names_it(tmp_path: Path) -> None:
         f"127.0.0.1:{port} was not reachable within ETHA_AGENT_CONNECT_TIMEOUT (1s)" in done.stderr.decode()
     )
     bad = subprocess.run([sys.executable, AGENT, "true"], env=TEST_ENV, capture_output=True, timeout=30)
-    assert bad.returncode == 2 and b"MASTER_ADDR is not set" in bad.stderr
+    assert bad.returncode == 2 and b"etha-agent: MASTER_ADDR is not set" in bad.stderr
+    as_module = subprocess.run(
+        [sys.executable, "-m", "etha.agent", "--", "true"], env=env, capture_output=True, timeout=30
+    )
+    assert as_module.returncode == 1 and f"127.0.0.1:{port}" in as_module.stderr.decode()
 
 
 TORCH_CHILD = textwrap.dedent(
@@ -467,3 +471,32 @@ def test_torch_ranks_rendezvous_again_in_the_next_generation(tmp_path: Path, mas
     finally:
         for a in agents:
             a.stop()
+
+
+def test_an_agent_stopped_while_its_fork_server_imports_starts_no_child(
+    tmp_path: Path, master: AgentMaster, sleeper: Path
+) -> None:
+    out = tmp_path / "out"
+    a = Agent(tmp_path, master, 0, [sys.executable, str(sleeper), str(out)], ETHA_AGENT_PRELOAD="torch")
+    try:
+        wait_until(lambda: bool(_children(a.proc.pid, b"--zygote")), 30, "the fork server to start")
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.wait(15) == 143, a.log()
+        assert not list(out.iterdir())
+        assert "started the child" not in a.log()
+    finally:
+        a.stop()
+
+
+def _children(parent: int, marker: bytes) -> list[int]:
+    """Pids of ``parent``'s children whose command line holds ``marker``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmd:
+            out.append(int(entry.name))
+    return out
