@@ -44,6 +44,9 @@ OPERATOR_GRANTS = {
     ("", "pods", "create"),
     ("", "pods", "delete"),
     ("", "pods", "patch"),
+    # restartStrategy InPlace: the job's agent ConfigMap (created; read when one of its name exists).
+    ("", "configmaps", "get"),
+    ("", "configmaps", "create"),
     ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),
