@@ -366,3 +366,37 @@ def test_serve_answers_get_metrics_over_http() -> None:
     assert not [s.name for f in families.values() for s in f.samples if s.name.endswith("_created")]
     with pytest.raises(OSError):  # closed: the port is released and nobody answers
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
+
+
+def test_a_restart_in_place_is_counted_by_strategy_and_its_recovery_timed() -> None:
+    metrics = OperatorMetrics()
+    running = {"phase": "Running", "attempt": 0, "restarts": 0, "restartsCountedTowardsMax": 0}
+    restarting = {
+        **running,
+        "phase": "Restarting",
+        "restarts": 1,
+        "restartsCountedTowardsMax": 1,
+        "generation": 1,
+        "lastRestart": {"strategy": "InPlace", "time": "2026-01-01T12:00:10Z"},
+    }
+    metrics.observe_transition(running, restarting, job_created=CREATED, now=at(10), namespace=NS, name="j")
+    metrics.observe_transition(
+        restarting,
+        {**restarting, "phase": "Running"},
+        job_created=CREATED,
+        now=at(13),
+        namespace=NS,
+        name="j",
+    )
+    found = samples(metrics)
+    assert (
+        found[
+            (
+                "etha_job_restarts_total",
+                frozenset({("namespace", NS), ("counted", "true"), ("strategy", "InPlace")}),
+            )
+        ]
+        == 1
+    )
+    key = ("etha_recovery_seconds_sum", frozenset({("namespace", NS), ("strategy", "InPlace")}))
+    assert found[key] == pytest.approx(3.0)  # the failure seen at 10 s, every rank started at 13 s
