@@ -83,7 +83,12 @@ def in_place(observed: Observed, attempt: Attempt) -> Actions | None:
     if master is None or pod_phase(master) != "Running":
         return None  # the master holds the generations: without it, a Recreate
     events = observed.events
-    pods = [f for f in attempt_failures(observed, attempt) if f.rank is not None]
+    pods = [  # (a container the kubelet restarted, restartPolicy OnFailure: its agent rejoins)
+        f
+        for f in attempt_failures(observed, attempt)
+        if f.rank is not None
+        and pod_phase(attempt.workers.get(f.rank) or {"status": {"phase": "Failed"}}) == "Failed"
+    ]
     if pods:
         first = first_failure(pods)
         assert first is not None and first.rank is not None
@@ -224,9 +229,8 @@ def carry_on(observed: Observed, attempt: Attempt, events: MasterEvents | None, 
         )
         made.requeue_after = RETRY_SECONDS if made.requeue_after is None else min(made.requeue_after, 1.0)
         return made
-    if not events.all_started(generation, attempt.job.replicas) or any(
-        p is None for p in attempt.workers.values()
-    ):
+    waiting = [r for r, p in attempt.workers.items() if p is None or pod_phase(p) != "Succeeded"]
+    if any(attempt.workers[r] is None or events.started.get(r, -1) < generation for r in waiting):
         made.requeue_after = (
             STARTING_RECHECK_SECONDS if made.requeue_after is None else min(made.requeue_after, 5.0)
         )
