@@ -136,3 +136,25 @@ def test_max_restarts_exhausted_fails_the_job(jobs: Jobs) -> None:
         done
     )
     jobs.delete("exhausted")
+
+
+def test_an_operator_restarted_mid_recovery_converges(plane: ControlPlane, jobs: Jobs) -> None:
+    """The restart is decided (Restarting, generation 1, in the status) and the operator stops
+    before it asks the master: the next operator reads the token back from the master pod and
+    asks for generation 1 itself (the request is idempotent); the job resumes and succeeds."""
+    jobs.create(in_place(jobs, "midway", RESUMES, maxRestarts=1, restartBackoffSeconds=4))
+    jobs.wait_phase("midway", "Running", 180)
+    wait_children(plane, jobs, "midway", 2)
+    before = uids(jobs, "midway")
+    assert plane.node is not None
+    plane.node.kill_child(NS, "midway-worker-0-0")
+    decided = jobs.wait_for("midway", "the restart decided", lambda s: s.get("generation") == 1, 60)
+    assert decided["phase"] == "Restarting", decided
+    jobs.op.stop()
+    jobs.op.start()
+    done = jobs.wait_phase("midway", "Succeeded", 180)
+    assert (done["restarts"], done["generation"], done["restartsInPlace"], done["attempt"]) == (1, 1, 1, 0), (
+        done
+    )
+    assert uids(jobs, "midway") == before
+    jobs.delete("midway")
