@@ -70,7 +70,7 @@ def status_port(rendezvous_port: int) -> int:
 
 
 def agent_port(rendezvous_port: int) -> int:
-    """The master's agent-channel port (docs/recovery.md): a fixed one, stepping aside if the
+    """The master's agent channel port: a fixed one, stepping aside (to the next free one) if the
     store port or the status port took it."""
     taken = {rendezvous_port, status_port(rendezvous_port)}
     port = c.MASTER_AGENT_PORT
