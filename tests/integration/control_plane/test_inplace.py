@@ -179,3 +179,28 @@ def test_the_example_resumes_from_its_checkpoint(plane: ControlPlane, jobs: Jobs
         assert f"rank {rank}: generation 1 resumes at step 20" in logs, logs[-4000:]
         assert f"rank {rank}: done at step 60 in generation 1" in logs, logs[-4000:]
     jobs.delete("inplace")
+
+
+def test_a_container_whose_agent_is_killed_is_made_again_alone(plane: ControlPlane, jobs: Jobs) -> None:
+    """The agent itself killed (with its child: the container failed, exit 137): that pod alone
+    is made again, under its name; the others' processes start the next generation."""
+    jobs.create(in_place(jobs, "agentless", SLEEPS, maxRestarts=2, restartBackoffSeconds=0))
+    jobs.wait_phase("agentless", "Running", 180)
+    wait_children(plane, jobs, "agentless", 2)
+    before = uids(jobs, "agentless")
+    assert plane.node is not None
+    plane.node.kill(NS, "agentless-worker-0-0")  # the pod's process group: the agent and its child
+    status = jobs.wait_for(
+        "agentless",
+        "running again in generation 1",
+        lambda s: s.get("generation") == 1 and s.get("phase") == "Running",
+        180,
+    )
+    after = uids(jobs, "agentless")
+    assert after["agentless-worker-0-0"] != before["agentless-worker-0-0"]
+    assert after["agentless-worker-0-1"] == before["agentless-worker-0-1"]
+    assert after["agentless-master-0"] == before["agentless-master-0"]
+    assert (status["attempt"], status["restarts"], status["lastRestart"]["exitCode"]) == (0, 1, 137), status
+    cond = condition(status, "InPlaceRestart")
+    assert cond is None or cond["status"] != "False", cond
+    jobs.delete("agentless")
