@@ -416,7 +416,7 @@ def _supervise(
                 runner.say("etha", line)
             restarts.said.clear()
             if verdict is not None:
-                runner.say("etha", f"TrainingJob {job.name} failed: {verdict.message}; stopping the other processes")
+                runner.say("etha", f"{verdict.message}; stopping the other processes")
                 return verdict.code
         rendezvous.note_finished(runner)
         if all(p.poll() == 0 for p in workers.values()):

@@ -90,7 +90,7 @@ class InPlaceRestarts:
     def judge(self, exit: dict[str, Any], now: float) -> Verdict | None:
         """A process's non-zero exit, judged as the operator judges a failed pod's container."""
         rank, code = int(exit["rank"]), int(exit["exit_code"])
-        detail = f"rank {rank}'s process exited with code {code}"
+        detail = f"rank {rank} failed with exit code {code}"
         verdict = decide(
             self.spec.failure_rules,
             Failure(pod=f"rank {rank}", rank=rank, exit_codes=((self.container, code),), conditions=(), detail=detail),
