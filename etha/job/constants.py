@@ -118,6 +118,11 @@ MASTER_CONTAINER: Final = "rendezvous"
 MASTER_STATUS_PORT: Final = 8080
 # Name of that port on the master container.
 MASTER_STATUS_PORT_NAME: Final = "status"
+# Port of the master's agent channel (restarts in place, docs/recovery.md); moves to the next
+# port if spec.rendezvous.port takes it.
+MASTER_AGENT_PORT: Final = 8081
+# Name of that port on the master container.
+MASTER_AGENT_PORT_NAME: Final = "agent"
 # Port of the operator's Prometheus metrics (GET /metrics); kopf's liveness endpoint keeps 8080.
 OPERATOR_METRICS_PORT: Final = 8081
 # Path of the Prometheus exposition, on the operator's metrics port and the master's status port.

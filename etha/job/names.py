@@ -67,3 +67,13 @@ def network_policy_name(job: str) -> str:
 def status_port(rendezvous_port: int) -> int:
     """The master's HTTP status port: a fixed one, stepping aside if the store port took it."""
     return c.MASTER_STATUS_PORT if rendezvous_port != c.MASTER_STATUS_PORT else c.MASTER_STATUS_PORT + 1
+
+
+def agent_port(rendezvous_port: int) -> int:
+    """The master's agent channel port: a fixed one, stepping aside (to the next free one) if the
+    store port or the status port took it."""
+    taken = {rendezvous_port, status_port(rendezvous_port)}
+    port = c.MASTER_AGENT_PORT
+    while port in taken:
+        port += 1
+    return port

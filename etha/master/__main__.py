@@ -32,8 +32,11 @@ from typing import TYPE_CHECKING
 
 from etha.constants import DEFAULT_MASTER_PORT
 from etha.kvstore.errors import KVStoreError
+from etha.master.channel import TOKEN_ENV, AgentChannel
+from etha.master.generations import Generations
 from etha.master.peers import PeerTracker
 from etha.master.status_http import serve_status
+from etha.master.store import StoreKeeper
 
 if TYPE_CHECKING:  # torch is imported only once the server starts
     from etha.kvstore.tcp import TorchTCPStore
@@ -106,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
         "rank joined, even if its connection was gone before the master looked at it.",
     )
     parser.add_argument(
+        "--agent-port",
+        type=int,
+        default=None,
+        help="Serve the agent channel (restarts in place, see docs/recovery.md) on this port, on "
+        f"--host; 0 picks a free one. Needs the decider's token in {TOKEN_ENV} "
+        "(default: no agent channel, every restart recreates the pods).",
+    )
+    parser.add_argument(
+        "--agent-port-file",
+        type=Path,
+        default=None,
+        help="Write the agent port actually bound to this file once serving.",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level."
     )
     return parser
@@ -124,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.status_port is not None and not 0 <= args.status_port <= 65535:
         logger.error("--status-port (%d) must be in 0..65535.", args.status_port)
+        return 2
+    if args.agent_port is not None and not 0 <= args.agent_port <= 65535:
+        logger.error("--agent-port (%d) must be in 0..65535.", args.agent_port)
+        return 2
+    if args.agent_port is not None and not os.environ.get(TOKEN_ENV):
+        logger.error(
+            "--agent-port needs the decider's token in the environment variable %s, which is unset "
+            "or empty: without it anyone who reaches the port could restart or stop the job.",
+            TOKEN_ENV,
+        )
         return 2
 
     stop = threading.Event()
@@ -168,6 +195,21 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
     logger.info("rendezvous master%s listening on %s:%d", job, args.host, store.port)
     tracker = PeerTracker(store.port, args.world_size, local_ranks_file=args.local_ranks_file)
     lock = threading.Lock()
+    channel: AgentChannel | None = None
+    keeper: StoreKeeper | None = None
+    if args.agent_port is not None:
+        keeper = StoreKeeper(args.host, [store.port])
+        channel = AgentChannel(Generations(store.port), os.environ[TOKEN_ENV], keeper.take, args.world_size)
+        try:
+            channel.start(args.host, args.agent_port)
+        except OSError as exc:
+            logger.error("cannot serve the agent channel on %s:%d: %s", args.host, args.agent_port, exc)
+            keeper.close()
+            return 1
+        tracker.generation = channel.status
+        logger.info(
+            "agent channel on http://%s:%d/v1/ (generation 0 on port %d)", args.host, channel.port, store.port
+        )
     http: ThreadingHTTPServer | None = None
     if args.status_port is not None:
         try:
@@ -180,6 +222,8 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
             _write_port(args.status_port_file, http.server_address[1])
     if args.port_file is not None:
         _write_port(args.port_file, store.port)
+    if channel is not None and args.agent_port_file is not None:
+        _write_port(args.agent_port_file, channel.port)
     watcher = threading.Thread(
         target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
     )
@@ -192,6 +236,10 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
     if http is not None:
         http.shutdown()
         http.server_close()
+    if channel is not None:
+        channel.close()
+    if keeper is not None:
+        keeper.close()
     logger.info("rendezvous master stopped")
     return 0
 

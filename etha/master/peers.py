@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,6 +215,9 @@ class PeerTracker:
     new_connections: int = 0
     #: ``etha run-local``'s file of its workers' pids and ranks (--local-ranks-file), if any
     local_ranks_file: Path | None = None
+    #: The generation now: (generation, its store's port, (rank, exit code) of its exits), from
+    #: the agent channel (--agent-port); None without one.
+    generation: Callable[[], tuple[int, int | None, tuple[tuple[int, int], ...]]] | None = None
 
     def refresh(self) -> list[int]:
         """Look at the connections now; returns the ranks that joined since the last look."""
@@ -287,4 +290,13 @@ class PeerTracker:
     def status(self) -> MasterStatus:
         """What the master knows now, as the status document's schema has it."""
         uptime = round(time.monotonic() - self.started, 3)
-        return MasterStatus(self.world_size, uptime, frozenset(self.joined), frozenset(self.addresses))
+        generation, port, exits = self.generation() if self.generation is not None else (0, None, ())
+        return MasterStatus(
+            self.world_size,
+            uptime,
+            frozenset(self.joined),
+            frozenset(self.addresses),
+            generation,
+            port,
+            exits,
+        )

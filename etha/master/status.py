@@ -41,6 +41,13 @@ class MasterStatus:
     joined: frozenset[int]
     #: Addresses of connected peers the master could not put a rank to (pods on other hosts).
     peers: frozenset[str]
+    #: The rendezvous generation (restarts in place before it; 0 from a master without an agent
+    #: channel, or one older than it).
+    generation: int = 0
+    #: The port of the current generation's store (None: the master's own, or not known).
+    generation_port: int | None = None
+    #: (rank, exit code) of the current generation's processes that exited, in order.
+    exits: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def parse(cls, doc: Any) -> MasterStatus:
@@ -66,7 +73,35 @@ class MasterStatus:
             or not all(isinstance(a, str) and len(a) <= MAX_ADDRESS for a in peers)
         ):
             raise BadStatus(f"peers ({_short(peers)}) must be a list of at most {MAX_RANKS} addresses")
-        return cls(world, float(uptime), frozenset(joined), frozenset(peers))
+        generation = doc.get("generation", 0)
+        port = doc.get("generationPort")
+        exits = doc.get("exits", [])
+        if type(generation) is not int or not 0 <= generation < 2**31:
+            raise BadStatus(f"generation ({_short(generation)}) must be a non-negative integer")
+        if port is not None and (type(port) is not int or not 1 <= port <= 65535):
+            raise BadStatus(f"generationPort ({_short(port)}) must be a port (1..65535) or null")
+        if (
+            not isinstance(exits, list)
+            or len(exits) > MAX_RANKS
+            or not all(
+                isinstance(e, dict)
+                and type(e.get("rank")) is int
+                and 0 <= e["rank"] < MAX_RANKS
+                and type(e.get("exitCode")) is int
+                and 0 <= e["exitCode"] <= 255
+                for e in exits
+            )
+        ):
+            raise BadStatus(f"exits ({_short(exits)}) must be a list of {{rank, exitCode}} objects")
+        return cls(
+            world,
+            float(uptime),
+            frozenset(joined),
+            frozenset(peers),
+            generation,
+            port,
+            tuple((e["rank"], e["exitCode"]) for e in exits),
+        )
 
     def document(self, job: str) -> dict[str, object]:
         """The JSON document the master serves for job ``job``: what :meth:`parse` reads, and the
@@ -81,6 +116,9 @@ class MasterStatus:
             "missing": missing,
             "complete": world is not None and not missing,
             "peers": sorted(self.peers),
+            "generation": self.generation,
+            "generationPort": self.generation_port,
+            "exits": [{"rank": rank, "exitCode": code} for rank, code in self.exits],
         }
 
     def joined_ranks(self, address_of_rank: Mapping[int, str | None]) -> set[int]:

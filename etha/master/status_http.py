@@ -115,6 +115,7 @@ def metrics_renderer(
             with lock:
                 world, joined = tracker.world_size, len(tracker.joined)
                 peers, completed = len(tracker.addresses), tracker.completed_after
+                generation = tracker.generation() if tracker.generation is not None else None
             uptime = time.monotonic() - tracker.started
 
             def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -136,6 +137,17 @@ def metrics_renderer(
                 "Clients connected to the store now.",
                 store_connections(tracker.port),
             )
+            if generation is not None:
+                yield gauge(
+                    "etha_master_generation",
+                    "The rendezvous generation (restarts in place before it).",
+                    generation[0],
+                )
+                yield gauge(
+                    "etha_master_generation_exits",
+                    "Processes of the current generation that exited.",
+                    len(generation[2]),
+                )
             yield gauge("etha_master_uptime_seconds", "Seconds since the master started.", uptime)
             if completed is not None:
                 yield gauge(

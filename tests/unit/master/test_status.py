@@ -73,6 +73,9 @@ def test_joined_ranks_by_address() -> None:
                 "missing": [1],
                 "complete": False,
                 "peers": ["10.0.0.7", "10.0.0.8"],
+                "generation": 0,
+                "generationPort": None,
+                "exits": [],
             },
         ),
         (
@@ -85,6 +88,9 @@ def test_joined_ranks_by_address() -> None:
                 "missing": [],
                 "complete": False,
                 "peers": [],
+                "generation": 0,
+                "generationPort": None,
+                "exits": [],
             },
         ),
         (
@@ -97,10 +103,28 @@ def test_joined_ranks_by_address() -> None:
                 "missing": [],
                 "complete": True,
                 "peers": [],
+                "generation": 0,
+                "generationPort": None,
+                "exits": [],
+            },
+        ),
+        (
+            MasterStatus(2, 3.0, frozenset({0}), frozenset(), 4, 40001, ((1, 137), (0, 1))),
+            {
+                "job": "j",
+                "worldSize": 2,
+                "uptimeSeconds": 3.0,
+                "joined": [0],
+                "missing": [1],
+                "complete": False,
+                "peers": [],
+                "generation": 4,
+                "generationPort": 40001,
+                "exits": [{"rank": 1, "exitCode": 137}, {"rank": 0, "exitCode": 1}],
             },
         ),
     ],
-    ids=["waiting", "no-world-size", "complete"],
+    ids=["waiting", "no-world-size", "complete", "generation-4-with-exits"],
 )
 def test_the_document_the_master_writes_is_the_one_readers_parse(
     status: MasterStatus, expected: dict[str, object]
@@ -132,3 +156,25 @@ def test_a_document_beyond_the_caps_is_refused_in_a_short_message(doc: dict[str,
     with pytest.raises(BadStatus, match=re.escape(says)) as refused:
         MasterStatus.parse(doc)
     assert len(str(refused.value)) < 200  # the message becomes the job's status: never the value whole
+
+
+def test_a_document_from_a_master_without_generations_reads_as_generation_0() -> None:
+    doc = {"worldSize": 2, "uptimeSeconds": 1.0, "joined": [], "peers": []}
+    status = MasterStatus.parse(doc)
+    assert (status.generation, status.generation_port, status.exits) == (0, None, ())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("generation", -1, r"generation \(-1\) must be a non-negative integer"),
+        ("generationPort", 70000, r"generationPort \(70000\) must be a port"),
+        ("exits", [{"rank": 0}], r"exits .* must be a list of \{rank, exitCode\} objects"),
+        ("exits", [{"rank": 0, "exitCode": 300}], r"exits .* must be"),
+    ],
+    ids=["negative-generation", "bad-port", "exit-without-code", "exit-code-too-big"],
+)
+def test_bad_generation_fields_are_refused(field: str, value: object, match: str) -> None:
+    doc = {"worldSize": 2, "uptimeSeconds": 1.0, "joined": [], "peers": [], field: value}
+    with pytest.raises(BadStatus, match=match):
+        MasterStatus.parse(doc)
