@@ -11,7 +11,9 @@ from typing import Any
 from etha.job import constants as c
 from etha.job.env import worker_env
 from etha.job.etcd_credentials import mount_etcd_credentials
+from etha.job.inplace import build_agent_config_map, wrap_worker
 from etha.job.names import (
+    agent_port,
     master_address,
     master_name,
     network_policy_name,
@@ -108,6 +110,15 @@ def build_network_policy(
         peers = [copy.deepcopy(p) for p in ([operator] if operator is not None else []) + list(scrapers)]
         status = [{"protocol": "TCP", "port": status_port(job.port)}]
         ingress = [store, *([{"from": peers, "ports": status}] if peers else [])]
+        if job.restart_strategy == c.RESTART_IN_PLACE:
+            # Each generation's store listens on a fresh port: the job's pods reach every TCP
+            # port of the master (its agent channel too); the operator its status and agent ports.
+            ingress = [{"from": [_job_pods(job)], "ports": [{"protocol": "TCP"}]}]
+            if operator is not None:
+                ports = [*status, {"protocol": "TCP", "port": agent_port(job.port)}]
+                ingress.append({"from": [copy.deepcopy(operator)], "ports": ports})
+            if scrapers:
+                ingress.append({"from": [copy.deepcopy(p) for p in scrapers], "ports": status})
     else:
         selector = {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_WORKER, c.LABEL_RANK: "0"}
         ingress = [{"from": [_job_pods(job)]}, *_every_port_but(job.port)]
@@ -130,8 +141,10 @@ def _every_port_but(port: int) -> list[dict[str, Any]]:
     return [{"ports": [*tcp, {"protocol": "UDP"}, {"protocol": "SCTP"}]}]
 
 
-def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
-    """The rendezvous master of one attempt: ``python -m etha.master``."""
+def build_master_pod(job: JobSpec, attempt: int, token: str | None = None) -> Manifest:
+    """The rendezvous master of one attempt: ``python -m etha.master``; with ``token`` (a job
+    that restarts in place: random per attempt, made by the caller) its agent channel too,
+    which takes requests that change anything only with that token (``ETHA_MASTER_TOKEN``)."""
     name = master_name(job.name, attempt)
     container: dict[str, Any] = {
         "name": c.MASTER_CONTAINER,
@@ -166,6 +179,13 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if token is not None:
+        port = agent_port(job.port)
+        container["command"].extend(["--agent-port", str(port)])
+        container["ports"].append(
+            {"name": c.MASTER_AGENT_PORT_NAME, "containerPort": port, "protocol": "TCP"}
+        )
+        container["env"] = [{"name": c.ENV_MASTER_TOKEN, "value": token}]
     if job.master_resources:
         container["resources"] = copy.deepcopy(job.master_resources)
     pod = {
@@ -189,8 +209,9 @@ def build_master_pod(job: JobSpec, attempt: int) -> Manifest:
     return _scheduled(job, attempt, pod)
 
 
-def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
-    """Worker ``rank`` of one attempt: the user's template plus the rendezvous environment."""
+def build_worker_pod(job: JobSpec, attempt: int, rank: int, in_place: bool = False) -> Manifest:
+    """Worker ``rank`` of one attempt: the user's template plus the rendezvous environment;
+    ``in_place``: its worker container run by the agent (:func:`etha.job.inplace.wrap_worker`)."""
     name = worker_name(job.name, attempt, rank)
     template = copy.deepcopy(job.template)
     meta = template.get("metadata") or {}
@@ -213,6 +234,8 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
             container["env"] = inject_env(container.get("env") or [], injected)
     if job.etcd_credentials is not None and job.etcd_endpoints is not None:
         mount_etcd_credentials(spec, job.etcd_credentials)
+    if in_place:
+        wrap_worker(job, spec)
     spec["hostname"] = name
     spec["subdomain"] = service_name(job.name)
     spec.setdefault("restartPolicy", "Never")
@@ -231,6 +254,12 @@ def build_worker_pod(job: JobSpec, attempt: int, rank: int) -> Manifest:
         "spec": spec,
     }
     return _scheduled(job, attempt, pod)
+
+
+def build_agent_config_map_of(job: JobSpec, source: str) -> Manifest:
+    """The job's ConfigMap of the agent (``source``: :func:`etha.job.inplace.agent_source`)."""
+    labels = {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+    return build_agent_config_map(job, labels, owner_reference(job), source)
 
 
 def gang_size(job: JobSpec) -> int:

@@ -102,6 +102,40 @@ REASON_UPDATED: Final = "Updated"
 # Not every worker joined the rendezvous within spec.rendezvous.timeoutSeconds.
 REASON_RENDEZVOUS_TIMEOUT: Final = "RendezvousTimeout"
 
+# --- Recovery in place (docs/recovery.md) ------------------------------------------------------
+# spec.restartStrategy: restart the processes inside the pods kept, through the master.
+RESTART_IN_PLACE: Final = "InPlace"
+# spec.restartStrategy: make every pod of the attempt again.
+RESTART_RECREATE: Final = "Recreate"
+# spec.restartStrategy's values, the default first.
+RESTART_STRATEGIES: Final = (RESTART_IN_PLACE, RESTART_RECREATE)
+# spec.restartBackoffSeconds when unset, by strategy: an in-place restart can afford a small one.
+DEFAULT_BACKOFF_IN_PLACE: Final = 1
+# Condition: whether failures restart in place (False: they Recreate; the reason says why).
+COND_IN_PLACE: Final = "InPlaceRestart"
+# InPlaceRestart False: the worker container has no command for the agent to run.
+REASON_NO_COMMAND: Final = "NoCommand"
+# InPlaceRestart False: spec.rendezvous.backend etcd has no master to hold generations.
+REASON_ETCD_BACKEND: Final = "EtcdBackend"
+# InPlaceRestart False: a worker container failed before its agent ever reached the master.
+REASON_AGENT_NOT_RUNNABLE: Final = "AgentNotRunnable"
+# InPlaceRestart True: the workers run under the agent.
+REASON_AGENT_READY: Final = "AgentWrapped"
+# Restarting (condition and event) in place: a new generation in the pods kept.
+REASON_RESTARTING_IN_PLACE: Final = "RestartingInPlace"
+# Restarting False: every rank of the new generation (or every pod of the new attempt) started.
+REASON_RESTARTED: Final = "Restarted"
+# Env of the master: the token the operator's agent-channel requests carry (random per attempt).
+ENV_MASTER_TOKEN: Final = "ETHA_MASTER_TOKEN"
+# Env of a wrapped worker container: the master's agent port.
+ENV_AGENT_PORT: Final = "ETHA_AGENT_PORT"
+# Where the agent's ConfigMap is mounted in a wrapped worker container (read-only).
+AGENT_MOUNT_PATH: Final = "/etha/agent"
+# The agent's file in that ConfigMap (and under AGENT_MOUNT_PATH).
+AGENT_FILE: Final = "agent.py"
+# The name of the agent's ConfigMap volume in a wrapped worker pod.
+AGENT_VOLUME: Final = "etha-agent"
+
 # --- Defaults ----------------------------------------------------------------------------------
 # Image the master runs unless spec.rendezvous.image or the operator's settings say otherwise.
 DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/etha-io/etha-runtime:0.1.0"

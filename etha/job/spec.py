@@ -58,8 +58,11 @@ class JobSpec:
     #: spec.podFailurePolicy.rules and spec.successPolicy.rules (empty: the defaults).
     failure_rules: tuple[FailureRule, ...] = ()
     success_rules: tuple[SuccessRule, ...] = ()
-    #: spec.restartBackoffSeconds: the wait before the second attempt (doubling after).
-    restart_backoff_seconds: int = DEFAULT_BACKOFF_SECONDS
+    #: spec.restartBackoffSeconds: the wait before the first restart (doubling after); None:
+    #: unset, the strategy's default (:meth:`backoff_base`).
+    restart_backoff_seconds: int | None = None
+    #: spec.restartStrategy: InPlace (the default) or Recreate.
+    restart_strategy: str = c.RESTART_IN_PLACE
     #: spec.scheduling: the gang, queue, priority and what to do when pods cannot be placed.
     scheduling: Scheduling = field(default_factory=Scheduling)
     #: Backend etcd: the operator's Secret of etcd TLS files and password for the workers.
@@ -69,6 +72,25 @@ class JobSpec:
     def world_size(self) -> int:
         """Processes in the job's process group when every worker runs torchrun."""
         return self.replicas * self.procs_per_worker
+
+    def backoff_base(self, strategy: str) -> int:
+        """spec.restartBackoffSeconds, or when unset the default of ``strategy`` (the one a
+        restart is carried out with): 1 s in place, 10 s for Recreate."""
+        if self.restart_backoff_seconds is not None:
+            return self.restart_backoff_seconds
+        return c.DEFAULT_BACKOFF_IN_PLACE if strategy == c.RESTART_IN_PLACE else DEFAULT_BACKOFF_SECONDS
+
+    def in_place_blocker(self) -> str | None:
+        """Why this job cannot restart in place although it asks to (a reason of condition
+        InPlaceRestart: NoCommand, EtcdBackend); None when it can, or asks Recreate."""
+        if self.restart_strategy != c.RESTART_IN_PLACE:
+            return None
+        if self.etcd_endpoints is not None:
+            return c.REASON_ETCD_BACKEND
+        containers = (self.template.get("spec") or {}).get("containers") or [{}]
+        if not containers[0].get("command"):
+            return c.REASON_NO_COMMAND
+        return None
 
 
 def parse(
@@ -130,6 +152,7 @@ def parse(
         failure_rules=failure_rules,
         success_rules=success_rules,
         restart_backoff_seconds=life.restart_backoff_seconds,
+        restart_strategy=restart_strategy(spec.get("restartStrategy")),
         scheduling=scheduling,
     )
 
@@ -312,7 +335,7 @@ class _LifeCycle:
     active_deadline_seconds: int | None
     ttl_seconds_after_finished: int | None
     suspend: bool
-    restart_backoff_seconds: int
+    restart_backoff_seconds: int | None
 
 
 def _life_cycle(spec: dict[str, Any]) -> _LifeCycle:
@@ -323,11 +346,19 @@ def _life_cycle(spec: dict[str, Any]) -> _LifeCycle:
     suspend = spec.get("suspend", False)
     if not isinstance(suspend, bool):
         raise InvalidSpec("spec.suspend", f"spec.suspend ({suspend!r}) must be true or false.")
-    backoff = _int(
-        spec, "restartBackoffSeconds", "spec.restartBackoffSeconds", low=0, default=DEFAULT_BACKOFF_SECONDS
-    )
-    assert max_restarts is not None and backoff is not None
+    backoff = _int(spec, "restartBackoffSeconds", "spec.restartBackoffSeconds", low=0)
+    assert max_restarts is not None
     return _LifeCycle(max_restarts, deadline, ttl, suspend, backoff)
+
+
+def restart_strategy(value: Any) -> str:
+    """spec.restartStrategy: InPlace (absent too) or Recreate."""
+    if value is None:
+        return c.RESTART_IN_PLACE
+    if value not in c.RESTART_STRATEGIES:
+        allowed = " or ".join(c.RESTART_STRATEGIES)
+        raise InvalidSpec("spec.restartStrategy", f"spec.restartStrategy ({value!r}) must be {allowed}.")
+    return str(value)
 
 
 def _backends(rdzv: dict[str, Any], default_etcd_endpoints: Sequence[str]) -> tuple[list[str] | None, str]:

@@ -29,6 +29,20 @@ def pod_status_url(pod: dict[str, Any]) -> str | None:
     return None  # a master made by an operator without status ports
 
 
+def pod_agent_url(pod: dict[str, Any]) -> str | None:
+    """``http://<pod IP>:<agent port>`` of a master pod that serves the agent channel, once it
+    has an IP (docs/recovery.md)."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    for container in pod["spec"].get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == c.MASTER_AGENT_PORT_NAME:
+                host = f"[{ip}]" if ":" in ip else ip
+                return f"http://{host}:{port['containerPort']}"
+    return None
+
+
 def parse_peers(name: str, text: str) -> tuple[dict[str, Any], ...]:
     """A JSON list of NetworkPolicyPeers (objects) from the environment variable ``name``."""
     if not text.strip():
@@ -96,6 +110,8 @@ class OperatorConfig:
     retry_delay: float = 1.0
     retry_delay_max: float = 60.0
     status_url: StatusUrl = pod_status_url
+    #: The base URL of a master pod's agent channel (tests point it elsewhere).
+    agent_url: StatusUrl = pod_agent_url
     #: spec.scheduling.gang of a job that names none (ETHA_DEFAULT_GANG; chart scheduling.gang).
     default_gang: str = GANG_NONE
     #: The schedulerName every pod asks for unless its template names one (ETHA_SCHEDULER_NAME;

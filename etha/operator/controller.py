@@ -21,16 +21,18 @@ import functools
 import logging
 import os
 
-from etha.job.names import status_attempt, store_namespace
+from etha.job import constants as c
+from etha.job.names import master_name, status_attempt, store_namespace
 from etha.job.pods import parse_time
 from etha.job.spec import InvalidSpec, JobSpec
 from etha.kvstore.errors import KVStoreError
 from etha.kvstore.etcd import delete_namespace, options_from_env
+from etha.operator import channel
 from etha.operator.config import OperatorConfig
 from etha.operator.jobs import Body, Children, JobWorker, controller_uid, slim
 from etha.operator.k8s import Api, ApiError
 from etha.operator.metrics import OperatorMetrics
-from etha.operator.observe import Cache, Observer
+from etha.operator.observe import Cache, Observer, master_token
 from etha.operator.reconcile import Observed, reconcile
 from etha.operator.writer import Writer
 
@@ -73,6 +75,8 @@ class Controller:
             worker = self.workers.pop(uid, None)
             if worker is not None and worker.task is not None:
                 worker.task.cancel()
+            if worker is not None:
+                self._unfollow(worker)
             meta = body.get("metadata") or {}
             self.metrics.job_forgotten(str(meta.get("namespace") or "default"), str(meta.get("name")))
             self._forget_keys(body)
@@ -132,6 +136,7 @@ class Controller:
 
     async def shutdown(self) -> None:
         tasks = [w.task for w in self.workers.values() if w.task is not None] + list(self._cleanups)
+        tasks += [w.events_task for w in self.workers.values() if w.events_task is not None]
         for task in tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -173,6 +178,7 @@ class Controller:
             look = await self.observer.look(worker)
             actions = reconcile(look)
             await self.writer.apply(worker, look.job if isinstance(look, Observed) else None, actions)
+            self._follow(worker, look)
             return actions.requeue_after
         finally:
             meta = worker.body["metadata"]
@@ -184,6 +190,52 @@ class Controller:
                 namespace=worker.namespace,
                 name=worker.name,
             )
+
+    # --- the master's agent channel ------------------------------------------------------------
+
+    def _follow(self, worker: JobWorker, look: object) -> None:
+        """Keep one long poll of the master's GET /v1/events while a job that restarts in place
+        runs (or restarts): it wakes the job's worker within a second of a process's exit. The
+        poll ends with the job, its master (a new attempt's gets a new one), or the operator."""
+        target = None
+        status = worker.body.get("status") or {}
+        if (
+            isinstance(look, Observed)
+            and look.token is not None
+            and status.get("phase")
+            in (
+                c.PHASE_RUNNING,
+                c.PHASE_RESTARTING,
+            )
+        ):
+            job = look.job
+            name = master_name(job.name, status_attempt(status.get("attempt"), job.max_restarts))
+            master = next((p for p in self.observer.pods_of(worker) if p["metadata"]["name"] == name), None)
+            token = master_token(master) if master is not None else None
+            url = self.config.agent_url(master) if master is not None and token else None
+            if master is not None and url and token:
+                target = (str(master["metadata"].get("uid")), url, token)
+        if target is None or target[0] != worker.events_master:
+            self._unfollow(worker)
+        if target is None or worker.events_task is not None:
+            return
+        uid, url, token = target
+
+        def answered(news: channel.MasterEvents) -> None:
+            worker.events = (uid, news)
+            worker.wake.set()
+
+        worker.events_master = uid
+        worker.events_task = asyncio.create_task(
+            channel.follow(url, token, answered, f"{worker.namespace}/{worker.name}"),
+            name=f"events of {worker.namespace}/{worker.name}",
+        )
+
+    @staticmethod
+    def _unfollow(worker: JobWorker) -> None:
+        if worker.events_task is not None:
+            worker.events_task.cancel()
+        worker.events_task = worker.events_master = None
 
 
 __all__ = ["Body", "Controller", "controller_uid", "slim"]

@@ -52,12 +52,20 @@ def slim(body: Mapping[str, Any]) -> Body:
     if "containers" in spec:  # a pod: the master's ports locate its status document
         out["spec"] = {
             "containers": [
-                {"name": x.get("name"), "ports": x.get("ports") or []} for x in spec["containers"]
+                {"name": x.get("name"), "ports": x.get("ports") or [], **_token_env(x)}
+                for x in spec["containers"]
             ],
             "restartPolicy": spec.get("restartPolicy"),
         }
         out["status"] = body.get("status") or {}
     return out
+
+
+def _token_env(container: Mapping[str, Any]) -> dict[str, Any]:
+    """A master container's ETHA_MASTER_TOKEN (the operator reads its token back after a restart
+    of its own); nothing of any other container's environment is kept."""
+    env = [x for x in container.get("env") or [] if x.get("name") == c.ENV_MASTER_TOKEN and "value" in x]
+    return {"env": env[:1]} if env else {}
 
 
 def _resource_version(body: Mapping[str, Any]) -> int | None:
@@ -85,6 +93,13 @@ class JobWorker:
     rejected: tuple[str, str] | None = None
     #: Consecutive reads of the master's status document that failed.
     read_failures: int = 0
+    #: Tokens made for masters still to create (restarts in place), by attempt.
+    tokens: dict[int, str] = field(default_factory=dict)
+    #: The long poll of the master's GET /v1/events (a running job that restarts in place), the
+    #: master pod's uid it polls, and its last answer (MasterEvents) with that uid.
+    events_task: asyncio.Task[None] | None = None
+    events_master: str | None = None
+    events: tuple[str, Any] | None = None
 
     @property
     def uid(self) -> str:

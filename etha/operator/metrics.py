@@ -59,6 +59,7 @@ STARTUP_BUCKETS: Final = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 36
 #: Buckets (seconds) of ``etha_rendezvous_seconds``: up to the default rendezvous timeout (900 s).
 RENDEZVOUS_BUCKETS: Final = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900)
 #: Buckets (seconds) of ``etha_reconcile_seconds``: one look at one job.
+RECOVERY_BUCKETS: Final = (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600)
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -155,8 +156,17 @@ class OperatorMetrics:
         )
         self.job_restarts = Counter(
             "etha_job_restarts",
-            "Whole-job restarts (new attempts); counted=true when it used up one of spec.maxRestarts.",
-            ["namespace", "counted"],
+            "Job restarts, by strategy (InPlace: the pods kept; Recreate: a new attempt); counted=true "
+            "when it used up one of spec.maxRestarts.",
+            ["namespace", "counted", "strategy"],
+            registry=r,
+        )
+        self.recovery = Histogram(
+            "etha_recovery_seconds",
+            "Seconds from a failure seen to every rank of the new generation started, by strategy "
+            "(InPlace: every rank's agent started its process; Recreate: every pod of the attempt running).",
+            ["namespace", "strategy"],
+            buckets=RECOVERY_BUCKETS,
             registry=r,
         )
         self.pods_created_total = Counter(
@@ -229,10 +239,15 @@ class OperatorMetrics:
 
         counted = max(0, _counted(new) - _counted(old))
         attempts = max(0, _int(new.get("attempt")) - _int(old.get("attempt")))
+        restarts = max(attempts, _int(new.get("restarts")) - _int(old.get("restarts")))
+        strategy = str((new.get("lastRestart") or {}).get("strategy") or c.RESTART_RECREATE)
         if counted:
-            self.job_restarts.labels(namespace, "true").inc(counted)
-        if attempts > counted:  # a new attempt that used up no restart (issue 12)
-            self.job_restarts.labels(namespace, "false").inc(attempts - counted)
+            self.job_restarts.labels(namespace, "true", strategy).inc(counted)
+        if restarts > counted:  # a restart that used up no restart (issue 12)
+            self.job_restarts.labels(namespace, "false", strategy).inc(restarts - counted)
+        recovered = _recovered(old, new)
+        if recovered is not None:
+            self.recovery.labels(namespace, strategy).observe(max(0.0, (now - recovered).total_seconds()))
 
         if job_created is not None and _first_running(old, new):
             self.job_startup.labels(namespace).observe(max(0.0, (now - job_created).total_seconds()))
@@ -273,6 +288,14 @@ class OperatorMetrics:
         """
         server, thread = start_http_server(port, host, registry=self.registry)
         return MetricsServer(server, thread)
+
+
+def _recovered(old: Mapping[str, Any], new: Mapping[str, Any]) -> datetime | None:
+    """When the failure a restart answered was seen (status.lastRestart.time), if the job just
+    went from Restarting to Running."""
+    if old.get("phase") != c.PHASE_RESTARTING or new.get("phase") != c.PHASE_RUNNING:
+        return None
+    return parse_time((new.get("lastRestart") or {}).get("time"))
 
 
 def _counted(status: Mapping[str, Any]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -153,6 +154,8 @@ class Observer:
             finalizer=finalizer,
             unlabelled=tuple(p["metadata"]["name"] for p in unlabelled),
         )
+        if job.restart_strategy == c.RESTART_IN_PLACE and job.in_place_blocker() is None:
+            observed = dataclasses.replace(observed, **self.in_place(worker, job, status, pods))
         stuck = unschedulable(pods) if job.scheduling.kind is not None else None
         if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
             told = await self.scheduler_said(job, pods) if how_telling(stuck[1]) < 2 else []
@@ -243,6 +246,29 @@ class Observer:
 
     # --- the master, the scheduler -------------------------------------------------------------
 
+    def in_place(
+        self, worker: JobWorker, job: JobSpec, status: dict[str, Any], pods: list[Body]
+    ) -> dict[str, Any]:
+        """The current attempt's master token (read back from its pod; for a master still to
+        create, made once per attempt) and the last answer of its GET /v1/events."""
+        attempt = status_attempt(status.get("attempt"), job.max_restarts)
+        name = master_name(job.name, attempt)
+        master = next((p for p in pods if p["metadata"]["name"] == name), None)
+        token = master_token(master) if master is not None else None
+        if master is None:
+            token = worker.tokens.get(attempt)
+            if token is None:
+                worker.tokens = {attempt: secrets.token_hex(16)}  # (an earlier attempt's is no use)
+                token = worker.tokens[attempt]
+        events = None
+        if (
+            master is not None
+            and worker.events is not None
+            and worker.events[0] == master["metadata"].get("uid")
+        ):
+            events = worker.events[1]
+        return {"token": token, "events": events}
+
     async def master_status(
         self, worker: JobWorker, job: JobSpec, status: dict[str, Any], pods: list[Body]
     ) -> MasterStatus | str | None:
@@ -289,6 +315,15 @@ class Observer:
             if (e.get("involvedObject") or {}).get("name") in names
         ]
         return [(name, message) for _, name, message in sorted(said, reverse=True)]
+
+
+def master_token(master: Body) -> str | None:
+    """The ETHA_MASTER_TOKEN a master pod was made with (kept in the cache, :func:`slim`)."""
+    for container in (master.get("spec") or {}).get("containers") or []:
+        for item in container.get("env") or []:
+            if item.get("name") == c.ENV_MASTER_TOKEN and item.get("value"):
+                return str(item["value"])
+    return None
 
 
 def settle_in(worker: JobWorker) -> float | None:

@@ -20,11 +20,13 @@ import kopf
 from etha.job import constants as c
 from etha.job.builders import Manifest
 from etha.job.spec import JobSpec
+from etha.operator import channel
 from etha.operator.config import OperatorConfig
 from etha.operator.jobs import EXPECTATION_TTL, Body, JobWorker, controller_uid, slim
 from etha.operator.k8s import Api, ChildRejected
 from etha.operator.metrics import OperatorMetrics
 from etha.operator.reconcile import KOPF_FINALIZER, Actions
+from etha.operator.reconcile.model import GenerationRequest
 
 logger = logging.getLogger("etha.operator.controller")
 
@@ -52,6 +54,8 @@ class Writer:
         """Carry out ``actions`` for ``worker``'s job (``job``: its spec, None if it has none)."""
         await self.write_status(worker, actions.status)
         created = await self._children(worker, job, actions) if job is not None else set()
+        if actions.next_generation is not None:
+            await self.next_generation(worker, actions.next_generation)
         for event in actions.events:
             if event.created is not None and event.created not in created:
                 continue  # it already existed (another look, or an operator restarted midway)
@@ -189,6 +193,36 @@ class Writer:
             logger.info("%s/%s: deleted Pod %s", worker.namespace, worker.name, name)
         else:  # gone, or not the pod the index holds: the watch says which, the next look actions on it
             del worker.deleting[name]
+
+    async def next_generation(self, worker: JobWorker, request: GenerationRequest) -> None:
+        """Ask the master for the next generation (a restart in place, written to the status
+        first). A failed request is not retried here: the next look, a second away, finds the
+        master behind the status and asks again (the request is idempotent)."""
+        master = next((p for p in self._pods_of(worker.uid) if p["metadata"]["name"] == request.master), None)
+        url = self.config.agent_url(master) if master is not None else None
+        if url is None:
+            logger.warning(
+                "%s/%s: master %s has no agent channel yet", worker.namespace, worker.name, request.master
+            )
+            return
+        try:
+            await channel.next_generation(url, request.token, request.generation, request.reason)
+        except channel.ChannelError as exc:
+            logger.warning(
+                "%s/%s: generation %d not started yet: %s",
+                worker.namespace,
+                worker.name,
+                request.generation,
+                exc,
+            )
+            return
+        logger.info(
+            "%s/%s: master %s moved to generation %d",
+            worker.namespace,
+            worker.name,
+            request.master,
+            request.generation,
+        )
 
     async def write_status(self, worker: JobWorker, fields: dict[str, Any]) -> None:
         """Patch the fields of ``fields`` that differ from the job's status (one request, none

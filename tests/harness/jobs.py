@@ -21,8 +21,11 @@ class Jobs:
     def job(
         self, name: str, replicas: int = 2, code: str = "import sys; sys.exit(0)", **spec: Any
     ) -> dict[str, Any]:
-        """A job whose workers run ``code`` (no rendezvous: about the pods, not torch)."""
+        """A job whose workers run ``code`` (no rendezvous: about the pods, not torch). It
+        Recreates unless ``restartStrategy`` says otherwise: the tests of pods and policies are
+        about attempts; restarts in place have their own (test_inplace.py)."""
         container = {"name": "worker", "image": "local", "command": ["python", "-c", code]}
+        spec = {"restartStrategy": "Recreate", **spec}
         return {
             "apiVersion": "etha.io/v1alpha1",
             "kind": "TrainingJob",

@@ -13,6 +13,13 @@ It watches pods (one list, then a watch), and for a pod bound to one of its Node
   as 128 + its number) and restartCount, honouring ``restartPolicy``;
 - on deletion (a deletionTimestamp), sends SIGTERM, waits the grace period, kills, then deletes
   the pod with grace 0, which is what lets a bound pod go.
+- volumes: a ``configMap`` volume is materialised from the ConfigMap's ``data`` (the pod stays
+  Pending until the ConfigMap exists, as a kubelet's would), an ``emptyDir`` is an empty folder,
+  each under a per-pod host folder (``<workdir>/volumes/<pod uid>/<volume>``); an element of the
+  first container's argv that is, or lies under, a ``volumeMounts[].mountPath`` of it is rewritten
+  to the host path (``/etha/agent/agent.py`` -> ``<workdir>/volumes/<uid>/etha-agent/agent.py``):
+  processes run in the host's file system, so a mount is a rewrite of the paths named;
+- init containers are not run (etha's pods have none of their own).
 Images are not pulled: the local environment stands in for the runtime image.
 """
 
@@ -24,6 +31,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -104,6 +112,25 @@ class LocalNode:
                 os.killpg(p.proc.pid, sig)
                 return
         raise AssertionError(f"no running process for pod {namespace}/{pod}")
+
+    def kill_child(self, namespace: str, pod: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Signal the first child process of a pod's process (the training process an agent runs,
+        not the agent): a crash of the process alone. Its pid."""
+        for p in list(self.procs.values()):
+            if (p.namespace, p.name) == (namespace, pod) and p.proc.poll() is None:
+                kids = _children(p.proc.pid)
+                if not kids:
+                    raise AssertionError(f"pod {namespace}/{pod}'s process {p.proc.pid} has no child")
+                os.kill(kids[0], sig)
+                return kids[0]
+        raise AssertionError(f"no running process for pod {namespace}/{pod}")
+
+    def child_pids(self, namespace: str, pod: str) -> list[int]:
+        """The children of a pod's process (an agent's training process), oldest first."""
+        for p in list(self.procs.values()):
+            if (p.namespace, p.name) == (namespace, pod) and p.proc.poll() is None:
+                return _children(p.proc.pid)
+        return []
 
     def logs(self, limit: int = 4000, namespace: str | None = None) -> str:
         out = []
@@ -210,12 +237,18 @@ class LocalNode:
         container = spec["containers"][0]
         argv = [str(x) for x in (container.get("command") or []) + (container.get("args") or [])]
         fields = {"metadata.name": name, "metadata.namespace": namespace, "status.podIP": ip}
-        env = {**TEST_ENV, "PYTHONUNBUFFERED": "1", **container_env(container, fields)}
+        # (this interpreter's folder first: a command an agent runs finds ``python`` there too)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{TEST_ENV.get('PATH', '')}"
+        env = {**TEST_ENV, "PATH": path, "PYTHONUNBUFFERED": "1", **container_env(container, fields)}
         try:
             argv = [self._resolve(a) for a in argv]
             env = {k: self._resolve(v) for k, v in env.items()}
         except _Unresolved:
             return  # a pod it names has not started: its name would not resolve yet
+        mounts = self._volumes(uid, namespace, spec, container)
+        if mounts is None:
+            return  # a ConfigMap it mounts does not exist yet
+        argv = [_mounted(a, mounts) for a in argv]
         if "--host" in argv and argv[argv.index("--host") + 1] == "0.0.0.0":
             argv[argv.index("--host") + 1] = ip  # listen on the pod's own address
         cwd = container.get("workingDir")
@@ -225,6 +258,38 @@ class LocalNode:
                   self._popen(argv, env, cwd_path, log), _now(), spec.get("restartPolicy") or "Always")  # fmt: skip
         self.procs[uid] = p
         self._report(p, running=True)
+
+    def _volumes(
+        self, uid: str, namespace: str, spec: dict[str, Any], container: dict[str, Any]
+    ) -> dict[str, Path] | None:
+        """The container's mounts (mountPath -> host folder), their volumes materialised; None
+        while a ConfigMap a volume names does not exist."""
+        folders: dict[str, Path] = {}
+        for volume in spec.get("volumes") or []:
+            folder = self.workdir / "volumes" / uid / volume["name"]
+            if "configMap" in volume:
+                source = volume["configMap"]
+                try:
+                    cm = self.kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{source['name']}")
+                except KubeError as exc:
+                    if exc.status == 404 and not source.get("optional"):
+                        return None
+                    if exc.status != 404:
+                        raise
+                    cm = {}
+                folder.mkdir(parents=True, exist_ok=True)
+                for key, text in (cm.get("data") or {}).items():
+                    (folder / key).write_text(text)
+            elif "emptyDir" in volume:
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                continue
+            folders[volume["name"]] = folder
+        return {
+            m["mountPath"].rstrip("/"): folders[m["name"]]
+            for m in container.get("volumeMounts") or []
+            if m.get("name") in folders
+        }
 
     def _popen(
         self, argv: list[str], env: dict[str, str], cwd: Path, log: IO[bytes]
@@ -312,6 +377,30 @@ class LocalNode:
             return ip
 
         return _DNS.sub(sub, value)
+
+
+def _mounted(arg: str, mounts: dict[str, Path]) -> str:
+    """``arg`` with a mount path it is, or starts with, replaced by the mount's host folder."""
+    for path, folder in mounts.items():
+        if arg == path or arg.startswith(path + "/"):
+            return str(folder) + arg[len(path) :]
+    return arg
+
+
+def _children(pid: int) -> list[int]:
+    """The live children of process ``pid`` (from /proc), oldest first."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(fields[19]), int(entry.name)))
+    return [p for _, p in sorted(out)]
 
 
 class _Unresolved(Exception):

@@ -58,6 +58,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# restartStrategy InPlace: one ConfigMap per job carries the agent (created, read when it exists).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create"]
 {{- if .Values.networkPolicy.enabled }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]

@@ -7,7 +7,8 @@ the job's deletion, and when to look again. :class:`etha.operator.writer.Writer`
 
 This module holds only the order; each policy has a module of its own, tried in turn, each
 deciding or passing: finished, suspended, then on the current attempt (observed once,
-:func:`observe_attempt`; no policy changes it) deadline, success, failure, rendezvous, placement,
+:func:`observe_attempt`; no policy changes it) deadline, success, in place (a restart in the pods
+kept, :mod:`.inplace`), failure, rendezvous, placement,
 and creation when all pass. Success comes before failure: once the success policy holds (rank 0
 done, say), ranks failing as it leaves do not turn the job into a restart. What a running attempt
 always shows (its start, a resume, who joined) and the ChildConflict condition are added around
@@ -27,6 +28,7 @@ from etha.operator.reconcile.creation import creation
 from etha.operator.reconcile.deadline import deadline, deadline_left
 from etha.operator.reconcile.failure import failure
 from etha.operator.reconcile.finished import finished
+from etha.operator.reconcile.inplace import in_place
 from etha.operator.reconcile.joins import needs_master_status, poll_interval
 from etha.operator.reconcile.model import (
     KOPF_FINALIZER,
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 #: The policies that may end or restart the current attempt, in the order they are asked.
-POLICIES = (deadline, success, failure, rendezvous, placement)
+POLICIES = (deadline, success, in_place, failure, rendezvous, placement)
 
 
 def reconcile(look: Observed | Refused | Deleting) -> Actions:
@@ -75,6 +77,7 @@ def current_attempt(observed: Observed) -> Actions:
     attempt = observe_attempt(observed)
     shown = starting(observed, attempt).then(joining(observed, attempt))
     shown.relabel.extend(observed.unlabelled)  # pods someone took the job label from: it goes back
+    shown = shown.then(in_place_shown(observed, attempt))
     left = deadline_left(observed)
     if left:
         shown.requeue_after = sooner(shown.requeue_after, left)
@@ -94,6 +97,17 @@ def starting(observed: Observed, attempt: Attempt) -> Actions:
         actions.status["conditions"] = attempt.conditions
         actions.events.append(Event("Normal", "Resumed", "Job resumed."))
     return actions
+
+
+def in_place_shown(observed: Observed, attempt: Attempt) -> Actions:
+    """Condition InPlaceRestart False (with a Warning event, once) when the job asks to restart
+    in place and cannot (observe_attempt put it in the attempt's conditions)."""
+    now = next((x for x in attempt.conditions if x.get("type") == c.COND_IN_PLACE), None)
+    was = next((x for x in observed.status.get("conditions") or [] if x.get("type") == c.COND_IN_PLACE), None)
+    if now is None or was == now:
+        return Actions()
+    event = Event("Warning", str(now["reason"]), f"Restarts Recreate every pod: {now['message']}")
+    return Actions(status={"conditions": attempt.conditions}, events=[event])
 
 
 def next_look(observed: Observed, decided: Actions) -> Actions:

@@ -12,6 +12,7 @@ from typing import Any
 from etha.job import constants as c
 from etha.job.builders import (
     Manifest,
+    build_agent_config_map_of,
     build_master_pod,
     build_network_policy,
     build_pod_group_of,
@@ -20,6 +21,8 @@ from etha.job.builders import (
     spec_hash,
     torch_store_address,
 )
+from etha.job.inplace import agent_source
+from etha.job.names import status_count
 from etha.job.pods import parse_time, pod_phase
 from etha.job.scheduling import ON_TIMEOUT_FAIL, group_name
 from etha.job.spec import JobSpec
@@ -54,7 +57,9 @@ def creation(observed: Observed, attempt: Attempt) -> Actions:
             actions.delete_groups.append(group_name(job.name, attempt.number - 1))  # the last attempt's
         pinned = observed.status.get("attemptSpec") or {}
         if pinned.get("attempt") != attempt.number:
-            actions.status["attemptSpec"] = {"attempt": attempt.number, **pins(job)}
+            # (with the generation it starts at: its master counts its own from 0)
+            generation = status_count(observed.status.get("generation"))
+            actions.status["attemptSpec"] = {"attempt": attempt.number, **pins(job), "generation": generation}
     fields, running = progress(attempt)
     actions.status.update(fields)
     scheduled = scheduling(
@@ -115,10 +120,15 @@ def missing_children(observed: Observed, attempt: Attempt) -> tuple[list[Manifes
     missing = ([-1] if attempt.master is None and attempt.uses_master else []) + [
         rank for rank, pod in attempt.workers.items() if pod is None
     ]
+    token = observed.token if attempt.in_place else None  # (no token: no agent channel, no agents)
     pods = [
-        build_master_pod(job, attempt.number) if rank < 0 else build_worker_pod(job, attempt.number, rank)
+        build_master_pod(job, attempt.number, token)
+        if rank < 0
+        else build_worker_pod(job, attempt.number, rank, in_place=token is not None)
         for rank in missing[:CREATE_BATCH]
     ]
+    if token is not None and any(rank >= 0 for rank in missing[:CREATE_BATCH]):
+        out.append(build_agent_config_map_of(job, agent_source()))  # (exists: the create is a no-op)
     group = build_pod_group_of(job, attempt.number) if pods else None
     if group is not None:
         out.append(group)

@@ -226,17 +226,17 @@ def failure(observed: Observed, attempt: Attempt) -> Actions | None:
             f"pod names leave room for ({c.ATTEMPTS_NAMED} attempts)."
         )
         return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
-    return seen.then(restart(observed, attempt, verdict, what))
+    return seen.then(restart(observed, attempt, verdict, what, first))
 
 
-def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str) -> Actions:
+def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str, first: Failure) -> Actions:
     """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
     doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
     job, now = observed.job, observed.now
     in_a_row = status_count(observed.status.get("consecutiveRestarts"))
     if ran_for(attempt.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
         in_a_row = 0
-    delay = backoff_seconds(job.restart_backoff_seconds, in_a_row)
+    delay = backoff_seconds(job.backoff_base(c.RESTART_RECREATE), in_a_row)
     starts = now + timedelta(seconds=delay)
     counted = attempt.counted + (1 if verdict.counted else 0)
     budget = f"{counted} of spec.maxRestarts={job.max_restarts} used"
@@ -262,6 +262,16 @@ def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str) -
             "restartsCountedTowardsMax": counted,
             "consecutiveRestarts": in_a_row + 1,
             "nextAttemptTime": timestamp(starts),
+            "generation": status_count(observed.status.get("generation")) + 1,
+            "lastRestart": {
+                "strategy": c.RESTART_RECREATE,
+                "reason": what,
+                **({"rank": first.rank} if first.rank is not None else {}),
+                **({"exitCode": first.exit_codes[0][1]} if first.exit_codes else {}),
+                "generation": status_count(observed.status.get("generation")) + 1,
+                "attempt": attempt.number + 1,
+                "time": timestamp(now),
+            },
             "conditions": conditions,
         },
         events=[Event("Warning", c.REASON_RESTARTING, message)],

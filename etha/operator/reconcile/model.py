@@ -24,6 +24,7 @@ from etha.job.pods import pod_phase, timestamp
 from etha.job.spec import JobSpec
 from etha.master.status import MasterStatus
 from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.events import MasterEvents
 from etha.operator.reconcile.joins import joined_view
 
 Pod = dict[str, Any]
@@ -54,6 +55,8 @@ class Actions:
     #: Seconds until the next look that time alone calls for (a deadline, a TTL, a rendezvous
     #: timeout, a master still being joined, an expectation to forget); None: only events wake it.
     requeue_after: float | None = None
+    #: A restart in place to carry out: ask the master for this generation (idempotent).
+    next_generation: GenerationRequest | None = None
 
     def then(self, later: Actions) -> Actions:
         """These actions followed by ``later``'s: its status fields win, lists add up, the
@@ -69,7 +72,18 @@ class Actions:
             remove_finalizer=self.remove_finalizer or later.remove_finalizer,
             delete_job=self.delete_job or later.delete_job,
             requeue_after=sooner(self.requeue_after, later.requeue_after),
+            next_generation=later.next_generation or self.next_generation,
         )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """``POST /v1/generation`` to the attempt's master (the Writer finds its address by name)."""
+
+    master: str
+    generation: int
+    reason: str
+    token: str
 
 
 #: The finalizer kopf put on jobs for the timer of operator versions before 0.2: removed on sight.
@@ -141,6 +155,11 @@ class Observed:
     finalizer: bool = False
     #: Pods of the job (in ``pods``) that lost their job label: found by name, not by the watch.
     unlabelled: Sequence[str] = ()
+    #: The current attempt's master token (ETHA_MASTER_TOKEN): read back from its master pod,
+    #: or made for a master still to create (random per attempt). None: the job is not in place.
+    token: str | None = None
+    #: The last answer of the current master's GET /v1/events (a job restarting in place).
+    events: MasterEvents | None = None
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
@@ -193,6 +212,9 @@ class Attempt:
     joins: dict[str, Any]
     #: Why the rendezvous timed out (the ranks missing), once it has.
     timed_out: str | None
+    #: Failures restart in place (spec.restartStrategy InPlace, nothing prevents it, and the
+    #: attempt's master serves the agent channel).
+    in_place: bool = False
 
     @property
     def uses_master(self) -> bool:
@@ -253,6 +275,9 @@ def observe_attempt(observed: Observed) -> Attempt:
     conditions = list(status.get("conditions") or [])
     if status.get("phase") == c.PHASE_SUSPENDED:  # resumed
         conditions = set_condition(conditions, resumed(observed.now))
+    in_place, why = in_place_state(job, conditions, master)
+    if why is not None:
+        conditions = set_condition(conditions, in_place_refused(why, observed.now))
     joins, timed_out = joined_view(
         job, attempt, status.get("rendezvous") or {}, master, workers, observed.master_status, observed.now
     )
@@ -271,7 +296,58 @@ def observe_attempt(observed: Observed) -> Attempt:
         drift=drift,
         joins=joins,
         timed_out=timed_out,
+        in_place=in_place,
     )
+
+
+def in_place_state(
+    job: JobSpec, conditions: Sequence[Mapping[str, Any]], master: Pod | None
+) -> tuple[bool, str | None]:
+    """Whether the attempt restarts in place, and why not when the job asks for it (a reason of
+    condition InPlaceRestart): the spec (NoCommand, EtcdBackend), an image the agent could not
+    run in (AgentNotRunnable, once seen: for the rest of the job's life)."""
+    if job.restart_strategy != c.RESTART_IN_PLACE:
+        return False, None
+    blocker = job.in_place_blocker()
+    if blocker is not None:
+        return False, blocker
+    for cond in conditions:
+        if cond.get("type") == c.COND_IN_PLACE and cond.get("status") == "False":
+            return False, str(cond.get("reason"))
+    if master is not None and not serves_agents(master):
+        return False, None  # made before the job asked for InPlace: this attempt Recreates
+    return True, None
+
+
+def serves_agents(master: Pod) -> bool:
+    """The master pod serves the agent channel (its container has the agent port)."""
+    return any(
+        port.get("name") == c.MASTER_AGENT_PORT_NAME
+        for x in (master.get("spec") or {}).get("containers") or []
+        for port in x.get("ports") or []
+    )
+
+
+#: What condition InPlaceRestart False says, by reason.
+IN_PLACE_REFUSED = {
+    c.REASON_NO_COMMAND: (
+        "spec.template.spec.containers[0] has no command: the agent must know what to run. "
+        "Failures Recreate every pod; set command (and args) to restart in place."
+    ),
+    c.REASON_ETCD_BACKEND: (
+        "spec.rendezvous.backend is etcd: there is no master to hold rendezvous generations. "
+        "Failures Recreate every pod."
+    ),
+    c.REASON_AGENT_NOT_RUNNABLE: (
+        "a worker container failed before its agent reached the master (no python3 in the image, "
+        "or Python older than 3.8?): failures Recreate every pod from now on."
+    ),
+}
+
+
+def in_place_refused(reason: str, now: datetime) -> dict[str, str]:
+    """Condition InPlaceRestart False for ``reason``."""
+    return condition(c.COND_IN_PLACE, False, reason, IN_PLACE_REFUSED.get(reason, reason), now)
 
 
 def resumed(now: datetime) -> dict[str, str]:

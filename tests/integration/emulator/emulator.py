@@ -53,6 +53,8 @@ RESOURCES = {
     "v1/services": kmock.ResourceInfo(
         namespaced=True, kind="Service", verbs={"list", "watch", "get", "create", "delete"}
     ),
+    # restartStrategy InPlace: the job's ConfigMap of the agent.
+    "v1/configmaps": kmock.ResourceInfo(namespaced=True, kind="ConfigMap", verbs={"get", "create", "delete"}),
     "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(
         namespaced=True, kind="NetworkPolicy", verbs={"list", "watch", "get", "create", "delete"}
     ),

@@ -189,6 +189,9 @@ def test_torchrun_job_env_in_every_container(cluster: Emulator) -> None:
         pod = cluster.pods(NS)[f"tr-worker-0-{rank}"]
         containers = pod["spec"]["initContainers"] + pod["spec"]["containers"]
         assert [c["name"] for c in containers] == ["fetch", "trainer", "sidecar"]
+        trainer = containers[1]  # the worker container runs under the agent (restartStrategy InPlace)
+        assert {"name": "ETHA_AGENT_PORT", "value": "8081"} in trainer["env"]
+        trainer["env"] = [e for e in trainer["env"] if e["name"] != "ETHA_AGENT_PORT"]
         for container in containers:
             env = {e["name"]: e["value"] for e in container["env"]}
             assert env == {

@@ -31,8 +31,17 @@ def samples(metrics: OperatorMetrics) -> Samples:
 
 
 def value(found: Samples, name: str, **labels: str) -> float:
-    """A sample's value; 0 for a series not exported (a counter never incremented)."""
-    return found.get((name, frozenset(labels.items())), 0.0)
+    """A sample's value, summed over the labels not given (``strategy`` of a restart); 0 for a
+    series not exported (a counter never incremented)."""
+    wanted = set(labels.items())
+    return sum(
+        v
+        for (n, got), v in found.items()
+        if n == name
+        and wanted <= got
+        and len(got - wanted) <= 1
+        and all(k == "strategy" for k, _ in got - wanted)
+    )
 
 
 def at(seconds: float) -> datetime:
@@ -164,7 +173,7 @@ def test_no_label_names_a_job_or_a_pod() -> None:
     assert life.status["phase"] == "Failed"
     assert value(found, "etha_jobs_finished_total", namespace=NS, phase="Failed") == 1
     keys = {k for (_, labels) in found for k, _ in labels}
-    assert keys <= {"namespace", "phase", "counted", "role", "verb", "code", "le"}, keys
+    assert keys <= {"namespace", "phase", "counted", "role", "verb", "code", "le", "strategy"}, keys
     values = {v for (_, labels) in found for _, v in labels}
     assert not [v for v in values if "secret" in v or "worker-" in v or "master-" in v], values
     assert NS in values  # the check above looks at the label values that are there
@@ -357,3 +366,37 @@ def test_serve_answers_get_metrics_over_http() -> None:
     assert not [s.name for f in families.values() for s in f.samples if s.name.endswith("_created")]
     with pytest.raises(OSError):  # closed: the port is released and nobody answers
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
+
+
+def test_a_restart_in_place_is_counted_by_strategy_and_its_recovery_timed() -> None:
+    metrics = OperatorMetrics()
+    running = {"phase": "Running", "attempt": 0, "restarts": 0, "restartsCountedTowardsMax": 0}
+    restarting = {
+        **running,
+        "phase": "Restarting",
+        "restarts": 1,
+        "restartsCountedTowardsMax": 1,
+        "generation": 1,
+        "lastRestart": {"strategy": "InPlace", "time": "2026-01-01T12:00:10Z"},
+    }
+    metrics.observe_transition(running, restarting, job_created=CREATED, now=at(10), namespace=NS, name="j")
+    metrics.observe_transition(
+        restarting,
+        {**restarting, "phase": "Running"},
+        job_created=CREATED,
+        now=at(13),
+        namespace=NS,
+        name="j",
+    )
+    found = samples(metrics)
+    assert (
+        found[
+            (
+                "etha_job_restarts_total",
+                frozenset({("namespace", NS), ("counted", "true"), ("strategy", "InPlace")}),
+            )
+        ]
+        == 1
+    )
+    key = ("etha_recovery_seconds_sum", frozenset({("namespace", NS), ("strategy", "InPlace")}))
+    assert found[key] == pytest.approx(3.0)  # the failure seen at 10 s, every rank started at 13 s

@@ -44,6 +44,9 @@ OPERATOR_GRANTS = {
     ("", "pods", "create"),
     ("", "pods", "delete"),
     ("", "pods", "patch"),
+    # restartStrategy InPlace: the job's agent ConfigMap (created; read when one of its name exists).
+    ("", "configmaps", "get"),
+    ("", "configmaps", "create"),
     ("", "services", "get"),
     ("", "services", "list"),
     ("", "services", "watch"),
@@ -553,6 +556,13 @@ def exported_series() -> tuple[set[str], set[str]]:
         "rendezvous": start,
     }
     metrics.observe_transition({}, full, job_created=t0, now=t0, namespace="ns", name="j")
+    recovering = {
+        "phase": "Restarting",
+        "lastRestart": {"strategy": "InPlace", "time": "2026-01-01T00:00:00Z"},
+    }
+    metrics.observe_transition(
+        recovering, {"phase": "Running"}, job_created=t0, now=t0, namespace="ns", name="k"
+    )
     metrics.pods_created("worker")
     metrics.api_request("get", 200)
     with metrics.reconcile_timer():
@@ -586,7 +596,8 @@ def test_every_dashboard_query_names_only_metrics_the_operator_exports() -> None
             assert metric in names and label in labels
     used_everywhere = set().union(*(promql_names(e)[0] for e in dashboard_queries()))
     for needed in ("etha_jobs", "etha_job_startup_seconds_bucket", "etha_rendezvous_seconds_bucket",
-                   "etha_job_restarts_total", "etha_api_requests_total"):  # fmt: skip
+                   "etha_job_restarts_total", "etha_api_requests_total",
+                   "etha_recovery_seconds_bucket"):  # fmt: skip
         assert needed in used_everywhere, needed
 
 

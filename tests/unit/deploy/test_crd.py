@@ -31,6 +31,7 @@ def test_names_match_the_contract() -> None:
         "Ready",
         "Joined",
         "Restarts",
+        "Generation",
         "Reason",
         "Age",
     ]

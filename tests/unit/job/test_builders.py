@@ -85,7 +85,7 @@ def test_inject_env_keeps_value_from_entries() -> None:
 def test_network_policy_admits_only_the_jobs_pods_to_the_master_port() -> None:
     from etha.job.builders import build_network_policy
 
-    job = parse(make_trainingjob(replicas=2))
+    job = parse(make_trainingjob(replicas=2, restartStrategy="Recreate"))
     policy = build_network_policy(job)
     assert policy["metadata"]["name"] == "mnist-rendezvous"
     assert policy["metadata"]["ownerReferences"][0]["controller"] is True

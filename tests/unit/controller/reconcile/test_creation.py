@@ -164,12 +164,12 @@ def test_kept_children_that_drifted_from_the_spec_are_patched(
     was: dict[str, Any] | None, patched: list[str]
 ) -> None:
     """A port changed while suspended: the Service and NetworkPolicy follow it on resume."""
-    old = parse(make_trainingjob(**was)) if was is not None else None
+    old = parse(make_trainingjob(restartStrategy="Recreate", **was)) if was is not None else None
     hashes = {
         "mnist": spec_hash(build_service(old)) if old else None,
         "mnist-rendezvous": spec_hash(build_network_policy(old)) if old else None,
     }
-    out = _drift(make_trainingjob(rendezvous={"port": 29500}), hashes)
+    out = _drift(make_trainingjob(restartStrategy="Recreate", rendezvous={"port": 29500}), hashes)
     assert names(out) == patched
     for manifest in out:
         assert manifest["metadata"]["annotations"]["etha.io/spec-hash"] == spec_hash(manifest)

@@ -269,7 +269,7 @@ def test_network_policy_admits_the_operator_to_the_status_port_only() -> None:
             "matchLabels": {"app.kubernetes.io/name": "etha-operator", "app.kubernetes.io/instance": "x"}
         },
     }
-    rules = build_network_policy(job(), peer)["spec"]["ingress"]
+    rules = build_network_policy(job(restartStrategy="Recreate"), peer)["spec"]["ingress"]
     assert rules[1] == {"from": [peer], "ports": [{"protocol": "TCP", "port": 8080}]}
     assert rules[0]["ports"] == [{"protocol": "TCP", "port": 29500}]
     assert OperatorConfig(operator_pod_labels="a=b").operator_peer() is None

@@ -1,0 +1,160 @@
+"""Restarts in place on a real API server, with the chart's operator, real masters and agents
+(the local node runs each pod's process; the agent is mounted from the job's ConfigMap): a
+process killed restarts in the pods kept; a pod deleted is made again alone; podFailurePolicy
+FailJob and spec.maxRestarts still end the job (docs/recovery.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness.cluster import ControlPlane
+from tests.harness.jobs import Jobs, condition
+from tests.harness.operator import operating
+from tests.helpers import wait_until
+
+NS = "inplace"
+#: Generation 0 runs until it is killed; the next generation checks what the first wrote (its
+#: "checkpoint", by rank, in the pod's working folder) and succeeds.
+RESUMES = (
+    "import os, pathlib, sys, time\n"
+    "gen = int(os.environ.get('ETHA_GENERATION', '0'))\n"
+    "ckpt = pathlib.Path('ckpt-' + os.environ['ETHA_JOB_NAME'] + '-' + os.environ['RANK'])\n"
+    "if gen == 0:\n"
+    "    ckpt.write_text('5')\n"
+    "    time.sleep(600)\n"
+    "assert ckpt.read_text() == '5', ckpt.read_text()\n"
+    "assert os.environ.get('TORCHELASTIC_RESTART_COUNT') == str(gen), os.environ.get('TORCHELASTIC_RESTART_COUNT')\n"
+    "sys.exit(0)\n"
+)
+SLEEPS = "import time; time.sleep(600)"
+#: Rank 1's process exits 1 in every generation; rank 0's sleeps.
+RANK_1_EXITS = (
+    "import os, sys, time\nif os.environ['RANK'] == '1': time.sleep(1); sys.exit({code})\ntime.sleep(600)"
+)
+
+
+@pytest.fixture(scope="module")
+def plane(control_plane: ControlPlane) -> ControlPlane:
+    return control_plane
+
+
+@pytest.fixture(scope="module")
+def jobs(control_plane: ControlPlane) -> Iterator[Jobs]:
+    with operating(control_plane, NS) as operator:
+        yield Jobs(operator, NS)
+
+
+def in_place(jobs: Jobs, name: str, code: str, **spec: Any) -> dict[str, Any]:
+    return jobs.job(name, code=code, restartStrategy="InPlace", **spec)
+
+
+def uids(jobs: Jobs, name: str) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods(name)}
+
+
+def wait_children(plane: ControlPlane, jobs: Jobs, name: str, ranks: int, timeout: float = 120) -> None:
+    """Every worker's agent runs its training process (the pod runs, its agent has a child)."""
+    node = plane.node
+    assert node is not None
+    wait_until(
+        lambda: all(node.child_pids(NS, f"{name}-worker-0-{r}") for r in range(ranks)),
+        timeout,
+        f"{name}: every agent running its process",
+        interval=0.2,
+    )
+
+
+def test_a_killed_process_restarts_in_place_and_the_job_resumes(plane: ControlPlane, jobs: Jobs) -> None:
+    jobs.create(in_place(jobs, "killed", RESUMES, maxRestarts=1, restartBackoffSeconds=0))
+    jobs.wait_phase("killed", "Running", 180)
+    wait_children(plane, jobs, "killed", 2)
+    before = uids(jobs, "killed")
+    assert plane.node is not None
+    plane.node.kill_child(NS, "killed-worker-0-1")
+    done = jobs.wait_phase("killed", "Succeeded", 180)
+    assert (done["restarts"], done["generation"], done["restartsInPlace"], done["attempt"]) == (1, 1, 1, 0), (
+        done
+    )
+    last = done["lastRestart"]
+    assert (last["strategy"], last["rank"], last["exitCode"], last["generation"]) == ("InPlace", 1, 137, 1), (
+        last
+    )
+    assert uids(jobs, "killed") == before  # no pod made again
+    reasons = [e["reason"] for e in jobs.events_until("killed", "RestartingInPlace")]
+    assert "RestartingInPlace" in reasons, reasons
+    metrics = jobs.op.metrics()
+    assert 'etha_job_restarts_total{counted="true",namespace="inplace",strategy="InPlace"} 1.0' in metrics
+    jobs.delete("killed")
+
+
+def test_a_deleted_worker_pod_is_made_again_alone(plane: ControlPlane, jobs: Jobs) -> None:
+    jobs.create(in_place(jobs, "deleted", SLEEPS, maxRestarts=0, restartBackoffSeconds=0))
+    jobs.wait_phase("deleted", "Running", 180)
+    wait_children(plane, jobs, "deleted", 2)
+    before = uids(jobs, "deleted")
+    plane.admin.delete(f"{jobs.pods_path}/deleted-worker-0-1")
+    status = jobs.wait_for(
+        "deleted",
+        "running again in generation 1",
+        lambda s: s.get("generation") == 1 and s.get("phase") == "Running",
+        180,
+    )
+    after = uids(jobs, "deleted")
+    assert set(after) == set(before), after  # the same pods, by name
+    assert after["deleted-worker-0-1"] != before["deleted-worker-0-1"]
+    assert {k: v for k, v in after.items() if k != "deleted-worker-0-1"} == {
+        k: v for k, v in before.items() if k != "deleted-worker-0-1"
+    }
+    # A disruption: it does not count (maxRestarts 0), and the attempt is the same.
+    assert (status["attempt"], status["restarts"], status["restartsCountedTowardsMax"]) == (0, 1, 0), status
+    jobs.delete("deleted")
+
+
+def test_fail_job_on_the_process_exit_code_ends_the_job(jobs: Jobs) -> None:
+    rules = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1]}}]}
+    jobs.create(in_place(jobs, "failjob", RANK_1_EXITS.format(code=1), maxRestarts=3, podFailurePolicy=rules))
+    done = jobs.wait_phase("failjob", "Failed", 180)
+    failed = condition(done, "Failed")
+    assert failed is not None and failed["reason"] == "PodFailurePolicy", failed
+    assert done.get("restarts", 0) == 0 and done.get("generation", 0) == 0, done
+    assert (done["lastFailure"]["rank"], done["lastFailure"]["exitCode"]) == (1, 1), done
+    jobs.delete("failjob")
+
+
+def test_max_restarts_exhausted_fails_the_job(jobs: Jobs) -> None:
+    jobs.create(
+        in_place(jobs, "exhausted", RANK_1_EXITS.format(code=3), maxRestarts=1, restartBackoffSeconds=0)
+    )
+    done = jobs.wait_phase("exhausted", "Failed", 180)
+    failed = condition(done, "Failed")
+    assert failed is not None and failed["reason"] == "RestartLimitExceeded", failed
+    assert "no restarts left (spec.maxRestarts=1)" in failed["message"], failed
+    assert (done["restarts"], done["restartsInPlace"], done["generation"], done["attempt"]) == (1, 1, 1, 0), (
+        done
+    )
+    jobs.delete("exhausted")
+
+
+def test_an_operator_restarted_mid_recovery_converges(plane: ControlPlane, jobs: Jobs) -> None:
+    """The restart is decided (Restarting, generation 1, in the status) and the operator stops
+    before it asks the master: the next operator reads the token back from the master pod and
+    asks for generation 1 itself (the request is idempotent); the job resumes and succeeds."""
+    jobs.create(in_place(jobs, "midway", RESUMES, maxRestarts=1, restartBackoffSeconds=4))
+    jobs.wait_phase("midway", "Running", 180)
+    wait_children(plane, jobs, "midway", 2)
+    before = uids(jobs, "midway")
+    assert plane.node is not None
+    plane.node.kill_child(NS, "midway-worker-0-0")
+    decided = jobs.wait_for("midway", "the restart decided", lambda s: s.get("generation") == 1, 60)
+    assert decided["phase"] == "Restarting", decided
+    jobs.op.stop()
+    jobs.op.start()
+    done = jobs.wait_phase("midway", "Succeeded", 180)
+    assert (done["restarts"], done["generation"], done["restartsInPlace"], done["attempt"]) == (1, 1, 1, 0), (
+        done
+    )
+    assert uids(jobs, "midway") == before
+    jobs.delete("midway")
