@@ -32,6 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import contextlib
+
 from tests.harness.cluster import ControlPlane, FakeNode
 from tests.harness.kube import KubeError
 from tests.harness.node import LocalNode
@@ -98,13 +100,13 @@ def wait(what: str, test: Any, limit: float = LIMIT) -> Any:
     raise SystemExit(f"gave up after {limit:.0f} s waiting for {what}")
 
 
-def start_job(plane: ControlPlane, name: str, workers: int, strategy: str, folder: Path, kills: int) -> dict[str, float]:
+def start_job(
+    plane: ControlPlane, name: str, workers: int, strategy: str, folder: Path, kills: int
+) -> dict[str, float]:
     """Create the job, wait for every rank's first step; the start split into its parts."""
     applied = time.time()
     plane.admin.create(TJ, manifest(name, workers, strategy, folder, kills))
-    created = wait(
-        "the worker pods", lambda: _all_created(plane, name, workers)
-    )
+    created = wait("the worker pods", lambda: _all_created(plane, name, workers))
     steps = wait("every rank's first step", lambda: latest(events(folder), "step", applied, workers))
     found = events(folder)
     first = {k: latest(found, k, applied, workers) or {} for k in ("start", "imported", "connect", "init")}
@@ -136,23 +138,31 @@ def kill_once(folder: Path, workers: int, victim: int) -> tuple[float, float]:
 
 
 def delete(plane: ControlPlane, name: str) -> None:
-    try:
+    with contextlib.suppress(KubeError):
         plane.admin.delete(f"{TJ}/{name}")
-    except KubeError:
-        pass
-    wait("the job's pods gone", lambda: not plane.admin.get(PODS, labelSelector=f"etha.io/job-name={name}")["items"], 180)
+    wait(
+        "the job's pods gone",
+        lambda: not plane.admin.get(PODS, labelSelector=f"etha.io/job-name={name}")["items"],
+        180,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--strategies", default="InPlace,Recreate")
-    parser.add_argument("--start-workers", default="16", help="Job sizes whose start is split (comma-separated).")
+    parser.add_argument(
+        "--start-workers", default="16", help="Job sizes whose start is split (comma-separated)."
+    )
     args = parser.parse_args()
     nodes = (FakeNode("node-0", pods=200), FakeNode("node-1", pods=200))
     plane = ControlPlane(nodes=nodes).start()
-    node = LocalNode(plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))).start()
+    node = LocalNode(
+        plane.admin, {n.name for n in plane.nodes}, Path(tempfile.mkdtemp(prefix="etha-bench-"))
+    ).start()
     op = ChartOperator(plane).install().start()
     results: dict[str, list[tuple[float, float]]] = {}
     starts: dict[str, dict[str, float]] = {}
@@ -161,7 +171,9 @@ def main() -> None:
         for strategy in args.strategies.split(","):
             folder = Path(tempfile.mkdtemp(prefix=f"etha-recovery-{strategy.lower()}-"))
             name = f"rec-{strategy.lower()}"
-            starts[f"{strategy} x{args.workers}"] = start_job(plane, name, args.workers, strategy, folder, args.kills)
+            starts[f"{strategy} x{args.workers}"] = start_job(
+                plane, name, args.workers, strategy, folder, args.kills
+            )
             results[strategy] = []
             for k in range(args.kills):
                 time.sleep(2.0)  # a few steps, and a checkpoint, before the next failure
@@ -169,8 +181,8 @@ def main() -> None:
                 print(f"{strategy} kill {k + 1}: joined again {results[strategy][-1][0]:.2f} s, "
                       f"first step {results[strategy][-1][1]:.2f} s", flush=True)  # fmt: skip
             status = plane.admin.get(f"{TJ}/{name}").get("status") or {}
-            print(f"{strategy}: status restarts={status.get('restarts')} generation={status.get('generation')} "
-                  f"attempt={status.get('attempt')}", flush=True)  # fmt: skip
+            shown = {k: status.get(k) for k in ("restarts", "generation", "attempt")}
+            print(f"{strategy}: status {shown}", flush=True)
             delete(plane, name)
         for size in [int(x) for x in args.start_workers.split(",") if x]:
             if size == args.workers and f"InPlace x{size}" in starts:
@@ -188,7 +200,9 @@ def main() -> None:
         print(f"  {strategy:9s} all ranks joined again {statistics.median(r[0] for r in runs):6.2f} s   "
               f"first step after {statistics.median(r[1] for r in runs):6.2f} s")  # fmt: skip
     if "InPlace" in results and "Recreate" in results:
-        ratio = statistics.median(r[0] for r in results["InPlace"]) / statistics.median(r[0] for r in results["Recreate"])
+        ratio = statistics.median(r[0] for r in results["InPlace"]) / statistics.median(
+            r[0] for r in results["Recreate"]
+        )
         print(f"  InPlace / Recreate (joined again): {ratio:.2f}")
     print("\njob start, kubectl apply to ...:")
     for label, parts in starts.items():

@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import IO
 
 from etha import constants as env_names
+from etha.job import constants as c
 from etha.job.builders import build_worker_pod
 from etha.job.manifest import ManifestError, one_training_job, read_text, validate
 from etha.job.names import master_address
 from etha.job.policies import success_met
 from etha.job.spec import PROCS_AUTO, JobSpec
-from etha.local_inplace import InPlaceRestarts
 from etha.local_host import (
     GPU_RESOURCE,
     HostError,
@@ -54,6 +54,7 @@ from etha.local_host import (
     this_machine,
     working_dir,
 )
+from etha.local_inplace import InPlaceRestarts
 from etha.local_procs import Stopped, Supervisor
 from etha.master.client import MasterClient
 from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
@@ -185,7 +186,7 @@ def run_local(
         for line in said:
             runner.say("etha", line)
         try:
-            inplace = job.spec.restart_strategy == RESTART_IN_PLACE
+            inplace = job.spec.restart_strategy == c.RESTART_IN_PLACE
             agent_file = Path(tmp) / "agent-port"
             token = secrets.token_hex(16)
             agent_args = ["--agent-port", "0", "--agent-port-file", str(agent_file)] if inplace else []
@@ -213,7 +214,7 @@ def run_local(
                     str(ranks_file),
                     *agent_args,
                 ],
-                {**base_env, ENV_MASTER_TOKEN: token} if inplace else base_env,
+                {**base_env, c.ENV_MASTER_TOKEN: token} if inplace else base_env,
                 None,
             )
             master = runner.procs["master"]
@@ -228,7 +229,7 @@ def run_local(
             restarts = None
             if inplace:
                 agent_port = int(agent_file.read_text())
-                base_env = {**base_env, ENV_AGENT_PORT: str(agent_port)}
+                base_env = {**base_env, c.ENV_AGENT_PORT: str(agent_port)}
                 client = MasterClient(f"http://{host}:{agent_port}", token)
                 restarts = InPlaceRestarts(job.spec, client, _container_name(job))
                 runner.say("etha", "restartStrategy InPlace: a failed process is restarted inside its worker")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from etha.job.constants import RESTART_IN_PLACE
 from etha.job.policies import ACTION_FAIL_JOB, Failure, backoff_seconds, decide
 from etha.job.spec import JobSpec
 from etha.master.client import MasterClient, MasterClientError
@@ -93,13 +94,19 @@ class InPlaceRestarts:
         detail = f"rank {rank} failed with exit code {code}"
         verdict = decide(
             self.spec.failure_rules,
-            Failure(pod=f"rank {rank}", rank=rank, exit_codes=((self.container, code),), conditions=(), detail=detail),
+            Failure(
+                pod=f"rank {rank}",
+                rank=rank,
+                exit_codes=((self.container, code),),
+                conditions=(),
+                detail=detail,
+            ),
         )
         if verdict.action == ACTION_FAIL_JOB:
             return Verdict(1, f"{detail}; {verdict.rule} matched (action FailJob): the job ends")
         if verdict.counted and self.counted >= self.spec.max_restarts:
             return Verdict(1, f"{detail}; no restarts left (spec.maxRestarts={self.spec.max_restarts})")
-        wait = backoff_seconds(self.spec.restart_backoff_seconds, self.restarts)
+        wait = backoff_seconds(self.spec.backoff_base(RESTART_IN_PLACE), self.restarts)
         self.restarts += 1
         if verdict.counted:
             self.counted += 1

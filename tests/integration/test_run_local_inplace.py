@@ -3,6 +3,7 @@ a rank's failure judged by the job's rules and its processes restarted in a new 
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
@@ -34,7 +35,9 @@ dist.destroy_process_group()
 """
 
 
-def manifest(tmp_path: Path, name: str, fail_in: str, max_restarts: int, backoff: int = 0, linger: float = 0) -> Path:
+def manifest(
+    tmp_path: Path, name: str, fail_in: str, max_restarts: int, backoff: int = 0, linger: float = 0
+) -> Path:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     path = tmp_path / f"{name}.yaml"
@@ -67,10 +70,15 @@ def test_a_rank_that_dies_once_resumes_in_place_and_the_run_succeeds(tmp_path: P
     res = run_local(manifest(tmp_path, "once", fail_in="0", max_restarts=1))
     out = res.stdout
     assert res.returncode == 0, out[-4000:] + res.stderr[-2000:]
-    assert "[etha] rank 1 failed with exit code 3; restarting in place in 0s (restart 1 of spec.maxRestarts=1)" in out
+    assert (
+        "[etha] rank 1 failed with exit code 3; restarting in place in 0s (restart 1 of spec.maxRestarts=1)"
+        in out
+    )
     for rank in range(3):
-        assert f"[rank {rank}] generation 0 port" in out and f"[rank {rank}] generation 1 port" in out, out[-4000:]
-    ports = {line.split(" port ")[1].split()[0] for line in out.splitlines() if " port " in line}
+        assert f"[rank {rank}] generation 0 port" in out and f"[rank {rank}] generation 1 port" in out, out[
+            -4000:
+        ]
+    ports = {found.group(1) for found in re.finditer(r"\] generation \d+ port (\d+) sum", out)}
     assert len(ports) == 2, ports  # each generation its own store
     assert "sum 3" in out
     assert "[etha] TrainingJob once succeeded: 3 workers finished" in out
@@ -87,7 +95,9 @@ def test_a_rank_that_always_dies_uses_up_max_restarts_and_fails_naming_it(tmp_pa
 
 def test_ctrl_c_during_a_restart_leaves_nothing_behind(start: Start, tmp_path: Path) -> None:  # noqa: F811
     run = start(manifest(tmp_path, "stopped", fail_in="0", max_restarts=1, backoff=60, linger=60))
-    wait_until(lambda: "restarting in place in 60s" in run.text() or run.proc.poll() is not None, 180, "a restart")
+    wait_until(
+        lambda: "restarting in place in 60s" in run.text() or run.proc.poll() is not None, 180, "a restart"
+    )
     assert run.proc.poll() is None, run.text()[-3000:]
     run.record()
     folder = run.folder()
