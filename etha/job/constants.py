@@ -119,6 +119,9 @@ REASON_NO_COMMAND: Final = "NoCommand"
 REASON_ETCD_BACKEND: Final = "EtcdBackend"
 # InPlaceRestart False: a worker container failed before its agent ever reached the master.
 REASON_AGENT_NOT_RUNNABLE: Final = "AgentNotRunnable"
+# InPlaceRestart False: the master exited 2 (a usage error) before it ever answered the operator:
+# an image pinned to an etha without the agent channel (--agent-port).
+REASON_MASTER_TOO_OLD: Final = "MasterWithoutAgentChannel"
 # InPlaceRestart True: the workers run under the agent.
 REASON_AGENT_READY: Final = "AgentWrapped"
 # Restarting (condition and event) in place: a new generation in the pods kept.

@@ -198,6 +198,8 @@ class Writer:
         """Ask the master for the next generation (a restart in place, written to the status
         first). A failed request is not retried here: the next look, a second away, finds the
         master behind the status and asks again (the request is idempotent)."""
+        if not self.api.may_write():  # a deposed leader asks nothing of any master either
+            return
         master = next((p for p in self._pods_of(worker.uid) if p["metadata"]["name"] == request.master), None)
         url = self.config.agent_url(master) if master is not None else None
         if url is None:

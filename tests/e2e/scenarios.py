@@ -38,6 +38,7 @@ def _failing() -> dict[str, Any]:
     doc["metadata"]["name"] = "always-fails"
     doc["spec"]["replicas"] = 2
     doc["spec"]["maxRestarts"] = 1
+    doc["spec"]["restartStrategy"] = "Recreate"  # (a new attempt per restart: its pods' names say it)
     container = doc["spec"]["template"]["spec"]["containers"][0]
     container["command"] = ["python", "-c", "import os, sys; sys.exit(3 if os.environ['RANK'] == '1' else 0)"]
     return doc
@@ -62,6 +63,7 @@ def _long_ddp(name: str) -> dict[str, Any]:
     doc = copy.deepcopy(example("ddp"))
     doc["metadata"]["name"] = name
     doc["spec"]["maxRestarts"] = 1
+    doc["spec"]["restartStrategy"] = "Recreate"  # (these scenarios check the new attempt)
     doc["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "EPOCHS", "value": "150"}]
     return doc
 

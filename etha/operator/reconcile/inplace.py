@@ -73,13 +73,19 @@ def recovering(status: Any, attempt: int) -> bool:
 def in_place(observed: Observed, attempt: Attempt) -> Actions | None:
     """A failure restarted in place, a restart in place carried on, or None (no failure, or one
     for the other policies: the master gone, a job that Recreates)."""
-    if not attempt.in_place or attempt.phase not in (c.PHASE_RUNNING, c.PHASE_RESTARTING):
+    if not attempt.in_place:
+        return None
+    master = attempt.master
+    if master is not None and observed.events is None and master_usage_error(master):  # (any phase)
+        return fall_back(
+            observed, attempt, c.REASON_MASTER_TOO_OLD, f"pod {master['metadata']['name']} exited 2"
+        )
+    if attempt.phase not in (c.PHASE_RUNNING, c.PHASE_RESTARTING):
         return None
     status = observed.status
     under_way = recovering(status, attempt.number)
     if attempt.phase == c.PHASE_RESTARTING and not under_way:
         return None  # a Recreate's new attempt starting
-    master = attempt.master
     if master is None or pod_phase(master) != "Running":
         return None  # the master holds the generations: without it, a Recreate
     events = observed.events
@@ -251,17 +257,31 @@ def carry_on(observed: Observed, attempt: Attempt, events: MasterEvents | None, 
     return made
 
 
+def master_usage_error(master: dict[str, Any]) -> bool:
+    """The master pod Failed with exit code 2 (argparse's usage error: an etha that does not
+    know --agent-port)."""
+    if pod_phase(master) != "Failed":
+        return False
+    for cs in (master.get("status") or {}).get("containerStatuses") or []:
+        if ((cs.get("state") or {}).get("terminated") or {}).get("exitCode") == 2:
+            return True
+    return False
+
+
 def agent_not_runnable(observed: Observed, attempt: Attempt, first: Failure) -> Actions | None:
     """A worker container failed before its agent ever reached the master: the image cannot
-    run the agent. Condition InPlaceRestart False (AgentNotRunnable) and, from now on, the job
-    Recreates: this failure too, by the failure policy."""
-    why = in_place_refused(c.REASON_AGENT_NOT_RUNNABLE, observed.now)
+    run the agent (see :func:`fall_back`)."""
+    return fall_back(observed, attempt, c.REASON_AGENT_NOT_RUNNABLE, f"{pod_of(first)} {first.detail}")
+
+
+def fall_back(observed: Observed, attempt: Attempt, reason: str, what: str) -> Actions | None:
+    """In place cannot run in this job's images: condition InPlaceRestart False (``reason``)
+    and, from now on, the job Recreates: this failure too, by the failure policy."""
+    why = in_place_refused(reason, observed.now)
     fallback = replace(attempt, conditions=set_condition(attempt.conditions, why), in_place=False)
     decided = failure(observed, fallback)
     note = Actions(
         status={"conditions": fallback.conditions},
-        events=[
-            Event("Warning", c.REASON_AGENT_NOT_RUNNABLE, f"{pod_of(first)} {first.detail}: {why['message']}")
-        ],
+        events=[Event("Warning", reason, f"{what}: {why['message']}")],
     )
     return note.then(decided) if decided is not None else note

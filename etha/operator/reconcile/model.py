@@ -338,6 +338,11 @@ IN_PLACE_REFUSED = {
         "spec.rendezvous.backend is etcd: there is no master to hold rendezvous generations. "
         "Failures Recreate every pod."
     ),
+    c.REASON_MASTER_TOO_OLD: (
+        "the master exited 2 (a usage error) before it ever answered: its image "
+        "(spec.rendezvous.image) is an etha without the agent channel (older than 0.4)? "
+        "Failures Recreate every pod from now on."
+    ),
     c.REASON_AGENT_NOT_RUNNABLE: (
         "a worker container failed before its agent reached the master (no python3 in the image, "
         "or Python older than 3.8?): failures Recreate every pod from now on."

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness.cluster import ControlPlane
 from tests.harness.jobs import Jobs, condition
 from tests.harness.operator import operating
-from tests.helpers import wait_until
+from tests.helpers import REPO, wait_until
 
 NS = "inplace"
 #: Generation 0 runs until it is killed; the next generation checks what the first wrote (its
@@ -158,3 +159,48 @@ def test_an_operator_restarted_mid_recovery_converges(plane: ControlPlane, jobs:
     )
     assert uids(jobs, "midway") == before
     jobs.delete("midway")
+
+
+def test_the_example_resumes_from_its_checkpoint(plane: ControlPlane, jobs: Jobs) -> None:
+    """examples/inplace.yaml (a gloo DDP loop, real torch): rank 1 kills itself at step 25; every
+    rank's process starts again in its pod and resumes from its checkpoint of step 20, kept in
+    the pod's emptyDir."""
+    doc = yaml.safe_load((REPO / "examples" / "inplace.yaml").read_text())
+    doc["metadata"]["namespace"] = NS
+    jobs.create(doc)
+    done = jobs.wait_phase("inplace", "Succeeded", 300)
+    assert (done["restarts"], done["generation"], done["restartsInPlace"], done["attempt"]) == (1, 1, 1, 0), (
+        done
+    )
+    assert done["lastRestart"]["rank"] == 1 and done["lastRestart"]["exitCode"] == 137, done
+    assert plane.node is not None
+    logs = plane.node.logs(100_000, namespace=NS)
+    for rank in (0, 1):
+        assert f"rank {rank}: generation 1 resumes at step 20" in logs, logs[-4000:]
+        assert f"rank {rank}: done at step 60 in generation 1" in logs, logs[-4000:]
+    jobs.delete("inplace")
+
+
+def test_a_container_whose_agent_is_killed_is_made_again_alone(plane: ControlPlane, jobs: Jobs) -> None:
+    """The agent itself killed (with its child: the container failed, exit 137): that pod alone
+    is made again, under its name; the others' processes start the next generation."""
+    jobs.create(in_place(jobs, "agentless", SLEEPS, maxRestarts=2, restartBackoffSeconds=0))
+    jobs.wait_phase("agentless", "Running", 180)
+    wait_children(plane, jobs, "agentless", 2)
+    before = uids(jobs, "agentless")
+    assert plane.node is not None
+    plane.node.kill(NS, "agentless-worker-0-0")  # the pod's process group: the agent and its child
+    status = jobs.wait_for(
+        "agentless",
+        "running again in generation 1",
+        lambda s: s.get("generation") == 1 and s.get("phase") == "Running",
+        180,
+    )
+    after = uids(jobs, "agentless")
+    assert after["agentless-worker-0-0"] != before["agentless-worker-0-0"]
+    assert after["agentless-worker-0-1"] == before["agentless-worker-0-1"]
+    assert after["agentless-master-0"] == before["agentless-master-0"]
+    assert (status["attempt"], status["restarts"], status["lastRestart"]["exitCode"]) == (0, 1, 137), status
+    cond = condition(status, "InPlaceRestart")
+    assert cond is None or cond["status"] != "False", cond
+    jobs.delete("agentless")

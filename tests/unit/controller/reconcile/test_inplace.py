@@ -279,3 +279,17 @@ def test_events_documents_are_read_strictly() -> None:
     ):
         with pytest.raises(ValueError):
             parse_events(bad)
+
+
+def test_a_master_too_old_for_the_agent_channel_falls_back_to_recreate() -> None:
+    """A master image pinned to an etha without --agent-port exits 2 before it ever answered."""
+    old = agent_master("Failed")
+    old["status"]["containerStatuses"] = [{"name": "rendezvous", "state": {"terminated": {"exitCode": 2}}}]
+    acts = decide({**RUNNING, "phase": "Pending"}, [old, *pods()[1:]], None, maxRestarts=3)
+    cond = condition(acts, "InPlaceRestart")
+    assert (cond["status"], cond["reason"]) == ("False", "MasterWithoutAgentChannel")
+    assert acts.status["attempt"] == 1 and acts.status["lastRestart"]["strategy"] == "Recreate"
+    status = {**acts.status, "phase": "Pending", "nextAttemptTime": None}
+    acts = decide(status, [], None, maxRestarts=3)
+    master = next(m for m in acts.create if m["metadata"]["name"] == "mnist-master-1")
+    assert "--agent-port" not in master["spec"]["containers"][0]["command"]
