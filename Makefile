@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-foreign-pods bench-torchrun clean
+.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-foreign-pods bench-torchrun bench-recovery clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -110,6 +110,9 @@ bench-operator: venv tools control-plane ## Operator under load on the real cont
 
 bench-foreign-pods: venv tools control-plane ## Operator CPU and RSS with 10,000 foreign pods in the cluster vs none, server-side label filter vs client-side only.
 	$(PY) bench/foreign_pods.py --pods 1000 10000 --repeat 3 --churn 1000 --settle-timeout 180
+
+bench-recovery: venv tools control-plane ## One SIGKILLed process of a 16-worker job: InPlace vs Recreate, kill to all ranks joined again (median of 5); job start split.
+	$(PY) bench/recovery.py --workers 16 --kills 5 --start-workers 16,32
 
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) bin .mypy_cache .ruff_cache .pytest_cache

@@ -6,8 +6,14 @@ rendezvous is reported as ranks join (the master's status document, as the opera
 ``status.rendezvous``), and ranks that have not joined within ``spec.rendezvous.timeoutSeconds``
 fail the run, named with their processes. The first worker to fail stops the rest and the command
 exits non-zero naming it. SIGTERM, SIGHUP, SIGINT and SIGQUIT stop all and exit 128 + N; no
-process of the run survives whatever ends it (etha.local_procs). It runs one attempt (no restarts;
-spec.podFailurePolicy does not apply); spec.successPolicy does: the run succeeds once a rule holds.
+process of the run survives whatever ends it (etha.local_procs). spec.successPolicy applies: the run
+succeeds once a rule holds.
+
+With ``spec.restartStrategy: InPlace`` (the default) every worker runs under etha's agent, as in a
+pod, and a process that fails is judged as the operator judges it (spec.podFailurePolicy on its exit
+code, spec.maxRestarts, the backoff: :mod:`etha.local_inplace`): the master stays, every worker's
+process is restarted in a new rendezvous generation, and the run goes on. With ``Recreate`` there is
+no pod to make again here: the first failed worker ends the run, as it always did.
 
 A worker whose command is ``torchrun`` (``spec.procsPerWorker``) runs this interpreter's torchrun;
 its processes' lines carry their global rank (torchrun's ``--tee``), and a failure names the first
@@ -20,6 +26,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import tempfile
 import time
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from etha import constants as env_names
+from etha.job import constants as c
 from etha.job.builders import build_worker_pod
 from etha.job.manifest import ManifestError, one_training_job, read_text, validate
 from etha.job.names import master_address
@@ -46,10 +54,15 @@ from etha.local_host import (
     this_machine,
     working_dir,
 )
+from etha.local_inplace import InPlaceRestarts
 from etha.local_procs import Stopped, Supervisor
+from etha.master.client import MasterClient
 from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)
+
+#: etha's agent, run by this interpreter in front of every worker's command under InPlace.
+AGENT_FILE = Path(__file__).resolve().parent / "agent" / "agent.py"
 
 #: Seconds between two looks at the master's status document while ranks are joining.
 STATUS_POLL_SECONDS = 0.5
@@ -173,6 +186,10 @@ def run_local(
         for line in said:
             runner.say("etha", line)
         try:
+            inplace = job.spec.restart_strategy == c.RESTART_IN_PLACE
+            agent_file = Path(tmp) / "agent-port"
+            token = secrets.token_hex(16)
+            agent_args = ["--agent-port", "0", "--agent-port-file", str(agent_file)] if inplace else []
             runner.spawn(
                 "master",
                 [
@@ -195,12 +212,13 @@ def run_local(
                     str(status_file),
                     "--local-ranks-file",
                     str(ranks_file),
+                    *agent_args,
                 ],
-                base_env,
+                {**base_env, c.ENV_MASTER_TOKEN: token} if inplace else base_env,
                 None,
             )
             master = runner.procs["master"]
-            while not (port_file.exists() and status_file.exists()):
+            while not (port_file.exists() and status_file.exists() and (agent_file.exists() or not inplace)):
                 runner.check()
                 if master.poll() is not None:
                     runner.say("etha", f"the rendezvous master exited with code {master.returncode}")
@@ -208,9 +226,16 @@ def run_local(
                 time.sleep(0.02)
             port = int(port_file.read_text())
             status_url = f"http://{host}:{int(status_file.read_text())}/status"
-            _spawn_workers(runner, job, base_env, port, host, cwd)
+            restarts = None
+            if inplace:
+                agent_port = int(agent_file.read_text())
+                base_env = {**base_env, c.ENV_AGENT_PORT: str(agent_port)}
+                client = MasterClient(f"http://{host}:{agent_port}", token)
+                restarts = InPlaceRestarts(job.spec, client, _container_name(job))
+                runner.say("etha", "restartStrategy InPlace: a failed process is restarted inside its worker")
+            _spawn_workers(runner, job, base_env, port, host, cwd, agent=inplace)
             rendezvous = _Rendezvous(job, status_url, time.monotonic(), ranks_file)
-            return _supervise(runner, job, started, timeout, rendezvous)
+            return _supervise(runner, job, started, timeout, rendezvous, restarts)
         except Stopped as stop:
             runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
             return stop.exit_code
@@ -255,9 +280,12 @@ def _spawn_workers(
     port: int,
     host: str,
     cwd: str | None,
+    agent: bool = False,
 ) -> None:
-    """One process per worker (torchrun's agent when the command is torchrun)."""
+    """One process per worker (torchrun's agent when the command is torchrun), under etha's agent
+    with ``agent`` (restartStrategy InPlace), as in a pod."""
     torchrun = is_torchrun(job.command)
+    wrap = [sys.executable, str(AGENT_FILE), "--"] if agent else []
     for rank in range(job.replicas):
         runner.check()
         # The shell's environment under the pod's (the contract's, under the manifest's own).
@@ -267,7 +295,7 @@ def _spawn_workers(
             env.update({"PET_TEE": "3", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": TORCHRUN_LINE_PREFIX})
             label = f"worker {rank}"
         runner.workers.append(label)
-        runner.spawn(label, local_command(job.command), env, cwd)
+        runner.spawn(label, [*wrap, *local_command(job.command)], env, cwd)
 
 
 class _Rendezvous:
@@ -345,8 +373,17 @@ class _Rendezvous:
         return timeout_message(missing, self.job.replicas, limit, describe)
 
 
+def _container_name(job: LocalJob) -> str:
+    return str(job.spec.template["spec"]["containers"][0].get("name") or "")
+
+
 def _supervise(
-    runner: Supervisor, job: LocalJob, started: float, timeout: float | None, rendezvous: _Rendezvous
+    runner: Supervisor,
+    job: LocalJob,
+    started: float,
+    timeout: float | None,
+    rendezvous: _Rendezvous,
+    restarts: InPlaceRestarts | None = None,
 ) -> int:
     workers = {label: p for label, p in runner.procs.items() if label != "master"}
     rules = job.spec.success_rules
@@ -374,6 +411,14 @@ def _supervise(
                     "etha", f"{label} failed with exit code {code}{because}; stopping the other processes"
                 )
                 return 1
+        if restarts is not None:
+            verdict = restarts.look()
+            for line in restarts.said:
+                runner.say("etha", line)
+            restarts.said.clear()
+            if verdict is not None:
+                runner.say("etha", f"{verdict.message}; stopping the other processes")
+                return verdict.code
         rendezvous.note_finished(runner)
         if all(p.poll() == 0 for p in workers.values()):
             rendezvous.look(runner, force=True)  # ranks may have joined since the previous look

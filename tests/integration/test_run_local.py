@@ -55,7 +55,10 @@ spec:
     )
     res = run_local(manifest, timeout=60)
     assert res.returncode == 1
-    assert "[etha] rank 1 failed with exit code 7; stopping the other processes" in res.stdout
+    assert (
+        "[etha] rank 1 failed with exit code 7; no restarts left (spec.maxRestarts=0); "
+        "stopping the other processes"
+    ) in res.stdout, res.stdout[-3000:]
 
 
 def test_a_success_policy_ends_the_run_when_rank_0_is_done(tmp_path: Path) -> None:
