@@ -114,15 +114,16 @@ def in_place(observed: Observed, attempt: Attempt) -> Actions | None:
 def process_failure(attempt: Attempt, exit_: ProcessExit) -> Failure:
     """A process's exit as the failure rules see a pod's: its worker container's exit code."""
     container = str(((attempt.job.template.get("spec") or {}).get("containers") or [{}])[0].get("name"))
-    how = f"signal {exit_.signal}, " if exit_.signal else ""
+    how = f", signal {exit_.signal}" if exit_.signal else ""
+    pod = worker_name(attempt.job.name, attempt.number, exit_.rank)
     return Failure(
-        pod=worker_name(attempt.job.name, attempt.number, exit_.rank),
+        pod=pod,
         rank=exit_.rank,
         exit_codes=((container, exit_.exit_code),),
         conditions=(),
         detail=(
-            f"process of rank {exit_.rank} exited ({how}exit code {exit_.exit_code}) in generation "
-            f"{exit_.generation}"
+            f"pod {pod}: the process of rank {exit_.rank} exited with exit code {exit_.exit_code}"
+            f"{how} in generation {exit_.generation}"
         ),
     )
 

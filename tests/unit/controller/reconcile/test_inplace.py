@@ -69,7 +69,7 @@ def test_a_process_exit_restarts_in_place_after_the_backoff() -> None:
     assert acts.delete_pods == [] and acts.create == []
     assert s["lastRestart"] == {
         "strategy": "InPlace",
-        "reason": "process of rank 1 exited (exit code 3) in generation 0",
+        "reason": "pod mnist-worker-0-1: the process of rank 1 exited with exit code 3 in generation 0",
         "rank": 1,
         "exitCode": 3,
         "generation": 1,
@@ -88,7 +88,7 @@ def test_no_backoff_asks_the_master_at_once() -> None:
         dict(RUNNING), pods(), events(0, ProcessExit(0, 0, 137, 9)), maxRestarts=1, restartBackoffSeconds=0
     )
     assert acts.next_generation == GenerationRequest(
-        "mnist-master-0", 1, "process of rank 0 exited (signal 9, exit code 137) in generation 0", TOKEN
+        "mnist-master-0", 1, "pod mnist-worker-0-0: the process of rank 0 exited with exit code 137, signal 9 in generation 0", TOKEN
     )
 
 
