@@ -55,7 +55,9 @@ ENV_GENERATION = "ETHA_GENERATION"
 DEFAULT_CONNECT_TIMEOUT = 900.0
 DEFAULT_STOP_GRACE = 5.0
 DEFAULT_MASTER_LOST = 30.0
-DEFAULT_PRELOAD = "torch"
+#: torch._dynamo: DistributedDataParallel's constructor imports it (and sympy: ~900 modules, 2-3 s
+#: of CPU per process); a name ending in "?" is skipped when it cannot be imported.
+DEFAULT_PRELOAD = "torch,torch._dynamo?"
 #: Seconds a long poll of the master waits for news (the master answers within it).
 POLL_SECONDS = 20.0
 #: Seconds between two attempts to reach the master.
@@ -691,8 +693,14 @@ def zygote_main(cmd_fd: int, reply_fd: int) -> int:
     import importlib
 
     for name in preload:
+        optional = name.endswith("?")
         try:
-            importlib.import_module(name)
+            importlib.import_module(name.rstrip("?"))
+        except Exception as exc:
+            if optional:
+                continue
+            reply({"error": f"import {name} failed: {type(exc).__name__}: {exc}"})
+            return 3
         except BaseException as exc:
             reply({"error": f"import {name} failed: {type(exc).__name__}: {exc}"})
             return 3

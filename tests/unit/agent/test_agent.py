@@ -132,7 +132,7 @@ def test_settings_defaults() -> None:
         5.0,
         30.0,
     )
-    assert s.preload == ["torch"]
+    assert s.preload == ["torch", "torch._dynamo?"]
     assert _settings(ETHA_AGENT_PRELOAD="").preload == []
     assert _settings(ETHA_AGENT_PRELOAD="numpy, torch").preload == ["numpy", "torch"]
     assert Settings({"MASTER_ADDR": "fd00::1", "ETHA_AGENT_PORT": "1", "RANK": "0"}).where == "[fd00::1]:1"
