@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -229,18 +230,46 @@ def failure(observed: Observed, attempt: Attempt) -> Actions | None:
     return seen.then(restart(observed, attempt, verdict, what, first))
 
 
-def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str, first: Failure) -> Actions:
-    """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
-    doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
+@dataclass(frozen=True)
+class RestartPlan:
+    """When a restart carried out with a strategy starts, and how it counts."""
+
+    #: Restarts in a row before this one (the backoff's exponent).
+    in_a_row: int
+    delay: float
+    starts: datetime
+    #: Restarts that used up spec.maxRestarts, this one included.
+    counted: int
+    #: "restart 2, counted (1 of spec.maxRestarts=3 used)".
+    counting: str
+
+
+def restart_plan(observed: Observed, attempt: Attempt, verdict: Verdict, strategy: str) -> RestartPlan:
+    """The backoff (the strategy's base, doubling per restart in a row, at most 5 min; an attempt
+    that ran 10 min resets it) and the count of a restart ``verdict`` allows."""
     job, now = observed.job, observed.now
     in_a_row = status_count(observed.status.get("consecutiveRestarts"))
     if ran_for(attempt.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
         in_a_row = 0
-    delay = backoff_seconds(job.backoff_base(c.RESTART_RECREATE), in_a_row)
-    starts = now + timedelta(seconds=delay)
+    delay = backoff_seconds(job.backoff_base(strategy), in_a_row)
     counted = attempt.counted + (1 if verdict.counted else 0)
     budget = f"{counted} of spec.maxRestarts={job.max_restarts} used"
     counting = f"restart {attempt.restarts + 1}, {'counted' if verdict.counted else 'not counted'} ({budget})"
+    return RestartPlan(in_a_row, delay, now + timedelta(seconds=delay), counted, counting)
+
+
+def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str, first: Failure) -> Actions:
+    """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
+    doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
+    now = observed.now
+    plan = restart_plan(observed, attempt, verdict, c.RESTART_RECREATE)
+    in_a_row, delay, starts, counted, counting = (
+        plan.in_a_row,
+        plan.delay,
+        plan.starts,
+        plan.counted,
+        plan.counting,
+    )
     message = (
         f"{what}; {describe(verdict)}; {counting}; attempt {attempt.number + 1} starts at "
         f"{timestamp(starts)} (in {delay:g}s)."

@@ -15,13 +15,12 @@ finds the master behind the status (a failed request, an operator restarted midw
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 from etha.job import constants as c
 from etha.job.names import status_count, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
-from etha.job.policies import ACTION_FAIL_JOB, BACKOFF_RESET_SECONDS, Failure, backoff_seconds, decide
+from etha.job.policies import ACTION_FAIL_JOB, Failure, decide
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.creation import creation
 from etha.operator.reconcile.events import MasterEvents, ProcessExit
@@ -32,7 +31,7 @@ from etha.operator.reconcile.failure import (
     first_failure,
     last_failure,
     pod_of,
-    ran_for,
+    restart_plan,
 )
 from etha.operator.reconcile.model import (
     Actions,
@@ -147,15 +146,15 @@ def restart_in_place(
     if verdict.counted and attempt.counted >= job.max_restarts:
         message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
         return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
-    in_a_row = status_count(status.get("consecutiveRestarts"))
-    if ran_for(attempt.conditions, c.COND_RUNNING, now) >= BACKOFF_RESET_SECONDS:
-        in_a_row = 0
-    delay = backoff_seconds(job.backoff_base(c.RESTART_IN_PLACE), in_a_row)
-    starts = now + timedelta(seconds=delay)
-    counted = attempt.counted + (1 if verdict.counted else 0)
+    plan = restart_plan(observed, attempt, verdict, c.RESTART_IN_PLACE)
+    in_a_row, delay, starts, counted, counting = (
+        plan.in_a_row,
+        plan.delay,
+        plan.starts,
+        plan.counted,
+        plan.counting,
+    )
     generation = status_count(status.get("generation")) + 1
-    budget = f"{counted} of spec.maxRestarts={job.max_restarts} used"
-    counting = f"restart {attempt.restarts + 1}, {'counted' if verdict.counted else 'not counted'} ({budget})"
     kept = "the other pods kept" if delete else "every pod kept"
     message = (
         f"{what}; {describe(verdict)}; {counting}; in place: generation {generation} starts at "
