@@ -5,9 +5,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from etha.job import constants as c
 from etha.job.names import last_attempt, master_name, status_count, worker_name
@@ -230,8 +229,7 @@ def failure(observed: Observed, attempt: Attempt) -> Actions | None:
     return seen.then(restart(observed, attempt, verdict, what, first))
 
 
-@dataclass(frozen=True)
-class RestartPlan:
+class RestartPlan(NamedTuple):
     """When a restart carried out with a strategy starts, and how it counts."""
 
     #: Restarts in a row before this one (the backoff's exponent).
@@ -262,14 +260,7 @@ def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str, f
     """Stop the attempt's pods now; the next attempt starts after the backoff (10 s by default,
     doubling per restart in a row, at most 5 min; an attempt that ran 10 min resets it)."""
     now = observed.now
-    plan = restart_plan(observed, attempt, verdict, c.RESTART_RECREATE)
-    in_a_row, delay, starts, counted, counting = (
-        plan.in_a_row,
-        plan.delay,
-        plan.starts,
-        plan.counted,
-        plan.counting,
-    )
+    in_a_row, delay, starts, counted, counting = restart_plan(observed, attempt, verdict, c.RESTART_RECREATE)
     message = (
         f"{what}; {describe(verdict)}; {counting}; attempt {attempt.number + 1} starts at "
         f"{timestamp(starts)} (in {delay:g}s)."

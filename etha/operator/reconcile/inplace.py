@@ -146,14 +146,7 @@ def restart_in_place(
     if verdict.counted and attempt.counted >= job.max_restarts:
         message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
         return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
-    plan = restart_plan(observed, attempt, verdict, c.RESTART_IN_PLACE)
-    in_a_row, delay, starts, counted, counting = (
-        plan.in_a_row,
-        plan.delay,
-        plan.starts,
-        plan.counted,
-        plan.counting,
-    )
+    in_a_row, delay, starts, counted, counting = restart_plan(observed, attempt, verdict, c.RESTART_IN_PLACE)
     generation = status_count(status.get("generation")) + 1
     kept = "the other pods kept" if delete else "every pod kept"
     message = (
