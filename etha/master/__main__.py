@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from etha.constants import DEFAULT_MASTER_PORT
 from etha.kvstore.errors import KVStoreError
 from etha.master.peers import PeerTracker
+from etha.master.progress_watch import ProgressWatch
 from etha.master.status_http import serve_status
 
 if TYPE_CHECKING:  # torch is imported only once the server starts
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         "rank joined, even if its connection was gone before the master looked at it.",
     )
     parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=None,
+        help="Seconds without any rank's reported step advancing before training counts as stalled "
+        "(spec.progress.stallTimeoutSeconds; default: derived from the step time, see docs/progress.md).",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level."
     )
     return parser
@@ -121,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.world_size is not None and args.world_size < 1:
         logger.error("--world-size (%d) must be at least 1.", args.world_size)
+        return 2
+    if args.stall_timeout is not None and not args.stall_timeout >= 1:
+        logger.error("--stall-timeout (%s) must be at least 1.", args.stall_timeout)
         return 2
     if args.status_port is not None and not 0 <= args.status_port <= 65535:
         logger.error("--status-port (%d) must be in 0..65535.", args.status_port)
@@ -168,10 +179,12 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
     logger.info("rendezvous master%s listening on %s:%d", job, args.host, store.port)
     tracker = PeerTracker(store.port, args.world_size, local_ranks_file=args.local_ranks_file)
     lock = threading.Lock()
+    # Training progress (etha.progress.report()): read from the store, served in /status and /metrics.
+    progress = ProgressWatch(lambda: (0, args.host, store.port), args.stall_timeout)
     http: ThreadingHTTPServer | None = None
     if args.status_port is not None:
         try:
-            http = serve_status(args.host, args.status_port, tracker, lock, args.job)
+            http = serve_status(args.host, args.status_port, tracker, lock, args.job, progress=progress)
         except OSError as exc:
             logger.error("cannot serve status on %s:%d: %s", args.host, args.status_port, exc)
             return 1
@@ -184,6 +197,7 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
         target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
     )
     watcher.start()
+    progress.start(stop)
     # A timed wait: the main thread must get back to the interpreter to run signal handlers,
     # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
     while not stop.wait(0.5):
