@@ -46,6 +46,8 @@ STRAGGLER_MIN_SECONDS = 0.05
 ALIGN_SPAN = 128
 #: Ranks the document names one by one as behind (the rest are counted).
 SLOWEST_SHOWN = 8
+#: Characters of a stall's summary at most (ranks as ranges; a scattered thousand are cut).
+MAX_SUMMARY = 300
 #: (time, step) points of the job's series kept for its rate, and the span they cover at most.
 RATE_POINTS = 256
 RATE_SPAN = 60.0
@@ -171,7 +173,8 @@ class ProgressBook:
         timeout, _ = self.effective_stall_timeout()
         if since < timeout or self.finished():
             return since, None
-        return since, stall_message({r: s.step for r, s in self.ranks.items()}, since)
+        summary = stall_message({r: s.step for r, s in self.ranks.items()})
+        return since, f"{summary} (no rank advanced for {since:.0f}s)"
 
     def stragglers(self) -> list[tuple[int, float]]:
         """(rank, median seconds behind) of each persistent straggler."""
@@ -229,16 +232,18 @@ class ProgressBook:
             "stallTimeoutDerived": derived,
             "stalled": message is not None,
             "stallMessage": message,
+            "ranksSummary": stall_message({r: s.step for r, s in self.ranks.items()}),
             "stragglers": [{"rank": r, "lagSeconds": lag} for r, lag in self.stragglers()[:SLOWEST_SHOWN]],
         }
 
 
-def stall_message(steps: Mapping[int, int], since: float) -> str:
-    """'rank 1 stopped at step 14; ranks 0, 2 wait at step 15 (no rank advanced for 31s)'."""
+def stall_message(steps: Mapping[int, int]) -> str:
+    """'rank 1 stopped at step 14; ranks 0, 2 wait at step 15': the ranks behind the others first,
+    the likely cause."""
     if not steps:
         return "no rank reported"
     lowest, highest = min(steps.values()), max(steps.values())
-    after = f" (no rank advanced for {since:.0f}s)"
+    after = ""
     if lowest == highest:
         ranks = sorted(steps)
         noun = "rank" if len(ranks) == 1 else f"all {len(ranks)} ranks"
@@ -253,8 +258,101 @@ def stall_message(steps: Mapping[int, int], since: float) -> str:
     for s in sorted(by_step, reverse=True)[:3]:
         ranks = sorted(by_step[s])
         parts.append(f"{_ranks(ranks)} {'waits' if len(ranks) == 1 else 'wait'} at step {s}")
-    return "; ".join(parts) + after
+    text = "; ".join(parts) + after
+    return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
 
 
 def _ranks(ranks: list[int]) -> str:
     return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {rank_ranges(ranks)}"
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """The ``progress`` section of the master's status document, as the operator and ``etha
+    run-local`` read it (:func:`parse_document`): what :meth:`ProgressBook.document` writes."""
+
+    step: int
+    total_steps: int | None
+    percent: float | None
+    steps_per_second: float | None
+    eta_seconds: float | None
+    metrics: Mapping[str, float]
+    #: seconds since the epoch (the master's clock) when the job's step last advanced
+    last_report_time: float
+    seconds_since_advance: float
+    stall_timeout_seconds: float
+    stall_timeout_derived: bool
+    stalled: bool
+    stall_message: str | None
+    ranks_summary: str
+    stragglers: tuple[tuple[int, float], ...]
+    generation: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.total_steps is not None and self.step >= self.total_steps
+
+
+def _number(doc: Mapping[str, Any], key: str, optional: bool = True) -> float | None:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1e15 < value < 1e15:
+        raise ValueError(f"progress.{key} ({str(value)[:60]!r}) must be a number")
+    return float(value)
+
+
+def _count(doc: Mapping[str, Any], key: str, optional: bool = True) -> int | None:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if type(value) is not int or not 0 <= value < 2**53:
+        raise ValueError(f"progress.{key} ({str(value)[:60]!r}) must be a non-negative integer")
+    return value
+
+
+def _text(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"progress.{key} must be a string")
+    return value[: MAX_SUMMARY + 60]
+
+
+def parse_document(doc: Any) -> JobProgress | None:
+    """The master's ``progress`` section read strictly (the master's image is the job author's);
+    None when absent (no rank reported). Raises ValueError naming the field."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError("progress must be a JSON object")
+    metrics = doc.get("metrics") or {}
+    if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
+        raise ValueError(f"progress.metrics must be an object of at most {MAX_METRICS} numbers")
+    clean = {str(k)[:40]: float(v) for k, v in metrics.items() if _number(metrics, k) is not None}
+    raw = doc.get("stragglers") or []
+    if not isinstance(raw, list) or len(raw) > SLOWEST_SHOWN:
+        raise ValueError(f"progress.stragglers must be a list of at most {SLOWEST_SHOWN}")
+    stragglers = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ValueError("progress.stragglers items must be objects")
+        stragglers.append((_count(item, "rank", False) or 0, _number(item, "lagSeconds", False) or 0.0))
+    return JobProgress(
+        step=_count(doc, "step", False) or 0,
+        total_steps=_count(doc, "totalSteps"),
+        percent=_number(doc, "percent"),
+        steps_per_second=_number(doc, "stepsPerSecond"),
+        eta_seconds=_number(doc, "etaSeconds"),
+        metrics=clean,
+        last_report_time=_number(doc, "lastReportTime", False) or 0.0,
+        seconds_since_advance=max(0.0, _number(doc, "secondsSinceAdvance", False) or 0.0),
+        stall_timeout_seconds=_number(doc, "stallTimeoutSeconds", False) or 0.0,
+        stall_timeout_derived=bool(doc.get("stallTimeoutDerived")),
+        stalled=bool(doc.get("stalled")),
+        stall_message=_text(doc, "stallMessage"),
+        ranks_summary=_text(doc, "ranksSummary") or "",
+        stragglers=tuple(stragglers),
+        generation=_count(doc, "generation") or 0,
+    )

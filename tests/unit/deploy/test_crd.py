@@ -32,6 +32,8 @@ def test_names_match_the_contract() -> None:
         "Joined",
         "Restarts",
         "Reason",
+        "Progress",
+        "ETA",
         "Age",
     ]
 
