@@ -22,6 +22,7 @@ from etha.job.limits import MAX_REPLICAS
 from etha.job.names import master_name, status_attempt, status_count, worker_name
 from etha.job.pods import pod_phase, timestamp
 from etha.job.spec import JobSpec
+from etha.master.progress import JobProgress
 from etha.master.status import MasterStatus
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.joins import joined_view
@@ -141,6 +142,12 @@ class Observed:
     finalizer: bool = False
     #: Pods of the job (in ``pods``) that lost their job label: found by name, not by the watch.
     unlabelled: Sequence[str] = ()
+    #: Training progress as the master aggregated it (read this look; None: not read or none
+    #: reported), whether its numbers may be written now, and seconds until the next read
+    #: (etha.operator.progress_pace; docs/progress.md).
+    progress: JobProgress | None = None
+    progress_due: bool = False
+    progress_poll: float | None = None
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:
