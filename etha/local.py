@@ -47,6 +47,7 @@ from etha.local_host import (
     working_dir,
 )
 from etha.local_procs import Stopped, Supervisor
+from etha.local_progress import LocalProgress, stall_args
 from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ def run_local(
                     str(status_file),
                     "--local-ranks-file",
                     str(ranks_file),
+                    *stall_args(job.spec.progress.stall_timeout_seconds),
                 ],
                 base_env,
                 None,
@@ -210,7 +212,8 @@ def run_local(
             status_url = f"http://{host}:{int(status_file.read_text())}/status"
             _spawn_workers(runner, job, base_env, port, host, cwd)
             rendezvous = _Rendezvous(job, status_url, time.monotonic(), ranks_file)
-            return _supervise(runner, job, started, timeout, rendezvous)
+            watch = LocalProgress(status_url, job.spec.progress, lambda line: runner.say("etha", line))
+            return _supervise(runner, job, started, timeout, rendezvous, watch)
         except Stopped as stop:
             runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
             return stop.exit_code
@@ -346,7 +349,12 @@ class _Rendezvous:
 
 
 def _supervise(
-    runner: Supervisor, job: LocalJob, started: float, timeout: float | None, rendezvous: _Rendezvous
+    runner: Supervisor,
+    job: LocalJob,
+    started: float,
+    timeout: float | None,
+    rendezvous: _Rendezvous,
+    progress: LocalProgress | None = None,
 ) -> int:
     workers = {label: p for label, p in runner.procs.items() if label != "master"}
     rules = job.spec.success_rules
@@ -389,6 +397,8 @@ def _supervise(
             return 1
         rendezvous.look(runner)
         failure = rendezvous.timed_out(runner)
+        if failure is None and progress is not None:
+            failure = progress.look()  # training progress and stalls (docs/progress.md)
         if failure is not None:
             runner.say("etha", f"TrainingJob {job.name} failed. {failure}")
             return 1

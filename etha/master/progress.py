@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,9 @@ STRAGGLER_MIN_SECONDS = 0.05
 ALIGN_SPAN = 128
 #: Ranks the document names one by one as behind (the rest are counted).
 SLOWEST_SHOWN = 8
+#: Seconds without any change of a rank's record (its writer's heartbeat is every 2 s) after
+#: which its process counts as silent: frozen (SIGSTOP, a hung interpreter) or gone.
+SILENCE = 6.0
 #: Characters of a stall's summary at most (ranks as ranges; a scattered thousand are cut).
 MAX_SUMMARY = 300
 #: (time, step) points of the job's series kept for its rate, and the span they cover at most.
@@ -59,6 +62,8 @@ class RankState:
     #: the master's clock when it saw this step first
     advanced_at: float
     record: Record
+    #: the master's clock when it last saw the record change (a new step, or a heartbeat)
+    heard_at: float = 0.0
 
 
 @dataclass
@@ -93,9 +98,9 @@ class ProgressBook:
         for record in records:
             state = self.ranks.get(record.rank)
             if state is None or record.step != state.step:
-                self.ranks[record.rank] = RankState(record.step, now, record)
-            else:
-                state.record = record
+                self.ranks[record.rank] = RankState(record.step, now, record, now)
+            elif record != state.record:
+                state.record, state.heard_at = record, now
             if self.first_report_at is None:
                 self.first_report_at = now
             self._learn(record)
@@ -173,8 +178,15 @@ class ProgressBook:
         timeout, _ = self.effective_stall_timeout()
         if since < timeout or self.finished():
             return since, None
-        summary = stall_message({r: s.step for r, s in self.ranks.items()})
-        return since, f"{summary} (no rank advanced for {since:.0f}s)"
+        return since, f"{self.summary(now)} (no rank advanced for {since:.0f}s)"
+
+    def silent(self, now: float) -> set[int]:
+        """Ranks whose process has not been heard for :data:`SILENCE` seconds (frozen, or gone)."""
+        return {r for r, s in self.ranks.items() if now - s.heard_at >= SILENCE}
+
+    def summary(self, now: float) -> str:
+        """Where each rank is (see :func:`stall_message`)."""
+        return stall_message({r: s.step for r, s in self.ranks.items()}, self.silent(now))
 
     def stragglers(self) -> list[tuple[int, float]]:
         """(rank, median seconds behind) of each persistent straggler."""
@@ -232,18 +244,36 @@ class ProgressBook:
             "stallTimeoutDerived": derived,
             "stalled": message is not None,
             "stallMessage": message,
-            "ranksSummary": stall_message({r: s.step for r, s in self.ranks.items()}),
+            "ranksSummary": self.summary(now),
+            "silentRanks": sorted(self.silent(now))[:SLOWEST_SHOWN],
             "stragglers": [{"rank": r, "lagSeconds": lag} for r, lag in self.stragglers()[:SLOWEST_SHOWN]],
         }
 
 
-def stall_message(steps: Mapping[int, int]) -> str:
-    """'rank 1 stopped at step 14; ranks 0, 2 wait at step 15': the ranks behind the others first,
-    the likely cause."""
+def stall_message(steps: Mapping[int, int], silent: Collection[int] = ()) -> str:
+    """'rank 1 stopped at step 14; ranks 0, 2 wait at step 15': the likely cause first. That is a
+    rank whose process went silent (no heartbeat: frozen, or gone) while the others' are alive
+    (they wait in a collective), else the ranks behind the others."""
     if not steps:
         return "no rank reported"
     lowest, highest = min(steps.values()), max(steps.values())
     after = ""
+    quiet = sorted(r for r in silent if r in steps)
+    if quiet and len(quiet) < len(steps):
+        parts = [f"{_ranks(quiet)} stopped at step {steps[quiet[0]]} (no heartbeat)"]
+        if len({steps[r] for r in quiet}) > 1:
+            parts = [
+                f"{_ranks(quiet)} stopped (no heartbeat) at steps {rank_ranges({steps[r] for r in quiet})}"
+            ]
+        waiting: dict[int, list[int]] = {}
+        for r, s in steps.items():
+            if r not in silent:
+                waiting.setdefault(s, []).append(r)
+        for s in sorted(waiting, reverse=True)[:3]:
+            ranks = sorted(waiting[s])
+            parts.append(f"{_ranks(ranks)} {'waits' if len(ranks) == 1 else 'wait'} at step {s}")
+        text = "; ".join(parts)
+        return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 3] + "..."
     if lowest == highest:
         ranks = sorted(steps)
         noun = "rank" if len(ranks) == 1 else f"all {len(ranks)} ranks"
@@ -291,6 +321,28 @@ class JobProgress:
     @property
     def finished(self) -> bool:
         return self.total_steps is not None and self.step >= self.total_steps
+
+    def stall(self, configured: float | None) -> str | None:
+        """Why training counts as stalled, if it does: past ``configured`` seconds without any rank
+        advancing (``spec.progress.stallTimeoutSeconds``), or, without one, past the master's
+        derived timeout. Never once the run reached its total."""
+        if self.finished:
+            return None
+        since = self.seconds_since_advance
+        if configured is not None:
+            if since < configured:
+                return None
+            return (
+                f"{self.ranks_summary} (no rank advanced for {since:.0f}s; "
+                f"spec.progress.stallTimeoutSeconds={configured:g})."
+            )
+        if not self.stalled:
+            return None
+        return (
+            f"{self.ranks_summary} (no rank advanced for {since:.0f}s; derived timeout "
+            f"{self.stall_timeout_seconds:.0f}s = max(3 x the median step time, {DERIVED_FLOOR:g}s); "
+            "it acts only when spec.progress.stallTimeoutSeconds is set)."
+        )
 
 
 def _number(doc: Mapping[str, Any], key: str, optional: bool = True) -> float | None:
@@ -356,3 +408,20 @@ def parse_document(doc: Any) -> JobProgress | None:
         stragglers=tuple(stragglers),
         generation=_count(doc, "generation") or 0,
     )
+
+
+def eta_text(seconds: float | None) -> str | None:
+    """3725 -> '1h2m'; 42 -> '42s'."""
+    if seconds is None:
+        return None
+    s = round(seconds)
+    days, rest = divmod(s, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

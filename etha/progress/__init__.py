@@ -22,6 +22,7 @@ Imports nothing heavy: torch is imported by the writer thread, once it starts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two writes of one rank at most (the latest step is always the one written).
 WRITE_INTERVAL = 1.0
+#: Seconds after which an unchanged record is written again (the process's heartbeat).
+HEARTBEAT_INTERVAL = 2.0
 #: Seconds the writer's client waits for the master to answer (connect, or one write).
 CLIENT_TIMEOUT = 10.0
 
@@ -57,12 +60,14 @@ class Reporter:
         host: str | None = None,
         port: int | None = None,
         interval: float = WRITE_INTERVAL,
+        heartbeat: float = HEARTBEAT_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.host, self.port = host, port
         self.interval = interval
+        self.heartbeat = heartbeat
         self.clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -112,10 +117,16 @@ class Reporter:
         store: Any = None
         indexed = False
         last = 0.0
+        beat = 0
         while True:
             with self._lock:
-                while not self._closed and (self._latest is None or self._latest is self._written):
-                    self._wake.wait(self.interval)
+                # A new record, or the heartbeat: the same record again, so the master tells a
+                # process that waits (in a collective, its thread alive) from one that is frozen.
+                while not self._closed and (
+                    self._latest is None
+                    or (self._latest is self._written and time.monotonic() - last < self.heartbeat)
+                ):
+                    self._wake.wait(max(0.01, min(self.interval, last + self.heartbeat - time.monotonic())))
                 if self._closed:
                     return
                 record = self._latest
@@ -127,10 +138,11 @@ class Reporter:
                     record = self._latest
                 assert record is not None
             last = time.monotonic()
+            beat += 1
             try:
                 if store is None:
                     store = _connect(self.host or "", self.port or 0)
-                store.set(rank_key(self.rank), record.encode())
+                store.set(rank_key(self.rank), dataclasses.replace(record, beat=beat).encode())
                 if not indexed:  # after the key exists: the master never waits on one
                     store.append(INDEX_KEY, f"{self.rank},")
                     indexed = True

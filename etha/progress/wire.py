@@ -98,6 +98,9 @@ class Record:
     history: tuple[tuple[int, float], ...] = ()
     #: the reporting process's world size (WORLD_SIZE), if it knows one
     world_size: int | None = None
+    #: the writer's count of its writes: it grows with every write, a new step or not, so the
+    #: master sees the process alive (its heartbeat) even while its step does not move
+    beat: int = 0
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"r": self.rank, "s": self.step, "t": round(self.time, 4)}
@@ -111,6 +114,8 @@ class Record:
             doc["h"] = [[s, round(t - base, 4)] for s, t in self.history]
         if self.world_size is not None:
             doc["w"] = self.world_size
+        if self.beat:
+            doc["k"] = self.beat
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -148,6 +153,9 @@ class Record:
             ):
                 raise BadProgress(f"rank {rank}'s history has {_short(pair)}; expected [step, seconds]")
             history.append((pair[0], float(base) + float(pair[1])))
+        beat = doc.get("k", 0)
+        if type(beat) is not int or beat < 0:
+            beat = 0
         world = doc.get("w")
         if world is not None and (type(world) is not int or not 1 <= world <= MAX_RANK + 1):
             world = None
@@ -159,6 +167,7 @@ class Record:
             metrics=metrics or None,
             history=tuple(history),
             world_size=world,
+            beat=beat,
         )
 
 

@@ -24,30 +24,13 @@ from etha.job.names import last_attempt
 from etha.job.pods import timestamp
 from etha.job.policies import ACTION_COUNT, Verdict
 from etha.job.progress import ON_STALL_FAIL_JOB, ON_STALL_NONE, ON_STALL_RESTART
-from etha.master.progress import JobProgress
+from etha.master.progress import JobProgress, eta_text
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.failure import restart
 from etha.operator.reconcile.model import Actions, Attempt, Observed, fail
 
 #: The rule status.lastFailure names for a stall.
 STALL_RULE = "spec.progress.onStall"
-
-
-def eta_text(seconds: float | None) -> str | None:
-    """3725 -> '1h2m'; 42 -> '42s'."""
-    if seconds is None:
-        return None
-    s = round(seconds)
-    days, rest = divmod(s, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def status_progress(p: JobProgress) -> dict[str, Any]:
@@ -73,23 +56,7 @@ def stall_of(observed: Observed) -> str | None:
     """The stall's message, if training is stalled: the configured timeout if there is one, else
     the master's derived one."""
     p = observed.progress
-    if p is None or p.finished:
-        return None
-    configured = observed.job.progress.stall_timeout_seconds
-    if configured is not None:
-        if p.seconds_since_advance < configured:
-            return None
-        return (
-            f"{p.ranks_summary} (no rank advanced for {p.seconds_since_advance:.0f}s; "
-            f"spec.progress.stallTimeoutSeconds={configured})."
-        )
-    if not p.stalled:
-        return None
-    return (
-        f"{p.ranks_summary} (no rank advanced for {p.seconds_since_advance:.0f}s; derived timeout "
-        f"{p.stall_timeout_seconds:.0f}s = max(3 x the median step time, floor); it acts only when "
-        "spec.progress.stallTimeoutSeconds is set)."
-    )
+    return p.stall(observed.job.progress.stall_timeout_seconds) if p is not None else None
 
 
 def _is_true(conditions: list[dict[str, str]], kind: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,9 +97,18 @@ def test_progress_and_a_frozen_rank_named_within_the_timeout(
         # Timeout 2 s + a rank's write interval (1 s) + the master's read interval (1 s) + slack.
         assert noticed < 6, noticed
         assert "stopped at step" in message and "advanced for" in message
-        steps = {r: s for r, s, _ in status(master)["progress"]["slowest"]}
-        if len(set(steps.values())) > 1:  # the frozen rank wrote its last step before the others
-            assert message.startswith("rank 1 stopped"), message
+        # Rank 1 is named: behind the others (its last write came before the freeze), and once
+        # silent for SILENCE (6 s) by its heartbeat, while the others' go on in the all-reduce.
+        wait_until(
+            lambda: status(master)["progress"]["stallMessage"].startswith("rank 1 stopped at step"),
+            20,
+            "rank 1 named",
+        )
+        wait_until(lambda: status(master)["progress"]["silentRanks"] == [1], 20, "rank 1 silent")
+        message = status(master)["progress"]["stallMessage"]
+        assert re.match(r"rank 1 stopped at step \d+ \(no heartbeat\); ranks 0, 2 wait at step", message), (
+            message
+        )
         assert "training stalled: " in master.log()
         with urllib.request.urlopen(f"http://127.0.0.1:{master.status_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()

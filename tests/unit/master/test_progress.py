@@ -113,3 +113,22 @@ def test_a_new_generation_starts_over() -> None:
     book.reset(1)
     assert book.document(10.0, 10.0) is None and book.generation == 1
     assert book.stall(10.0)[1] is None
+
+
+def test_a_silent_rank_is_named_while_the_others_wait_alive() -> None:
+    assert stall_message({0: 29, 1: 29, 2: 29}, silent={1}) == (
+        "rank 1 stopped at step 29 (no heartbeat); ranks 0, 2 wait at step 29"
+    )
+    assert stall_message({0: 29, 1: 29}, silent={0, 1}) == "all 2 ranks (0-1) stopped at step 29"
+
+
+def test_the_heartbeat_keeps_a_waiting_rank_heard() -> None:
+    book = ProgressBook(stall_timeout=5.0)
+    book.ingest([rec(0, 29, 1.0), rec(1, 29, 1.0)], now=0.0)
+    for beat, now in enumerate((2.0, 4.0, 6.0, 8.0), 1):  # rank 0 beats; rank 1 is frozen
+        book.ingest([Record(0, 29, 1.0, beat=beat), rec(1, 29, 1.0)], now=now)
+    assert book.silent(8.0) == {1}
+    assert (
+        book.stall(8.0)[1]
+        == "rank 1 stopped at step 29 (no heartbeat); rank 0 waits at step 29 (no rank advanced for 8s)"
+    )

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from etha.job.spec import parse
-from etha.master.progress import JobProgress
-from etha.operator.reconcile.progress import eta_text
+from etha.master.progress import JobProgress, eta_text
 from tests.factories import make_trainingjob, reconcile
 from tests.unit.controller.reconcile.helpers import NOW, RUNNING, running_pods
 
@@ -95,7 +94,10 @@ def test_a_derived_timeout_sets_the_condition_only() -> None:
     derived = dataclasses.replace(STALLED, stalled=True)
     acts = look(derived)
     stalled = cond(acts, "Stalled")
-    assert stalled is not None and "derived timeout 10s" in stalled["message"]
+    assert (
+        stalled is not None
+        and "derived timeout 10s = max(3 x the median step time, 10s)" in stalled["message"]
+    )
     assert acts.status.get("phase") == "Running" and not acts.delete_pods
 
 
