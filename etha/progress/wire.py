@@ -84,6 +84,22 @@ def check_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     return out
 
 
+def numeric_metrics(values: Mapping[str, object]) -> dict[str, float]:
+    """What a library logged, as ``report()`` takes it: the finite numbers (a one-element tensor's
+    ``.item()`` too) with names of at most :data:`MAX_METRIC_NAME` characters, the first
+    :data:`MAX_METRICS` of them; the rest is left out (a callback never fails training)."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if len(out) == MAX_METRICS:
+            break
+        numel = getattr(value, "numel", None)
+        if callable(numel) and numel() == 1:
+            value = value.item()  # type: ignore[attr-defined]
+        if _finite_number(value) and len(key) <= MAX_METRIC_NAME:
+            out[key] = float(value)  # type: ignore[arg-type]
+    return out
+
+
 @dataclass(frozen=True)
 class Record:
     """One rank's latest report, as written to its key."""
