@@ -22,6 +22,7 @@ Imports nothing heavy: torch is imported by the writer thread, once it starts.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -42,8 +43,11 @@ logger = logging.getLogger(__name__)
 WRITE_INTERVAL = 1.0
 #: Seconds after which an unchanged record is written again (the process's heartbeat).
 HEARTBEAT_INTERVAL = 2.0
-#: Seconds the writer's client waits for the master to answer (connect, or one write).
-CLIENT_TIMEOUT = 10.0
+#: Seconds the writer's client waits for the master to answer (connect, or one write): short, since
+#: the process's exit waits for a write under way (see :meth:`Reporter._at_exit`).
+CLIENT_TIMEOUT = 3.0
+#: Seconds the process's exit waits for the latest values to be written.
+EXIT_FLUSH = 1.5
 
 
 class Reporter:
@@ -93,6 +97,7 @@ class Reporter:
             if self._thread is None and self.host is not None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="etha-progress", daemon=True)
                 self._thread.start()
+                atexit.register(self._at_exit)
 
     def flush(self, timeout: float = CLIENT_TIMEOUT) -> bool:
         """Wait until the latest values are written (True), or ``timeout`` passed (False)."""
@@ -106,10 +111,21 @@ class Reporter:
                 self._wake.wait(min(left, 0.05))
         return True
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLIENT_TIMEOUT + 1) -> None:
+        """Stop the writer thread (waiting up to ``timeout`` seconds for a write under way)."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _at_exit(self) -> None:
+        """At the process's exit: the latest step written (briefly), and the writer stopped before
+        the interpreter finalizes. A daemon thread caught inside torch's C++ client then (a
+        connect being retried) aborts the process: exit code 134 instead of the script's own."""
+        self.flush(EXIT_FLUSH)
+        self.close()
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -159,7 +175,12 @@ class Reporter:
 
 
 def _connect(host: str, port: int) -> Any:
+    """A client of the store at host:port; a plain TCP probe first, so a master that is gone fails
+    at once instead of inside torch's retrying connect."""
     import datetime
+    import socket
+
+    socket.create_connection((host, port), timeout=1.0).close()
 
     import torch.distributed
 

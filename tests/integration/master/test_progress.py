@@ -145,3 +145,44 @@ def test_a_rank_that_has_not_started_is_still_missing(
         assert set(doc["joined"]) <= {0, 1}
     finally:
         master.stop()
+
+
+def test_a_rank_whose_master_is_gone_still_exits_with_its_own_code(tmp_path: Path) -> None:
+    """The writer thread retrying a master that is gone must not abort the process at its exit
+    (a daemon thread inside torch's C++ client when the interpreter finalizes does: exit 134)."""
+    master = MasterProcess(tmp_path, world_size=1, status=True)
+    env = {**TEST_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master.port), "RANK": "0"}
+    code = textwrap.dedent(
+        """
+        import sys, time, etha.progress as p
+        for s in range(10):
+            p.report(s)
+            time.sleep(0.1)
+        assert p.reporter().flush(10)
+        print("written", flush=True)
+        sys.stdin.readline()  # the master is stopped meanwhile
+        for s in range(10, 40):
+            p.report(s)
+            time.sleep(0.1)
+        sys.exit(3)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**env, "PYTHONPATH": os.getcwd()},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+        master.stop()
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(60) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        master.stop()
