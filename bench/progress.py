@@ -82,13 +82,24 @@ def report_cost(tmp: Path, calls: int) -> tuple[float, float, int]:
         cpu = (time.thread_time() - began_cpu) / calls
         wall = (time.perf_counter() - began) / calls
         rep.flush(30)
+        rep.close()
         return cpu * 1e6, wall * 1e6, rep.writes
     finally:
         stop(master)
 
 
-def master_cpu(tmp: Path, ranks: int, rate: float, seconds: float) -> tuple[float, float, float, int]:
-    master, port, status_port = start_master(tmp, ranks)
+def read_cpu(status_port: int) -> float:
+    """The master's own count of CPU seconds its progress reads took (/metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etha_master_progress_read_cpu_seconds_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def master_cpu(tmp: Path, ranks: int, rate: float, seconds: float) -> tuple[float, float, float, float, int]:
+    """(idle CPU share, busy CPU share, the progress reader's share, report() calls/s, ranks seen)."""
+    master, port, status_port = start_master(tmp, 1)  # world 1: no join watcher looking meanwhile
     try:
         time.sleep(3)
         idle0 = cpu_seconds(master.pid)
@@ -111,13 +122,16 @@ def master_cpu(tmp: Path, ranks: int, rate: float, seconds: float) -> tuple[floa
         thread = threading.Thread(target=drive, daemon=True)
         thread.start()
         time.sleep(5)  # every reporter connected and indexed
-        busy0 = cpu_seconds(master.pid)
+        busy0, read0 = cpu_seconds(master.pid), read_cpu(status_port)
         time.sleep(seconds)
         busy = (cpu_seconds(master.pid) - busy0) / seconds
+        reads = (read_cpu(status_port) - read0) / seconds
         doc = status(status_port)["progress"]
         stop_event.set()
         thread.join(5)
-        return idle, busy, calls[0] / (seconds + 5), int(doc["reportingRanks"])
+        for rep in reporters:
+            rep.close()
+        return idle, busy, reads, calls[0] / (seconds + 5), int(doc["reportingRanks"])
     finally:
         stop(master)
 
@@ -198,15 +212,15 @@ def main() -> int:
         print(
             f"report(): {cpu:.2f} us CPU, {wall:.2f} us wall per call ({args.calls} calls, {writes} writes)"
         )
-        idle, busy, calls, seen = master_cpu(tmp, args.ranks, args.rate, args.seconds)
+        idle, busy, reads, calls, seen = master_cpu(tmp, args.ranks, args.rate, args.seconds)
         print(
             f"master at {args.ranks} ranks x {args.rate:g} steps/s ({calls:.0f} report() calls/s, "
-            f"{seen} ranks seen): {busy * 100:.1f}% of a core (idle: {idle * 100:.1f}%)"
+            f"{seen} ranks seen): {busy * 100:.2f}% of a core (idle: {idle * 100:.2f}%; its "
+            f"progress reader: {reads * 100:.2f}%)"
         )
         for jobs in (1, 1000):
-            print(
-                f"status.progress writes per job per minute, {jobs} jobs: {api_writes_per_job_minute(jobs):.2f}"
-            )
+            per_minute = api_writes_per_job_minute(jobs)
+            print(f"status.progress writes per job per minute, {jobs} jobs: {per_minute:.2f}")
         for name, extra in (("configured 2 s", ("--stall-timeout", "2")), ("derived", ())):
             runs = [freeze_to_stalled(tmp, extra) for _ in range(args.repeat)]
             times = [t for t, _ in runs]
