@@ -2,8 +2,9 @@
 write it to the job's status: per job and operator-wide (docs/progress.md, "What it costs").
 
 - A job's master is read every :data:`READ_INTERVAL` seconds while it runs and its ranks report
-  (a read is a GET to the master pod, not an API request); a job whose ranks report nothing is
-  read less and less often, down to once per :data:`SILENT_INTERVAL_MAX` seconds.
+  (a read is a GET to the master pod, not an API request); a job whose ranks report nothing for
+  its first :data:`SILENT_GRACE` reads is read less and less often, down to once per
+  :data:`SILENT_INTERVAL_MAX` seconds.
 - ``status.progress``'s numbers are written at most every :data:`WRITE_INTERVAL` seconds per job,
   and at most :data:`WRITES_PER_SECOND` times a second over all jobs (a token bucket): 1,000
   reporting jobs share 20 writes a second, each written about every 50 s. A stall (the condition
@@ -19,7 +20,10 @@ from dataclasses import dataclass, field
 
 #: Seconds between two reads of a reporting job's master.
 READ_INTERVAL = 5.0
-#: A silent job (no rank reported yet) is read after 5, 10, 20, 40, then every 60 s.
+#: A silent job (no rank reported yet) is read every READ_INTERVAL for its first SILENT_GRACE reads
+#: (ranks import torch, load data, rendezvous: a minute or two), then after 10, 20, 40, then every
+#: 60 s.
+SILENT_GRACE = 24
 SILENT_INTERVAL_MAX = 60.0
 #: Seconds between two writes of one job's status.progress numbers, at least.
 WRITE_INTERVAL = 10.0
@@ -52,8 +56,8 @@ class ProgressPacer:
         job = self.jobs.setdefault(uid, _Job())
         job.silent_reads = 0 if reported else job.silent_reads + 1
         interval = self.read_interval
-        if not reported:
-            interval = min(SILENT_INTERVAL_MAX, self.read_interval * 2 ** max(0, job.silent_reads - 1))
+        if not reported and job.silent_reads > SILENT_GRACE:
+            interval = min(SILENT_INTERVAL_MAX, self.read_interval * 2 ** (job.silent_reads - SILENT_GRACE))
         job.next_read = now + interval
 
     def next_read_in(self, uid: str, now: float) -> float:

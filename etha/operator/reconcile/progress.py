@@ -126,6 +126,7 @@ def stalled(observed: Observed, attempt: Attempt) -> Actions | None:
     what = f"Training stalled: {message}"
     seen = Actions(
         status={
+            "progress": status_progress(observed.progress) if observed.progress is not None else None,
             "lastFailure": {
                 "role": "worker",
                 "attempt": attempt.number,
@@ -133,7 +134,7 @@ def stalled(observed: Observed, attempt: Attempt) -> Actions | None:
                 "action": job.progress.on_stall,
                 "rule": STALL_RULE,
                 "time": timestamp(observed.now),
-            }
+            },
         },
         events=events,
     )

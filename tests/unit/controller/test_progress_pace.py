@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from etha.operator.progress_pace import READ_INTERVAL, SILENT_INTERVAL_MAX, WRITE_INTERVAL, ProgressPacer
+from etha.operator.progress_pace import (
+    READ_INTERVAL,
+    SILENT_GRACE,
+    SILENT_INTERVAL_MAX,
+    WRITE_INTERVAL,
+    ProgressPacer,
+)
 
 
 def test_a_job_is_written_at_most_every_write_interval() -> None:
@@ -27,11 +33,18 @@ def test_the_operator_wide_budget_spreads_1000_jobs() -> None:
 def test_a_silent_job_is_read_less_and_less_often() -> None:
     pacer = ProgressPacer()
     now, gaps = 0.0, []
-    for _ in range(7):
+    for _ in range(SILENT_GRACE + 6):
         assert pacer.read_due("a", now)
         pacer.read_done("a", now, reported=False)
         gaps.append(pacer.next_read_in("a", now))
         now += gaps[-1]
-    assert gaps == [5.0, 10.0, 20.0, 40.0, SILENT_INTERVAL_MAX, SILENT_INTERVAL_MAX, SILENT_INTERVAL_MAX]
+    assert gaps == [5.0] * SILENT_GRACE + [
+        10.0,
+        20.0,
+        40.0,
+        SILENT_INTERVAL_MAX,
+        SILENT_INTERVAL_MAX,
+        SILENT_INTERVAL_MAX,
+    ]
     pacer.read_done("a", now, reported=True)
     assert pacer.next_read_in("a", now) == READ_INTERVAL
