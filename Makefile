@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	# progress bar for this one (no -q): minutes on a home line.
 	$(PY) -m pip install --progress-bar on torch==$(TORCH_VERSION)
 	# UserWarning off: setuptools' 10-line "Editable installation" notice, once per install.
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e '.[store,master,operator,dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -c <(echo torch==$(TORCH_VERSION)) -e '.[store,master,operator,dev,hf,lightning]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv: torch 2.13.0 from PyPI (its CUDA build, ~5 GB; runs on the CPU), then etha with every extra.

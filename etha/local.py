@@ -56,6 +56,7 @@ from etha.local_host import (
 )
 from etha.local_inplace import InPlaceRestarts
 from etha.local_procs import Stopped, Supervisor
+from etha.local_progress import LocalProgress, stall_args
 from etha.master.client import MasterClient
 from etha.master.status import BadStatus, MasterStatus, progress, timeout_message
 
@@ -213,6 +214,7 @@ def run_local(
                     "--local-ranks-file",
                     str(ranks_file),
                     *agent_args,
+                    *stall_args(job.spec.progress.stall_timeout_seconds),
                 ],
                 {**base_env, c.ENV_MASTER_TOKEN: token} if inplace else base_env,
                 None,
@@ -235,7 +237,8 @@ def run_local(
                 runner.say("etha", "restartStrategy InPlace: a failed process is restarted inside its worker")
             _spawn_workers(runner, job, base_env, port, host, cwd, agent=inplace)
             rendezvous = _Rendezvous(job, status_url, time.monotonic(), ranks_file)
-            return _supervise(runner, job, started, timeout, rendezvous, restarts)
+            watch = LocalProgress(status_url, job.spec.progress, lambda line: runner.say("etha", line))
+            return _supervise(runner, job, started, timeout, rendezvous, watch, restarts)
         except Stopped as stop:
             runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
             return stop.exit_code
@@ -383,6 +386,7 @@ def _supervise(
     started: float,
     timeout: float | None,
     rendezvous: _Rendezvous,
+    progress: LocalProgress | None = None,
     restarts: InPlaceRestarts | None = None,
 ) -> int:
     workers = {label: p for label, p in runner.procs.items() if label != "master"}
@@ -434,6 +438,8 @@ def _supervise(
             return 1
         rendezvous.look(runner)
         failure = rendezvous.timed_out(runner)
+        if failure is None and progress is not None:
+            failure = progress.look()  # training progress and stalls (docs/progress.md)
         if failure is not None:
             runner.say("etha", f"TrainingJob {job.name} failed. {failure}")
             return 1

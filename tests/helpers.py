@@ -54,7 +54,14 @@ def free_port() -> int:
 class MasterProcess:
     """``python -m etha.master`` on 127.0.0.1, started and stopped by a test."""
 
-    def __init__(self, tmp: Path, port: int = 0, world_size: int | None = None, status: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        port: int = 0,
+        world_size: int | None = None,
+        status: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port_file = tmp / f"master-{time.monotonic_ns()}.port"
         status_file = tmp / f"master-{time.monotonic_ns()}.status-port"
         self.log_file = tmp / f"master-{time.monotonic_ns()}.log"
@@ -73,6 +80,7 @@ class MasterProcess:
             args += ["--world-size", str(world_size)]
         if status:
             args += ["--status-port", "0", "--status-port-file", str(status_file)]
+        args += extra_args
         self._log = self.log_file.open("wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=TEST_ENV)
         wait_until(

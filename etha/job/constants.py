@@ -62,6 +62,8 @@ COND_SUSPENDED: Final = "Suspended"
 COND_SUCCEEDED: Final = "Succeeded"
 # Condition: the job failed for good.
 COND_FAILED: Final = "Failed"
+# Condition: no rank's reported step advanced for the stall timeout (etha.progress, docs/progress.md).
+COND_STALLED: Final = "Stalled"
 
 # --- Reasons (conditions and events) -----------------------------------------------------------
 # The spec is invalid; the message names the field and what was expected.
@@ -100,6 +102,12 @@ REASON_CREATED: Final = "Created"
 # A child kept across attempts (Service, NetworkPolicy) was patched to the job's current spec.
 REASON_UPDATED: Final = "Updated"
 # Not every worker joined the rendezvous within spec.rendezvous.timeoutSeconds.
+# Reason of the Stalled condition, its Warning event, and of a job failed or restarted by onStall.
+REASON_STALLED: Final = "Stalled"
+# Reason of the condition Stalled turned False: training advances again.
+REASON_ADVANCING: Final = "Advancing"
+# Warning event: a rank reaches most steps last (status.progress.stragglers).
+REASON_STRAGGLER: Final = "Straggler"
 REASON_RENDEZVOUS_TIMEOUT: Final = "RendezvousTimeout"
 
 # --- Recovery in place (docs/recovery.md) ------------------------------------------------------

@@ -22,6 +22,7 @@ from etha.job.policies import (
     failure_policy,
     success_policy,
 )
+from etha.job.progress import ProgressSpec, parse_progress
 from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
 from etha.job.security import check_pod_security
 
@@ -67,6 +68,8 @@ class JobSpec:
     scheduling: Scheduling = field(default_factory=Scheduling)
     #: Backend etcd: the operator's Secret of etcd TLS files and password for the workers.
     etcd_credentials: EtcdCredentials | None = None
+    #: spec.progress: the stall timeout and what a stall does (docs/progress.md).
+    progress: ProgressSpec = field(default_factory=ProgressSpec)
 
     @property
     def world_size(self) -> int:
@@ -154,6 +157,7 @@ def parse(
         restart_backoff_seconds=life.restart_backoff_seconds,
         restart_strategy=restart_strategy(spec.get("restartStrategy")),
         scheduling=scheduling,
+        progress=parse_progress(spec.get("progress")),
     )
 
 

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -35,6 +35,7 @@ from etha.kvstore.errors import KVStoreError
 from etha.master.channel import TOKEN_ENV, AgentChannel
 from etha.master.generations import Generations
 from etha.master.peers import PeerTracker
+from etha.master.progress_watch import ProgressWatch
 from etha.master.status_http import serve_status
 from etha.master.store import StoreKeeper
 
@@ -123,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Write the agent port actually bound to this file once serving.",
     )
     parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=None,
+        help="Seconds without any rank's reported step advancing before training counts as stalled "
+        "(spec.progress.stallTimeoutSeconds; default: derived from the step time, see docs/progress.md).",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level."
     )
     return parser
@@ -138,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.world_size is not None and args.world_size < 1:
         logger.error("--world-size (%d) must be at least 1.", args.world_size)
+        return 2
+    if args.stall_timeout is not None and not args.stall_timeout >= 1:
+        logger.error("--stall-timeout (%s) must be at least 1.", args.stall_timeout)
         return 2
     if args.status_port is not None and not 0 <= args.status_port <= 65535:
         logger.error("--status-port (%d) must be in 0..65535.", args.status_port)
@@ -210,10 +221,12 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
         logger.info(
             "agent channel on http://%s:%d/v1/ (generation 0 on port %d)", args.host, channel.port, store.port
         )
+    # Training progress (etha.progress.report()): read from the store, served in /status and /metrics.
+    progress = ProgressWatch(_progress_source(args.host, store.port, channel), args.stall_timeout)
     http: ThreadingHTTPServer | None = None
     if args.status_port is not None:
         try:
-            http = serve_status(args.host, args.status_port, tracker, lock, args.job)
+            http = serve_status(args.host, args.status_port, tracker, lock, args.job, progress=progress)
         except OSError as exc:
             logger.error("cannot serve status on %s:%d: %s", args.host, args.status_port, exc)
             return 1
@@ -228,6 +241,7 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
         target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
     )
     watcher.start()
+    progress.start(stop)
     # A timed wait: the main thread must get back to the interpreter to run signal handlers,
     # which an untimed wait does not reliably do (seen after SIGSTOP/SIGCONT).
     while not stop.wait(0.5):
@@ -248,6 +262,21 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
 SHUTDOWN_LIMIT = 10.0
 #: Seconds the join watcher's last look may take once stopping (it asks the store).
 FINAL_LOOK_LIMIT = 2.0
+
+
+def _progress_source(
+    host: str, port: int, channel: AgentChannel | None
+) -> Callable[[], tuple[int, str, int]]:
+    """Where the ranks report progress now: the current generation's store (generation 0's is the
+    master's own, on ``port``; a later one is a store process of its own, on a port of its own)."""
+
+    def source() -> tuple[int, str, int]:
+        if channel is None:
+            return 0, host, port
+        generation, current, _ = channel.status()
+        return generation, host, current if current is not None else port
+
+    return source
 
 
 def _write_port(path: Path, port: int) -> None:

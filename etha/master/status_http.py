@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 from etha.master.peers import PeerTracker, store_connections
+from etha.master.progress_watch import ProgressWatch
 
 if TYPE_CHECKING:  # torch is imported only once the server starts
     pass
@@ -94,7 +95,7 @@ class RequestCounts:
 
 
 def metrics_renderer(
-    tracker: PeerTracker, lock: threading.Lock, requests: RequestCounts
+    tracker: PeerTracker, lock: threading.Lock, requests: RequestCounts, progress: ProgressWatch | None = None
 ) -> Callable[[], tuple[bytes, str]] | None:
     """What ``GET /metrics`` serves: a function returning (body, content type), read afresh at
     each scrape; None when prometheus_client is not installed."""
@@ -163,6 +164,8 @@ def metrics_renderer(
             for (path, code), count in sorted(requests.snapshot().items()):
                 served.add_metric([path, code], count)
             yield served
+            if progress is not None:
+                yield from progress.metrics()
 
     registry = CollectorRegistry()
     registry.register(MasterCollector())
@@ -210,12 +213,13 @@ def serve_status(
     *,
     read_timeout: float = READ_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
+    progress: ProgressWatch | None = None,
 ) -> ThreadingHTTPServer:
     """Serve ``GET /status`` (JSON), ``GET /healthz`` and ``GET /metrics`` from a background
     thread, dropping a client that sends nothing for ``read_timeout`` seconds and refusing
     connections beyond ``max_connections`` (see the module docstring)."""
     requests = RequestCounts()
-    render = metrics_renderer(tracker, lock, requests)
+    render = metrics_renderer(tracker, lock, requests, progress)
     if render is None:
         logger.warning(
             "prometheus_client is not installed: /metrics answers 501 (pip install 'etha[%s]')",
@@ -230,7 +234,10 @@ def serve_status(
             path = self.path.split("?", 1)[0]
             if path == "/status":
                 with lock:
-                    body = json.dumps(tracker.report(job)).encode()
+                    doc = tracker.report(job)
+                if progress is not None:  # the ranks' etha.progress.report(), once one reported
+                    doc["progress"] = progress.document()
+                body = json.dumps(doc).encode()
                 self._send(200, "application/json", body)
             elif path == "/healthz":
                 self._send(200, "text/plain", b"ok\n")

@@ -28,10 +28,12 @@ from etha.job.names import master_name, network_policy_name, service_name, statu
 from etha.job.scheduling import group_name
 from etha.job.security import check_pod_security
 from etha.job.spec import InvalidSpec, JobSpec, parse
+from etha.master.progress import parse_document
 from etha.master.status import BadStatus, MasterStatus
 from etha.operator.config import OperatorConfig
 from etha.operator.jobs import Body, Children, JobWorker, controller_uid, slim
 from etha.operator.k8s import Api
+from etha.operator.progress_pace import ProgressPacer
 from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
 from etha.operator.reconcile.joins import needs_master_status
 from etha.operator.reconcile.model import pins
@@ -85,6 +87,7 @@ class Observer:
         self.config = config
         self.api = api
         self.cache = cache
+        self.pacer = ProgressPacer()
 
     def parse(self, body: Body) -> JobSpec:
         """The job's spec with the operator's defaults (the same for every look and for the
@@ -156,6 +159,7 @@ class Observer:
         )
         if job.restart_strategy == c.RESTART_IN_PLACE and job.in_place_blocker() is None:
             observed = dataclasses.replace(observed, **self.in_place(worker, job, status, pods))
+        observed = await self.with_progress(worker, observed)  # training progress (docs/progress.md)
         stuck = unschedulable(pods) if job.scheduling.kind is not None else None
         if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
             told = await self.scheduler_said(job, pods) if how_telling(stuck[1]) < 2 else []
@@ -289,6 +293,35 @@ class Observer:
             return None
         return report
 
+    async def with_progress(self, worker: JobWorker, observed: Observed) -> Observed:
+        """``observed`` with the master's training progress, when the pacing says to read it
+        (a running job with a master; :mod:`etha.operator.progress_pace`)."""
+        job, status = observed.job, observed.status
+        if job.etcd_endpoints is not None or status.get("phase") != c.PHASE_RUNNING or job.suspend:
+            self.pacer.forget(worker.uid)
+            return observed
+        now = time.monotonic()
+        if not self.pacer.read_due(worker.uid, now):
+            return dataclasses.replace(observed, progress_poll=self.pacer.next_read_in(worker.uid, now))
+        name = master_name(job.name, status_attempt(status.get("attempt"), job.max_restarts))
+        master = next((p for p in observed.pods if p["metadata"]["name"] == name), None)
+        url = self.config.status_url(master) if master is not None else None
+        progress = None
+        if url:
+            answer = await read_master_json(url, status_size_limit(job.replicas))
+            doc = answer.get("document") if isinstance(answer, dict) else None
+            try:
+                progress = parse_document(doc.get("progress")) if isinstance(doc, dict) else None
+            except ValueError:
+                progress = None  # a master image that says nonsense shows no progress
+        self.pacer.read_done(worker.uid, now, progress is not None)
+        return dataclasses.replace(
+            observed,
+            progress=progress,
+            progress_due=progress is not None and self.pacer.write_due(worker.uid, now),
+            progress_poll=self.pacer.next_read_in(worker.uid, now),
+        )
+
     async def pod_group_phase(self, job: JobSpec, status: dict[str, Any]) -> str:
         """The attempt's PodGroup and its phase, for the message of a job whose pods wait."""
         kind = job.scheduling.kind
@@ -344,6 +377,17 @@ def status_size_limit(replicas: int) -> int:
 async def read_master_status(url: str, limit: int = STATUS_BASE_BYTES) -> MasterStatus | str:
     """The master's status document, or why it could not be read (a one-line reason). At most
     ``limit`` bytes are read, never decompressed (the master's image is the job author's)."""
+    doc = await read_master_json(url, limit)
+    if isinstance(doc, str):
+        return doc
+    try:
+        return MasterStatus.parse(doc.get("document"))
+    except (ValueError, RecursionError, BadStatus) as exc:
+        return f"GET {url} returned no status document: {exc}"
+
+
+async def read_master_json(url: str, limit: int = STATUS_BASE_BYTES) -> dict[str, Any] | str:
+    """``{"document": the JSON value}`` the master answers, or why it could not be read."""
     try:
         timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT)
         async with (
@@ -362,8 +406,8 @@ async def read_master_status(url: str, limit: int = STATUS_BASE_BYTES) -> Master
                     break
             if len(body) > limit:
                 return f"GET {url} answered more than {limit} bytes; a status document of this job is smaller"
-            return MasterStatus.parse(json.loads(body))
+            return {"document": json.loads(body)}
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return f"GET {url} failed: {type(exc).__name__}: {exc}".rstrip(": ")
-    except (ValueError, RecursionError, BadStatus) as exc:
+    except (ValueError, RecursionError) as exc:
         return f"GET {url} returned no status document: {exc}"

@@ -41,6 +41,7 @@ from etha.operator.reconcile.model import (
     sooner,
 )
 from etha.operator.reconcile.placement import placement
+from etha.operator.reconcile.progress import progress_shown, stalled
 from etha.operator.reconcile.rejected import rejected
 from etha.operator.reconcile.rendezvous import joining, rendezvous
 from etha.operator.reconcile.success import success
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 #: The policies that may end or restart the current attempt, in the order they are asked.
-POLICIES = (deadline, success, in_place, failure, rendezvous, placement)
+POLICIES = (deadline, success, in_place, failure, stalled, rendezvous, placement)
 
 
 def reconcile(look: Observed | Refused | Deleting) -> Actions:
@@ -85,7 +86,8 @@ def current_attempt(observed: Observed) -> Actions:
         decided = policy(observed, attempt)
         if decided is not None:
             return shown.then(decided)
-    return shown.then(creation(observed, attempt))
+    made = shown.then(creation(observed, attempt))
+    return made.then(progress_shown(observed, attempt, made.status.get("conditions")))  # docs/progress.md
 
 
 def starting(observed: Observed, attempt: Attempt) -> Actions:
@@ -119,4 +121,6 @@ def next_look(observed: Observed, decided: Actions) -> Actions:
     wake = sooner(observed.settle_in, observed.retry_in if observed.conflict is not None else None)
     if not decided.delete_job and needs_master_status(observed.job, status, master):
         wake = sooner(wake, poll_interval(master, observed.now, *observed.master_poll))
+    if not decided.delete_job and status.get("phase") == c.PHASE_RUNNING:  # training progress
+        wake = sooner(wake, observed.progress_poll)
     return Actions(requeue_after=wake)

@@ -20,7 +20,7 @@ from typing import Any
 from etha.job import constants as c
 from etha.job.names import status_count, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
-from etha.job.policies import ACTION_FAIL_JOB, Failure, decide
+from etha.job.policies import ACTION_FAIL_JOB, Failure, Verdict, decide
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.creation import creation
 from etha.operator.reconcile.events import MasterEvents, ProcessExit
@@ -133,12 +133,14 @@ def restart_in_place(
     first: Failure,
     exit_: ProcessExit | None = None,
     delete: list[str] | None = None,
+    verdict: Verdict | None = None,
 ) -> Actions:
-    """Judge ``first``: the job ends (FailJob, no restarts left) or the next generation starts
-    after the backoff, in the pods kept (``delete``: a failed pod, made again alone)."""
+    """Judge ``first`` (or take ``verdict``: a stall's): the job ends (FailJob, no restarts left)
+    or the next generation starts after the backoff, in the pods kept (``delete``: a failed pod,
+    made again alone)."""
     job, now, status = observed.job, observed.now, observed.status
-    verdict = decide(job.failure_rules, first)
-    what = f"{pod_of(first)} {first.detail}" if exit_ is None else first.detail
+    verdict = verdict or decide(job.failure_rules, first)
+    what = f"{pod_of(first)} {first.detail}" if exit_ is None and first.pod else first.detail
     seen = Actions(status={"lastFailure": last_failure(first, verdict, attempt.number, now)})
     if verdict.action == ACTION_FAIL_JOB:
         message = f"{what}; {describe(verdict)}: the job ends."

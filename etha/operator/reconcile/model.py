@@ -22,6 +22,7 @@ from etha.job.limits import MAX_REPLICAS
 from etha.job.names import master_name, status_attempt, status_count, worker_name
 from etha.job.pods import pod_phase, timestamp
 from etha.job.spec import JobSpec
+from etha.master.progress import JobProgress
 from etha.master.status import MasterStatus
 from etha.operator.reconcile.conditions import Event, condition, set_condition
 from etha.operator.reconcile.events import MasterEvents
@@ -160,6 +161,12 @@ class Observed:
     token: str | None = None
     #: The last answer of the current master's GET /v1/events (a job restarting in place).
     events: MasterEvents | None = None
+    #: Training progress as the master aggregated it (read this look; None: not read or none
+    #: reported), whether its numbers may be written now, and seconds until the next read
+    #: (etha.operator.progress_pace; docs/progress.md).
+    progress: JobProgress | None = None
+    progress_due: bool = False
+    progress_poll: float | None = None
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:

@@ -582,8 +582,26 @@ def dashboard_queries() -> list[str]:
     return exprs
 
 
+def master_progress_series() -> tuple[set[str], set[str]]:
+    """The masters' etha_master_progress_* samples (scraped by the masters' PodMonitor, which adds
+    the target's namespace and pod)."""
+    from etha.master.progress_watch import ProgressWatch
+    from etha.progress.wire import Record
+
+    watch = ProgressWatch(lambda: (0, "", 0))
+    watch.book.ingest([Record(0, 5, 1.0, 10, {"loss": 1.0}, ((4, 0.5), (5, 1.0)))], now=1.0)
+    names, labels = set(), {"namespace", "pod"}
+    for family in watch.metrics():
+        for sample in family.samples:
+            names.add(sample.name)
+            labels |= set(sample.labels)
+    return names, labels
+
+
 def test_every_dashboard_query_names_only_metrics_the_operator_exports() -> None:
     names, labels = exported_series()
+    progress_names, progress_labels = master_progress_series()  # the masters' (docs/progress.md)
+    names, labels = names | progress_names, labels | progress_labels
     assert {"etha_jobs_created_total", "etha_job_startup_seconds_bucket", "etha_jobs"} <= names
     for expr in dashboard_queries():
         used, used_labels = promql_names(expr)

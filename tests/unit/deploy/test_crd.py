@@ -33,6 +33,8 @@ def test_names_match_the_contract() -> None:
         "Restarts",
         "Generation",
         "Reason",
+        "Progress",
+        "ETA",
         "Age",
     ]
 

@@ -88,7 +88,10 @@ def test_no_backoff_asks_the_master_at_once() -> None:
         dict(RUNNING), pods(), events(0, ProcessExit(0, 0, 137, 9)), maxRestarts=1, restartBackoffSeconds=0
     )
     assert acts.next_generation == GenerationRequest(
-        "mnist-master-0", 1, "pod mnist-worker-0-0: the process of rank 0 exited with exit code 137, signal 9 in generation 0", TOKEN
+        "mnist-master-0",
+        1,
+        "pod mnist-worker-0-0: the process of rank 0 exited with exit code 137, signal 9 in generation 0",
+        TOKEN,
     )
 
 
