@@ -72,9 +72,12 @@ def test_a_killed_process_restarts_in_place_and_the_job_resumes(plane: ControlPl
     jobs.create(in_place(jobs, "killed", RESUMES, maxRestarts=1, restartBackoffSeconds=0))
     jobs.wait_phase("killed", "Running", 180)
     wait_children(plane, jobs, "killed", 2)
-    before = uids(jobs, "killed")
     assert plane.node is not None
-    plane.node.kill_child(NS, "killed-worker-0-1")
+    node = plane.node
+    # Killed only once it saved its checkpoint (a loaded machine can take a while to get there).
+    wait_until(lambda: (node.workdir / "ckpt-killed-1").exists(), 120, "rank 1's checkpoint", interval=0.1)
+    before = uids(jobs, "killed")
+    node.kill_child(NS, "killed-worker-0-1")
     done = jobs.wait_phase("killed", "Succeeded", 180)
     assert (done["restarts"], done["generation"], done["restartsInPlace"], done["attempt"]) == (1, 1, 1, 0), (
         done

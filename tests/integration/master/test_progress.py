@@ -141,7 +141,9 @@ def test_a_rank_that_has_not_started_is_still_missing(
             assert p.wait(60) == 0
         doc = status(master)
         assert doc["progress"]["reportingRanks"] == 2 and doc["progress"]["step"] == 39
-        assert doc["missing"] == [2] and doc["peers"] == []
+        # Ranks 0 and 1 may have exited before the master traced their connections: either joined
+        # or missing, never a peer; rank 2, which never ran, is missing.
+        assert 2 in doc["missing"] and doc["peers"] == []
         assert set(doc["joined"]) <= {0, 1}
     finally:
         master.stop()
