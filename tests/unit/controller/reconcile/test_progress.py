@@ -158,3 +158,22 @@ def test_a_new_straggler_is_named_once() -> None:
 )
 def test_eta_text(seconds: float | None, text: str | None) -> None:
     assert eta_text(seconds) == text
+
+
+def test_on_stall_restart_of_an_in_place_job_restarts_its_processes_in_place() -> None:
+    """spec.restartStrategy InPlace (a master with its agent channel: a token): the stalled
+    processes are replaced in a new generation, in the pods kept; it counts towards maxRestarts."""
+    job = parse(make_trainingjob(progress={"stallTimeoutSeconds": 30, "onStall": "Restart"}, maxRestarts=2))
+    acts = reconcile(
+        job, COMPLETE, running_pods(), True, NOW, progress=STALLED, progress_due=True, progress_poll=5.0,
+        token="t0ken",
+    )  # fmt: skip
+    assert acts.status["phase"] == "Restarting" and acts.status["generation"] == 1, acts.status
+    assert acts.status["restartsInPlace"] == 1 and acts.status["restartsCountedTowardsMax"] == 1
+    assert "attempt" not in acts.status or acts.status["attempt"] == 0
+    assert acts.delete_pods == []  # every pod kept
+    # The in-place backoff (1 s by default) first; a later look asks the master for generation 1.
+    assert acts.requeue_after == 1.0 and acts.status["nextGenerationTime"] == "2026-01-01T12:00:01Z"
+    assert acts.status["lastFailure"]["reason"] == "Stalled"
+    assert acts.status["lastRestart"]["strategy"] == "InPlace"
+    assert cond(acts, "Stalled")["message"] == "The stalled processes are restarted in place."  # type: ignore[index]
