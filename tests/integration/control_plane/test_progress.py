@@ -63,3 +63,85 @@ def test_progress_then_a_frozen_rank_stalls_the_job_and_on_stall_fails_it(jobs: 
     assert "Stalled" in reasons, reasons
     print(f"status.progress to Stalled: {took:.1f}s")
     jobs.delete("frozen")
+
+
+#: Both ranks report every 0.1 s from one start (a gloo barrier); rank 1 reaches every step 0.3 s
+#: after rank 0 (a slow rank).
+SLOW_RANK_1 = """
+import os, time
+import torch.distributed as dist
+import etha.progress as p
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", init_method="env://")
+dist.barrier()  # one start for both ranks
+start = time.time() + (0.3 if rank == 1 else 0.0)
+for step in range(1, 401):
+    time.sleep(max(0.0, start + 0.1 * step - time.time()))
+    p.report(step, total_steps=400)
+p.reporter().flush(30)
+"""
+
+#: Generation 0: rank 1 freezes at step 20 (SIGSTOP) and rank 0 waits; generation 1 (a restart in
+#: place) runs both to step 40, and they exit 0.
+FREEZES_ONCE = """
+import os, signal, time
+import etha.progress as p
+rank, generation = int(os.environ["RANK"]), int(os.environ.get("ETHA_GENERATION", "0"))
+for step in range(1, 41):
+    if step == 19:
+        assert p.reporter().flush(120)
+    if generation == 0 and step == 20:
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        p.report(step)
+        p.reporter().flush(30)
+        time.sleep(600)
+    p.report(step, total_steps=40)
+    time.sleep(0.1)
+p.reporter().flush(30)
+"""
+
+
+def test_a_job_that_reports_nothing_shows_no_progress_and_never_stalls(jobs: Jobs) -> None:
+    doc = jobs.job(
+        "silent", code="import time; time.sleep(4)", progress={"stallTimeoutSeconds": 1, "onStall": "FailJob"}
+    )
+    jobs.create(doc)
+    done = jobs.wait_phase("silent", "Succeeded", 120)
+    assert "progress" not in done or not (done["progress"] or {}).get("step"), done
+    assert condition(done, "Stalled") is None, done
+    jobs.delete("silent")
+
+
+def test_a_slow_rank_is_named_a_straggler(jobs: Jobs) -> None:
+    jobs.create(jobs.job("slow", code=SLOW_RANK_1))
+    named = jobs.wait_for(
+        "slow", "a straggler named", lambda s: (s.get("progress") or {}).get("stragglers"), 120
+    )
+    stragglers = named["progress"]["stragglers"]
+    assert [s["rank"] for s in stragglers] == [1], stragglers
+    assert stragglers[0]["lagSeconds"] >= 0.1, stragglers
+    reasons = [e["reason"] for e in jobs.events_until("slow", "Straggler")]
+    assert "Straggler" in reasons, reasons
+    jobs.delete("slow")
+
+
+def test_on_stall_restart_of_an_in_place_job_restarts_the_frozen_processes_in_place(jobs: Jobs) -> None:
+    doc = jobs.job(
+        "thawed",
+        code=FREEZES_ONCE,
+        restartStrategy="InPlace",
+        maxRestarts=1,
+        restartBackoffSeconds=0,
+        progress={"stallTimeoutSeconds": 3, "onStall": "Restart"},
+    )
+    jobs.create(doc)
+    jobs.wait_phase("thawed", "Running", 120)
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("thawed")}
+    done = jobs.wait_phase("thawed", "Succeeded", 180)
+    assert (done["restarts"], done["generation"], done["restartsInPlace"], done["attempt"]) == (1, 1, 1, 0), (
+        done
+    )
+    assert done["lastFailure"]["reason"] == "Stalled" and done["lastRestart"]["strategy"] == "InPlace", done
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in jobs.pods("thawed")} == uids  # pods kept
+    jobs.delete("thawed")
