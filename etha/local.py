@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -237,7 +237,12 @@ def run_local(
                 runner.say("etha", "restartStrategy InPlace: a failed process is restarted inside its worker")
             _spawn_workers(runner, job, base_env, port, host, cwd, agent=inplace)
             rendezvous = _Rendezvous(job, status_url, time.monotonic(), ranks_file)
-            watch = LocalProgress(status_url, job.spec.progress, lambda line: runner.say("etha", line))
+            watch = LocalProgress(
+                status_url,
+                job.spec.progress,
+                lambda line: runner.say("etha", line),
+                _stall_restart(restarts) if restarts is not None else None,
+            )
             return _supervise(runner, job, started, timeout, rendezvous, watch, restarts)
         except Stopped as stop:
             runner.say("etha", f"stopped by {stop}: stopping {runner.running()}")
@@ -374,6 +379,16 @@ class _Rendezvous:
 
         missing = [r for r in range(self.job.replicas) if r not in self.joined]
         return timeout_message(missing, self.job.replicas, limit, describe)
+
+
+def _stall_restart(restarts: InPlaceRestarts) -> Callable[[str], str | None]:
+    """spec.progress.onStall Restart under InPlace: a new generation (None), or the run's end."""
+
+    def restart(reason: str) -> str | None:
+        verdict = restarts.stalled(reason)
+        return None if verdict is None else verdict.message
+
+    return restart
 
 
 def _container_name(job: LocalJob) -> str:

@@ -119,5 +119,23 @@ class InPlaceRestarts:
         self.pending = (now + wait, self.generation + 1, detail)
         return None
 
+    def stalled(self, reason: str, now: float | None = None) -> Verdict | None:
+        """spec.progress.onStall Restart: the stalled processes are restarted in a new generation
+        (their agents SIGKILL them, stopped or not), counting towards spec.maxRestarts."""
+        now = time.monotonic() if now is None else now
+        if self.pending is not None:
+            return None  # a restart is on its way already
+        if self.counted >= self.spec.max_restarts:
+            return Verdict(1, f"{reason}; no restarts left (spec.maxRestarts={self.spec.max_restarts})")
+        wait = backoff_seconds(self.spec.backoff_base(RESTART_IN_PLACE), self.restarts)
+        self.restarts += 1
+        self.counted += 1
+        self.say(
+            f"{reason}; restarting in place in {wait:g}s "
+            f"(restart {self.counted} of spec.maxRestarts={self.spec.max_restarts})"
+        )
+        self.pending = (now + wait, self.generation + 1, reason)
+        return None
+
     def say(self, line: str) -> None:
         self.said.append(line)

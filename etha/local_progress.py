@@ -37,7 +37,15 @@ def progress_line(p: JobProgress) -> str:
 class LocalProgress:
     """Follows the ``progress`` section of the master's status document (see the module docstring)."""
 
-    def __init__(self, url: str, spec: ProgressSpec, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        spec: ProgressSpec,
+        say: Callable[[str], None],
+        restart: Callable[[str], str | None] | None = None,
+    ) -> None:
+        #: restartStrategy InPlace: restarts the stalled processes (None), or says why it cannot.
+        self.restart = restart
         self.url = url
         self.spec = spec
         self.say = say
@@ -68,15 +76,22 @@ class LocalProgress:
                 self.say(f"straggler: rank {rank} reaches most steps last, by {lag:g}s")
         self.stragglers = {r for r, _ in p.stragglers}
         message = p.stall(self.spec.stall_timeout_seconds)
-        if message != self.stalled:
+        # Said, and acted on, as the state changes (the message counts the seconds: it changes
+        # at every look while stalled).
+        fresh = (message is None) != (self.stalled is None)
+        if fresh:
             self.say(f"training stalled: {message}" if message else "training advances again")
-            self.stalled = message
+        self.stalled = message
         if message is None or self.spec.on_stall == ON_STALL_NONE or self.spec.stall_timeout_seconds is None:
             return None
         if self.spec.on_stall == ON_STALL_FAIL_JOB:
             return f"Training stalled: {message} spec.progress.onStall FailJob: the job ends."
         assert self.spec.on_stall == ON_STALL_RESTART
+        if self.restart is not None:  # a new generation clears the master's progress
+            return (
+                self.restart(f"Training stalled: {message} spec.progress.onStall Restart") if fresh else None
+            )
         return (
             f"Training stalled: {message} spec.progress.onStall Restart: etha run-local runs one "
-            "attempt (no restarts), so the run ends."
+            "attempt with restartStrategy Recreate (no pods to make again), so the run ends."
         )

@@ -70,9 +70,12 @@ def stall_conditions(observed: Observed, attempt: Attempt) -> tuple[list[dict[st
     message = stall_of(observed)
     was = _is_true(conditions, c.COND_STALLED)
     if message is not None:
+        if was:  # kept as first seen: its seconds would change the status at every read
+            return conditions, []
         cond = condition(c.COND_STALLED, True, c.REASON_STALLED, f"Training stalled: {message}", observed.now)
-        events = [] if was else [Event("Warning", c.REASON_STALLED, f"Training stalled: {message}")]
-        return set_condition(conditions, cond), events
+        return set_condition(conditions, cond), [
+            Event("Warning", c.REASON_STALLED, f"Training stalled: {message}")
+        ]
     if was and observed.progress is not None:
         cond = condition(c.COND_STALLED, False, c.REASON_ADVANCING, "Training advances again.", observed.now)
         return set_condition(conditions, cond), [

@@ -88,6 +88,14 @@ def test_a_stall_past_the_configured_timeout_names_the_rank_behind() -> None:
     assert [(e.type, e.reason) for e in acts.events] == [("Warning", "Stalled")]
     assert acts.status.get("phase") == "Running" and not acts.delete_pods  # onStall None: no action
     assert cond(look(PROGRESS, progress={"stallTimeoutSeconds": 30}), "Stalled") is None
+    # While the stall lasts, the condition stays as first seen (its seconds would write the status
+    # at every read) and no event is posted again.
+    later = dataclasses.replace(STALLED, seconds_since_advance=45.0)
+    again = look(
+        later, {**COMPLETE, "conditions": acts.status["conditions"]}, progress={"stallTimeoutSeconds": 30}
+    )
+    assert "conditions" not in again.status or cond(again, "Stalled") == stalled
+    assert again.events == []
 
 
 def test_a_derived_timeout_sets_the_condition_only() -> None:
