@@ -233,7 +233,7 @@ def run_local(
                 agent_port = int(agent_file.read_text())
                 base_env = {**base_env, c.ENV_AGENT_PORT: str(agent_port)}
                 client = MasterClient(f"http://{host}:{agent_port}", token)
-                restarts = InPlaceRestarts(job.spec, client, _container_name(job))
+                restarts = InPlaceRestarts(job.spec, client, _container_name(job), _describer(runner))
                 runner.say("etha", "restartStrategy InPlace: a failed process is restarted inside its worker")
             _spawn_workers(runner, job, base_env, port, host, cwd, agent=inplace)
             rendezvous = _Rendezvous(job, status_url, time.monotonic(), ranks_file)
@@ -379,6 +379,21 @@ class _Rendezvous:
 
         missing = [r for r in range(self.job.replicas) if r not in self.joined]
         return timeout_message(missing, self.job.replicas, limit, describe)
+
+
+def _describer(runner: Supervisor) -> Callable[[int, int], str]:
+    """'worker 1 failed with exit code 1 (process rank 3 (local rank 1) exited with code 3)': a
+    worker by its label, with torchrun's first failure when its lines name one."""
+
+    def describe(rank: int, code: int) -> str:
+        label = runner.workers[rank] if 0 <= rank < len(runner.workers) else f"rank {rank}"
+        cause = None
+        if label.startswith("worker "):  # torchrun's: its summary is printed just before it exits
+            time.sleep(0.2)
+            cause = torchrun_root_cause(runner.tails.get(label, []))
+        return f"{label} failed with exit code {code}" + (f" ({cause})" if cause else "")
+
+    return describe
 
 
 def _stall_restart(restarts: InPlaceRestarts) -> Callable[[str], str | None]:

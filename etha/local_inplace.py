@@ -9,6 +9,7 @@ spec.maxRestarts, the backoff), and asks the master for the next generation, or 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ class InPlaceRestarts:
     client: MasterClient
     #: The container's name, as podFailurePolicy's onExitCodes.containerName sees it.
     container: str
+    #: "rank 1 failed with exit code 3" (run-local names a torchrun worker and its first failure).
+    describe: Callable[[int, int], str] = field(
+        default=lambda rank, code: f"rank {rank} failed with exit code {code}"
+    )
     seq: int = -1
     generation: int = 0
     #: Restarts that used up one of spec.maxRestarts, and every restart (for the backoff).
@@ -91,7 +96,7 @@ class InPlaceRestarts:
     def judge(self, exit: dict[str, Any], now: float) -> Verdict | None:
         """A process's non-zero exit, judged as the operator judges a failed pod's container."""
         rank, code = int(exit["rank"]), int(exit["exit_code"])
-        detail = f"rank {rank} failed with exit code {code}"
+        detail = self.describe(rank, code)
         verdict = decide(
             self.spec.failure_rules,
             Failure(

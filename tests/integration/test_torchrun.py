@@ -112,7 +112,7 @@ def test_a_process_that_fails_fails_its_worker_and_the_job(tmp_path: Path) -> No
     assert res.returncode == 1, res.stdout[-4000:]
     assert re.search(
         r"^\[etha\] worker 1 failed with exit code 1 \(process rank \d \(local rank 1\) exited with code 3\); "
-        r"stopping the other processes$",
+        r"no restarts left \(spec.maxRestarts=0\); stopping the other processes$",
         res.stdout,
         re.M,
     ), res.stdout[-4000:]

@@ -130,7 +130,17 @@ def test_kubectl_explain_and_the_server_side_columns(op: ChartOperator) -> None:
     apply(op, job("columns", replicas=1, command=["python", "-c", "import time; time.sleep(600)"]))
     wait_phase(op, "columns", "Running")
     header, row = op.kubectl("get", "tj", "columns", "-n", NS).stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "READY", "JOINED", "RESTARTS", "REASON", "AGE"], header
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "READY",
+        "JOINED",
+        "RESTARTS",
+        "REASON",
+        "PROGRESS",
+        "ETA",
+        "AGE",
+    ], header
     assert row.split()[:2] == ["columns", "Running"] and row.split()[2] == "1/1", row
     op.kubectl("delete", "tj", "columns", "-n", NS, "--wait=false")
 

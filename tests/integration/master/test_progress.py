@@ -139,11 +139,16 @@ def test_a_rank_that_has_not_started_is_still_missing(
             ranks.append(subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(rank)}))
         for p in ranks:
             assert p.wait(60) == 0
+        # The master reads the ranks' records once a second: the last may come after they exited.
+        wait_until(
+            lambda: ((status(master).get("progress") or {}).get("step")) == 39, 30, "the last step read"
+        )
         doc = status(master)
         assert doc["progress"]["reportingRanks"] == 2 and doc["progress"]["step"] == 39
-        # Ranks 0 and 1 may have exited before the master traced their connections: either joined
-        # or missing, never a peer; rank 2, which never ran, is missing.
-        assert 2 in doc["missing"] and doc["peers"] == []
+        # Ranks 0 and 1 may have exited before the master traced their connections: joined, or
+        # missing with their loopback address a peer (which counts for no rank); rank 2, which
+        # never ran, is missing.
+        assert 2 in doc["missing"] and set(doc["peers"]) <= {"127.0.0.1"}
         assert set(doc["joined"]) <= {0, 1}
     finally:
         master.stop()
