@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from etha.job import constants as c
 from etha.job.pods import timestamp
 
 
@@ -42,3 +43,11 @@ def set_condition(conditions: list[dict[str, str]], new: dict[str, str]) -> list
             out.append(new)
             found = True
     return out if found else [*out, new]
+
+
+def restarting(
+    conditions: list[dict[str, str]], reason: str, message: str, now: datetime
+) -> list[dict[str, str]]:
+    """``conditions`` with Running False and Restarting True, both for ``reason``: a restart decided."""
+    conditions = set_condition(conditions, condition(c.COND_RUNNING, False, reason, message, now))
+    return set_condition(conditions, condition(c.COND_RESTARTING, True, reason, message, now))

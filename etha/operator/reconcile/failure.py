@@ -21,7 +21,7 @@ from etha.job.policies import (
     condition_pairs,
     decide,
 )
-from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.conditions import Event, restarting
 from etha.operator.reconcile.model import Actions, Attempt, Observed, fail
 from etha.operator.reconcile.placement import forget_waiting
 
@@ -265,12 +265,7 @@ def restart(observed: Observed, attempt: Attempt, verdict: Verdict, what: str, f
         f"{what}; {describe(verdict)}; {counting}; attempt {attempt.number + 1} starts at "
         f"{timestamp(starts)} (in {delay:g}s)."
     )
-    conditions = set_condition(
-        attempt.conditions, condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message, now)
-    )
-    conditions = set_condition(
-        conditions, condition(c.COND_RESTARTING, True, c.REASON_RESTARTING, message, now)
-    )
+    conditions = restarting(attempt.conditions, c.REASON_RESTARTING, message, now)
     conditions = forget_waiting(conditions)  # the next attempt's pods have not waited yet
     return Actions(
         delete_pods=[*attempt.current, *attempt.stale],

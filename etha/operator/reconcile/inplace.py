@@ -21,7 +21,7 @@ from etha.job import constants as c
 from etha.job.names import status_count, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
 from etha.job.policies import ACTION_FAIL_JOB, Failure, Verdict, decide
-from etha.operator.reconcile.conditions import Event, condition, set_condition
+from etha.operator.reconcile.conditions import Event, condition, restarting, set_condition
 from etha.operator.reconcile.creation import creation
 from etha.operator.reconcile.events import MasterEvents, ProcessExit
 from etha.operator.reconcile.failure import (
@@ -155,12 +155,7 @@ def restart_in_place(
         f"{what}; {describe(verdict)}; {counting}; in place: generation {generation} starts at "
         f"{timestamp(starts)} (in {delay:g}s), {kept}."
     )
-    conditions = set_condition(
-        attempt.conditions, condition(c.COND_RUNNING, False, c.REASON_RESTARTING_IN_PLACE, message, now)
-    )
-    conditions = set_condition(
-        conditions, condition(c.COND_RESTARTING, True, c.REASON_RESTARTING_IN_PLACE, message, now)
-    )
+    conditions = restarting(attempt.conditions, c.REASON_RESTARTING_IN_PLACE, message, now)
     last: dict[str, Any] = {
         "strategy": c.RESTART_IN_PLACE,
         "reason": what,
