@@ -307,26 +307,6 @@ def test_kind_network_lock_holds_with_the_cluster_up(provider: Provider) -> None
         assert Path(f"/proc/sys/{key}").read_text().strip() == "0", key
 
 
-#: Run in a worker container by `kubectl exec`: SIGKILL the training process, the agent's child
-#: (under the agent's fork server, its grandchild), never the agent (PID 1) or this exec.
-KILL_TRAINER = """
-import os, signal
-me, procs = os.getpid(), {}
-for p in os.listdir('/proc'):
-    if p.isdigit() and int(p) != me:
-        try:
-            stat = open(f'/proc/{p}/stat').read()
-        except OSError:
-            continue
-        procs[int(p)] = int(stat[stat.rindex(')') + 2:].split()[1])
-deepest = [p for p, parent in procs.items() if parent not in (0, 1) and parent != me]
-victims = deepest or [p for p, parent in procs.items() if parent == 1]
-for p in victims:
-    os.kill(p, signal.SIGKILL)
-print(victims)
-"""
-
-
 def _uids(kind: Kind, job: str) -> dict[str, str]:
     return {str(p["metadata"]["name"]): str(p["metadata"]["uid"]) for p in pods(kind, job)}  # type: ignore[index]
 
@@ -338,25 +318,6 @@ def _inplace_ddp(job: str) -> dict[str, Any]:
     doc["spec"]["maxRestarts"] = 1
     doc["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "EPOCHS", "value": "300"}]
     return doc
-
-
-@kind_only
-def test_kind_inplace_a_killed_process_restarts_inside_the_same_pods(provider: Provider) -> None:
-    """A worker's training process SIGKILLed inside its container: the agent reports it, the
-    operator restarts every rank's process in place, no pod is made again, and the job succeeds."""
-    kind = as_kind(provider)
-    job = "inplace-killed"
-    kind.apply(_inplace_ddp(job))
-    wait_phase(kind, job, "Running", 240)
-    time.sleep(3.0)  # mid-training
-    before = _uids(kind, job)
-    start = time.monotonic()
-    out = kind.kubectl("exec", "-n", NAMESPACE, f"{job}-worker-0-1", "--", "python3", "-c", KILL_TRAINER)
-    assert out.stdout.strip() not in ("", "[]"), out
-    status = wait_phase(kind, job, "Succeeded", 300)
-    record("in place (ddp, a process SIGKILLed): the kill to Succeeded", time.monotonic() - start)
-    assert status["restarts"] == 1 and status["generation"] == 1 and status["attempt"] == 0, status
-    assert _uids(kind, job) == before, "a pod was made again"
 
 
 @kind_only
