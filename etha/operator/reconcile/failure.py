@@ -214,12 +214,9 @@ def failure(observed: Observed, attempt: Attempt) -> Actions | None:
     verdict = decide(job.failure_rules, first)
     what = f"{pod_of(first)} {first.detail}"
     seen = Actions(status={"lastFailure": last_failure(first, verdict, attempt.number, observed.now)})
-    if verdict.action == ACTION_FAIL_JOB:
-        message = f"{what}; {describe(verdict)}: the job ends."
-        return seen.then(fail(observed, attempt, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False))
-    if verdict.counted and attempt.counted >= job.max_restarts:
-        message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
-        return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
+    ended = job_ends(observed, attempt, verdict, what)
+    if ended is not None:
+        return seen.then(ended)
     if attempt.number + 1 > last_attempt(job.max_restarts):
         message = (
             f"{what}; {describe(verdict)}; but attempt {attempt.number + 1} is more than the job's "
@@ -240,6 +237,19 @@ class RestartPlan(NamedTuple):
     counted: int
     #: "restart 2, counted (1 of spec.maxRestarts=3 used)".
     counting: str
+
+
+def job_ends(observed: Observed, attempt: Attempt, verdict: Verdict, what: str) -> Actions | None:
+    """The job's end when ``verdict`` allows no restart (a FailJob rule, or no restarts left of
+    spec.maxRestarts), whatever the restart would be; None when it allows one."""
+    job = observed.job
+    if verdict.action == ACTION_FAIL_JOB:
+        message = f"{what}; {describe(verdict)}: the job ends."
+        return fail(observed, attempt, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False)
+    if verdict.counted and attempt.counted >= job.max_restarts:
+        message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
+        return fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False)
+    return None
 
 
 def restart_plan(observed: Observed, attempt: Attempt, verdict: Verdict, strategy: str) -> RestartPlan:

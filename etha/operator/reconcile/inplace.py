@@ -20,7 +20,7 @@ from typing import Any
 from etha.job import constants as c
 from etha.job.names import status_count, worker_name
 from etha.job.pods import parse_time, pod_phase, timestamp
-from etha.job.policies import ACTION_FAIL_JOB, Failure, Verdict, decide
+from etha.job.policies import Failure, Verdict, decide
 from etha.operator.reconcile.conditions import Event, condition, restarting, set_condition
 from etha.operator.reconcile.creation import creation
 from etha.operator.reconcile.events import MasterEvents, ProcessExit
@@ -29,6 +29,7 @@ from etha.operator.reconcile.failure import (
     describe,
     failure,
     first_failure,
+    job_ends,
     last_failure,
     pod_of,
     restart_plan,
@@ -38,7 +39,6 @@ from etha.operator.reconcile.model import (
     Attempt,
     GenerationRequest,
     Observed,
-    fail,
     in_place_refused,
 )
 
@@ -142,12 +142,9 @@ def restart_in_place(
     verdict = verdict or decide(job.failure_rules, first)
     what = f"{pod_of(first)} {first.detail}" if exit_ is None and first.pod else first.detail
     seen = Actions(status={"lastFailure": last_failure(first, verdict, attempt.number, now)})
-    if verdict.action == ACTION_FAIL_JOB:
-        message = f"{what}; {describe(verdict)}: the job ends."
-        return seen.then(fail(observed, attempt, c.REASON_POD_FAILURE_POLICY, message, keep_workers=False))
-    if verdict.counted and attempt.counted >= job.max_restarts:
-        message = f"{what}; {describe(verdict)}; no restarts left (spec.maxRestarts={job.max_restarts})."
-        return seen.then(fail(observed, attempt, c.REASON_BACKOFF_LIMIT, message, keep_workers=False))
+    ended = job_ends(observed, attempt, verdict, what)
+    if ended is not None:
+        return seen.then(ended)
     in_a_row, delay, starts, counted, counting = restart_plan(observed, attempt, verdict, c.RESTART_IN_PLACE)
     generation = status_count(status.get("generation")) + 1
     kept = "the other pods kept" if delete else "every pod kept"
