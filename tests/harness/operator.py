@@ -4,7 +4,9 @@ container run here as a process (its entrypoint, args and env) with a TokenReque
 chart's ServiceAccount, so a verb the chart does not grant fails for real.
 
 The Deployment is installed with ``replicaCount: 0``: its pod would need the operator image and
-in-cluster networking; the process stands in for it. Everything else is the chart's.
+in-cluster networking; the process stands in for it. Leader election is off unless the values
+turn it on (one process here; the chart's default of two electing replicas runs on kind, and
+test_leader_election.py runs two such processes). Everything else is the chart's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class ChartOperator:
     ) -> None:
         self.plane = plane
         self.namespace = namespace
-        self.values = {"replicaCount": 0, **(values or {})}
+        # One process, no election, unless a test asks (tests/integration/control_plane/
+        # test_leader_election.py runs two electing replicas; the kind tier runs the default).
+        self.values = {"replicaCount": 0, "leaderElection": {"enabled": False}, **(values or {})}
         self.dir = Path(tempfile.mkdtemp(prefix="etha-operator-"))
         self.kubeconfig = plane.kubeconfig(self.dir / "admin.kubeconfig")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -143,6 +143,9 @@ def test_kustomization_lists_everything_in_deploy() -> None:
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",  # leader election's Lease, in the operator's namespace
+            "RoleBinding",
+            "PodDisruptionBudget",  # two replicas by default
             "Deployment",
             "Service",
             "Service",
