@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -320,6 +321,64 @@ def _inplace_ddp(job: str) -> dict[str, Any]:
     return doc
 
 
+#: The agent's own line when it starts a generation's process (etha/agent/agent.py): the victim's
+#: pid in the container's pid namespace, read, not guessed from the process tree.
+STARTED = re.compile(r"etha-agent: generation (\d+): started the child \(pid (\d+),")
+
+
+def training_pid(kind: Kind, pod: str, timeout: float = 180) -> int:
+    """The pid of the pod's generation-0 training process, once its agent has started it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = kind.kubectl("logs", "-n", NAMESPACE, pod, check=False).stdout
+        found = [int(pid) for gen, pid in STARTED.findall(logs) if gen == "0"]
+        if found:
+            return found[-1]
+        time.sleep(1.0)
+    raise AssertionError(f"{pod}: the agent never logged its child's pid\n{kind.dump()}")
+
+
+@kind_only
+def test_kind_inplace_a_killed_process_restarts_inside_the_same_pods(provider: Provider) -> None:
+    """A worker's training process SIGKILLed inside its container (by the pid its agent logged):
+    the agent reports it, the operator restarts every rank's process in place, no pod is made
+    again (same UIDs), and the job succeeds after one in-place restart."""
+    kind = as_kind(provider)
+    job = "inplace-killed"
+    kind.apply(_inplace_ddp(job))
+    wait_phase(kind, job, "Running", 240)
+    pod = f"{job}-worker-0-1"
+    pid = training_pid(kind, pod)
+    wait_joined(kind, job, 2, 180)
+    before = _uids(kind, job)
+    start = time.monotonic()
+    kind.kubectl("exec", "-n", NAMESPACE, pod, "--", "python", "-c", f"import os; os.kill({pid}, 9)")
+    status = wait_phase(kind, job, "Succeeded", 300)
+    record("in place (ddp, a process SIGKILLed): the kill to Succeeded", time.monotonic() - start)
+    assert status["restarts"] == 1 and status["generation"] == 1 and status["attempt"] == 0, status
+    assert status.get("restartsInPlace") == 1, status
+    last = status.get("lastRestart") or {}
+    assert isinstance(last, dict) and last.get("strategy") == "InPlace" and last.get("exitCode") == 137, (
+        status
+    )
+    assert _uids(kind, job) == before, "a pod was made again"
+    logs = kind.kubectl("logs", "-n", NAMESPACE, pod).stdout
+    assert [g for g, _ in STARTED.findall(logs)] == ["0", "1"], logs
+
+
+def wait_joined(kind: Kind, job: str, ranks: int, timeout: float) -> None:
+    """Until the job's status says every rank joined the rendezvous (mid-training, not starting)."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status = kind.status(job)
+        rendezvous = status.get("rendezvous") or {}
+        if isinstance(rendezvous, dict) and rendezvous.get("joined") == ranks:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{job}: not every rank joined: {status}\n{kind.dump()}")
+
+
 @kind_only
 def test_kind_inplace_a_deleted_pod_is_the_only_one_made_again(provider: Provider) -> None:
     """A worker pod deleted mid-training: that pod alone is made again (same name), the others keep
@@ -336,3 +395,78 @@ def test_kind_inplace_a_deleted_pod_is_the_only_one_made_again(provider: Provide
     assert status["attempt"] == 0 and status["generation"] >= 1, status
     changed = {name for name in before if after.get(name) != before[name]}
     assert changed == {f"{job}-worker-0-1"}, (before, after)
+
+
+#: Run on a kind node (its pid namespace holds every pod's processes): the pids of the operator
+#: processes of one pod, found by the pod's UID in their cgroup (either cgroup driver's spelling).
+KILL_POD_PROCESSES = r"""
+uid="$1"; alt="$(echo "$uid" | tr - _)"
+for p in /proc/[0-9]*; do
+  grep -qe "$uid" -e "$alt" "$p/cgroup" 2>/dev/null || continue
+  tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q 'etha.operator' || continue
+  kill -9 "${p#/proc/}" && echo "${p#/proc/}"
+done
+"""
+
+
+def lease_holder(kind: Kind) -> str:
+    return kind.kubectl(
+        "get",
+        "lease",
+        "etha-operator",
+        "-n",
+        "etha-system",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+        check=False,
+    ).stdout.strip()
+
+
+@kind_only
+def test_kind_operator_leader_container_killed(provider: Provider) -> None:
+    """The chart's default two replicas elect a leader; the leader's container is SIGKILLed on its
+    node (the kubelet restarts it in the same pod), the standby takes the Lease within 15 s, and a
+    job applied right after the kill gets exactly its pods and succeeds."""
+    kind = as_kind(provider)
+    selector = ["-n", "etha-system", "-l", "app.kubernetes.io/name=etha-operator"]
+    kind.kubectl(
+        "rollout", "status", "deployment/etha-operator", "-n", "etha-system", "--timeout=180s", timeout=200
+    )
+    operators = json.loads(kind.kubectl("get", "pods", *selector, "-o", "json").stdout)["items"]
+    assert len(operators) == 2, [p["metadata"]["name"] for p in operators]
+    deadline = time.monotonic() + 60
+    while not lease_holder(kind) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    holder = lease_holder(kind)
+    (leader,) = [p for p in operators if holder.startswith(p["metadata"]["name"] + "_")]
+    (standby,) = [p for p in operators if p is not leader]
+    restarts = int(leader["status"]["containerStatuses"][0].get("restartCount", 0))
+    doc = copy.deepcopy(example("ddp"))
+    job = doc["metadata"]["name"] = "leader-killed"
+    start = time.monotonic()
+    node = leader["spec"]["nodeName"]  # kind's node is the Docker container of that name
+    argv = ["docker", "exec", node, "sh", "-c", KILL_POD_PROCESSES, "kill", leader["metadata"]["uid"]]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split(), f"no operator process of {leader['metadata']['name']} found on {node}: {out}"
+    kind.apply(doc)
+    took = None
+    while time.monotonic() - start < 30:
+        if lease_holder(kind).startswith(standby["metadata"]["name"] + "_"):
+            took = time.monotonic() - start
+            break
+        time.sleep(0.25)
+    assert took is not None and took <= 15, (
+        f"the standby held the Lease after {took} s: {lease_holder(kind)!r}"
+    )
+    record("HA: the leader's container SIGKILLed to the standby holding the Lease", took)
+    status = wait_phase(kind, job, "Succeeded", 300)
+    assert status["attempt"] == 0 and status.get("restarts", 0) == 0, status
+    names = sorted(str(p["metadata"]["name"]) for p in pods(kind, job))
+    assert names == sorted([f"{job}-master-0", f"{job}-worker-0-0", f"{job}-worker-0-1"]), names
+    again = json.loads(
+        kind.kubectl("get", "pod", leader["metadata"]["name"], "-n", "etha-system", "-o", "json").stdout
+    )
+    assert again["metadata"]["uid"] == leader["metadata"]["uid"], (
+        "the killed leader's pod was replaced, not restarted"
+    )
+    assert int(again["status"]["containerStatuses"][0].get("restartCount", 0)) > restarts, again["status"]
