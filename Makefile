@@ -93,7 +93,7 @@ e2e: venv tools control-plane ## End-to-end scenarios on the real control plane 
 e2e-kind: venv tools kind-images ## The scenarios on a two-node kind cluster: images built offline, chart installed, real containers.
 	$(KIND_ENV) ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs --timeout=1500
 
-test: lint typecheck tools control-plane scheduler-plugins ## Everything CI runs: lint, mypy, and the whole pytest suite.
+test: lint typecheck tools control-plane scheduler-plugins kueue ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).
