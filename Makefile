@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-foreign-pods bench-torchrun bench-recovery clean
+.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins kueue etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-foreign-pods bench-torchrun bench-recovery clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ control-plane: ## Build kube-apiserver, controller-manager, scheduler (v1.34.4) 
 scheduler-plugins: ## Build scheduler-plugins v0.34.7 (Coscheduling scheduler, PodGroup controller) into bin/ for the gang tests (~2 min with the control plane's cache).
 	bash hack/scheduler-plugins/build.sh
 
+kueue: ## Build Kueue v0.17.0's manager into bin/ with its CRDs and webhook configurations, for the Kueue tests (~5-9 min cold; nothing when current).
+	bash hack/kueue/build.sh
+
 etcd: control-plane ## The etcd the store's tests run (bin/etcd, built with the control plane).
 
 manifests: tools ## Regenerate charts/etha-operator/crds and deploy/operator.yaml (tests fail when stale).
@@ -90,7 +93,7 @@ e2e: venv tools control-plane ## End-to-end scenarios on the real control plane 
 e2e-kind: venv tools kind-images ## The scenarios on a two-node kind cluster: images built offline, chart installed, real containers.
 	$(KIND_ENV) ETHA_E2E_KIND=1 $(PY) -m pytest tests/e2e -k kind -rs --timeout=1500
 
-test: lint typecheck tools control-plane scheduler-plugins ## Everything CI runs: lint, mypy, and the whole pytest suite.
+test: lint typecheck tools control-plane scheduler-plugins kueue ## Everything CI runs: lint, mypy, and the whole pytest suite.
 	$(PY) -m pytest
 
 bench: venv ## Rendezvous benchmark (medians of 3 runs; see docs/benchmarks.md).

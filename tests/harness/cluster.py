@@ -70,6 +70,9 @@ class FakeNode:
 
 
 DEFAULT_NODES = (FakeNode("node-0"), FakeNode("node-1"))
+#: The label a Node with GPUs carries (NVIDIA's GPU feature discovery sets it); Kueue's test
+#: ResourceFlavor selects it.
+GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 
 
 @dataclass
@@ -346,13 +349,16 @@ class ControlPlane:
             "pods": str(node.pods),
             "nvidia.com/gpu": str(node.gpus),
         }
+        labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"}
+        if node.gpus:
+            labels[GPU_NODE_LABEL[0]] = GPU_NODE_LABEL[1]
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "etha's local node",
                  "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
         body = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"}},
+            "metadata": {"name": node.name, "labels": labels},
             "status": {"capacity": capacity, "allocatable": capacity, "conditions": [ready],
                        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
         }  # fmt: skip
