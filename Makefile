@@ -10,7 +10,7 @@ export RES_OPTIONS ?= timeout:1 attempts:1
 export TORCH_CPP_LOG_LEVEL ?= ERROR
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins kueue etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-foreign-pods bench-torchrun bench-recovery clean
+.PHONY: help venv tools kind kind-images kind-docker kind-docker-stop kind-cluster kind-delete control-plane scheduler-plugins kueue etcd manifests demo test lint typecheck unit integration e2e e2e-kind bench bench-etcd bench-control-plane bench-operator bench-foreign-pods bench-torchrun bench-recovery bench-recovery-kind clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -83,7 +83,7 @@ typecheck: venv ## mypy --strict on the package.
 unit: venv ## Unit tests only (pure functions, fast).
 	$(PY) -m pytest tests/unit
 
-integration: venv tools control-plane scheduler-plugins ## Integration tests only (real master processes, a real etcd).
+integration: venv tools control-plane scheduler-plugins kueue ## Integration tests only (real master processes, a real etcd).
 	$(PY) -m pytest tests/integration
 
 e2e: venv tools control-plane ## End-to-end scenarios on the real control plane (chart installed, operator as its ServiceAccount, local node).
@@ -116,6 +116,9 @@ bench-foreign-pods: venv tools control-plane ## Operator CPU and RSS with 10,000
 
 bench-recovery: venv tools control-plane ## One SIGKILLed process of a 16-worker job: InPlace vs Recreate, kill to all ranks joined again (median of 5); job start split.
 	$(PY) bench/recovery.py --workers 16 --kills 5 --start-workers 16,32
+
+bench-recovery-kind: kind-images tools ## The same on kind: real containers on two nodes (cluster made and deleted unless ETHA_E2E_KIND_CLUSTER exists).
+	$(KIND_ENV) $(PY) bench/recovery.py --site kind --workers 16 --kills 5 --start-workers 16
 
 clean: ## Remove the virtualenv and caches.
 	rm -rf $(VENV) bin .mypy_cache .ruff_cache .pytest_cache

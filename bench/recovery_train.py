@@ -5,7 +5,9 @@ Each process appends one JSON line per moment to ``$ETHA_BENCH_DIR/events.jsonl`
 ``O_APPEND`` write each, so lines from many processes never interleave): ``start`` (the first line
 of the script, before torch's import), ``imported``, ``connect`` (just before
 ``init_process_group``), ``init`` (the process group formed) and ``step`` (the first step done).
-Every line carries the rank, the pid, ``ETHA_ATTEMPT`` and ``ETHA_GENERATION``.
+Every line carries the rank, the pid, ``ETHA_ATTEMPT`` and ``ETHA_GENERATION``. With
+``ETHA_BENCH_STDOUT=1`` (on kind, where the pods share no folder) each line is also printed as
+``ETHA_BENCH {json}`` for the bench to read from the pods' logs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 started = time.time()
 FOLDER = os.environ["ETHA_BENCH_DIR"]
 RANK = int(os.environ["RANK"])
+STDOUT = os.environ.get("ETHA_BENCH_STDOUT") == "1"
 
 
 def mark(event: str, when: float | None = None, **extra: object) -> None:
@@ -29,9 +32,12 @@ def mark(event: str, when: float | None = None, **extra: object) -> None:
         "generation": int(os.environ.get("ETHA_GENERATION", "0")),
         **extra,
     }
+    text = json.dumps(line)
+    if STDOUT:
+        print(f"ETHA_BENCH {text}", flush=True)
     fd = os.open(os.path.join(FOLDER, "events.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (json.dumps(line) + "\n").encode())
+        os.write(fd, (text + "\n").encode())
     finally:
         os.close(fd)
 
