@@ -16,6 +16,7 @@ master works as before.
 from __future__ import annotations
 
 import argparse
+import datetime
 import faulthandler
 import ipaddress
 import logging
@@ -28,10 +29,10 @@ from collections.abc import Callable, Iterable, Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from etha.constants import DEFAULT_MASTER_PORT
-from etha.kvstore.errors import KVStoreError
+from etha.constants import DEFAULT_MASTER_PORT, JOINED_KEY_PREFIX
+from etha.kvstore.errors import KVStoreError, StoreConnectionError
 from etha.master.channel import TOKEN_ENV, AgentChannel
 from etha.master.generations import Generations
 from etha.master.peers import PeerTracker
@@ -54,6 +55,13 @@ JOIN_POLL_INTERVAL = 0.01
 #: last rank of an env:// job is connected only until the others see it and all exit). Spacing by
 #: every look's wall time made `make demo`'s master log 1 of 4 ranks.
 JOIN_LOOK_SPACING = 10.0
+#: Seconds between two looks at the generation once every rank joined the current one (only
+#: with the agent channel: a restart in place starts the next generation, whose ranks join again).
+GENERATION_POLL_INTERVAL = 0.1
+#: Seconds the master's client of a later generation's store has to connect, and per read.
+REGISTRATIONS_TIMEOUT = 5.0
+#: Seconds reads of the ranks' registrations may keep failing before the log says so.
+READ_FAILURE_GRACE = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +226,7 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
             keeper.close()
             return 1
         tracker.generation = channel.status
+        tracker.store_pid = keeper.pid
         logger.info(
             "agent channel on http://%s:%d/v1/ (generation 0 on port %d)", args.host, channel.port, store.port
         )
@@ -237,8 +246,9 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
         _write_port(args.port_file, store.port)
     if channel is not None and args.agent_port_file is not None:
         _write_port(args.agent_port_file, channel.port)
+    registrations = Registrations(args.host, store, keeper.pid if keeper is not None else None)
     watcher = threading.Thread(
-        target=watch_joins, args=(store, tracker, lock, stop), name="joins", daemon=True
+        target=watch_joins, args=(store, tracker, lock, stop, registrations), name="joins", daemon=True
     )
     watcher.start()
     progress.start(stop)
@@ -247,6 +257,8 @@ def _serve(args: argparse.Namespace, store: TorchTCPStore, stop: threading.Event
     while not stop.wait(0.5):
         pass
     watcher.join(FINAL_LOOK_LIMIT)
+    if not watcher.is_alive():
+        registrations.close()
     if http is not None:
         http.shutdown()
         http.server_close()
@@ -294,48 +306,162 @@ def all_accounted_for(joined: int, addresses: Iterable[str], world_size: int) ->
     return joined + len(hosts) >= world_size
 
 
+class Registrations:
+    """The ranks' ``etha.kvstore.from_env()`` registrations, read from the current generation's
+    store: generation 0's is the master's own; a later generation's store is another process,
+    read through torch's client from this process (whose connection never counts as a rank's;
+    a plain client, not a TorchTCPStore: that one probes the port first with a connection of
+    its own, gone before the master looks, which it would report as an unknown peer)."""
+
+    def __init__(
+        self,
+        host: str,
+        own: TorchTCPStore,
+        store_pid: Callable[[int], int | None] | None = None,
+        timeout: float = REGISTRATIONS_TIMEOUT,
+    ) -> None:
+        self.host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        self.own = own
+        #: The pid of the store process serving a port (the StoreKeeper's), None once it is not
+        #: the current one: a switch under way killed it, and connecting would only wait.
+        self.store_pid = store_pid
+        self.timeout = timeout
+        self._client: Any = None
+        self._port: int | None = None
+
+    def __call__(self, port: int, ranks: list[int]) -> dict[int, str]:
+        """Which of ``ranks`` registered in the store on ``port`` (none if that store is no
+        longer the current one). Raises KVStoreError."""
+        if port == self.own.port:
+            return self.own.joined_ranks(ranks)
+        if self.store_pid is not None and self.store_pid(port) is None:
+            self._client = None
+            return {}
+        try:
+            if self._client is None or self._port != port:
+                import torch.distributed
+
+                self._client, self._port = None, port
+                self._client = torch.distributed.TCPStore(  # type: ignore[attr-defined]
+                    self.host,
+                    port,
+                    is_master=False,
+                    timeout=datetime.timedelta(seconds=self.timeout),
+                    wait_for_workers=False,
+                )
+            return registered(self._client, ranks)
+        except RuntimeError as exc:  # (its store killed at a switch, say)
+            self._client = None  # a new client next time
+            raise StoreConnectionError(f"cannot read the store on port {port}: {exc}") from exc
+
+    def close(self) -> None:
+        self._client = None
+
+
+def registered(client: Any, ranks: list[int]) -> dict[int, str]:
+    """Which of ``ranks`` registered (a key under ``__etha__/joined/``, never deleted) in the
+    store of torch client ``client``, with the host each named: one request for the store's keys
+    (``list_keys``; a ``check`` per rank with a torch without it) and one for their values."""
+    keys = {f"{JOINED_KEY_PREFIX}{r}": r for r in ranks}
+    if hasattr(client, "list_keys"):
+        present = sorted((k for k in client.list_keys() if k in keys), key=keys.__getitem__)
+    else:
+        present = [k for k in keys if client.check([k])]
+    if not present:
+        return {}
+    values = client.multi_get(present)
+    return {keys[k]: bytes(v).decode("utf-8", "replace") for k, v in zip(present, values, strict=True)}
+
+
+def which(generation: int) -> str:
+    """How a log line about joins names the generation: not at all for generation 0."""
+    return f"generation {generation}: " if generation else ""
+
+
 def watch_joins(
-    store: TorchTCPStore, tracker: PeerTracker, lock: threading.Lock, stop: threading.Event
+    store: TorchTCPStore,
+    tracker: PeerTracker,
+    lock: threading.Lock,
+    stop: threading.Event,
+    registrations: Callable[[int, list[int]], dict[int, str]] | None = None,
 ) -> None:
-    """Log each rank as it joins (by its connection, or its from_env() registration) and each
-    peer address no rank could be read for, until all ranks have joined or ``stop`` is set."""
+    """Log each rank as it joins the current generation (by its connection, or its from_env()
+    registration in that generation's store, read by ``registrations(port, ranks)``; without
+    one, the master's own store) and each peer address no rank could be read for, until all
+    ranks have joined or ``stop`` is set. With generations (the agent channel) it then waits for
+    the next generation and does the same for it: its ranks join again. A generation after 0 is
+    named in every line."""
     world_size = tracker.world_size
     if world_size is None:
         return
+    read = registrations or (lambda port, ranks: store.joined_ranks(ranks))
     seen_addresses: set[str] = set()
     pause = JOIN_POLL_INTERVAL
+    watching, done = tracker.tracked, False
+    failing_since: float | None = None
+    warned = False
     while True:
         # Once stopping, one last look: a rank that registered since the previous one is still
         # named in the log (a job can finish, and its master be stopped, between two looks).
         stopping = stop.wait(pause)
+        with lock:
+            tracker.follow()
+            generation, port, missing = tracker.tracked, tracker.store_port, tracker.missing()
+        if generation != watching:  # a restart in place: the new generation's ranks join again
+            watching, done, seen_addresses = generation, False, set()
+            failing_since, warned = None, False
+            logger.info(
+                "generation %d: waiting for %d ranks to join its store on port %d",
+                generation,
+                world_size,
+                port,
+            )
+        if done:
+            if stopping or tracker.generation is None:
+                return
+            pause = GENERATION_POLL_INTERVAL
+            continue
         began = time.thread_time()
-        missing = tracker.missing()
         try:
-            registered = store.joined_ranks(missing) if missing else {}
+            registered = read(port, missing) if missing else {}
+            failing_since = None
         except KVStoreError as exc:
-            logger.warning("could not read joined ranks: %s", exc)
+            # A switch kills the previous generation's store a moment before the next one is
+            # current: only reads that keep failing are news.
+            failing_since = time.monotonic() if failing_since is None else failing_since
+            if time.monotonic() - failing_since >= READ_FAILURE_GRACE and not warned:
+                logger.warning("%scould not read joined ranks: %s", which(generation), exc)
+                warned = True
             registered = {}
         with lock:
+            if tracker.tracked != generation:
+                pause = JOIN_POLL_INTERVAL  # switched meanwhile: what was read counts for nothing
+                continue
             new = [r for r in sorted(registered) if tracker.record(r, registered[r])]
             new += tracker.refresh()
             traced = tracker.new_connections
             joined = dict(tracker.joined)
             addresses = [a for a in tracker.addresses if a not in seen_addresses]
             everyone = all_accounted_for(len(joined), tracker.addresses, world_size)
+            took = time.monotonic() - tracker.generation_started
+        named = which(generation)
         before = len(joined) - len(set(new))
         for i, rank in enumerate(sorted(set(new)), 1):
-            logger.info("rank %d joined from %s (%d/%d)", rank, joined[rank], before + i, world_size)
+            logger.info("%srank %d joined from %s (%d/%d)", named, rank, joined[rank], before + i, world_size)
         for address in addresses:
             seen_addresses.add(address)
-            logger.info("connection from %s (its rank is told by the pod that has this IP)", address)
+            logger.info("%sconnection from %s (its rank is told by the pod that has this IP)", named, address)
         if len(joined) == world_size:
-            logger.info("all %d ranks joined in %.2fs", world_size, time.monotonic() - tracker.started)
-            return
-        if everyone:  # as many peers as ranks: whoever tells addresses apart has all it needs
-            logger.info("%d peers connected in %.2fs", world_size, time.monotonic() - tracker.started)
-            return
-        if stopping:
-            return
+            logger.info("%sall %d ranks joined in %.2fs", named, world_size, took)
+            done = True
+        elif everyone:  # as many peers as ranks: whoever tells addresses apart has all it needs
+            logger.info("%s%d peers connected in %.2fs", named, world_size, took)
+            done = True
+        if done or stopping:
+            if stopping or tracker.generation is None:
+                return
+            pause = GENERATION_POLL_INTERVAL
+            continue
         cost = 0.0 if new or traced else time.thread_time() - began
         pause = max(JOIN_POLL_INTERVAL, JOIN_LOOK_SPACING * cost)
 

@@ -10,6 +10,11 @@ master looks at the connections it accepted (they are sockets of this very proce
 - a peer on another host (a worker pod) is reported by address; the operator, which knows each
   worker pod's IP, turns addresses into ranks.
 
+A restart in place (docs/recovery.md) moves the rendezvous to a later generation's store, which
+another process (a child of the master) serves on a port of its own: its connections are read
+from that process's fds and the TCP tables. :class:`PeerTracker` follows the current generation
+and starts over at each: who joined is always who joined the current one.
+
 Linux only (``/proc``); elsewhere the master reports no peers and says so once in its log.
 """
 
@@ -76,9 +81,73 @@ def accepted_peers(port: int, looked_at: set[str] | None = None) -> set[tuple[st
     return peers
 
 
-def store_connections(port: int) -> int:
-    """How many clients are connected now to the server this process runs on ``port``, not
-    counting this process's own clients of it (the master's store holds one to itself)."""
+#: The state of an established connection in /proc/net/tcp (hex, as the kernel prints it).
+_ESTABLISHED = "01"
+
+
+def served_peers(port: int, pid: int | None, looked_at: set[str] | None = None) -> set[tuple[str, int]]:
+    """:func:`accepted_peers` for a server that another process of this host runs on ``port``
+    (a later generation's store, see :mod:`etha.master.store`): the (address, port) of every
+    established connection it accepted there, from process ``pid``'s fds and this network
+    namespace's TCP tables (``pid`` None: whichever process listens on ``port``).
+
+    ``looked_at`` as for :func:`accepted_peers` (``socket:[inode]`` strings). Raises OSError when
+    ``pid``'s fds cannot be listed (gone, or another user's)."""
+    wanted: set[str] | None = None
+    if pid is not None:
+        fresh = _socket_inodes(pid) - (looked_at or set())
+        if looked_at is not None:
+            looked_at |= fresh
+        if not fresh:
+            return set()
+        wanted = {target[8:-1] for target in fresh}
+    peers: set[tuple[str, int]] = set()
+    for local, remote, state, inode in _tcp_entries():
+        if state != _ESTABLISHED or _hex_port(local) != port:
+            continue
+        if wanted is not None and inode not in wanted:
+            continue
+        if wanted is None and looked_at is not None:
+            if f"socket:[{inode}]" in looked_at:
+                continue
+            looked_at.add(f"socket:[{inode}]")
+        peers.add((hex_address(remote), _hex_port(remote)))
+    return peers
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The ``socket:[inode]`` targets of process ``pid``'s fds (TCP or not). Raises OSError."""
+    fd_dir = _PROC / str(pid) / "fd"
+    out: set[str] = set()
+    for entry in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / entry)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            out.add(target)
+    return out
+
+
+def _tcp_entries() -> Iterator[tuple[str, str, str, str]]:
+    """(local, remote, state, inode) of every TCP socket of this network namespace, as
+    ``/proc/net/tcp`` and ``tcp6`` print them."""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (_PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) >= 10:
+                yield cols[1], cols[2], cols[3], cols[9]
+
+
+def store_connections(port: int, pid: int | None = None) -> int:
+    """How many clients are connected now to the store on ``port``, not counting this process's
+    own clients of it (the master's store holds one to itself; the master reads a later
+    generation's store as a client). The store is this process's, or process ``pid``'s (a later
+    generation's store process, which holds one to itself too; 0 if its fds cannot be listed)."""
     accepted: set[tuple[str, int]] = set()
     own_clients: set[tuple[str, int]] = set()
     for _, sock in _tcp_sockets():
@@ -86,10 +155,22 @@ def store_connections(port: int) -> int:
             local, peer = sock.getsockname()[:2], sock.getpeername()[:2]
         except OSError:
             continue  # a listening socket has no peer
-        if local[1] == port:
+        if local[1] == port and pid is None:
             accepted.add((_unmap(peer[0]), peer[1]))
         elif peer[1] == port:
             own_clients.add((_unmap(local[0]), local[1]))
+    if pid is not None:  # (the store process's own client of itself does not count either)
+        try:
+            inodes = {target[8:-1] for target in _socket_inodes(pid)}
+        except OSError:
+            return 0
+        for local, remote, state, inode in _tcp_entries():
+            if inode not in inodes or state != _ESTABLISHED:
+                continue
+            if _hex_port(local) == port:
+                accepted.add((hex_address(remote), _hex_port(remote)))
+            elif _hex_port(remote) == port:
+                own_clients.add((hex_address(local), _hex_port(local)))
     return len(accepted - own_clients)
 
 
@@ -196,17 +277,24 @@ def rank_of_process(pid: int) -> int | None:
 
 @dataclass
 class PeerTracker:
-    """What the master has seen connect to its store port, kept for the master's lifetime
-    (a rank that joined and left still joined). ``refresh()`` is cheap once peers are known."""
+    """What the master has seen connect to the current rendezvous generation's store (a rank that
+    joined and left still joined). When the generation changes (a restart in place: the
+    ``generation`` callable says so), the tracker starts over for the new one, on its store's
+    port: ``joined``, ``addresses``, ``missing()`` and ``completed_after`` are always the tracked
+    generation's (:attr:`tracked`), and :meth:`status` catches up before it reports. A process
+    that still connects to an earlier generation's store counts for nothing. ``refresh()`` is
+    cheap once peers are known. Not thread-safe: the master holds one lock around every call."""
 
+    #: Generation 0's store port (the master's own store).
     port: int
     world_size: int | None
     started: float = field(default_factory=time.monotonic)
     #: rank -> where it came from ("127.0.0.1 pid 4242", or the host a from_env() client named)
     joined: dict[int, str] = field(default_factory=dict)
-    #: address -> seconds after start it was first seen, for peers no rank could be read for
+    #: address -> seconds after the generation began it was first seen, for peers no rank could
+    #: be read for
     addresses: dict[str, float] = field(default_factory=dict)
-    #: seconds after start at which the last rank joined (None until every rank has)
+    #: seconds after the generation began at which its last rank joined (None until every rank has)
     completed_after: float | None = None
     #: socket inodes already looked at: each look sees only connections new since the last one
     _looked_at: set[str] = field(default_factory=set)
@@ -218,15 +306,50 @@ class PeerTracker:
     #: The generation now: (generation, its store's port, (rank, exit code) of its exits), from
     #: the agent channel (--agent-port); None without one.
     generation: Callable[[], tuple[int, int | None, tuple[tuple[int, int], ...]]] | None = None
+    #: The pid of the process that serves a later generation's store on a port (the master's
+    #: :class:`~etha.master.store.StoreKeeper`), None if not known: then whichever process
+    #: listens on that port is looked at.
+    store_pid: Callable[[int], int | None] | None = None
+    #: The generation the joins are for, and the port its store listens on.
+    tracked: int = 0
+    store_port: int = field(init=False)
+    #: When the tracked generation began (time.monotonic()), as the tracker saw it: the
+    #: master's start for generation 0, the first look that found it current for a later one.
+    generation_started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store_port = self.port
+        self.generation_started = self.started
+
+    def follow(self) -> bool:
+        """Catches up with the current generation; True if it changed (and the tracker started
+        over for it: nobody has joined it yet)."""
+        return self._follow(self.generation()) if self.generation is not None else False
+
+    def _follow(self, now: tuple[int, int | None, tuple[tuple[int, int], ...]]) -> bool:
+        generation, port, _ = now
+        if generation == self.tracked:
+            return False
+        self.tracked, self.store_port = generation, port if port is not None else self.port
+        self.generation_started = time.monotonic()
+        self.joined, self.addresses, self.completed_after = {}, {}, None
+        self._looked_at, self._available, self.new_connections = set(), True, 0
+        return True
 
     def refresh(self) -> list[int]:
-        """Look at the connections now; returns the ranks that joined since the last look."""
+        """Look at the tracked generation's connections now; returns the ranks that joined it
+        since the last look."""
         self.new_connections = 0
         new = self._finished_locally()
         if not self._available:
             return new
+        server: int | None = None  # the process serving a later generation's store
         try:
-            peers = accepted_peers(self.port, self._looked_at)
+            if self.store_port == self.port:
+                peers = accepted_peers(self.port, self._looked_at)
+            else:
+                server = self.store_pid(self.store_port) if self.store_pid is not None else None
+                peers = served_peers(self.store_port, server, self._looked_at)
         except OSError as exc:
             self._available = False
             logger.warning("cannot list the store's connections (%s); peers are not reported", exc)
@@ -234,11 +357,11 @@ class PeerTracker:
         if not peers:
             return new
         self.new_connections = len(peers)
-        owners = local_owners(peers, self.port)
+        owners = local_owners(peers, self.store_port)
         for peer in sorted(peers):
             pid = owners.get(peer)
-            if pid == os.getpid():
-                continue  # the master's own client connections
+            if pid is not None and pid in (os.getpid(), server):
+                continue  # the master's own client connections, and the store's own to itself
             rank = rank_of_process(pid) if pid is not None else None
             if rank is not None and self._valid(rank):
                 if rank not in self.joined:
@@ -248,19 +371,21 @@ class PeerTracker:
                 pass  # run-local: a rank gone before it was looked at is named when it finishes
             elif peer[0] not in self.addresses:
                 logger.debug("peer %s:%d: owner %s, rank %s", peer[0], peer[1], pid, rank)
-                self.addresses[peer[0]] = round(time.monotonic() - self.started, 3)
+                self.addresses[peer[0]] = round(time.monotonic() - self.generation_started, 3)
         self._note_complete()
         return new
 
     def _finished_locally(self) -> list[int]:
-        """Ranks of run-local's workers that exited 0 and were not traced before."""
+        """Ranks of run-local's workers that exited 0 and were not traced before (a worker that
+        finished counts for every generation after, as a pod that Succeeded does)."""
         if self.local_ranks_file is None or not self.missing():
             return []
         done = finished_local_ranks(self.local_ranks_file)
         return [r for r in sorted(done) if self.record(r, f"127.0.0.1 pid {done[r]}, which exited 0")]
 
     def record(self, rank: int, origin: str) -> bool:
-        """A rank that registered itself (``etha.kvstore.from_env()``); True if it is new."""
+        """A rank that registered itself (``etha.kvstore.from_env()``) in the tracked
+        generation's store; True if it is new."""
         if rank in self.joined or not self._valid(rank):
             return False
         self.joined[rank] = origin
@@ -273,7 +398,7 @@ class PeerTracker:
             and self.world_size is not None
             and len(self.joined) >= self.world_size
         ):
-            self.completed_after = round(time.monotonic() - self.started, 3)
+            self.completed_after = round(time.monotonic() - self.generation_started, 3)
 
     def _valid(self, rank: int) -> bool:
         return self.world_size is None or 0 <= rank < self.world_size
@@ -288,9 +413,12 @@ class PeerTracker:
         return self.status().document(job)
 
     def status(self) -> MasterStatus:
-        """What the master knows now, as the status document's schema has it."""
+        """What the master knows now, as the status document's schema has it: the joins are the
+        current generation's (the tracker catches up first), the one the document names."""
         uptime = round(time.monotonic() - self.started, 3)
-        generation, port, exits = self.generation() if self.generation is not None else (0, None, ())
+        now = self.generation() if self.generation is not None else (0, None, ())
+        self._follow(now)
+        generation, port, exits = now
         return MasterStatus(
             self.world_size,
             uptime,

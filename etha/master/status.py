@@ -33,16 +33,23 @@ class BadStatus(ValueError):
 
 @dataclass(frozen=True)
 class MasterStatus:
-    """``GET /status`` of the rendezvous master (see :mod:`etha.master`)."""
+    """``GET /status`` of the rendezvous master (see :mod:`etha.master`).
+
+    ``joined`` and ``peers`` are the rendezvous of ``generation``: a restart in place starts a
+    new generation on a store of its own, and the master counts its joins afresh. (Older
+    masters kept generation 0's joins for their lifetime: a reader compares ``generation`` with
+    the one it expects before it trusts them.)"""
 
     world_size: int | None
     uptime_seconds: float
-    #: Ranks the master identified itself (a local process's RANK, or a from_env() registration).
+    #: Ranks the master identified itself (a local process's RANK, or a from_env() registration)
+    #: among those connected to the generation's store.
     joined: frozenset[int]
-    #: Addresses of connected peers the master could not put a rank to (pods on other hosts).
+    #: Addresses of peers connected to the generation's store the master could not put a rank
+    #: to (pods on other hosts).
     peers: frozenset[str]
-    #: The rendezvous generation (restarts in place before it; 0 from a master without an agent
-    #: channel, or one older than it).
+    #: The rendezvous generation these joins are for (restarts in place before it; 0 from a
+    #: master without an agent channel, or one older than it).
     generation: int = 0
     #: The port of the current generation's store (None: the master's own, or not known).
     generation_port: int | None = None

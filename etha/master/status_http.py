@@ -114,9 +114,14 @@ def metrics_renderer(
     class MasterCollector(Collector):
         def collect(self) -> Iterator[Metric]:
             with lock:
+                tracker.follow()  # the joins are the current generation's
                 world, joined = tracker.world_size, len(tracker.joined)
                 peers, completed = len(tracker.addresses), tracker.completed_after
                 generation = tracker.generation() if tracker.generation is not None else None
+                port = tracker.store_port
+                pid = None
+                if port != tracker.port:  # a later generation's store: a process of its own
+                    pid = tracker.store_pid(port) if tracker.store_pid is not None else None
             uptime = time.monotonic() - tracker.started
 
             def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -125,18 +130,20 @@ def metrics_renderer(
             if world is not None:
                 yield gauge("etha_master_world_size", "Ranks the rendezvous expects (--world-size).", world)
             yield gauge(
-                "etha_master_ranks_joined", "Ranks that joined (a rank that left still joined).", joined
+                "etha_master_ranks_joined",
+                "Ranks that joined the current generation (a rank that left still joined).",
+                joined,
             )
             yield gauge(
                 "etha_master_peer_addresses",
-                "Addresses connected to the store that no rank is known for (pods on other hosts; "
-                "the operator tells their ranks by pod IP).",
+                "Addresses connected to the current generation's store that no rank is known for "
+                "(pods on other hosts; the operator tells their ranks by pod IP).",
                 peers,
             )
             yield gauge(
                 "etha_master_store_connections",
-                "Clients connected to the store now.",
-                store_connections(tracker.port),
+                "Clients connected to the current generation's store now.",
+                store_connections(port, pid) if port == tracker.port or pid is not None else 0,
             )
             if generation is not None:
                 yield gauge(
@@ -153,7 +160,8 @@ def metrics_renderer(
             if completed is not None:
                 yield gauge(
                     "etha_master_rendezvous_seconds",
-                    "Seconds from the master's start to the last rank joining.",
+                    "Seconds from the current generation's start (the master's, for generation 0) "
+                    "to its last rank joining.",
                     completed,
                 )
             served = CounterMetricFamily(

@@ -165,6 +165,12 @@ class StoreKeeper:
                 logger.info("store: the previous generation's store (port %s) was killed", previous.port)
             return port
 
+    def pid(self, port: int) -> int | None:
+        """The pid of the store process serving ``port``, if it is the current generation's."""
+        with self._cond:
+            current = self._current
+        return current.proc.pid if current is not None and current.port == port else None
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

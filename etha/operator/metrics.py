@@ -9,7 +9,7 @@ few call sites:
 
 - ``observe_transition(old, new, ...)`` after every reconcile of a job (old: the status it read;
   new: the status it wrote, or ``old`` again when it wrote nothing) derives the job counters, the
-  restart counter, the startup and rendezvous histograms and the ``etha_jobs`` gauge;
+  restart counter, the startup, rendezvous and recovery histograms and the ``etha_jobs`` gauge;
 - ``job_forgotten(namespace, name)`` once a job is deleted (the gauge stops counting it);
 - ``pods_created(role, n)``, ``api_request(verb, code)`` where the API module acts;
 - ``with metrics.reconcile_timer(): ...`` around one reconcile;
@@ -163,8 +163,9 @@ class OperatorMetrics:
         )
         self.recovery = Histogram(
             "etha_recovery_seconds",
-            "Seconds from a failure seen to every rank of the new generation started, by strategy "
-            "(InPlace: every rank's agent started its process; Recreate: every pod of the attempt running).",
+            "Seconds from a failure seen to every rank having joined the rendezvous of the restart "
+            "it caused, by strategy (InPlace: the new generation's, in the pods kept; Recreate: the "
+            "new attempt's); backend etcd, whose joins the operator cannot see: to the job running again.",
             ["namespace", "strategy"],
             buckets=RECOVERY_BUCKETS,
             registry=r,
@@ -190,7 +191,8 @@ class OperatorMetrics:
         )
         self.rendezvous = Histogram(
             "etha_rendezvous_seconds",
-            "Seconds from an attempt's start (its last pod placed on a node) to every rank having joined.",
+            "Seconds from a rendezvous' start (an attempt's last pod placed on a node; a generation "
+            "restarted in place: the end of its backoff) to every rank having joined it.",
             ["namespace"],
             buckets=RENDEZVOUS_BUCKETS,
             registry=r,
@@ -291,11 +293,43 @@ class OperatorMetrics:
 
 
 def _recovered(old: Mapping[str, Any], new: Mapping[str, Any]) -> datetime | None:
-    """When the failure a restart answered was seen (status.lastRestart.time), if the job just
-    went from Restarting to Running."""
-    if old.get("phase") != c.PHASE_RESTARTING or new.get("phase") != c.PHASE_RUNNING:
+    """When the failure the last restart answered was seen (status.lastRestart.time), if every
+    rank just joined the rendezvous that restart began: ``status.rendezvous`` of its attempt and
+    generation (``lastRestart.attempt`` and ``generation``) just became complete. A job without
+    ``status.rendezvous`` (backend etcd: no master tells the joins) recovers when it goes from
+    Restarting to Running."""
+    last = new.get("lastRestart") or {}
+    after = new.get("rendezvous")
+    if not isinstance(after, Mapping):
+        if old.get("phase") != c.PHASE_RESTARTING or new.get("phase") != c.PHASE_RUNNING:
+            return None
+        return parse_time(last.get("time"))
+    if not after.get("complete") or _rendezvous_key(after, new) != (
+        last.get("attempt"),
+        last.get("generation"),
+    ):
         return None
-    return parse_time((new.get("lastRestart") or {}).get("time"))
+    if _completed_before(old.get("rendezvous") or {}, after):
+        return None
+    return parse_time(last.get("time"))
+
+
+def _completed_before(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """The view ``after`` shows was complete already in ``before`` (the same attempt and
+    generation: a restart in place writes a new view, naming its generation)."""
+    same = (before.get("attempt"), before.get("generation")) == (
+        after.get("attempt"),
+        after.get("generation"),
+    )
+    return bool(before.get("complete")) and same
+
+
+def _rendezvous_key(view: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[object, object]:
+    """(attempt, generation) a status.rendezvous view is for. It names its generation from the
+    first restart in place on; without the field (generation 0's, a CRD that prunes it) it is
+    the status' own: each restart writes a new view with the new generation."""
+    generation = view.get("generation")
+    return view.get("attempt"), generation if generation is not None else _int(status.get("generation"))
 
 
 def _counted(status: Mapping[str, Any]) -> int:
@@ -328,12 +362,13 @@ def _first_running(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 
 def _rendezvous_completed(old: Mapping[str, Any], new: Mapping[str, Any]) -> datetime | None:
-    """When the attempt whose rendezvous just completed began, or None if none just did."""
+    """When the rendezvous that just completed (an attempt's, or a generation's after a restart
+    in place) began, or None if none just did."""
     after = new.get("rendezvous") or {}
     before = old.get("rendezvous") or {}
     if not after.get("complete"):
         return None
-    if before.get("complete") and before.get("attempt") == after.get("attempt"):
+    if _completed_before(before, after):
         return None  # seen complete already
     started = after.get("startTime")
     return parse_time(started) if isinstance(started, str) else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from etha.job import constants as c
 from etha.job.names import master_name, status_attempt
-from etha.job.pods import timestamp
+from etha.job.pods import parse_time, timestamp
 from etha.operator.reconcile.conditions import Event
 from etha.operator.reconcile.conflict import conflict, conflict_condition
 from etha.operator.reconcile.creation import creation
@@ -29,7 +29,7 @@ from etha.operator.reconcile.deadline import deadline, deadline_left
 from etha.operator.reconcile.failure import failure
 from etha.operator.reconcile.finished import finished
 from etha.operator.reconcile.inplace import in_place
-from etha.operator.reconcile.joins import needs_master_status, poll_interval
+from etha.operator.reconcile.joins import attempt_generation, needs_master_status, poll_interval
 from etha.operator.reconcile.model import (
     KOPF_FINALIZER,
     Actions,
@@ -116,11 +116,15 @@ def next_look(observed: Observed, decided: Actions) -> Actions:
     """When to look again besides what time does to the policies: the master's status document
     while ranks join, an expectation to forget, creation tried again past a conflict."""
     status = {**observed.status, **decided.status}
-    name = master_name(observed.job.name, status_attempt(status.get("attempt"), observed.job.max_restarts))
+    attempt = status_attempt(status.get("attempt"), observed.job.max_restarts)
+    name = master_name(observed.job.name, attempt)
     master = next((p for p in observed.pods if p["metadata"]["name"] == name), None)
     wake = sooner(observed.settle_in, observed.retry_in if observed.conflict is not None else None)
     if not decided.delete_job and needs_master_status(observed.job, status, master):
-        wake = sooner(wake, poll_interval(master, observed.now, *observed.master_poll))
+        seen = status.get("rendezvous") or {}
+        later = attempt_generation(status, attempt) > 0  # (restarted in place: since it began)
+        since = parse_time(seen.get("startTime")) if later else None
+        wake = sooner(wake, poll_interval(master, observed.now, *observed.master_poll, since=since))
     if not decided.delete_job and status.get("phase") == c.PHASE_RUNNING:  # training progress
         wake = sooner(wake, observed.progress_poll)
     return Actions(requeue_after=wake)

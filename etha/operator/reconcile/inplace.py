@@ -10,6 +10,12 @@ of an attempt counts its own from 0, so the master's generation is ``status.gene
 the one the attempt started at (``status.attemptSpec.generation``). The request for the next
 generation is idempotent (the master answers 200 for the generation it is at): a look that
 finds the master behind the status (a failed request, an operator restarted midway) asks again.
+
+Phases: ``Restarting`` from the failure seen until every rank's agent started the new
+generation's process, then ``Running`` again, as a Recreate's new attempt is ``Running`` once its
+pods run: the phase says the job's processes run, never that they met. ``status.rendezvous`` is
+reset with the restart to the new generation's (nobody joined it yet) and fills as its ranks
+join its store (:mod:`.joins`); ``etha_recovery_seconds`` ends when every rank joined it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from etha.operator.reconcile.failure import (
     pod_of,
     restart_plan,
 )
+from etha.operator.reconcile.joins import generation_base, generation_view, master_generation
 from etha.operator.reconcile.model import (
     Actions,
     Attempt,
@@ -47,16 +54,6 @@ RETRY_SECONDS = 1.0
 #: Seconds between two looks while the ranks of a new generation start (the master's long poll
 #: wakes the job sooner; this is the safety net).
 STARTING_RECHECK_SECONDS = 5.0
-
-
-def generation_base(status: dict[str, Any] | Any) -> int:
-    """``status.generation`` when the current attempt started (its master's generation 0)."""
-    return status_count((status.get("attemptSpec") or {}).get("generation"))
-
-
-def master_generation(status: Any) -> int:
-    """The generation the job's status says the current master is at (or is to switch to)."""
-    return max(0, status_count(status.get("generation")) - generation_base(status))
 
 
 def recovering(status: Any, attempt: int) -> bool:
@@ -177,6 +174,8 @@ def restart_in_place(
             "nextGenerationTime": timestamp(starts),
             "lastRestart": last,
             "conditions": conditions,
+            # The new generation's ranks join again: who joined the last one no longer counts.
+            "rendezvous": generation_view(job, attempt.number, generation, starts),
         },
         events=[Event("Warning", c.REASON_RESTARTING_IN_PLACE, message)],
         requeue_after=delay,

@@ -215,7 +215,8 @@ class Attempt:
     counts: dict[str, Any]
     #: The immutable fields changed since the attempt started (refused, see :func:`spec_drift`).
     drift: list[str]
-    #: status.rendezvous as observed (backend tcp): who joined, who is missing.
+    #: status.rendezvous as observed (backend tcp): who joined the current generation, who is
+    #: missing.
     joins: dict[str, Any]
     #: Why the rendezvous timed out (the ranks missing), once it has.
     timed_out: str | None
@@ -286,7 +287,7 @@ def observe_attempt(observed: Observed) -> Attempt:
     if why is not None:
         conditions = set_condition(conditions, in_place_refused(why, observed.now))
     joins, timed_out = joined_view(
-        job, attempt, status.get("rendezvous") or {}, master, workers, observed.master_status, observed.now
+        job, attempt, status, master, workers, observed.master_status, observed.now
     )
     return Attempt(
         number=attempt,

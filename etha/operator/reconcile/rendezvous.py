@@ -13,7 +13,7 @@ from etha.job import constants as c
 from etha.job.pods import parse_time
 from etha.job.spec import JobSpec
 from etha.operator.reconcile.conditions import Event
-from etha.operator.reconcile.joins import rendezvous_began
+from etha.operator.reconcile.joins import current_view, rendezvous_began
 from etha.operator.reconcile.model import Actions, Attempt, Observed, Pod, fail, sooner
 
 
@@ -22,25 +22,28 @@ def joining(observed: Observed, attempt: Attempt) -> Actions:
     and when time alone changes it (the timeout, the halfway warning)."""
     actions = Actions()
     if attempt.uses_master:
-        actions = rendezvous_shown(attempt, observed.status.get("rendezvous") or {}, observed.now)
+        actions = rendezvous_shown(attempt, observed.status, observed.now)
     if attempt.timed_out is None:
         left = timeout_left(attempt.job, attempt.joins, attempt.master, attempt.workers, observed.now)
         actions.requeue_after = sooner(actions.requeue_after, left)
     return actions
 
 
-def rendezvous_shown(attempt: Attempt, before: Mapping[str, Any], now: datetime) -> Actions:
+def rendezvous_shown(attempt: Attempt, status: Mapping[str, Any], now: datetime) -> Actions:
     """``status.rendezvous`` and the events a person reads about it: every rank joined (once per
-    attempt), and ranks still missing at half the timeout (once per attempt, ``slow``), naming
-    them while there is time to look."""
+    attempt and generation), and ranks still missing at half the timeout (likewise, ``slow``),
+    naming them while there is time to look."""
     view = dict(attempt.joins)
     actions = Actions(status={"rendezvous": view})
-    same = before.get("attempt") == attempt.number
+    before = current_view(status, attempt.number)
     start = parse_time(view.get("startTime"))
+    which = f"attempt {attempt.number}"
+    if view.get("generation"):  # a later generation's, after a restart in place
+        which = f"generation {view['generation']} (attempt {attempt.number})"
     if view.get("complete"):
-        if not (same and before.get("complete")):
+        if not before.get("complete"):
             took = f" in {(now - start).total_seconds():.0f} s" if start is not None else ""
-            message = f"All {view['total']} ranks joined the rendezvous of attempt {attempt.number}{took}."
+            message = f"All {view['total']} ranks joined the rendezvous of {which}{took}."
             actions.events.append(Event("Normal", c.REASON_RENDEZVOUS_COMPLETE, message))
         return actions
     if start is None or view.get("slow") or attempt.timed_out is not None:
@@ -56,7 +59,7 @@ def rendezvous_shown(attempt: Attempt, before: Mapping[str, Any], now: datetime)
         Event(
             "Warning",
             c.REASON_RANKS_MISSING,
-            f"Rendezvous of attempt {attempt.number}: {view['joinedText']} ranks joined after "
+            f"Rendezvous of {which}: {view['joinedText']} ranks joined after "
             f"{(now - start).total_seconds():.0f} s, half of spec.rendezvous.timeoutSeconds "
             f"({timeout} s); waiting for rank{'s' if ',' in missing or '-' in missing else ''} {missing}. "
             "The job fails if they have not joined when it runs out.",
@@ -79,10 +82,13 @@ def timeout_left(
     workers: Mapping[int, Pod | None],
     now: datetime,
 ) -> float | None:
-    """Seconds until the rendezvous times out, while it is incomplete and has begun."""
+    """Seconds until the rendezvous times out, while it is incomplete and has begun (the view's
+    start: a later generation's may be later than its pods')."""
     if view.get("complete"):
         return None
     begun = rendezvous_began(job, master, workers)
     if begun is None:
         return None
+    start = parse_time(view.get("startTime"))
+    begun = max(begun, start) if start is not None else begun
     return max(0.0, (begun + timedelta(seconds=job.rendezvous_timeout) - now).total_seconds())

@@ -5,6 +5,7 @@ FailJob and spec.maxRestarts still end the job (docs/recovery.md)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,9 @@ RESUMES = (
     "sys.exit(0)\n"
 )
 SLEEPS = "import time; time.sleep(600)"
+#: Each rank joins its generation's rendezvous (etha.kvstore.from_env(): its store connects to the
+#: generation's port and registers), then sleeps.
+JOINS = "import time\nfrom etha.kvstore import from_env\nstore = from_env()\ntime.sleep(600)"
 #: Rank 1's process exits 1 in every generation; rank 0's sleeps.
 RANK_1_EXITS = (
     "import os, sys, time\nif os.environ['RANK'] == '1': time.sleep(1); sys.exit({code})\ntime.sleep(600)"
@@ -94,18 +98,47 @@ def test_a_killed_process_restarts_in_place_and_the_job_resumes(plane: ControlPl
     jobs.delete("killed")
 
 
+def recoveries(jobs: Jobs) -> float:
+    """etha_recovery_seconds_count of this namespace's restarts in place, from the operator."""
+    found = re.search(
+        rf'^etha_recovery_seconds_count{{namespace="{NS}",strategy="InPlace"}} (\S+)$',
+        jobs.op.metrics(),
+        re.M,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_deleted_worker_pod_is_made_again_alone(plane: ControlPlane, jobs: Jobs) -> None:
-    jobs.create(in_place(jobs, "deleted", SLEEPS, maxRestarts=0, restartBackoffSeconds=0))
-    jobs.wait_phase("deleted", "Running", 180)
+    """...and every rank joins generation 1 again: status.rendezvous is that generation's."""
+    jobs.create(in_place(jobs, "deleted", JOINS, maxRestarts=0, restartBackoffSeconds=0))
+    joined = jobs.wait_for(
+        "deleted",
+        "Running, every rank joined generation 0",
+        lambda s: s.get("phase") == "Running" and (s.get("rendezvous") or {}).get("complete"),
+        240,
+    )
+    assert joined["rendezvous"]["message"] == "2/2 joined", joined
     wait_children(plane, jobs, "deleted", 2)
     before = uids(jobs, "deleted")
+    recovered = recoveries(jobs)
     plane.admin.delete(f"{jobs.pods_path}/deleted-worker-0-1")
     status = jobs.wait_for(
         "deleted",
-        "running again in generation 1",
-        lambda s: s.get("generation") == 1 and s.get("phase") == "Running",
-        180,
+        "running again in generation 1, every rank joined it",
+        lambda s: (
+            s.get("generation") == 1
+            and s.get("phase") == "Running"
+            and (s.get("rendezvous") or {}).get("complete")
+            and "generation 1" in str((s.get("rendezvous") or {}).get("message"))
+        ),
+        240,
     )
+    view = status["rendezvous"]
+    assert (view["attempt"], view["joined"], view["total"], view["joinedRanks"]) == (0, 2, 2, "0-1"), view
+    assert view["message"] == "generation 1: 2/2 joined", view
+    # (The CRD's status.rendezvous does not list "generation" yet: an API server prunes it.)
+    assert view.get("generation", 1) == 1, view
+    wait_until(lambda: recoveries(jobs) == recovered + 1, 30, "etha_recovery_seconds to count the rejoin")
     after = uids(jobs, "deleted")
     assert set(after) == set(before), after  # the same pods, by name
     assert after["deleted-worker-0-1"] != before["deleted-worker-0-1"]

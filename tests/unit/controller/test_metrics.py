@@ -141,6 +141,8 @@ def test_a_job_with_one_restart_through_the_real_reconcile() -> None:
     assert value(found, "etha_job_startup_seconds_count", namespace=NS) == 1  # the first start only
     assert value(found, "etha_rendezvous_seconds_count", namespace=NS) == 2
     assert value(found, "etha_rendezvous_seconds_sum", namespace=NS) == 15 + 10  # master 1 at 100
+    # Recovered: the failure seen at 30, every rank of attempt 1 joined at 110.
+    assert value(found, "etha_recovery_seconds_sum", namespace=NS, strategy="Recreate") == 80
 
     life.step(at(200), life.pods(1, ["Succeeded", "Succeeded"], master="Running"))
     life.step(at(205), life.pods(1, ["Succeeded", "Succeeded"], master="Succeeded"))  # nothing new
@@ -368,35 +370,52 @@ def test_serve_answers_get_metrics_over_http() -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2)
 
 
-def test_a_restart_in_place_is_counted_by_strategy_and_its_recovery_timed() -> None:
+def view(generation: int, complete: bool, start: str = "2026-01-01T12:00:11Z") -> dict[str, Any]:
+    """status.rendezvous of attempt 0's ``generation`` (named from generation 1 on)."""
+    out = {"attempt": 0, "complete": complete, "joined": 2 if complete else 0, "total": 2, "startTime": start}
+    return {**out, "generation": generation} if generation else out
+
+
+def test_a_restart_in_place_is_counted_by_strategy_and_its_recovery_timed_to_every_rank_joined() -> None:
+    """Recovery ends when every rank joined the new generation, not when its processes started
+    (the job is Running again then: its processes run, they have not met yet)."""
     metrics = OperatorMetrics()
-    running = {"phase": "Running", "attempt": 0, "restarts": 0, "restartsCountedTowardsMax": 0}
+    running = {"phase": "Running", "attempt": 0, "restarts": 0, "restartsCountedTowardsMax": 0,
+               "rendezvous": view(0, True, "2026-01-01T11:59:00Z")}  # fmt: skip
     restarting = {
         **running,
         "phase": "Restarting",
         "restarts": 1,
         "restartsCountedTowardsMax": 1,
         "generation": 1,
-        "lastRestart": {"strategy": "InPlace", "time": "2026-01-01T12:00:10Z"},
+        "lastRestart": {"strategy": "InPlace", "attempt": 0, "generation": 1, "time": "2026-01-01T12:00:10Z"},
+        "rendezvous": view(1, False),  # the restart's look: generation 1, nobody joined it yet
     }
-    metrics.observe_transition(running, restarting, job_created=CREATED, now=at(10), namespace=NS, name="j")
-    metrics.observe_transition(
-        restarting,
-        {**restarting, "phase": "Running"},
-        job_created=CREATED,
-        now=at(13),
-        namespace=NS,
-        name="j",
-    )
+    steps = [
+        (running, restarting, 10),
+        (restarting, {**restarting, "phase": "Running"}, 13),  # every rank's process started
+        ({**restarting, "phase": "Running"}, {"rendezvous": view(1, True)}, 16),  # every rank joined
+        ({**restarting, "phase": "Running", "rendezvous": view(1, True)}, {"phase": "Running"}, 20),
+    ]
+    seen = []
+    for old, new, t in steps:
+        metrics.observe_transition(old, new, job_created=CREATED, now=at(t), namespace=NS, name="j")
+        found = samples(metrics)
+        seen.append(value(found, "etha_recovery_seconds_count", namespace=NS, strategy="InPlace"))
+    assert seen == [0, 0, 1, 1]  # observed once, when every rank joined generation 1
     found = samples(metrics)
-    assert (
-        found[
-            (
-                "etha_job_restarts_total",
-                frozenset({("namespace", NS), ("counted", "true"), ("strategy", "InPlace")}),
-            )
-        ]
-        == 1
-    )
-    key = ("etha_recovery_seconds_sum", frozenset({("namespace", NS), ("strategy", "InPlace")}))
-    assert found[key] == pytest.approx(3.0)  # the failure seen at 10 s, every rank started at 13 s
+    assert value(found, "etha_job_restarts_total", namespace=NS, counted="true", strategy="InPlace") == 1
+    assert value(found, "etha_recovery_seconds_sum", namespace=NS, strategy="InPlace") == 6  # 10 s to 16 s
+    # Generation 1's rendezvous: from its start (the end of the backoff, at 11 s) to 16 s.
+    assert value(found, "etha_rendezvous_seconds_sum", namespace=NS) == 5
+
+
+def test_without_a_rendezvous_view_recovery_ends_when_the_job_runs_again() -> None:
+    """Backend etcd: no master tells the operator who joined; the job Running again ends it."""
+    metrics = OperatorMetrics()
+    running = {"phase": "Running", "attempt": 1, "restarts": 1}
+    restarting = {**running, "phase": "Restarting",
+                  "lastRestart": {"strategy": "Recreate", "attempt": 1, "time": "2026-01-01T12:00:10Z"}}  # fmt: skip
+    metrics.observe_transition(restarting, running, job_created=CREATED, now=at(13), namespace=NS, name="j")
+    key = ("etha_recovery_seconds_sum", frozenset({("namespace", NS), ("strategy", "Recreate")}))
+    assert samples(metrics)[key] == pytest.approx(3.0)

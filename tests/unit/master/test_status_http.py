@@ -3,6 +3,7 @@ what the tracker knows, read back with prometheus_client's parser."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -102,5 +103,34 @@ def test_without_prometheus_client_metrics_answers_501_naming_the_extra(
         assert code == 501 and "pip install 'etha[master]'" in text
         assert get(http.server_address[1], "/status")[0] == 200  # the operator still reads ranks
     finally:
+        http.shutdown()
+        http.server_close()
+
+
+def test_metrics_are_the_current_generations(listener: socket.socket) -> None:
+    """A restart in place: the joins and the rendezvous time start over with the generation, and
+    the store's connections are counted on its own port (its server is this process's here)."""
+    port = listener.getsockname()[1]
+    later = socket.create_server(("127.0.0.1", 0))
+    now = [(0, port, ())]
+    tracker, lock = PeerTracker(port, 2, generation=lambda: now[0]), threading.Lock()
+    tracker.store_pid = lambda p: os.getpid() if p == later.getsockname()[1] else None
+    http = serve_status("127.0.0.1", 0, tracker, lock, "mnist")
+    status_port = http.server_address[1]
+    try:
+        with lock:
+            tracker.record(0, "10.0.0.1")
+            tracker.record(1, "10.0.0.2")
+        found = scrape(status_port)
+        assert found[("etha_master_ranks_joined", frozenset())] == 2
+        assert ("etha_master_rendezvous_seconds", frozenset()) in found
+        now[0] = (1, later.getsockname()[1], ((1, 137),))
+        found = scrape(status_port)
+        assert found[("etha_master_generation", frozenset())] == 1
+        assert found[("etha_master_ranks_joined", frozenset())] == 0
+        assert ("etha_master_rendezvous_seconds", frozenset()) not in found
+        assert found[("etha_master_store_connections", frozenset())] == 0
+    finally:
+        later.close()
         http.shutdown()
         http.server_close()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from etha.job.spec import parse
+from etha.master.status import MasterStatus
 from etha.operator.reconcile.events import MasterEvents, ProcessExit, parse_events
 from etha.operator.reconcile.model import GenerationRequest
 from tests.factories import make_pod, make_trainingjob, reconcile
@@ -296,3 +297,123 @@ def test_a_master_too_old_for_the_agent_channel_falls_back_to_recreate() -> None
     acts = decide(status, [], None, maxRestarts=3)
     master = next(m for m in acts.create if m["metadata"]["name"] == "mnist-master-1")
     assert "--agent-port" not in master["spec"]["containers"][0]["command"]
+
+
+# --- who joined the new generation (status.rendezvous) ---------------------------------------
+
+#: status.rendezvous once both ranks joined generation 0.
+JOINED_0 = {"attempt": 0, "joined": 2, "total": 2, "joinedText": "2/2", "joinedRanks": "0-1", "missing": "",
+            "complete": True, "message": "2/2 joined", "startTime": "2026-01-01T11:58:00Z"}  # fmt: skip
+
+
+def report(generation: int, *joined: int) -> MasterStatus:
+    """The master's status document: ``joined`` are the ranks that joined ``generation``."""
+    doc = {"worldSize": 2, "uptimeSeconds": 120.0, "joined": list(joined), "peers": []}
+    return MasterStatus.parse({**doc, "generation": generation})
+
+
+def look(
+    status: dict[str, Any], seen: MasterStatus | None, now: Any = NOW, found: Any = None, **spec: Any
+) -> Any:
+    job = parse(make_trainingjob(**{"maxRestarts": 3, **spec}))
+    found = pods() if found is None else found
+    return reconcile(job, status, found, True, now, token=TOKEN, events=events(1), master_status=seen)
+
+
+def test_a_restart_in_place_starts_the_new_generations_rendezvous_with_nobody_joined() -> None:
+    status = {**RUNNING, "rendezvous": JOINED_0}
+    acts = decide(status, pods(), events(0, ProcessExit(1, 0, 3)), maxRestarts=2)
+    assert acts.status["generation"] == 1
+    assert acts.status["rendezvous"] == {
+        "attempt": 0,
+        "generation": 1,
+        "joined": 0,
+        "total": 2,
+        "joinedText": "0/2",
+        "joinedRanks": "",
+        "missing": "0-1",
+        "complete": False,
+        "message": "generation 1: 0/2 joined, waiting for ranks 0-1",
+        "startTime": "2026-01-01T12:00:01Z",  # the generation begins after the backoff
+    }
+
+
+def restarted(phase: str = "Restarting") -> dict[str, Any]:
+    """Generation 1 decided (and its view reset) at 11:59:58, begun at 11:59:59."""
+    view = {**JOINED_0, "generation": 1, "joined": 0, "joinedText": "0/2", "joinedRanks": "", "missing": "0-1",
+            "complete": False, "message": "generation 1: 0/2 joined, waiting for ranks 0-1",
+            "startTime": "2026-01-01T11:59:59Z"}  # fmt: skip
+    return {
+        **recovering(),
+        "phase": phase,
+        "attemptSpec": {"attempt": 0, "generation": 0},
+        "rendezvous": view,
+    }
+
+
+def placed_pods() -> list[dict[str, Any]]:
+    """pods(), each placed (created) at 11:00, well before generation 1 began."""
+    found = pods()
+    for pod in found:
+        pod["metadata"]["creationTimestamp"] = "2026-01-01T11:00:00Z"
+    return found
+
+
+def test_the_masters_report_counts_only_for_the_current_generation() -> None:
+    # Read before the master switched: generation 0's joins, every rank: not generation 1's.
+    acts = look(restarted(), report(0, 0, 1), found=placed_pods())
+    view = acts.status["rendezvous"]
+    assert (view["generation"], view["joined"], view["complete"]) == (1, 0, False), view
+    assert view["message"] == "generation 1: 0/2 joined, waiting for ranks 0-1"
+    assert not [e for e in acts.events if e.reason == "RendezvousComplete"]
+    # The master at generation 1: rank 0 joined it, rank 1 not yet.
+    acts = look(restarted("Running"), report(1, 0), found=placed_pods())
+    view = acts.status["rendezvous"]
+    assert (view["joined"], view["joinedRanks"], view["missing"], view["complete"]) == (1, "0", "1", False)
+    assert view["message"] == "generation 1: 1/2 joined, waiting for rank 1"
+    assert view["startTime"] == "2026-01-01T11:59:59Z"  # the generation's start, not the attempt's
+    # Everyone joined generation 1: said once, naming the generation.
+    acts = look(
+        {**restarted("Running"), "rendezvous": view},
+        report(1, 0, 1),
+        NOW + timedelta(seconds=3),
+        placed_pods(),
+    )
+    assert acts.status["rendezvous"]["complete"] is True
+    (done,) = [e for e in acts.events if e.reason == "RendezvousComplete"]
+    assert done.message == "All 2 ranks joined the rendezvous of generation 1 (attempt 0) in 4 s."
+    again = look(
+        {**restarted("Running"), "rendezvous": acts.status["rendezvous"]}, report(1, 0, 1), NOW, placed_pods()
+    )
+    assert not [e for e in again.events if e.reason == "RendezvousComplete"]
+
+
+def test_running_again_needs_every_rank_started_not_joined() -> None:
+    """The phase says the processes run (as a Recreate's new attempt is Running once its pods
+    run); whether they met is status.rendezvous's to say."""
+    acts = look(restarted(), report(1))
+    assert acts.status["phase"] == "Running"
+    assert acts.status["rendezvous"]["complete"] is False
+
+
+def test_a_rank_that_never_rejoins_fails_the_job_a_timeout_after_the_generation_began() -> None:
+    placed = "2026-01-01T10:00:00Z"  # the attempt's pods, placed two hours before; generation 1
+    # began at 11:59:59 (NOW - 1 s)
+    found = [agent_master(), *(make_pod(f"mnist-worker-0-{r}", "Running", created=placed) for r in range(2))]
+    found[0]["metadata"]["creationTimestamp"] = placed
+    status = restarted("Running")
+    soon = look(
+        status, report(1, 0), now=NOW + timedelta(seconds=58), found=found, rendezvous={"timeoutSeconds": 60}
+    )
+    assert soon.status["phase"] == "Running" and soon.status["rendezvous"]["missing"] == "1"
+    assert soon.requeue_after is not None and soon.requeue_after <= 1.0  # the timeout's look
+    late = look(
+        status, report(1, 0), now=NOW + timedelta(seconds=59), found=found, rendezvous={"timeoutSeconds": 60}
+    )
+    assert late.status["phase"] == "Failed"
+    failed = condition(late, "Failed")
+    assert failed["reason"] == "RendezvousTimeout"
+    assert failed["message"] == (
+        "Rendezvous timed out: 1 of 2 ranks did not join within spec.rendezvous.timeoutSeconds (60s): "
+        "rank 1 (pod mnist-worker-0-1: Running, never joined generation 1)."
+    )

@@ -13,7 +13,7 @@ from etha.job.pods import timestamp
 from etha.job.spec import parse
 from etha.master.status import MasterStatus
 from etha.operator.config import OperatorConfig, pod_status_url
-from etha.operator.reconcile.joins import needs_master_status, pod_state
+from etha.operator.reconcile.joins import needs_master_status, pod_state, poll_interval
 from tests.factories import make_pod, make_trainingjob, reconcile
 
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -210,6 +210,21 @@ def test_complete_rendezvous_is_kept_and_not_asked_again() -> None:
     assert needs_master_status(j, {**done, "attempt": 1}, master)
     acts = reconcile(j, done, pods({r: "Running" for r in range(4)}), True, START + timedelta(hours=2))
     assert acts.status["rendezvous"]["complete"] is True and acts.status["phase"] == "Running"
+
+
+def test_a_restart_in_place_asks_the_master_again_until_its_generation_is_complete() -> None:
+    j = job()
+    master = pods({})[0]
+    done = {**STATUS, "generation": 2, "rendezvous": {"attempt": 0, "generation": 1, "complete": True}}
+    assert needs_master_status(j, done, master)  # generation 1's: generation 2 is under way
+    assert not needs_master_status(j, {**done, "generation": 1}, master)
+    # A view that names no generation (generation 0's, an older operator's, or one a CRD without
+    # the field pruned) is the current one's: every restart in place writes a new view.
+    assert not needs_master_status(j, {**done, "rendezvous": {"attempt": 0, "complete": True}}, master)
+    # Read again within seconds of the generation's start, however old the master.
+    up_for_hours = START + timedelta(hours=3)
+    assert poll_interval(master, up_for_hours, 1.0, 10.0) == 10.0
+    assert poll_interval(master, up_for_hours, 1.0, 10.0, since=up_for_hours - timedelta(seconds=5)) == 1.0
 
 
 def test_etcd_backend_shows_no_rendezvous_but_times_out_on_pods_that_never_ran() -> None:
