@@ -58,7 +58,8 @@ REASON_PENDING = "Pending"
 FINISHED_SUCCEEDED = "Succeeded"
 FINISHED_FAILED = "Failed"
 FAILED_TO_START = "FailedToStart"
-#: PodsReady's reasons (WorkloadWaitForRecovery, WorkloadStarted, WorkloadRecovered).
+#: PodsReady's reasons (WorkloadWaitForStart, WorkloadWaitForRecovery, WorkloadStarted, WorkloadRecovered).
+WAIT_FOR_START = "WaitForStart"
 WAIT_FOR_RECOVERY = "WaitForRecovery"
 STARTED = "Started"
 RECOVERED = "Recovered"
@@ -298,28 +299,29 @@ def finished_status(wl: Mapping[str, Any], reason: str, message: str, now: datet
     return {"conditions": _set(conditions(wl), FINISHED, True, reason, message, _generation(wl), now)}
 
 
-def pods_ready_status(wl: Mapping[str, Any], ready: bool, now: datetime) -> dict[str, Any] | None:
-    """Condition PodsReady of an admitted Workload (generatePodsReadyCondition): True (Started,
-    or Recovered after a recovery) once the job runs; False (WaitForRecovery) when it stops
-    running after it did. None: nothing to write (before the job first ran, Kueue counts from
-    the admission; see docs/scheduling.md)."""
+def pods_ready_status(wl: Mapping[str, Any], running: bool, now: datetime) -> dict[str, Any] | None:
+    """Condition PodsReady (generatePodsReadyCondition): True (Started, or Recovered after a
+    recovery) once the job runs under the admission; False when it stops running while admitted
+    (WaitForRecovery) or the Workload is no longer admitted (WaitForStart: a new admission waits
+    for its own pods). None: nothing to write (before the job first ran Kueue counts from the
+    admission; docs/scheduling.md)."""
     had = condition(wl, PODS_READY)
-    if ready:
+    gen = _generation(wl)
+    if running and admitted(wl):
         if had is not None and had.get("status") == "True":
             return None
         reason = (
             RECOVERED if had is not None and had.get("reason") in (WAIT_FOR_RECOVERY, RECOVERED) else STARTED
         )
         message = "All pods reached readiness and the workload is running"
-        return {"conditions": _set(conditions(wl), PODS_READY, True, reason, message, _generation(wl), now)}
+        return {"conditions": _set(conditions(wl), PODS_READY, True, reason, message, gen, now)}
     if had is None or had.get("status") != "True":
         return None
-    message = "At least one pod has failed, waiting for recovery"
-    return {
-        "conditions": _set(
-            conditions(wl), PODS_READY, False, WAIT_FOR_RECOVERY, message, _generation(wl), now
-        )
-    }
+    if admitted(wl):
+        message = "At least one pod has failed, waiting for recovery"
+        return {"conditions": _set(conditions(wl), PODS_READY, False, WAIT_FOR_RECOVERY, message, gen, now)}
+    message = "Not all pods are ready or succeeded"
+    return {"conditions": _set(conditions(wl), PODS_READY, False, WAIT_FOR_START, message, gen, now)}
 
 
 # --- what an admission puts on the pods --------------------------------------------------------

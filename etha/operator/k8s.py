@@ -114,7 +114,8 @@ class Api:
         except _Conflict:
             return None
         except ApiRefused as exc:
-            if kind == "Workload" and exc.status == 403 and "denied the request" in str(exc):
+            if kind == "Workload" and exc.status == 403 and "cannot create resource" not in str(exc):
+                # Admission (Kueue's webhook, a policy) denied it, not RBAC: the spec must change.
                 raise WorkloadRejected(str(exc)) from exc
             if kind in _COLLECTIONS or exc.status != 403 or "cannot create resource" not in str(exc):
                 raise

@@ -285,16 +285,24 @@ def workload_protocol(observed: Observed, decided: Actions) -> Actions:
     if not reserved and stale(job, wl):  # waiting with an old spec: made anew at the next look
         out.workload.append(WorkloadWrite(name, uid, delete=True, what="made from an older spec of the job"))
         return out
-    rv = meta.get("resourceVersion")
+    status: dict[str, Any] = {}
+    what = []
     if kueue.is_true(wl, kueue.EVICTED) and reserved and not observed.pods:
-        release = kueue.release_status(wl, now)  # the job stopped: Kueue may admit it again
+        status = kueue.release_status(wl, now)  # the job stopped: Kueue may admit it again
+        what.append("quota released")
+    after = {
+        **wl,
+        "status": {k: v for k, v in {**(wl.get("status") or {}), **status}.items() if v is not None},
+    }
+    ready = kueue.pods_ready_status(after, phase == c.PHASE_RUNNING, now)
+    if ready is not None:
+        status.update(ready)
+        what.append("PodsReady")
+    if status:  # one write, over the version read
+        rv = meta.get("resourceVersion")
         out.workload.append(
-            WorkloadWrite(name, uid, status=release, resource_version=rv, what="quota released")
+            WorkloadWrite(name, uid, status=status, resource_version=rv, what=", ".join(what))
         )
-    elif kueue.admitted(wl):
-        ready = kueue.pods_ready_status(wl, phase == c.PHASE_RUNNING, now)
-        if ready is not None:
-            out.workload.append(WorkloadWrite(name, uid, status=ready, resource_version=rv, what="PodsReady"))
     if job.suspend and kueue.active(wl):
         patch = {"metadata": {"annotations": {c.ANNOTATION_SUSPENDED: "true"}}, "spec": {"active": False}}
         out.workload.append(WorkloadWrite(name, uid, patch=patch, what="deactivated: the job is suspended"))

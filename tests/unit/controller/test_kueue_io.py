@@ -175,3 +175,41 @@ def test_a_deleted_workload_is_forgotten_at_once() -> None:
     worker.expected["w"] = (1e12, {"kind": "Workload", "metadata": {"name": "w"}})
     asyncio.run(w.write_workload(worker, WorkloadWrite("w", "wl", delete=True)))
     assert api.calls == [("delete", "Workload", "w", "wl")] and "w" not in worker.expected
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "error", "needle"),
+    [
+        (403, 'admission webhook "vworkload.kb.io" denied the request: spec.podSets[1]...: Invalid value: "pods"',
+         "WorkloadRejected", 'denied the request: spec.podSets[1]'),
+        (403, 'workloads.kueue.x-k8s.io is forbidden: User "x" cannot create resource "workloads"',
+         "ApiRefused", "cannot create resource"),
+        (404, "the server could not find the requested resource", "KueueMissing",
+         "no CustomResourceDefinition workloads.kueue.x-k8s.io"),
+        (404, 'namespaces "research" not found', "ApiUnavailable", "answered 404"),
+    ],
+    ids=["webhook-denied", "rbac", "no-kueue-crd", "namespace-gone"],
+)  # fmt: skip
+def test_a_refused_workload_is_told_apart(status: int, message: str, error: str, needle: str) -> None:
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    from etha.operator import k8s
+
+    def refuse(*_: Any) -> None:
+        exc = ApiException(status=status, reason="x")
+        exc.body = json.dumps({"message": message})
+        raise exc
+
+    api = k8s.Api(None)  # type: ignore[arg-type]
+    api._request = refuse  # type: ignore[method-assign]
+    manifest = build_workload_of(parse(body(QUEUE)))
+    with pytest.raises(k8s.ApiError) as raised:
+        asyncio.run(api.create(manifest))
+    assert type(raised.value).__name__ == error and needle in str(raised.value), str(raised.value)
+    if error in ("WorkloadRejected", "KueueMissing"):  # the job ends Failed with this reason
+        assert isinstance(raised.value, k8s.ChildRejected) and raised.value.reason in (
+            "WorkloadRejected",
+            "KueueCRDMissing",
+        )

@@ -193,6 +193,15 @@ def test_finished_and_pods_ready() -> None:
     assert [x["reason"] for x in wl["status"]["conditions"] if x["type"] == "PodsReady"] == [
         "WaitForRecovery"
     ]
+    # No longer admitted (evicted, released): a new admission waits for its own pods.
+    released = copy.deepcopy(wl)
+    released["status"].pop("admission")
+    released["status"]["conditions"] = ready["conditions"]  # PodsReady True, from the last admission
+    reset = kueue.pods_ready_status(released, False, NOW)
+    assert reset is not None
+    assert [(x["status"], x["reason"]) for x in reset["conditions"] if x["type"] == "PodsReady"] == [
+        ("False", "WaitForStart")
+    ]
     back = kueue.pods_ready_status(wl, True, NOW)
     assert back is not None and [x["reason"] for x in back["conditions"] if x["type"] == "PodsReady"] == [
         "Recovered"

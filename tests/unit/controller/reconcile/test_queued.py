@@ -208,7 +208,10 @@ def test_an_eviction_stops_the_attempt_without_counting_a_restart() -> None:
 
 
 def test_the_quota_is_released_once_the_pods_are_gone_as_jobframework_does() -> None:
-    wl = workload(job(), evicted(), cond("Preempted", True, "InClusterQueue", "by wl-x"), admitted=True)
+    ready = cond("PodsReady", True, "Started")
+    wl = workload(
+        job(), evicted(), cond("Preempted", True, "InClusterQueue", "by wl-x"), ready, admitted=True
+    )
     status = {"phase": "Queued", "attempt": 1, "evictions": 1}
     acts = decide(job(), status, workload=wl)
     (write,) = acts.workload
@@ -217,6 +220,8 @@ def test_the_quota_is_released_once_the_pods_are_gone_as_jobframework_does() -> 
     assert (by["QuotaReserved"]["status"], by["QuotaReserved"]["reason"]) == ("False", "Pending")
     assert (by["Requeued"]["status"], by["Admitted"]["status"]) == ("True", "False")
     assert by["Preempted"]["message"] == "by wl-x"  # Kueue's own conditions are kept
+    # The next admission waits for its own pods (in the same write).
+    assert (by["PodsReady"]["status"], by["PodsReady"]["reason"]) == ("False", "WaitForStart")
     assert "evictions" not in acts.status  # counted once
     released = replace_status(wl, write.status)
     again = decide(job(), {**status, **acts.status}, workload=released)
