@@ -348,7 +348,7 @@ def test_a_missing_local_queue_is_said_and_the_job_waits(jobs: Jobs) -> None:
     queued = condition(status, "Queued")
     assert queued is not None and "LocalQueue nope doesn't exist" in queued["message"], status
     assert status["phase"] == "Queued" and status["reason"] == "Inadmissible" and jobs.pods("no-queue") == []
-    jobs.op._live()  # still up
+    assert jobs.op.proc is not None and jobs.op.proc.poll() is None, jobs.op.log()  # nothing crashed
     jobs.delete("no-queue")
 
 
