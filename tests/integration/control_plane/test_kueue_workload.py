@@ -68,13 +68,15 @@ def kueue_crds() -> Path:
 @contextlib.contextmanager
 def kueue_installed(plane: ControlPlane) -> Iterator[None]:
     """Kueue's 11 CRDs applied and Established (before the operator starts: kopf finds the
-    resources it serves at start); deleted afterwards."""
-    names = []
+    resources it serves at start); those it created deleted afterwards (one already there, from
+    another fixture or run, is left as it was)."""
+    names, made = [], []
     for path in sorted(kueue_crds().glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
-        with contextlib.suppress(KubeError):  # left by an earlier run
-            plane.admin.create(CRD_PATHS, crd)
         names.append(crd["metadata"]["name"])
+        if not plane.admin.exists(f"{CRD_PATHS}/{crd['metadata']['name']}"):
+            plane.admin.create(CRD_PATHS, crd)
+            made.append(crd["metadata"]["name"])
     for name in names:
         wait_until(
             lambda n=name: any(  # type: ignore[misc]
@@ -87,7 +89,7 @@ def kueue_installed(plane: ControlPlane) -> Iterator[None]:
     try:
         yield
     finally:
-        for name in names:
+        for name in made:
             with contextlib.suppress(Exception):
                 plane.admin.delete(f"{CRD_PATHS}/{name}")
 
