@@ -83,12 +83,15 @@ def make_etcd_trainingjob(**spec: Any) -> dict[str, Any]:
     return make_trainingjob(rendezvous={"backend": "etcd", "etcd": {"endpoints": ["etcd-0:2379"]}}, **spec)
 
 
-def gang_job(replicas: int = 3, labels: dict[str, str] | None = None, **scheduling: Any) -> JobSpec:
-    """The parsed spec of job g with spec.scheduling as given (gang, queue, timeouts...)."""
+def gang_job(
+    replicas: int = 3, labels: dict[str, str] | None = None, kueue_mode: str = "Workload", **scheduling: Any
+) -> JobSpec:
+    """The parsed spec of job g with spec.scheduling as given (gang, queue, timeouts...), the
+    operator's Kueue mode ``kueue_mode``."""
     body = make_trainingjob(name="g", replicas=replicas, scheduling=scheduling)
     if labels:
         body["metadata"]["labels"] = labels
-    return parse(body)
+    return parse(body, kueue_mode=kueue_mode)
 
 
 def make_status(

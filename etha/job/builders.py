@@ -6,9 +6,11 @@ import copy
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from etha.job import constants as c
+from etha.job import kueue
 from etha.job.env import worker_env
 from etha.job.etcd_credentials import mount_etcd_credentials
 from etha.job.inplace import build_agent_config_map, wrap_worker
@@ -269,7 +271,49 @@ def gang_size(job: JobSpec) -> int:
 
 def _scheduled(job: JobSpec, attempt: int, pod: Manifest) -> Manifest:
     apply_to_pod(job.scheduling, pod, group_name(job.name, attempt), gang_size(job))
+    admission = job.scheduling.kueue_admission
+    if admission is not None:  # where Kueue admitted the pod's set (raises AdmissionConflict)
+        master = pod["metadata"]["labels"].get(c.LABEL_ROLE) == c.ROLE_MASTER
+        info = admission.get(kueue.POD_SET_MASTER if master else kueue.POD_SET_WORKERS)
+        if info is not None:
+            kueue.merge_into_pod(pod, info)
     return pod
+
+
+def build_workload_of(job: JobSpec, priority: kueue.Priority | None = None) -> Manifest:
+    """The job's Kueue Workload (docs/scheduling.md, "Kueue"), owned by the job: pod set
+    ``master`` (1 pod; none with backend etcd) and ``workers`` (spec.replicas pods), each with the
+    template of the pods the operator makes (their requests, priority class, node selection:
+    the first attempt's, rank 0's), the LocalQueue of the job's label, ``priority`` (None: left
+    out) and, for a suspended job, inactive. Annotated with the hash of what Kueue admits it on
+    (:func:`etha.job.kueue.admission_hash`): a job edited while suspended gets a new one."""
+    plain = replace(job, scheduling=replace(job.scheduling, kueue_admission=None))
+    sets = []
+    if job.etcd_endpoints is None:
+        sets.append(kueue.pod_set(kueue.POD_SET_MASTER, 1, build_master_pod(plain, 0), None))
+    sets.append(
+        kueue.pod_set(
+            kueue.POD_SET_WORKERS,
+            job.replicas,
+            build_worker_pod(plain, 0, 0),
+            kueue.topology_request(job.template),
+        )
+    )
+    spec: dict[str, Any] = {"queueName": job.scheduling.kueue_queue, "podSets": sets}
+    if priority is not None:
+        if priority.ref is not None:
+            spec["priorityClassRef"] = dict(priority.ref)
+        spec["priority"] = priority.value
+    labels = {c.LABEL_JOB: job.name, c.LABEL_MANAGED_BY: c.MANAGED_BY}
+    if job.uid and kueue.valid_label_value(job.uid):
+        labels[kueue.LABEL_JOB_UID] = job.uid
+    name = kueue.workload_name(job.name, job.uid)
+    annotations = {c.ANNOTATION_SPEC_HASH: kueue.admission_hash(spec, kueue.priority_source(job))}
+    if job.suspend:
+        spec["active"] = False
+        annotations[c.ANNOTATION_SUSPENDED] = "true"
+    metadata = {**_owned_metadata(job, name, labels), "annotations": annotations}
+    return {"apiVersion": kueue.API_VERSION, "kind": kueue.KIND, "metadata": metadata, "spec": spec}
 
 
 def build_pod_group_of(job: JobSpec, attempt: int) -> Manifest | None:

@@ -33,12 +33,17 @@ ROLE_WORKER: Final = "worker"
 # Annotation on the children kept across attempts (Service, NetworkPolicy): a hash of the spec
 # they were built with; a child whose hash differs from the desired one is patched.
 ANNOTATION_SPEC_HASH: Final = "etha.io/spec-hash"
+# Annotation on a Workload the operator deactivated (spec.active false) because the job is
+# suspended: only such a Workload is made active again when the job resumes.
+ANNOTATION_SUSPENDED: Final = "etha.io/suspended"
 
 # --- Phases and conditions ---------------------------------------------------------------------
 PHASE_PENDING: Final = "Pending"
 PHASE_RUNNING: Final = "Running"
 PHASE_RESTARTING: Final = "Restarting"
 PHASE_SUSPENDED: Final = "Suspended"
+# Waiting for Kueue to admit the job's Workload (docs/scheduling.md, "Kueue"): no pod exists.
+PHASE_QUEUED: Final = "Queued"
 PHASE_SUCCEEDED: Final = "Succeeded"
 PHASE_FAILED: Final = "Failed"
 # Phases a job never leaves.
@@ -62,6 +67,8 @@ COND_SUSPENDED: Final = "Suspended"
 COND_SUCCEEDED: Final = "Succeeded"
 # Condition: the job failed for good.
 COND_FAILED: Final = "Failed"
+# Condition: the job waits for Kueue to admit its Workload (False once admitted, with the ClusterQueue).
+COND_QUEUED: Final = "Queued"
 # Condition: no rank's reported step advanced for the stall timeout (etha.progress, docs/progress.md).
 COND_STALLED: Final = "Stalled"
 
@@ -108,6 +115,28 @@ REASON_STALLED: Final = "Stalled"
 REASON_ADVANCING: Final = "Advancing"
 # Warning event: a rank reaches most steps last (status.progress.stragglers).
 REASON_STRAGGLER: Final = "Straggler"
+# Queued True before Kueue said anything of the job's Workload (created, or about to be).
+REASON_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
+# Queued False: Kueue admitted the Workload (Normal event too).
+REASON_ADMITTED: Final = "Admitted"
+# Queued True: the Workload is deactivated (spec.active false) by someone other than the operator.
+REASON_WORKLOAD_INACTIVE: Final = "WorkloadInactive"
+# Warning event: Kueue evicted (or preempted) the job's Workload; its pods are deleted, no restart.
+REASON_EVICTED: Final = "Evicted"
+# The job stopped because its Workload is gone, or no longer admitted without an eviction
+# (Kueue's jobframework StopReasons WorkloadDeleted and NotAdmitted).
+REASON_WORKLOAD_DELETED: Final = "WorkloadDeleted"
+REASON_NOT_ADMITTED: Final = "NotAdmitted"
+# Failed: Kueue marked the job's Workload Finished while the job had not finished.
+REASON_WORKLOAD_FINISHED: Final = "WorkloadFinished"
+# Failed: a flavor's node label (or an admission check's update) contradicts the pod template.
+REASON_ADMISSION_CONFLICT: Final = "AdmissionConflict"
+# Queued True: the admission names a ResourceFlavor that does not exist (yet).
+REASON_FLAVOR_MISSING: Final = "ResourceFlavorMissing"
+# Failed: the cluster does not serve Kueue's Workload kind (no CRD workloads.kueue.x-k8s.io).
+REASON_KUEUE_MISSING: Final = "KueueCRDMissing"
+# Failed: an admission webhook (Kueue's) denied the job's Workload; the message is the webhook's.
+REASON_WORKLOAD_REJECTED: Final = "WorkloadRejected"
 REASON_RENDEZVOUS_TIMEOUT: Final = "RendezvousTimeout"
 
 # --- Recovery in place (docs/recovery.md) ------------------------------------------------------

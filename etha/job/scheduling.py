@@ -1,6 +1,7 @@
 """spec.scheduling: gangs (one PodGroup per attempt, for scheduler-plugins' Coscheduling or
-Volcano), Kueue's plain-pod groups, priority, and what happens when a job cannot be placed. Pure:
-reads the spec, builds the PodGroup and what each pod carries."""
+Volcano), Kueue (the job's own Workload, or plain-pod groups: :data:`KUEUE_MODES`), priority, and
+what happens when a job cannot be placed. Pure: reads the spec, builds the PodGroup and what each
+pod carries."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etha.job.errors import InvalidSpec
+from etha.job.kueue import PodSetInfo
 
 #: spec.scheduling.gang values.
 GANG_COSCHEDULING = "coscheduling"
@@ -54,6 +56,15 @@ ANNOTATION_KUEUE_TOTAL = "kueue.x-k8s.io/pod-group-total-count"
 #: "false": a failed pod ends the group's workload (and frees its quota) instead of Kueue waiting
 #: for a replacement pod: etha restarts a whole attempt, as a new group.
 ANNOTATION_KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
+#: Kueue's WorkloadPriorityClass of a job (pkg/controller/constants: WorkloadPriorityClassLabel).
+LABEL_KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
+#: How a TrainingJob labelled with a LocalQueue goes through Kueue (the operator's setting,
+#: chart kueue.mode): Workload, the job's own Workload that Kueue admits (Kueue lists
+#: TrainingJob.v1alpha1.etha.io in integrations.externalFrameworks); PodGroup, the pods gated one
+#: plain-pod group per attempt (Kueue's pod integration; a Kueue that does not know TrainingJobs).
+KUEUE_WORKLOAD = "Workload"
+KUEUE_POD_GROUP = "PodGroup"
+KUEUE_MODES = (KUEUE_WORKLOAD, KUEUE_POD_GROUP)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -73,10 +84,23 @@ class Scheduling:
     scheduler_name: str | None = None
     #: Kueue's LocalQueue (the TrainingJob's kueue.x-k8s.io/queue-name label).
     kueue_queue: str | None = None
+    #: How a job with ``kueue_queue`` goes through Kueue (:data:`KUEUE_MODES`).
+    kueue_mode: str = KUEUE_WORKLOAD
+    #: Kueue's WorkloadPriorityClass (the TrainingJob's kueue.x-k8s.io/priority-class label).
+    kueue_priority_class: str | None = None
+    #: What Kueue's admission of the job's Workload puts on each pod set's pods, by pod set
+    #: (set by the decision once the Workload is admitted; None before, and without Kueue).
+    kueue_admission: Mapping[str, PodSetInfo] | None = None
 
     @property
     def kind(self) -> GroupKind | None:
         return GROUP_KINDS.get(self.gang)
+
+    @property
+    def kueue_workload(self) -> bool:
+        """The job has a Workload that Kueue admits (queue label, Workload mode): no pod exists
+        until Kueue admits it."""
+        return self.kueue_queue is not None and self.kueue_mode == KUEUE_WORKLOAD
 
 
 def parse_scheduling(
@@ -87,6 +111,7 @@ def parse_scheduling(
     default_scheduler: str | None = None,
     gang_schedulers: Mapping[str, str] | None = None,
     job_labels: dict[str, Any] | None = None,
+    kueue_mode: str = KUEUE_WORKLOAD,
 ) -> Scheduling:
     """spec.scheduling read and checked; raises :class:`InvalidSpec` naming the field."""
     path = "spec.scheduling"
@@ -137,6 +162,14 @@ def parse_scheduling(
         )
     kueue = (job_labels or {}).get(LABEL_KUEUE_QUEUE)
     kueue = _name(kueue, f"metadata.labels[{LABEL_KUEUE_QUEUE}]", _DNS_SUBDOMAIN, "a DNS subdomain")
+    priority_class = _name(
+        (job_labels or {}).get(LABEL_KUEUE_PRIORITY_CLASS),
+        f"metadata.labels[{LABEL_KUEUE_PRIORITY_CLASS}]",
+        _DNS_SUBDOMAIN,
+        "a DNS subdomain (a WorkloadPriorityClass's name)",
+    )
+    if kueue_mode not in KUEUE_MODES:  # (the operator's setting, checked where it is read)
+        raise ValueError(f"kueue_mode ({kueue_mode!r}) must be one of {', '.join(KUEUE_MODES)}.")
     scheduler = template_scheduler if isinstance(template_scheduler, str) and template_scheduler else None
     return Scheduling(
         gang=gang,
@@ -146,6 +179,8 @@ def parse_scheduling(
         on_timeout=on_timeout,
         scheduler_name=scheduler or (gang_schedulers or {}).get(gang) or default_scheduler or None,
         kueue_queue=kueue,
+        kueue_mode=kueue_mode,
+        kueue_priority_class=priority_class,
     )
 
 
@@ -195,7 +230,9 @@ def pod_markers(sched: Scheduling, group: str, members: int) -> tuple[dict[str, 
         labels[LABEL_COSCHEDULING_GROUP] = group
     elif sched.gang == GANG_VOLCANO:
         annotations[ANNOTATION_VOLCANO_GROUP] = group
-    if sched.kueue_queue is not None:
+    if sched.kueue_queue is not None and sched.kueue_mode == KUEUE_POD_GROUP:
+        # (Workload mode: the queue label stays off the pods, or Kueue's pod webhook would gate
+        # them as plain pods; the Workload's admission says where they go instead.)
         labels[LABEL_KUEUE_QUEUE] = sched.kueue_queue
         labels[LABEL_KUEUE_GROUP] = group
         annotations[ANNOTATION_KUEUE_TOTAL] = str(members)

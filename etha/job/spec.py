@@ -23,7 +23,7 @@ from etha.job.policies import (
     success_policy,
 )
 from etha.job.progress import ProgressSpec, parse_progress
-from etha.job.scheduling import GANG_NONE, Scheduling, parse_scheduling
+from etha.job.scheduling import GANG_NONE, KUEUE_WORKLOAD, Scheduling, parse_scheduling
 from etha.job.security import check_pod_security
 
 # A DNS-1035 label: the job's Service is named after the job, and Service names must be one.
@@ -106,10 +106,12 @@ def parse(
     *,
     service_accounts: Collection[str] = (),
     pod_security: bool = True,
+    kueue_mode: str = KUEUE_WORKLOAD,
 ) -> JobSpec:
     """Validate a TrainingJob and return its spec; raises :class:`InvalidSpec` naming the field.
     ``pod_security=False`` leaves out :func:`~etha.job.security.check_pod_security` (for a job
-    that passed it when it started: a stricter operator never fails it)."""
+    that passed it when it started: a stricter operator never fails it). ``kueue_mode``: how a
+    job labelled with a LocalQueue goes through Kueue (the operator's setting)."""
     meta = body.get("metadata") or {}
     name = str(meta.get("name") or "")
     spec = body.get("spec")
@@ -132,6 +134,7 @@ def parse(
         default_scheduler=default_scheduler,
         gang_schedulers=gang_schedulers,
         job_labels=meta.get("labels") or {},
+        kueue_mode=kueue_mode,
     )
     image = rdzv.get("image") or default_image
     resources = rdzv.get("resources")

@@ -13,7 +13,7 @@ from typing import Any
 from etha.constants import ENV_ETCD_CREDENTIALS_SECRET, ENV_ETCD_USERNAME
 from etha.job import constants as c
 from etha.job.etcd_credentials import EtcdCredentials
-from etha.job.scheduling import GANG_NONE, GANGS
+from etha.job.scheduling import GANG_NONE, GANGS, KUEUE_MODES, KUEUE_WORKLOAD
 
 
 def pod_status_url(pod: dict[str, Any]) -> str | None:
@@ -66,6 +66,8 @@ class ConfigError(ValueError):
 
 #: The ServiceAccounts worker templates may name, comma-separated (chart podSecurity.serviceAccounts).
 ENV_SERVICE_ACCOUNTS = "ETHA_SERVICE_ACCOUNTS"
+#: How jobs labelled kueue.x-k8s.io/queue-name go through Kueue: Workload or PodGroup (chart kueue.mode).
+ENV_KUEUE_MODE = "ETHA_KUEUE_MODE"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -123,6 +125,10 @@ class OperatorConfig:
     #: The ServiceAccounts a worker template may name (ETHA_SERVICE_ACCOUNTS, comma-separated;
     #: chart podSecurity.serviceAccounts); empty: any.
     service_accounts: frozenset[str] = frozenset()
+    #: How a job labelled kueue.x-k8s.io/queue-name goes through Kueue (ETHA_KUEUE_MODE; chart
+    #: kueue.mode): Workload, its own Workload Kueue admits (the operator watches Workloads);
+    #: PodGroup, its pods gated as plain-pod groups (docs/scheduling.md, "Kueue").
+    kueue_mode: str = KUEUE_WORKLOAD
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> OperatorConfig:
@@ -166,6 +172,10 @@ class OperatorConfig:
             schedulers[gang_of] = name
         values["gang_schedulers"] = schedulers
         values["service_accounts"] = service_accounts(environ.get(ENV_SERVICE_ACCOUNTS, ""))
+        mode = environ.get(ENV_KUEUE_MODE, "").strip() or KUEUE_WORKLOAD
+        if mode not in KUEUE_MODES:
+            raise ConfigError(f"{ENV_KUEUE_MODE} ({mode!r}) must be {' or '.join(KUEUE_MODES)}.")
+        values["kueue_mode"] = mode
         values.update(overrides)
         return cls(**values)
 

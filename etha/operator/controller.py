@@ -63,9 +63,13 @@ class Controller:
 
     # --- events --------------------------------------------------------------------------------
 
-    def attach(self, pods: Children, services: Children, policies: Children) -> None:
+    def attach(
+        self, pods: Children, services: Children, policies: Children, workloads: Children | None = None
+    ) -> None:
         """The indexes kopf keeps (live views; the handlers pass them in)."""
         self.cache.pods, self.cache.services, self.cache.policies = pods, services, policies
+        if workloads is not None:
+            self.cache.workloads = workloads
 
     def job_event(self, event_type: str | None, body: Body) -> None:
         uid = str((body.get("metadata") or {}).get("uid") or "")

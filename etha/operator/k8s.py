@@ -66,6 +66,19 @@ class GangForbidden(ChildRejected):
     reason = c.REASON_GANG_FORBIDDEN
 
 
+class KueueMissing(ChildRejected):
+    """The cluster does not serve Kueue's Workload kind (no CRD): a job labelled with a LocalQueue
+    cannot be admitted."""
+
+    reason = c.REASON_KUEUE_MISSING
+
+
+class WorkloadRejected(ChildRejected):
+    """An admission webhook (Kueue's) denied the job's Workload: the spec must change."""
+
+    reason = c.REASON_WORKLOAD_REJECTED
+
+
 class Api:
     """Calls the operator makes besides kopf's watches: create and delete children, patch a
     TrainingJob's status, read one object to see whose it is."""
@@ -101,6 +114,9 @@ class Api:
         except _Conflict:
             return None
         except ApiRefused as exc:
+            if kind == "Workload" and exc.status == 403 and "cannot create resource" not in str(exc):
+                # Admission (Kueue's webhook, a policy) denied it, not RBAC: the spec must change.
+                raise WorkloadRejected(str(exc)) from exc
             if kind in _COLLECTIONS or exc.status != 403 or "cannot create resource" not in str(exc):
                 raise
             raise GangForbidden(
@@ -109,6 +125,13 @@ class Api:
                 "spec.scheduling.gang to one the operator is granted."
             ) from exc
         except _NotFound as exc:
+            if kind == "Workload" and "could not find the requested resource" in exc.message:
+                raise KueueMissing(
+                    f"{what}: the cluster does not serve {manifest.get('apiVersion')} Workload (no "
+                    "CustomResourceDefinition workloads.kueue.x-k8s.io): install Kueue (v0.17 or later, "
+                    "listing TrainingJob.v1alpha1.etha.io in integrations.externalFrameworks), or remove "
+                    "the job's kueue.x-k8s.io/queue-name label."
+                ) from exc
             if kind in _COLLECTIONS:  # the namespace is gone (the job with it): the next look ends
                 raise ApiUnavailable(f"{what}: the API server answered 404.") from exc
             group, _, _ = str(manifest.get("apiVersion")).partition("/")
@@ -130,6 +153,32 @@ class Api:
         try:
             return await self._call(f"get {kind} {name}", "GET", path)
         except _NotFound:
+            return None
+
+    async def get_cluster(self, kind: str, name: str) -> dict[str, Any] | None:
+        """One cluster-scoped object (a ResourceFlavor, PriorityClass, WorkloadPriorityClass), or None."""
+        try:
+            return await self._call(f"get {kind} {name}", "GET", f"{_CLUSTER_COLLECTIONS[kind]}/{name}")
+        except _NotFound:
+            return None
+
+    async def list_cluster(self, kind: str) -> list[dict[str, Any]]:
+        """Every cluster-scoped object of ``kind`` (PriorityClasses: which one is the default)."""
+        found = await self._call(f"list {kind}", "GET", _CLUSTER_COLLECTIONS[kind])
+        return list(found.get("items") or [])
+
+    async def patch_workload(
+        self, namespace: str, name: str, patch: dict[str, Any], status: bool = False
+    ) -> dict[str, Any] | None:
+        """Merge ``patch`` into a Kueue Workload (``status``: its status subresource); the
+        Workload as it is now, or None when it is gone or the patch's preconditions (its
+        metadata.uid, metadata.resourceVersion) no longer hold: it changed meanwhile, and the
+        watch brings the new one."""
+        path = collection("Workload", namespace) + f"/{name}" + ("/status" if status else "")
+        what = f"patch Workload {name}{' status' if status else ''}"
+        try:
+            return await self._call(what, "PATCH", path, body=patch, merge=True)
+        except (_NotFound, _Conflict):
             return None
 
     async def scheduling_failures(self, namespace: str) -> list[dict[str, Any]]:
@@ -220,7 +269,7 @@ class Api:
         except ApiException as exc:
             self._on_request(verb, exc.status or "error")
             if exc.status == 404:
-                raise _NotFound(what) from exc
+                raise _NotFound(what, _status_message(exc)) from exc
             if exc.status == 409:
                 raise _Conflict(what) from exc
             if exc.status == 403 and "violates PodSecurity" in _status_message(exc):
@@ -275,6 +324,13 @@ _COLLECTIONS = {
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
     c.KIND: f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{namespace}}/{c.PLURAL}",
     "Lease": "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+    "Workload": "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads",
+}
+#: Where each cluster-scoped kind the operator reads lives (Kueue in Workload mode).
+_CLUSTER_COLLECTIONS = {
+    "ResourceFlavor": "/apis/kueue.x-k8s.io/v1beta2/resourceflavors",
+    "WorkloadPriorityClass": "/apis/kueue.x-k8s.io/v1beta2/workloadpriorityclasses",
+    "PriorityClass": "/apis/scheduling.k8s.io/v1/priorityclasses",
 }
 
 
@@ -296,7 +352,10 @@ def _status_message(exc: ApiException) -> str:
 
 
 class _NotFound(Exception):
-    pass
+    def __init__(self, what: str, message: str = "") -> None:
+        super().__init__(what)
+        #: The API server's message (a missing namespace, or a kind it does not serve).
+        self.message = message
 
 
 class _Conflict(Exception):

@@ -1,7 +1,9 @@
 """Every read of one look at a TrainingJob, in one place: the job's spec, the children kopf's
 indexes hold (and those just made or deleted whose events are still on the way), the master's
 status document while ranks join, the gang's PodGroup and the scheduler's words while pods wait,
-and what the last look's writes met (an object in the way, a child the API server rejected). It
+the job's Kueue Workload (from its index) and, only when the decision will need them, the
+ResourceFlavors its admission names and the priority a new Workload takes, and what the last
+look's writes met (an object in the way, a child the API server rejected). It
 returns the frozen value :func:`etha.operator.reconcile.reconcile` decides from, and changes
 nothing in the cluster.
 
@@ -24,8 +26,10 @@ from typing import Any
 import aiohttp
 
 from etha.job import constants as c
+from etha.job import kueue
+from etha.job.kueue import Priority
 from etha.job.names import master_name, network_policy_name, service_name, status_attempt, worker_name
-from etha.job.scheduling import group_name
+from etha.job.scheduling import KUEUE_WORKLOAD, LABEL_KUEUE_PRIORITY_CLASS, group_name
 from etha.job.security import check_pod_security
 from etha.job.spec import InvalidSpec, JobSpec, parse
 from etha.master.progress import parse_document
@@ -38,6 +42,7 @@ from etha.operator.reconcile import KOPF_FINALIZER, Deleting, Observed, Refused
 from etha.operator.reconcile.joins import needs_master_status
 from etha.operator.reconcile.model import pins
 from etha.operator.reconcile.placement import how_telling, unschedulable
+from etha.operator.reconcile.queued import pods_needed
 
 #: Seconds the operator waits for a master's status document before giving up for this round.
 READ_TIMEOUT = 2.0
@@ -74,6 +79,7 @@ class Cache:
     pods: Children = dataclasses.field(default_factory=_empty)
     services: Children = dataclasses.field(default_factory=_empty)
     policies: Children = dataclasses.field(default_factory=_empty)
+    workloads: Children = dataclasses.field(default_factory=_empty)
 
     @staticmethod
     def children(index: Children, uid: str) -> list[Body]:
@@ -102,6 +108,7 @@ class Observer:
             default_scheduler=cfg.scheduler_name,
             gang_schedulers=cfg.gang_schedulers,
             pod_security=False,
+            kueue_mode=cfg.kueue_mode,
         )
         if not passed_at_start(job, body.get("status") or {}):
             check_pod_security(job.template, cfg.service_accounts)
@@ -120,12 +127,13 @@ class Observer:
         try:
             job = self.parse(body)
         except InvalidSpec as exc:
-            return Refused(status, str(exc), now, finalizer=finalizer)
+            return Refused(status, str(exc), now, finalizer=finalizer, workload=self.own_workload(worker))
         if worker.rejected is not None:
             if status.get("phase") != c.PHASE_FAILED:
+                wl = self.own_workload(worker)
                 made = {p["metadata"]["name"] for p in self.pods_of(worker)} | set(worker.expected)
                 message, reason = worker.rejected
-                return Refused(status, message, now, reason, sorted(made), finalizer)
+                return Refused(status, message, now, reason, sorted(made), finalizer, wl)
             worker.rejected = None
         pods = self.pods_of(worker)
         unlabelled = await self.unlabelled(worker, job, status, pods)
@@ -159,6 +167,8 @@ class Observer:
         )
         if job.restart_strategy == c.RESTART_IN_PLACE and job.in_place_blocker() is None:
             observed = dataclasses.replace(observed, **self.in_place(worker, job, status, pods))
+        if self.config.kueue_mode == KUEUE_WORKLOAD:  # (no request for a job without the queue label)
+            observed = dataclasses.replace(observed, **await self.kueue(worker, job, status, pods))
         observed = await self.with_progress(worker, observed)  # training progress (docs/progress.md)
         stuck = unschedulable(pods) if job.scheduling.kind is not None else None
         if stuck is not None:  # a gang waits: its PodGroup's phase, and why, if no pod says now
@@ -247,6 +257,85 @@ class Observer:
             if child is not None:
                 out[name] = (child["metadata"].get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
         return out
+
+    # --- Kueue ---------------------------------------------------------------------------------
+
+    def workloads_of(self, worker: JobWorker) -> list[Body]:
+        """The Workloads the job owns, freshest first by name: the index's, or what the operator
+        wrote a moment ago if the index has not caught up (an expectation kept until it has)."""
+        found = {w["metadata"]["name"]: w for w in Cache.children(self.cache.workloads, worker.uid)}
+        for name, (expiry, manifest) in list(worker.expected.items()):
+            if manifest.get("kind") != kueue.KIND:
+                continue
+            held = found.get(name)
+            if expiry < time.monotonic() or (held is not None and newer(held, manifest)):
+                del worker.expected[name]
+            else:
+                found[name] = manifest
+        return list(found.values())
+
+    def own_workload(self, worker: JobWorker) -> Body | None:
+        """The job's Workload under its own name, if it has one (the uid and name of the job)."""
+        name = kueue.workload_name(worker.name, worker.uid)
+        return next((w for w in self.workloads_of(worker) if w["metadata"]["name"] == name), None)
+
+    async def kueue(
+        self, worker: JobWorker, job: JobSpec, status: dict[str, Any], pods: list[Body]
+    ) -> dict[str, Any]:
+        """The Observed fields of Kueue (see there): from the index, and requests only for a job
+        with the queue label, when the decision needs them (a Workload to make; pods to make
+        where the admission says)."""
+        name = kueue.workload_name(job.name, job.uid)
+        managed = job.scheduling.kueue_workload
+        owned = self.workloads_of(worker)
+        strays = [
+            (str(w["metadata"]["name"]), str(w["metadata"].get("uid")))
+            for w in owned
+            if (w["metadata"]["name"] != name or not managed) and not w["metadata"].get("deletionTimestamp")
+        ]
+        mine = next((w for w in owned if w["metadata"]["name"] == name), None) if managed else None
+        out: dict[str, Any] = {"workload": mine, "stray_workloads": strays}
+        if not managed or status.get("phase") in c.FINISHED_PHASES:
+            return out
+        if mine is None:
+            out["priority"] = await self.priority(job)
+        elif kueue.admitted(mine) and pods_needed(job, status, pods):
+            out["flavors"] = {f: await self.flavor(f) for f in kueue.flavors_of(mine)}
+        return out
+
+    async def flavor(self, name: str) -> dict[str, Any] | None:
+        """A ResourceFlavor's spec (its nodeLabels, tolerations), or None if it does not exist."""
+        found = await self.api.get_cluster("ResourceFlavor", name)
+        return dict(found.get("spec") or {}) if found is not None else None
+
+    async def priority(self, job: JobSpec) -> Priority | str:
+        """The priority a new Workload of the job takes (Kueue's ExtractPriority): its
+        WorkloadPriorityClass, else its pods' PriorityClass, else the cluster's default one;
+        a string when the class it names does not exist."""
+        source = kueue.priority_source(job)
+        if source is None:
+            defaults = [p for p in await self.api.list_cluster("PriorityClass") if p.get("globalDefault")]
+            if not defaults:
+                return Priority()
+            best = min(defaults, key=lambda p: int(p.get("value") or 0))
+            ref = {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": best["metadata"]["name"]}
+            return Priority(int(best.get("value") or 0), ref)
+        kind, name = source
+        found = await self.api.get_cluster(kind, name)
+        if found is None:
+            field = (
+                f"metadata.labels[{LABEL_KUEUE_PRIORITY_CLASS}]"
+                if kind == "WorkloadPriorityClass"
+                else "spec.scheduling.priorityClassName"
+                if job.scheduling.priority_class
+                else "spec.template.spec.priorityClassName"
+            )
+            return (
+                f"{field} ({name!r}) names no {kind}: Kueue orders and preempts Workloads by it; "
+                f"create the {kind} or name an existing one."
+            )
+        group = "kueue.x-k8s.io" if kind == "WorkloadPriorityClass" else "scheduling.k8s.io"
+        return Priority(int(found.get("value") or 0), {"group": group, "kind": kind, "name": name})
 
     # --- the master, the scheduler -------------------------------------------------------------
 
@@ -348,6 +437,12 @@ class Observer:
             if (e.get("involvedObject") or {}).get("name") in names
         ]
         return [(name, message) for _, name, message in sorted(said, reverse=True)]
+
+
+def newer(a: Body, b: Body) -> bool:
+    """``a`` is at least as recent as ``b`` (their resourceVersions; unknown: not newer)."""
+    old, new = (str((x.get("metadata") or {}).get("resourceVersion") or "") for x in (b, a))
+    return old.isdigit() and new.isdigit() and int(new) >= int(old)
 
 
 def master_token(master: Body) -> str | None:

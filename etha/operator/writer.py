@@ -1,8 +1,9 @@
 """Carry out a decision of :func:`etha.operator.reconcile.reconcile` for one TrainingJob, and
 only write: one status patch (the decision is written before it is carried out: a job that
 finished or restarts says so before its pods go, so a look after a failed write never mistakes
-them for vanished), then its children (Services and NetworkPolicies before pods), then its events
-once the patch succeeded, the finalizer and the job's deletion. It remembers what it just made or
+them for vanished), then its children (Services, NetworkPolicies and its Kueue Workload before
+pods), then the writes to its Workload, then its events once the patch succeeded, the finalizer
+and the job's deletion. It remembers what it just made or
 deleted until the watches show it, and what it met (an object in the way, a rejected child) for
 the next look to decide on. Every request goes through :class:`etha.operator.k8s.Api`.
 """
@@ -18,6 +19,7 @@ from typing import Any, cast
 import kopf
 
 from etha.job import constants as c
+from etha.job import kueue
 from etha.job.builders import Manifest
 from etha.job.spec import JobSpec
 from etha.operator import channel
@@ -26,7 +28,7 @@ from etha.operator.jobs import EXPECTATION_TTL, Body, JobWorker, controller_uid,
 from etha.operator.k8s import Api, ChildRejected
 from etha.operator.metrics import OperatorMetrics
 from etha.operator.reconcile import KOPF_FINALIZER, Actions
-from etha.operator.reconcile.model import GenerationRequest
+from etha.operator.reconcile.model import GenerationRequest, WorkloadWrite
 
 logger = logging.getLogger("etha.operator.controller")
 
@@ -54,6 +56,8 @@ class Writer:
         """Carry out ``actions`` for ``worker``'s job (``job``: its spec, None if it has none)."""
         await self.write_status(worker, actions.status)
         created = await self._children(worker, job, actions) if job is not None else set()
+        for write in actions.workload:
+            await self.write_workload(worker, write)
         if actions.next_generation is not None:
             await self.next_generation(worker, actions.next_generation)
         for event in actions.events:
@@ -128,8 +132,9 @@ class Writer:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         expiry = time.monotonic() + EXPECTATION_TTL
         made = await self.api.create(manifest)
+        keep = kueue.slim if kind == kueue.KIND else slim
         if made is not None:
-            worker.expected[name] = (expiry, slim(made) if made.get("metadata") else manifest)
+            worker.expected[name] = (expiry, keep(made) if made.get("metadata") else manifest)
             if kind == "Pod":
                 self.metrics.pods_created((manifest["metadata"].get("labels") or {}).get(c.LABEL_ROLE, ""))
             logger.info("%s/%s: created %s %s", job.namespace, job.name, kind, name)
@@ -141,7 +146,7 @@ class Writer:
         owner = controller_uid(existing)
         going = bool(existing["metadata"].get("deletionTimestamp"))
         if owner == job.uid and not going:
-            worker.expected[name] = (expiry, slim(existing))  # the index has not caught up yet
+            worker.expected[name] = (expiry, keep(existing))  # the index has not caught up yet
             return ""
         self.waiting_on.setdefault((kind, job.namespace, name), set()).add(job.uid)
         if owner == job.uid:
@@ -225,6 +230,38 @@ class Writer:
             request.master,
             request.generation,
         )
+
+    async def write_workload(self, worker: JobWorker, write: WorkloadWrite) -> None:
+        """One write to a Workload of the job (:class:`WorkloadWrite`), only to the one with its
+        uid; what it answers is remembered until the watch shows it. A write whose precondition
+        failed (Kueue wrote meanwhile) is dropped: the watch's event brings a look that decides
+        again from the Workload as it is."""
+        where = f"{worker.namespace}/{worker.name}"
+        if write.delete:
+            worker.expected.pop(write.name, None)
+            if await self.api.delete(kueue.KIND, worker.namespace, write.name, write.uid, kueue.API_VERSION):
+                logger.info("%s: deleted Workload %s (%s)", where, write.name, write.what)
+            return
+        meta: dict[str, Any] = {"uid": write.uid}
+        if write.status is not None:
+            if write.resource_version:
+                meta["resourceVersion"] = write.resource_version
+            body = {"metadata": meta, "status": write.status}
+            fresh = await self.api.patch_workload(worker.namespace, write.name, body, status=True)
+        else:
+            patch = dict(write.patch or {})
+            body = {**patch, "metadata": {**(patch.get("metadata") or {}), **meta}}
+            fresh = await self.api.patch_workload(worker.namespace, write.name, body)
+        if fresh is None:
+            logger.info(
+                "%s: Workload %s changed before it was written (%s); looking again",
+                where,
+                write.name,
+                write.what,
+            )
+            return
+        worker.expected[write.name] = (time.monotonic() + EXPECTATION_TTL, kueue.slim(fresh))
+        logger.info("%s: wrote Workload %s: %s", where, write.name, write.what)
 
     async def write_status(self, worker: JobWorker, fields: dict[str, Any]) -> None:
         """Patch the fields of ``fields`` that differ from the job's status (one request, none

@@ -87,6 +87,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: ["podgroups"]
   verbs: ["get", "create", "delete"]
 {{- end }}
+{{- if eq .Values.kueue.mode "Workload" }}
+# Kueue admits a labelled job's own Workload: made (read when one of its name exists), watched
+# (its admission wakes the job), deactivated while the job is suspended (patch), replaced when
+# stale; its status written as Kueue's jobframework does (Finished, quota released, PodsReady).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
+{{- end }}
+{{- end -}}
+
+{{/* Kueue in Workload mode, cluster-scoped and read-only: the ResourceFlavors an admission names
+(their node labels and tolerations go on the pods) and a new Workload's priority (Kueue's
+WorkloadPriorityClasses; PriorityClasses, listed for the cluster's default). */}}
+{{- define "etha.kueueClusterRules" -}}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors", "workloadpriorityclasses"]
+  verbs: ["get"]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["get", "list"]
 {{- end -}}
 
 {{- define "etha.operatorImage" -}}

@@ -12,7 +12,8 @@ kept, :mod:`.inplace`), failure, rendezvous, placement,
 and creation when all pass. Success comes before failure: once the success policy holds (rank 0
 done, say), ranks failing as it leaves do not turn the job into a restart. What a running attempt
 always shows (its start, a resume, who joined) and the ChildConflict condition are added around
-the deciding policy's actions.
+the deciding policy's actions, and last what the job's Kueue Workload needs (created, released,
+Finished: :func:`.queued.workload_protocol`).
 Level-triggered: the same inputs give the same actions, so an operator restarted at any point
 converges, and applying an action twice is harmless.
 """
@@ -42,6 +43,7 @@ from etha.operator.reconcile.model import (
 )
 from etha.operator.reconcile.placement import placement
 from etha.operator.reconcile.progress import progress_shown, stalled
+from etha.operator.reconcile.queued import admitted, queued, refused_workload, workload_protocol
 from etha.operator.reconcile.rejected import rejected
 from etha.operator.reconcile.rendezvous import joining, rendezvous
 from etha.operator.reconcile.success import success
@@ -66,10 +68,13 @@ def reconcile(look: Observed | Refused | Deleting) -> Actions:
     if isinstance(look, Deleting):
         return Actions(remove_finalizer=look.finalizer)  # its children go by garbage collection
     if isinstance(look, Refused):
-        return rejected(look)
+        return rejected(look).then(refused_workload(look))
     observed = look
-    decided = finished(observed) or suspended(observed) or current_attempt(observed)
+    decided = (
+        finished(observed) or suspended(observed) or queued(observed) or current_attempt(admitted(observed))
+    )
     decided = decided.then(conflict(observed, decided))
+    decided = decided.then(workload_protocol(observed, decided))
     return Actions(remove_finalizer=observed.finalizer).then(decided).then(next_look(observed, decided))
 
 

@@ -18,6 +18,7 @@ from etha.job import constants as c
 from etha.job.builders import (
     Manifest,
 )
+from etha.job.kueue import Priority
 from etha.job.limits import MAX_REPLICAS
 from etha.job.names import master_name, status_attempt, status_count, worker_name
 from etha.job.pods import pod_phase, timestamp
@@ -58,6 +59,9 @@ class Actions:
     requeue_after: float | None = None
     #: A restart in place to carry out: ask the master for this generation (idempotent).
     next_generation: GenerationRequest | None = None
+    #: Writes to the job's Kueue Workloads (after the children): its status, spec.active,
+    #: deletion (etha.operator.reconcile.queued).
+    workload: list[WorkloadWrite] = field(default_factory=list)
 
     def then(self, later: Actions) -> Actions:
         """These actions followed by ``later``'s: its status fields win, lists add up, the
@@ -74,7 +78,26 @@ class Actions:
             delete_job=self.delete_job or later.delete_job,
             requeue_after=sooner(self.requeue_after, later.requeue_after),
             next_generation=later.next_generation or self.next_generation,
+            workload=[*self.workload, *later.workload],
         )
+
+
+@dataclass(frozen=True)
+class WorkloadWrite:
+    """One write to a Kueue Workload of the job (by name, checked to be the one with ``uid``):
+    a JSON merge patch of its status with ``resource_version`` as precondition (the list of
+    conditions is replaced whole, so only over the version it was computed from: a 409 means
+    Kueue wrote meanwhile, and the next look decides again), a merge patch of the object
+    (``patch``: spec.active and the operator's annotation), or its deletion."""
+
+    name: str
+    uid: str
+    status: dict[str, Any] | None = None
+    resource_version: str | None = None
+    patch: dict[str, Any] | None = None
+    delete: bool = False
+    #: What it does, for the operator's log ("Finished", "quota released").
+    what: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,8 @@ class Refused:
     #: The job's pods (a rejected child's siblings made before it): deleted.
     pods: Sequence[str] = ()
     finalizer: bool = False
+    #: The job's Kueue Workload, if it has one: marked Finished once the job has failed.
+    workload: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +192,15 @@ class Observed:
     progress: JobProgress | None = None
     progress_due: bool = False
     progress_poll: float | None = None
+    #: Kueue (a job with the queue label, the operator in Workload mode; docs/scheduling.md):
+    #: the job's Workload (its own name and owner; None: none exists), the Workloads it owns
+    #: under any other name (name, uid: deleted), the ResourceFlavors its admission names (by
+    #: name; None: not found; read while pods are to be made), and the Workload's priority (read
+    #: only when one is to be made; a string: why it cannot be).
+    workload: Mapping[str, Any] | None = None
+    stray_workloads: Sequence[tuple[str, str]] = ()
+    flavors: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    priority: Priority | str | None = None
 
 
 def worker_counts(workers: Iterable[dict[str, Any] | None], replicas: int) -> dict[str, Any]:

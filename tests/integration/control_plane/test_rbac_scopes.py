@@ -51,12 +51,19 @@ def test_the_chart_grants_what_the_operator_asks(
             bindings = control_plane.admin.get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")[
                 "items"
             ]
-            assert not [
+            cluster = [
                 b
                 for b in bindings
                 if (b["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") == "etha-operator"
                 and b["subjects"][0].get("namespace") == op.namespace
             ]
+            # The one cluster right: reading Kueue's ResourceFlavors and priority classes (kueue.mode
+            # Workload, the default), which a Role cannot grant.
+            assert [b["roleRef"]["name"] for b in cluster] == ["etha-operator-kueue"], cluster
+            reader = control_plane.admin.get(
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles/etha-operator-kueue"
+            )
+            assert {v for r in reader["rules"] for v in r["verbs"]} <= {"get", "list"}, reader["rules"]
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- operator log\n{op.log(80)}") from None
     finally:

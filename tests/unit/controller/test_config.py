@@ -54,3 +54,20 @@ def test_status_scrapers_come_from_the_environment(text: str, error: str | None)
     else:
         want = ({"namespaceSelector": {}},) if text else ()
         assert OperatorConfig.from_env({"ETHA_STATUS_SCRAPERS": text}).status_scrapers == want
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "error"),
+    [
+        ("", "Workload", None),
+        ("PodGroup", "PodGroup", None),
+        ("workload", None, r"ETHA_KUEUE_MODE \('workload'\) must be Workload or PodGroup\."),
+    ],
+    ids=["default-workload", "pod-group", "wrong-case"],
+)
+def test_the_kueue_mode_comes_from_the_environment(text: str, mode: str | None, error: str | None) -> None:
+    if error is not None:
+        with pytest.raises(ConfigError, match=error):
+            OperatorConfig.from_env({"ETHA_KUEUE_MODE": text})
+    else:
+        assert OperatorConfig.from_env({"ETHA_KUEUE_MODE": text}).kueue_mode == mode

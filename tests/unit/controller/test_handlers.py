@@ -36,9 +36,10 @@ def _watched(reg: kopf.OperatorRegistry) -> set[kopf.Resource]:
         (kopf.Resource("", "v1", "pods"), "etha.io/job-name"),
         (kopf.Resource("", "v1", "services"), "etha.io/job-name"),
         (kopf.Resource("networking.k8s.io", "v1", "networkpolicies"), "etha.io/job-name"),
+        (kopf.Resource("kueue.x-k8s.io", "v1beta2", "workloads"), "etha.io/job-name"),
         (kopf.Resource(c.GROUP, c.VERSION, c.PLURAL), ""),
     ],
-    ids=["pods", "services", "networkpolicies", "trainingjobs-unfiltered"],
+    ids=["pods", "services", "networkpolicies", "workloads", "trainingjobs-unfiltered"],
 )
 def test_the_api_server_filters_each_child_kind_by_the_job_label(
     resource: kopf.Resource, selector: str
@@ -61,3 +62,10 @@ def test_every_child_kind_the_registry_watches_has_the_selector(network_policy: 
     selectors = {r.plural: _label_selector(settings, r) for r in watched}
     assert selectors.pop(c.PLURAL) == ""
     assert selectors and set(selectors.values()) == {c.LABEL_JOB}, selectors
+
+
+@pytest.mark.parametrize("mode", ["Workload", "PodGroup"])
+def test_workloads_are_watched_only_in_workload_mode(mode: str) -> None:
+    # Their admission wakes the job at once; in PodGroup mode the operator has no Kueue RBAC.
+    watched = _watched(registry(OperatorConfig(kueue_mode=mode)))
+    assert (kopf.Resource("kueue.x-k8s.io", "v1beta2", "workloads") in watched) is (mode == "Workload")

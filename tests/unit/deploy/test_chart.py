@@ -58,19 +58,44 @@ OPERATOR_GRANTS = {
     ("networking.k8s.io", "networkpolicies", "watch"),
     ("networking.k8s.io", "networkpolicies", "create"),
     ("networking.k8s.io", "networkpolicies", "patch"),
+    # Kueue in Workload mode (the default): the job's own Workload, watched, made, deactivated
+    # while suspended (patch), replaced when stale (delete); its status as jobframework writes it.
+    *(
+        ("kueue.x-k8s.io", "workloads", verb)
+        for verb in ("get", "list", "watch", "create", "delete", "patch")
+    ),
+    ("kueue.x-k8s.io", "workloads/status", "patch"),
+}
+#: Kueue's cluster-scoped objects, read only: an admission's ResourceFlavors, a Workload's priority.
+KUEUE_CLUSTER_GRANTS = {
+    ("kueue.x-k8s.io", "resourceflavors", "get"),
+    ("kueue.x-k8s.io", "workloadpriorityclasses", "get"),
+    ("scheduling.k8s.io", "priorityclasses", "get"),
+    ("scheduling.k8s.io", "priorityclasses", "list"),
 }
 WITHOUT_NETWORK_POLICIES = {g for g in OPERATOR_GRANTS if g[0] != "networking.k8s.io"}
+WITHOUT_KUEUE = {g for g in OPERATOR_GRANTS if g[0] != "kueue.x-k8s.io"}
 #: A ClusterRole's one more right: read the CRD at start (a Role cannot grant a cluster-scoped object).
 CRD_GET = ("apiextensions.k8s.io", "customresourcedefinitions", "get")
 
 
-def cluster_grants(role: dict[str, Any], base: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-    """What ``role`` must grant: ``base``, and for a ClusterRole the CRD's get (on its one name)."""
+def cluster_grants(
+    role: dict[str, Any], base: set[tuple[str, str, str]], kueue: bool = True
+) -> set[tuple[str, str, str]]:
+    """What ``role`` must grant: ``base``, and for a ClusterRole the CRD's get (on its one name)
+    and (``kueue``: Workload mode) Kueue's cluster-scoped reads."""
     if role["kind"] != "ClusterRole":
         return base
+    if is_kueue_reader(role):  # rbac.scope namespaced: the one cluster-scoped role
+        return KUEUE_CLUSTER_GRANTS
     crd_rules = [r for r in role["rules"] if "customresourcedefinitions" in r["resources"]]
     assert [r.get("resourceNames") for r in crd_rules] == [["trainingjobs.etha.io"]], crd_rules
-    return base | {CRD_GET}
+    return base | {CRD_GET} | (KUEUE_CLUSTER_GRANTS if kueue else set())
+
+
+def is_kueue_reader(role: dict[str, Any]) -> bool:
+    """The ClusterRole (or binding) of Kueue's cluster-scoped reads with rbac.scope namespaced."""
+    return bool(role["metadata"]["name"].endswith("-kueue"))
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,6 +118,8 @@ VALUE_SETS = {
     "cluster-some-namespaces": ("watchNamespaces={team-a}",),
     "custom": ("image.tag=dev", "verbose=true", "serviceAccount.name=robot", "priorityClassName=high"),
     "no-network-policies": ("networkPolicy.enabled=false",),
+    "kueue-pod-groups": ("kueue.mode=PodGroup",),
+    "namespaced-kueue-pod-groups": ("rbac.scope=namespaced", "kueue.mode=PodGroup"),
 }
 
 
@@ -160,9 +187,13 @@ def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
     expected = (
         WITHOUT_NETWORK_POLICIES if "networkPolicy.enabled=false" in VALUE_SETS[name] else OPERATOR_GRANTS
     )
+    kueue = "kueue.mode=PodGroup" not in VALUE_SETS[name]
+    if not kueue:
+        expected = expected & WITHOUT_KUEUE
+    assert any(is_kueue_reader(r) for r in roles) == (kueue and "rbac.scope=namespaced" in VALUE_SETS[name])
     for role in roles:
         assert not wildcards(role["rules"]), role["metadata"]
-        assert grants(role["rules"]) == cluster_grants(role, expected)
+        assert grants(role["rules"]) == cluster_grants(role, expected, kueue)
     for role in roles_in(deploy_docs(REPO)):
         assert grants(role["rules"]) == (
             LEADER_ELECTION_GRANTS if is_leader_election(role) else cluster_grants(role, OPERATOR_GRANTS)
@@ -170,8 +201,16 @@ def test_rbac_grants_exactly_what_the_operator_uses(name: str) -> None:
 
 
 def test_namespaced_rbac_is_one_role_per_watched_namespace_and_no_cluster_rights() -> None:
-    docs = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
+    docs = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}", "kueue.mode=PodGroup")
     assert not [d for d in docs if d["kind"].startswith("Cluster")]
+    # With Kueue's Workloads (the default), the one cluster right: reading Kueue's flavors and
+    # priority classes, which a Role cannot grant.
+    docs = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
+    cluster = [d for d in docs if d["kind"].startswith("Cluster")]
+    assert sorted(d["kind"] for d in cluster) == ["ClusterRole", "ClusterRoleBinding"]
+    assert all(is_kueue_reader(d) for d in cluster)
+    (reader,) = [d for d in cluster if d["kind"] == "ClusterRole"]
+    assert grants(reader["rules"]) == KUEUE_CLUSTER_GRANTS
     roles = {
         (d["kind"], d["metadata"]["namespace"])
         for d in docs
@@ -241,6 +280,7 @@ def test_service_account_allowlist_reaches_the_operator(sets: tuple[str, ...], e
         (("metrics.port=8080",), "/metrics/port"),
         (("metrics.serviceMonitor.interval=soon",), "/metrics/serviceMonitor/interval"),
         (("metrics.masterPodMonitor.scrapeFrom[0].typo=x",), "/metrics/masterPodMonitor/scrapeFrom/0"),
+        (("kueue.mode=Pods",), "/kueue/mode"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(sets: tuple[str, ...], needle: str) -> None:
@@ -638,6 +678,13 @@ def test_every_dashboard_query_names_only_metrics_the_operator_exports() -> None
 def test_the_promql_reader_finds_names(expr: str, names: set[str], labels: set[str]) -> None:
     """The check above must be able to fail: a typo in a metric name is found."""
     assert promql_names(expr) == (names, labels)
+
+
+@pytest.mark.parametrize("mode", ["Workload", "PodGroup"])
+def test_the_kueue_mode_reaches_the_operator(mode: str) -> None:
+    (deployment,) = [d for d in render(f"kueue.mode={mode}") if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ETHA_KUEUE_MODE"] == mode
 
 
 def test_a_gang_gets_podgroup_rights_and_may_list_the_schedulers_events() -> None:

@@ -71,7 +71,7 @@ def test_the_operators_default_gang_and_scheduler_apply_unless_the_job_says_othe
 
 
 def test_a_kueue_queue_label_makes_the_pods_one_kueue_pod_group_per_attempt() -> None:
-    job = gang_job(replicas=2, labels={"kueue.x-k8s.io/queue-name": "team-a"})
+    job = gang_job(replicas=2, labels={"kueue.x-k8s.io/queue-name": "team-a"}, kueue_mode="PodGroup")
     for pod in (build_master_pod(job, 1), build_worker_pod(job, 1, 0)):
         labels, notes = pod["metadata"]["labels"], pod["metadata"]["annotations"]
         assert labels["kueue.x-k8s.io/queue-name"] == "team-a"

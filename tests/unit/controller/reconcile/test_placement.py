@@ -119,7 +119,7 @@ def test_a_restart_or_a_suspension_forgets_why_the_last_attempt_waited() -> None
 
 
 def test_a_kueue_gated_pod_is_not_unschedulable() -> None:
-    job = gang_job(replicas=1, labels={"kueue.x-k8s.io/queue-name": "team-a"})
+    job = gang_job(replicas=1, labels={"kueue.x-k8s.io/queue-name": "team-a"}, kueue_mode="PodGroup")
     gated = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated", "message": "gated"}
     pods = [make_pod(n, "Pending", role=r, job="g", conditions=[gated]) for n, r in
             (("g-master-0", "master"), ("g-worker-0-0", "worker"))]  # fmt: skip
