@@ -210,21 +210,12 @@ def _client_inodes(peers: set[tuple[str, int]], server_port: int) -> dict[tuple[
     """Socket inode of the client end of each peer connection, from this network namespace's
     TCP tables (a connection from another host has no client end here)."""
     found: dict[tuple[str, int], str] = {}
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = (_PROC / "net" / table).read_text().splitlines()[1:]
-        except OSError:
+    for local, remote, _state, inode in _tcp_entries():
+        if _hex_port(remote) != server_port:
             continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) < 10:
-                continue
-            local, remote, inode = cols[1], cols[2], cols[9]
-            if _hex_port(remote) != server_port:
-                continue
-            peer = (hex_address(local), _hex_port(local))
-            if peer in peers:
-                found[peer] = inode
+        peer = (hex_address(local), _hex_port(local))
+        if peer in peers:
+            found[peer] = inode
     return found
 
 
