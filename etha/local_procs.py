@@ -62,7 +62,13 @@ except OSError as exc:
 #: A line of one of torchrun's processes starts with its rank (run-local's torchrun line prefix).
 _RANK_PREFIX = re.compile(r"^\[rank \d+\](?: |$)")
 #: torch elastic's notices of a shutdown the run asked for.
-_SHUTDOWN_NOTICE = re.compile(r"death signal, shutting down workers|Sending process \d+ closing signal SIG")
+_SHUTDOWN_NOTICE = re.compile(
+    r"death signal, shutting down workers|Sending process \d+ closing signal SIG"
+    r"|error in log tailer for \S+\. SignalException"
+)
+#: torch's log header on each line of a logged message ("E1207 23:20:07.338000 9813 path.py:154] "):
+#: its log tailer logs a traceback when the agent's SIGTERM lands while it waits for the tailers.
+_TORCH_LOG_HEADER = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
 _CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
@@ -148,6 +154,9 @@ class StopNoise:
         found = _RANK_PREFIX.match(line)
         text = line[found.end() :] if found else line
         key = found.group(0).strip() if found else ""
+        header = _TORCH_LOG_HEADER.match(text)
+        if header:  # a line of a message torch logged: the same rules, on what it says
+            text, key = text[header.end() :], f"{key} torch"
         state = self.state.pop(key, "")
         if text.startswith("Traceback (most recent call last):"):
             self.state[key] = "in"

@@ -31,14 +31,34 @@ CHAINED = """\
 [rank 2] RuntimeError: Connection closed by peer
 [rank 2] done"""
 
+# torch's log tailer when the agent's SIGTERM lands while it waits for the tailers (seen in CI,
+# torch 2.13): every line of the logged traceback carries torch's log header.
+H = "E1207 23:20:07.338000 9813 torch/distributed/elastic/multiprocessing/tail_log.py:154] "
+TAILER = f"""\
+{H}error in log tailer for default0. SignalException
+{H}Traceback (most recent call last):
+{H}  File "torch/distributed/elastic/agent/server/api.py", line 745, in run
+{H}    result = self._invoke_run(role)
+{H}             ^^^^^^^^^^^^^^^^^^^^^^
+{H}torch.distributed.elastic.multiprocessing.api.SignalException: Process 9813 got signal: 15
+{H}
+{H}During handling of the above exception, another exception occurred:
+{H}
+{H}Traceback (most recent call last):
+{H}  File "torch/distributed/elastic/multiprocessing/tail_log.py", line 152, in stop
+{H}torch.distributed.elastic.multiprocessing.api.SignalException: Process 9813 got signal: 15
+[rank 0] last words
+{H}a message of its own"""
+
 
 @pytest.mark.parametrize(
     ("text", "kept"),
     [
         (AGENT, ["[rank 1] checkpoint saved", "after the traceback"]),
         (CHAINED, ["[rank 3] still printing", "[rank 2] done"]),
+        (TAILER, ["[rank 0] last words", f"{H}a message of its own"]),
     ],
-    ids=["torchrun-agent", "chained-per-rank"],
+    ids=["torchrun-agent", "chained-per-rank", "torch-logged-traceback"],
 )
 def test_stop_noise_drops_tracebacks_and_torch_shutdown_notices(text: str, kept: list[str]) -> None:
     noise = StopNoise()
