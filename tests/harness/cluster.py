@@ -33,6 +33,9 @@ import yaml
 from tests.harness.kube import Kube, KubeError
 from tests.helpers import REPO, free_port, stop_process, wait_until
 
+#: The API server's CustomResourceDefinitions.
+CRD_PATHS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
 #: The binaries the control plane needs, in the folder named by KUBEBUILDER_ASSETS or bin/.
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 #: Seconds each process has to come up.
@@ -318,14 +321,18 @@ class ControlPlane:
 
     def _apply_crd(self) -> None:
         crd = yaml.safe_load(CRD.read_text())
-        self.admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
-        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+        self.admin.create(CRD_PATHS, crd)
+        self._wait_up("kube-apiserver", lambda: self.established(crd["metadata"]["name"]))
 
-        def established() -> bool:
-            conds = self.admin.get(path).get("status", {}).get("conditions") or []
-            return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+    def established(self, name: str) -> bool:
+        """CRD ``name`` is Established: the API server serves its kind."""
+        conds = self.admin.get(f"{CRD_PATHS}/{name}").get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
-        self._wait_up("kube-apiserver", established)
+    def wait_established(self, *names: str, timeout: float = 30) -> None:
+        """Until every CRD of ``names`` is Established."""
+        for name in names:
+            wait_until(lambda n=name: self.established(n), timeout, f"CRD {name} established", 0.1)  # type: ignore[misc]
 
     def spawn(self, name: str, binary: Path, *args: str) -> _Process:
         """Start one more process of this control plane (stopped with it, or by the caller)."""

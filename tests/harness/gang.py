@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness.cluster import ControlPlane, FakeNode
+from tests.harness.cluster import CRD_PATHS, ControlPlane, FakeNode
 from tests.helpers import REPO, free_port, stop_process, wait_until
 
 SCHEDULER_NAME = "scheduler-plugins-scheduler"
@@ -24,7 +24,6 @@ BINARIES = ("scheduler-plugins-scheduler", "scheduler-plugins-controller", *CRDS
 #: The gang tests' Node: its taint keeps every other test's pods off it.
 NODE = FakeNode("gang-node", gpus=4)
 TAINT = {"key": "etha.io/test-pool", "value": "gang", "effect": "NoSchedule"}
-CRD_PATHS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def binaries() -> Path:
@@ -70,15 +69,7 @@ def gang_scheduling(plane: ControlPlane) -> Iterator[None]:
         crd = yaml.safe_load((folder / file).read_text())
         plane.admin.create(CRD_PATHS, crd)
         names.append(crd["metadata"]["name"])
-    for name in names:
-        wait_until(
-            lambda n=name: any(  # type: ignore[misc]
-                c["type"] == "Established" and c["status"] == "True"
-                for c in plane.admin.get(f"{CRD_PATHS}/{n}").get("status", {}).get("conditions") or []
-            ),
-            30,
-            f"CRD {name} established",
-        )
+    plane.wait_established(*names)
     work = plane.workdir / "scheduler-plugins"
     work.mkdir(exist_ok=True)
     kubeconfig = plane.kubeconfig(work / "admin.kubeconfig")

@@ -48,7 +48,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.cluster import GPU_NODE_LABEL, ControlPlane
+from tests.harness.cluster import CRD_PATHS, GPU_NODE_LABEL, ControlPlane
 from tests.harness.jobs import condition
 from tests.harness.kube import KubeError
 from tests.helpers import REPO, free_port, stop_process, wait_until
@@ -79,7 +79,6 @@ NAMESPACE_SELECTED = ("mpod.kb.io", "mdeployment.kb.io", "mstatefulset.kb.io",
                       "vpod.kb.io", "vdeployment.kb.io", "vstatefulset.kb.io")  # fmt: skip
 #: Seconds the manager has to become ready (it lists every watched kind first).
 START_TIMEOUT = 120.0
-CRD_PATHS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 MUTATING = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 VALIDATING = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 #: Kueue's kinds: (plural, namespaced).
@@ -449,15 +448,11 @@ def _apply_crds(plane: ControlPlane, crds: list[dict[str, Any]]) -> None:
         plane.admin.create(CRD_PATHS, crd)
     for crd in crds:
         name = crd["metadata"]["name"]
-        wait_until(functools.partial(_established, plane, name), 30, f"CRD {name} established", 0.1)
+        plane.wait_established(name)
 
 
 def _gone(plane: ControlPlane, path: str) -> bool:
     return not plane.admin.exists(path)
-
-
-def _established(plane: ControlPlane, name: str) -> bool:
-    return _true(plane.admin.get(f"{CRD_PATHS}/{name}"), "Established")
 
 
 def _delete_crds(plane: ControlPlane, crds: list[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from etha.job import kueue
-from tests.harness.cluster import ControlPlane
+from tests.harness.cluster import CRD_PATHS, ControlPlane
 from tests.harness.jobs import Jobs, condition
 from tests.harness.kube import Kube, KubeError
 from tests.harness.operator import operating
@@ -28,7 +28,6 @@ from tests.helpers import REPO, wait_until
 NS = "kueue-jobs"
 OTHER_NS = "kueue-jobs-b"
 VERSION = "v0.17.0"
-CRD_PATHS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 KUEUE = "/apis/kueue.x-k8s.io/v1beta2"
 #: The conditions Kueue's scheduler and workload controller own (pkg/workload: admissionManagedConditions).
 ADMISSION_MANAGED = ("QuotaReserved", "BlockedOnPreemptionGates", "Evicted", "Admitted", "Preempted",
@@ -77,15 +76,7 @@ def kueue_installed(plane: ControlPlane) -> Iterator[None]:
         if not plane.admin.exists(f"{CRD_PATHS}/{crd['metadata']['name']}"):
             plane.admin.create(CRD_PATHS, crd)
             made.append(crd["metadata"]["name"])
-    for name in names:
-        wait_until(
-            lambda n=name: any(  # type: ignore[misc]
-                c["type"] == "Established" and c["status"] == "True"
-                for c in plane.admin.get(f"{CRD_PATHS}/{n}").get("status", {}).get("conditions") or []
-            ),
-            30,
-            f"CRD {name} established",
-        )
+    plane.wait_established(*names)
     try:
         yield
     finally:
